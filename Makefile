@@ -1,0 +1,60 @@
+# pawflow. `make run`: the whole pipeline on the default dataset. `make test`: the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+# The stage commands in dvc.yaml call `python`: the project's interpreter comes first on PATH.
+export PATH := $(BIN):$(PATH)
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TF_CPP_MIN_LOG_LEVEL := 2
+# oneDNN kernels: 1.4-1.8x faster training on this kind of CPU (off by default on AMD).
+export TF_ENABLE_ONEDNN_OPTS := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast bench lint format lock clean-cache
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# uv installs the ~230 pinned packages in ~20 s; pip is the fallback (~2 min).
+	@$(PY) -m pip install -q --disable-pip-version-check uv 2>/dev/null || true
+	@if [ -x $(BIN)/uv ]; then \
+	  $(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c requirements.lock -e '.[dev]'; \
+	else \
+	  $(PY) -m pip install -q -c requirements.lock -e '.[dev]' && $(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null; \
+	fi
+	@touch $@
+
+install: $(STAMP) ## create .venv and install pawflow with its pinned dependencies
+
+run: install ## run the whole pipeline on the default dataset (dvc repro) and push data + model
+	$(BIN)/pawflow run
+
+test: install ## run every test (unit + end to end)
+	$(PY) -m pytest
+
+test-fast: install ## run the unit tests only
+	$(PY) -m pytest -m "not slow"
+
+bench: install ## run the benchmarks (prints one table, writes bench/results/)
+	@$(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c requirements.lock -e '.[dev,bench]'
+	$(PY) -m bench.run
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install ## ruff fix + format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 -o requirements.lock
+
+clean-cache: ## delete the per-photo cache (only costs time on the next run)
+	rm -rf .pawflow/cache

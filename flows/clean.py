@@ -1,0 +1,74 @@
+"""clean: decode every ingested file fully; keep and normalise good photos, reject the rest with a reason."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, task
+
+from flows.common import chunks, content_cache, friendly, publish, result_storage, stage_main
+from tasks import clean
+from tasks.fileio import read_parquet, write_json, write_parquet
+from tasks.images import CheckSettings
+from tasks.params import Params
+
+
+def check_settings(params: Params) -> CheckSettings:
+    """Judging a photo depends on clean.*, and it also prepares the shard image and the dedup hash."""
+    c = params.clean
+    return CheckSettings(
+        min_side=c.min_side,
+        max_aspect_ratio=c.max_aspect_ratio,
+        max_pixels=c.max_pixels,
+        formats=c.formats,
+        max_side=params.shard.max_side,
+        jpeg_quality=params.shard.jpeg_quality,
+        hash_size=params.dedup.hash_size,
+        timeout_s=c.timeout_s,
+    )
+
+
+# The key is the chunk's (path, sha256) pairs and the settings: content, not file names alone.
+@task(
+    name="check-photos",
+    cache_policy=content_cache("tasks.images", "tasks.clean", exclude=("raw", "cache_dir", "refresh")),
+    persist_result=True,
+)
+def check_photos(
+    items: list[tuple[str, str]], settings: CheckSettings, raw: Path, cache_dir: Path, refresh: bool
+) -> list[dict]:
+    """Decode and judge a chunk of photos (cached per photo by sha256)."""
+    return clean.check_items(raw, items, settings, cache_dir, refresh)
+
+
+@flow(name="clean", log_prints=True)
+@friendly
+def clean_flow(params: Params, refresh: bool = False) -> dict:
+    """A verdict for every ingested file: clean.parquet and reports/clean.json."""
+    started = time.monotonic()
+    manifest = read_parquet(params.paths.interim / "ingest.parquet")
+    items = list(zip(manifest["path"], manifest["sha256"], strict=True))
+    settings = check_settings(params)
+    checker = check_photos.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
+    futures = checker.map(
+        chunks(items, params.runner.chunk_size),
+        settings=settings,
+        raw=params.paths.raw,
+        cache_dir=params.paths.cache,
+        refresh=refresh,
+    )
+    rows = [row for f in futures for row in f.result()]
+    df = clean.table(rows)
+    clean.guard(df, params.clean.max_reject_fraction)
+    rep = clean.report(df)
+    write_parquet(params.paths.interim / "clean.parquet", df)
+    write_json(params.paths.reports / "clean.json", rep)
+    rows_out = [*clean.summary_rows(rep), ["seconds", f"{time.monotonic() - started:.1f}"]]
+    publish("clean", "clean: verdicts per file", ["", "count"], rows_out)
+    return rep
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("clean", clean_flow))

@@ -1,0 +1,194 @@
+"""What every stage flow shares: its command line, the workspace lock, task runners, caching, summaries."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import functools
+import inspect
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
+from prefect.states import Failed, State
+from prefect.utilities.hashing import hash_objects
+from rich.console import Console
+from rich.table import Table
+
+from tasks.errors import PawflowError
+from tasks.params import Params, Runner, load_params
+
+LOCK_FILE = Path(".pawflow/workspace.lock")
+
+
+# --------------------------------------------------------------------------- caching
+
+
+@dataclass
+class CodeOf(CachePolicy):
+    """Part of a cache key: the source code of the modules that compute a task's result."""
+
+    modules: tuple[str, ...] = ()
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        sources = [inspect.getsource(sys.modules[m]) for m in self.modules]
+        return hash_objects(*sources)
+
+
+def content_cache(*modules: str, exclude: tuple[str, ...] = ()) -> CachePolicy:
+    """Key = the task's inputs (which carry content hashes, never bare paths) + its code + `modules`."""
+    return Inputs(exclude=list(exclude)) + TASK_SOURCE + CodeOf(modules=modules)
+
+
+def result_storage(params: Params) -> Path:
+    """Task results live in the project (paths.cache), so any process or server finds them."""
+    return (params.paths.cache / "prefect").resolve()
+
+
+# --------------------------------------------------------------------------- task runners
+
+
+def task_runner(runner: Runner) -> Any:
+    """The Prefect task runner named by params.runner (threads, processes or a Dask cluster)."""
+    if runner.kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=runner.workers)
+    if runner.kind == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=runner.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if runner.dask_address:
+        return DaskTaskRunner(address=runner.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": runner.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        },
+    )
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# --------------------------------------------------------------------------- errors and the lock
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body whose PawflowError ends the run Failed with the message, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PawflowError as err:
+            return Failed(message=str(err))
+
+    return wrapper
+
+
+@contextmanager
+def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
+    """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""
+    path = root / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise PawflowError(
+                f"another pawflow run is using this workspace ({holder}); refusing to start so that "
+                "outputs are never interleaved.",
+                "Wait for it to finish (or stop it), then run again.",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {' '.join(sys.argv) or 'python'}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def state_message(state: State) -> str:
+    return state.message or state.name or "failed"
+
+
+def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
+    """`python -m flows.<stage>`: validate params, take the lock, run the flow, exit 0 or non-zero."""
+    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        params = load_params(args.params)
+        with workspace_lock():
+            runnable = flow.with_options(task_runner=task_runner(params.runner))
+            state = runnable(params=params, refresh=args.refresh, return_state=True)
+    except PawflowError as err:
+        print(f"\npawflow {stage}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\npawflow {stage}: interrupted. Finished outputs are intact and nothing half-written "
+            "carries a final name; run again to complete.",
+            file=sys.stderr,
+        )
+        return 130
+    if not state.is_completed():
+        print(f"\npawflow {stage} failed: {state_message(state)}", file=sys.stderr)
+        return 1
+    print(f"pawflow {stage}: done in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
+    """A plain-text table for the terminal and the logs."""
+    table = Table()
+    for c in columns:
+        table.add_column(c, justify="right" if c not in (columns[0],) else "left")
+    for r in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r))
+    buf = io.StringIO()
+    Console(file=buf, width=100, force_terminal=False, color_system=None).print(table)
+    return f"{title}\n{buf.getvalue()}"
+
+
+def publish(key: str, title: str, columns: list[str], rows: list[list[Any]], markdown: str = "") -> str:
+    """Print a stage's summary table and publish it as a Prefect table (+ markdown) artifact."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.context import FlowRunContext
+
+    text = render_table(title, columns, rows)
+    print(text, flush=True)
+    if FlowRunContext.get() is not None:
+        create_table_artifact(
+            key=key, table=[dict(zip(columns, r, strict=True)) for r in rows], description=title
+        )
+        if markdown:
+            create_markdown_artifact(key=f"{key}-report", markdown=markdown, description=title)
+    return text

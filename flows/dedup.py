@@ -1,0 +1,62 @@
+"""dedup: collapse exact and near duplicates within a label; drop photos that appear under two labels."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from prefect import flow, task
+
+from flows.common import friendly, publish, stage_main
+from tasks import dedup
+from tasks.errors import PawflowError
+from tasks.fileio import read_parquet, write_json, write_parquet
+from tasks.params import Params
+
+
+@task(name="find-duplicates")
+def find_duplicates(params: Params) -> dict:
+    """Group kept photos by sha256 and perceptual-hash distance; write dedup.parquet and its report."""
+    df = read_parquet(params.paths.interim / "clean.parquet")
+    kept = df[df["status"] == "kept"]
+    if kept.empty:
+        raise PawflowError("dedup: clean kept no photos.", "Look at reports/clean.json for the reasons.")
+    dd = dedup.find_duplicates(kept, params.dedup.max_distance)
+    rep = dedup.report(dd)
+    write_parquet(params.paths.interim / "dedup.parquet", dd)
+    write_json(params.paths.reports / "dedup.json", rep)
+    return rep
+
+
+@flow(name="dedup", log_prints=True)
+@friendly
+def dedup_flow(params: Params, refresh: bool = False) -> dict:
+    """Exact and near duplicates collapse to one kept photo; label conflicts are dropped and reported."""
+    started = time.monotonic()
+    rep = find_duplicates(params)
+    rows = [
+        ["photos", rep["photos"]],
+        ["kept", rep["kept"]],
+        ["duplicates (exact)", rep["exact_duplicates"]],
+        ["duplicates (near)", rep["near_duplicates"]],
+        ["duplicate groups", rep["duplicate_groups"]],
+        ["label conflicts (dropped)", rep["conflict"]],
+        ["seconds", f"{time.monotonic() - started:.1f}"],
+    ]
+    lines = [
+        f"- `{g['kept']}` kept; "
+        + ", ".join(f"`{d['path']}` ({d['kind']}, distance {d['distance']})" for d in g["duplicates"])
+        for g in rep["groups"][:50]
+    ]
+    publish(
+        "dedup",
+        "dedup: duplicate groups",
+        ["", "count"],
+        rows,
+        markdown="## Duplicate groups\n" + ("\n".join(lines) or "none"),
+    )
+    return rep
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("dedup", dedup_flow))

@@ -1,0 +1,87 @@
+"""ingest: copy the source (folder, archive or URL) into data/raw incrementally and write the manifest."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from prefect import flow, get_run_logger, task
+
+from flows.common import friendly, publish, stage_main
+from tasks import ingest, store
+from tasks.fileio import write_json, write_parquet
+from tasks.params import Params
+
+
+@task(name="resolve-source")
+def resolve_source(params: Params) -> ingest.Listing:
+    """List the source's files by class (a URL is downloaded first, resuming and retrying)."""
+    i = params.ingest
+    return ingest.resolve(
+        i.source,
+        params.paths.cache / "downloads",
+        i.max_archive_bytes,
+        i.max_archive_files,
+        i.download_retries,
+        i.download_timeout_s,
+        i.sha256,
+    )
+
+
+@task(name="copy-new-files")
+def copy_new_files(listing: ingest.Listing, params: Params, refresh: bool) -> ingest.SyncResult:
+    """Copy new or changed files into data/raw (each atomically); unchanged ones are not read."""
+    ingest.remove_temporaries(params.paths.raw)
+    with store.connect(params.paths.cache) as con:
+        known = {} if refresh else store.get_stats(con)
+    result = ingest.sync(listing.entries, params.paths.raw, known)
+    with store.connect(params.paths.cache) as con:
+        store.put_stats(con, result.hashes)
+    return result
+
+
+@task(name="write-manifest")
+def write_manifest(listing: ingest.Listing, result: ingest.SyncResult, params: Params, refresh: bool) -> dict:
+    """Hash data/raw (reusing hashes of files whose size, mtime and inode are unchanged)."""
+    with store.connect(params.paths.cache) as con:
+        known = {} if refresh else store.get_stats(con)
+        df, fresh = ingest.manifest(params.paths.raw, known)
+        store.put_stats(con, fresh)
+    rep = ingest.report(listing, result, df)
+    write_parquet(params.paths.interim / "ingest.parquet", df)
+    write_json(params.paths.reports / "ingest.json", rep)
+    return rep
+
+
+@flow(name="ingest", log_prints=True)
+@friendly
+def ingest_flow(params: Params, refresh: bool = False) -> dict:
+    """Copy a labelled photo collection into data/raw and list every file with its sha256."""
+    started = time.monotonic()
+    listing = resolve_source(params)
+    result = copy_new_files(listing, params, refresh)
+    rep = write_manifest(listing, result, params, refresh)
+    log = get_run_logger()
+    for s in rep["skipped"]:
+        log.warning("skipped %s: %s", s["path"], s["reason"])
+    if rep["not_in_source"]:
+        log.warning(
+            "%d file(s) in %s are no longer in the source; they stay (raw data is never deleted)",
+            len(rep["not_in_source"]),
+            params.paths.raw,
+        )
+    rows = [[f"files ({label})", n] for label, n in rep["per_label"].items()]
+    rows += [
+        ["files", rep["files"]],
+        ["copied (new)", rep["copied"]],
+        ["updated", rep["updated"]],
+        ["unchanged", rep["unchanged"]],
+        ["skipped", len(rep["skipped"])],
+        ["seconds", f"{time.monotonic() - started:.1f}"],
+    ]
+    publish("ingest", f"ingest: {rep['source']['location']}", ["", "count"], rows)
+    return rep
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("ingest", ingest_flow))

@@ -1,0 +1,132 @@
+"""Clean: a verdict for every ingested file (kept or rejected with a reason), cached by content."""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from tasks import images, store
+from tasks.errors import PawflowError
+from tasks.fileio import fingerprint
+from tasks.images import KEPT, REASONS, REJECTED, CheckSettings, PhotoCheck
+
+COLUMNS = [
+    "path",
+    "label",
+    "sha256",
+    "bytes",
+    "status",
+    "reason",
+    "detail",
+    "format",
+    "width",
+    "height",
+    "mode",
+    "normalised",
+    "phash",
+]
+# Verdicts that depend on the file system at this moment, not on the bytes: never cached.
+UNCACHEABLE = {"missing", "unreadable", "changed_since_ingest", "timeout"}
+
+
+def settings_fingerprint(settings: CheckSettings) -> str:
+    """Verdicts depend on the bytes, the settings and the code that judges them."""
+    return fingerprint(asdict(settings), inspect.getsource(images))
+
+
+def cache_key(sha256: str, settings_fp: str) -> str:
+    return f"{sha256}:{settings_fp}"
+
+
+def check_items(
+    raw: Path,
+    items: list[tuple[str, str]],
+    settings: CheckSettings,
+    cache_dir: Path | None,
+    refresh: bool = False,
+) -> list[dict]:
+    """Verdicts for (path, sha256) pairs under raw; cached ones are not decoded again."""
+    fp = settings_fingerprint(settings)
+    keys = {sha: cache_key(sha, fp) for _, sha in items}
+    cached: dict[str, dict] = {}
+    if cache_dir is not None and not refresh:
+        with store.connect(cache_dir) as con:
+            cached = store.get_checks(con, set(keys.values()))
+    rows, new_checks, new_thumbs = [], {}, {}
+    for path, sha in items:
+        record = cached.get(keys[sha])
+        if record is None:
+            check, thumb = images.check_file(raw / path, sha, settings)
+            record = check.record()
+            if check.reason not in UNCACHEABLE:
+                new_checks[keys[sha]] = record
+                if thumb is not None:
+                    new_thumbs[keys[sha]] = thumb
+        rows.append({"path": path, "label": path.split("/", 1)[0], **record})
+    if cache_dir is not None and new_checks:
+        with store.connect(cache_dir) as con:
+            store.put_checks(con, new_checks)
+            store.put_thumbs(con, new_thumbs)
+    return rows
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    """clean.parquet: one row per ingested file, sorted by path."""
+    df = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
+    return df.astype({"bytes": "int64", "width": "int64", "height": "int64"})
+
+
+def report(df: pd.DataFrame) -> dict:
+    """reports/clean.json: counts per reason and label, normalisations, and every rejected file."""
+    rejected = df[df["status"] == REJECTED]
+    kept = df[df["status"] == KEPT]
+    steps = Counter(s.split(":", 1)[0] for n in kept["normalised"] for s in n.split(";") if s)
+    per_label = {
+        str(label): {
+            "kept": int((g["status"] == KEPT).sum()),
+            "rejected": int((g["status"] == REJECTED).sum()),
+        }
+        for label, g in df.groupby("label")
+    }
+    return {
+        "files": len(df),
+        "kept": len(kept),
+        "rejected": len(rejected),
+        "per_reason": {str(k): int(v) for k, v in rejected["reason"].value_counts().sort_index().items()},
+        "per_label": per_label,
+        "normalised": dict(sorted(steps.items())),
+        "reasons": {k: v for k, v in REASONS.items() if k in set(rejected["reason"])},
+        "rejected_files": rejected[["path", "reason", "detail"]].to_dict(orient="records"),
+    }
+
+
+def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
+    """Fail when so much is rejected that the source is probably wrong."""
+    if df.empty:
+        raise PawflowError(
+            "clean: the ingest manifest lists no files.",
+            "Check ingest.source: it should hold one folder of photos per label.",
+        )
+    fraction = float((df["status"] == REJECTED).mean())
+    if fraction > max_reject_fraction:
+        top = df[df["status"] == REJECTED]["reason"].value_counts().head(3)
+        reasons = ", ".join(f"{r} ({n})" for r, n in top.items())
+        raise PawflowError(
+            f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
+            f"{max_reject_fraction}); most common: {reasons}. Is ingest.source the right collection?",
+            "Look at the files named above; if they are really photos, relax the clean.* limits.",
+        )
+
+
+def summary_rows(rep: dict) -> list[list]:
+    rows = [["files", rep["files"]], ["kept", rep["kept"]], ["rejected", rep["rejected"]]]
+    rows += [[f"  {reason}", n] for reason, n in rep["per_reason"].items()]
+    rows += [[f"normalised: {step}", n] for step, n in rep["normalised"].items()]
+    return rows
+
+
+__all__ = ["COLUMNS", "PhotoCheck", "check_items", "guard", "report", "table"]

@@ -1,0 +1,12 @@
+"""The one exception type a person is meant to read: what is wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class PawflowError(Exception):
+    """A problem with the user's input or environment, reported without a traceback."""
+
+    def __init__(self, what: str, fix: str | None = None) -> None:
+        self.what = what
+        self.fix = fix
+        super().__init__(what if fix is None else f"{what}\n  What to do: {fix}")

@@ -1,0 +1,120 @@
+"""Atomic, deterministic file output: write to a temporary name in the same folder, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(*parts: object) -> str:
+    """A short stable hash of JSON-serialisable parts (cache keys, salts)."""
+    return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A short temporary name: a 255-byte final name must still fit the file system's limit.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, fixed indentation, trailing newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, dumps_json(obj).encode("utf-8"))
+
+
+def write_parquet(path: Path, df: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
+    """Write a DataFrame as parquet without the index; same frame -> same bytes."""
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({f"pawflow.{k}".encode(): v.encode() for k, v in sorted(metadata.items())})
+        table = table.replace_schema_metadata(merged)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def parquet_metadata(path: Path) -> dict[str, str]:
+    """The pawflow.* key-value metadata written by write_parquet."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode()[len("pawflow.") :]: v.decode() for k, v in raw.items() if k.startswith(b"pawflow.")}
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success it takes `path`'s place.
+
+    Readers never see a half-written folder: either the old one or the complete new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporaries a killed run left behind (they never carry a final name)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.name.startswith((".tmp-",)) or ".tmp-" in p.name or ".old-" in p.name:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)

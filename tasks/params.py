@@ -1,0 +1,155 @@
+"""params.yaml: the pydantic model that validates it (unknown keys refused) and its one reader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import PawflowError
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    raw: Path = Path("data/raw")
+    interim: Path = Path("data/interim")
+    processed: Path = Path("data/processed")
+    models: Path = Path("models")
+    reports: Path = Path("reports")
+    cache: Path = Path(".pawflow/cache")
+
+
+class Runner(Section):
+    kind: Literal["threads", "processes", "dask"] = "threads"
+    workers: PositiveInt = 2
+    chunk_size: PositiveInt = 250
+    dask_address: str | None = None
+
+
+class Ingest(Section):
+    source: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    max_archive_bytes: PositiveInt = 20_000_000_000
+    max_archive_files: PositiveInt = 1_000_000
+    download_retries: PositiveInt = 4
+    download_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+class Clean(Section):
+    min_side: PositiveInt = 32
+    max_aspect_ratio: Annotated[float, Field(ge=1.0)] = 4.0
+    max_pixels: PositiveInt = 89_478_485
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+    max_reject_fraction: Fraction = 0.25
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("formats")
+    @classmethod
+    def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("list at least one image format, e.g. [JPEG, PNG]")
+        return tuple(sorted({f.upper() for f in v}))
+
+
+class Dedup(Section):
+    hash_size: Annotated[int, Field(ge=4, le=16)] = 8
+    max_distance: Annotated[int, Field(ge=0, le=32)] = 4
+
+
+class Split(Section):
+    train: Fraction
+    val: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Split:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must sum to 1 (they sum to {total:g})")
+        if self.train == 0 or self.test == 0:
+            raise ValueError("train and test fractions must be above 0")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class Shard(Section):
+    split: Split = Split(train=0.7, val=0.15, test=0.15)
+    salt: str = "pawflow-v1"
+    max_side: Annotated[int, Field(ge=16, le=4096)] = 256
+    jpeg_quality: Annotated[int, Field(ge=50, le=100)] = 90
+    shard_bytes: Annotated[int, Field(ge=1_000)] = 100_000_000
+
+
+class Params(Section):
+    paths: Paths = Paths()
+    runner: Runner = Runner()
+    ingest: Ingest
+    clean: Clean = Clean()
+    dedup: Dedup = Dedup()
+    shard: Shard = Shard()
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        key = _key(e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (a typo? see README 'Parameters' for the valid keys)")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: missing (add it to {path.name})")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(data: object, path: Path = Path("params.yaml")) -> Params:
+    """Validate an already-parsed params mapping."""
+    if not isinstance(data, dict):
+        raise PawflowError(
+            f"{path}: expected a mapping of sections (paths, ingest, clean, ...), got {type(data).__name__}.",
+            "Restore the file from git (`git checkout params.yaml`) and edit the values you need.",
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise PawflowError(
+            f"{path} is not valid:\n{_describe(err, path)}",
+            f"Fix the key(s) named above in {path}; nothing was run.",
+        ) from None
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    """Read and validate params.yaml; every problem is a PawflowError naming the key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PawflowError(
+            f"{path} not found.", "Run pawflow from the project root (where dvc.yaml is)."
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PawflowError(
+            f"{path} is not valid YAML{where}: {getattr(err, 'problem', err)}.",
+            "Fix the syntax there (indentation, a missing colon or quote).",
+        ) from None
+    return parse_params(data, path)
