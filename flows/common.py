@@ -7,6 +7,7 @@ import fcntl
 import functools
 import inspect
 import io
+import logging
 import os
 import sys
 import time
@@ -102,6 +103,24 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs every task failure with its traceback; a PawflowError is a message for a person."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PawflowError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_user_errors() -> None:
+    """Install the filter on Prefect's run loggers (idempotent; called by entry points, not on import)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForUserErrors())
+
+
 @contextmanager
 def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
     """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""
@@ -141,6 +160,7 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    quiet_user_errors()
     try:
         params = load_params(args.params)
         with workspace_lock():

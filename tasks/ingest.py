@@ -37,6 +37,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 # Folders that archivers and operating systems add; never a class.
 JUNK_DIRS = {"__MACOSX", "$RECYCLE.BIN", "System Volume Information"}
 TEMP_PREFIX = ".tmp-"
+# Small enough that a dropped connection loses little of what was already received.
+DOWNLOAD_BLOCK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -420,7 +422,7 @@ def download(
                         leave=False,
                     ) as bar,
                 ):
-                    for block in resp.iter_content(HASH_BLOCK):
+                    for block in resp.iter_content(DOWNLOAD_BLOCK):
                         out.write(block)
                         bar.update(len(block))
                 got = part.stat().st_size

@@ -1,0 +1,120 @@
+"""Shared fixtures: generated datasets, params, and one Prefect server for the whole session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import imagegen  # noqa: E402
+
+from tasks.params import Params, parse_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def drain_prefect_workers() -> None:
+    """Flush queued logs and events while the server is still up (else they retry for a minute)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.instance().drain()
+    except RuntimeError:
+        pass  # never started
+    EventsWorker.drain_all()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Prefect server on a free loopback port, in a temporary PREFECT_HOME; stopped at the end."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    proc, api_url = start_server(home)
+    old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    # Subprocesses read the environment; this process's Prefect settings were loaded at import.
+    os.environ["PREFECT_API_URL"] = api_url
+    os.environ["PREFECT_HOME"] = str(home)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+            drain_prefect_workers()
+    finally:
+        stop_server(proc)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """20 distinct photos per class, PetImages layout."""
+    return imagegen.make_dataset(tmp_path / "source", per_class=20)
+
+
+def params_for(workdir: Path, source: Path | str, **overrides: dict) -> Params:
+    """Params with every path inside workdir; sections can be overridden by dict."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["paths"] = {k: str(workdir / v) for k, v in data["paths"].items()}
+    data["ingest"]["source"] = str(source)
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    return parse_params(data)
+
+
+@pytest.fixture
+def make_params(tmp_path: Path):
+    def make(source: Path | str, **overrides: dict) -> Params:
+        return params_for(tmp_path / "work", source, **overrides)
+
+    return make
+
+
+def tool_env(api_url: str | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def make_workspace(dest: Path, source: Path, **overrides: dict) -> Path:
+    """A fresh clone-like copy of the project (tracked files only) with params pointing at source."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if f.startswith(("tests/", "bench/", "reports/", "data/")) or f == "dvc.lock" or not src.is_file():
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / f)
+    data = yaml.safe_load((dest / "params.yaml").read_text())
+    data["ingest"]["source"] = str(source)
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (dest / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=dest, check=True
+    )
+    return dest

@@ -1,0 +1,73 @@
+"""A local HTTP file server for download tests: Range requests, conditional GETs and injected failures."""
+
+from __future__ import annotations
+
+import threading
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FileServer:
+    """Serves in-memory files on 127.0.0.1; `fail_next` answers 503 that many times; `cut_next`
+    closes the connection after that many body bytes once (a dropped download)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.fail_next = 0
+        self.cut_next: int | None = None
+        self.requests: list[dict[str, str]] = []
+        self.modified = formatdate(1_700_000_000, usegmt=True)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests.append({"path": self.path, **{k: v for k, v in self.headers.items()}})
+                if server.fail_next > 0:
+                    server.fail_next -= 1
+                    self.send_error(503, "try later")
+                    return
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                if self.headers.get("If-Modified-Since") == server.modified:
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                start, status = 0, 200
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes="):
+                    start = int(rng[6:].split("-")[0])
+                    if start >= len(body):
+                        self.send_error(416)
+                        return
+                    status = 206
+                part = body[start:]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(part)))
+                self.send_header("Last-Modified", server.modified)
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.end_headers()
+                if server.cut_next is not None:
+                    cut, server.cut_next = server.cut_next, None
+                    self.wfile.write(part[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(part)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

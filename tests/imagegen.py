@@ -1,0 +1,130 @@
+"""Tiny generated photos for tests: valid ones of every awkward kind, and every defect the clean stage knows."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+OLE2_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
+
+
+def photo(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Image.Image:
+    """A distinct picture per seed: smooth random blobs, so perceptual hashes differ between seeds."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    coarse = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize((w, h), Image.Resampling.BICUBIC)
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **kw)
+    return out.getvalue()
+
+
+def jpeg(seed: int, size: tuple[int, int] = (48, 40), quality: int = 92) -> bytes:
+    return encode(photo(seed, size), "JPEG", quality=quality)
+
+
+def truncated_jpeg(seed: int) -> bytes:
+    data = jpeg(seed, (64, 64))
+    return data[: len(data) * 2 // 3]
+
+
+def corrupt_png(seed: int) -> bytes:
+    """A PNG whose header is intact but whose compressed pixel data is garbage.
+
+    (libjpeg, like TensorFlow's decoder, decodes most garbage inside a JPEG scan with a warning;
+    a broken zlib stream is an error every decoder agrees on.)
+    """
+    data = bytearray(encode(photo(seed, (64, 64)), "PNG"))
+    idat = data.find(b"IDAT")
+    for i in range(idat + 10, idat + 60):
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but carries almost no data (a decompression bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def exif_rotated_jpeg(seed: int, orientation: int = 6) -> bytes:
+    img = photo(seed, (60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, "JPEG", quality=92, exif=exif)
+
+
+def sixteen_bit_png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((40, 48)) * 65535).astype(np.uint16)
+    return encode(Image.fromarray(arr), "PNG")
+
+
+def palette_png_with_transparency(seed: int) -> bytes:
+    img = photo(seed).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return encode(img, "PNG", transparency=0)
+
+
+# name -> (bytes, expected status, expected reason or normalisation marker)
+def defects(seed: int = 1000) -> dict[str, tuple[bytes, str]]:
+    """Every defect kind: file name -> (bytes, reason clean must give)."""
+    return {
+        "empty.jpg": (b"", "empty_file"),
+        "Thumbs.db": (OLE2_MAGIC + bytes(2000), "not_an_image"),
+        "notes.txt": (b"just some notes\n", "not_an_image"),
+        "page.jpg": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "not_an_image"),
+        "truncated.jpg": (truncated_jpeg(seed), "truncated"),
+        "corrupt.png": (corrupt_png(seed + 1), "corrupt"),
+        "bomb.png": (png_header_only(20_000, 20_000), "decompression_bomb"),
+        "tiny.jpg": (jpeg(seed + 2, (20, 16)), "too_small"),
+        "strip.jpg": (jpeg(seed + 3, (200, 36)), "odd_aspect_ratio"),
+        "icon.jpg": (encode(photo(seed + 4), "ICO"), "unsupported_format"),
+    }
+
+
+def awkward_valid(seed: int = 2000) -> dict[str, tuple[bytes, str]]:
+    """Valid photos that need normalising: file name -> (bytes, a step clean.parquet must record)."""
+    return {
+        "gray.jpg": (encode(photo(seed, mode="L"), "JPEG"), "L->RGB"),
+        "cmyk.jpg": (encode(photo(seed + 1).convert("CMYK"), "JPEG"), "CMYK->RGB"),
+        "rgba.png": (encode(photo(seed + 2, mode="RGBA"), "PNG"), "alpha->white"),
+        "palette.png": (palette_png_with_transparency(seed + 3), "alpha->white"),
+        "deep.png": (sixteen_bit_png(seed + 4), "16bit->8bit"),
+        "png_named.jpg": (encode(photo(seed + 5), "PNG"), "format:PNG"),
+        "webp_named.jpg": (encode(photo(seed + 6), "WEBP", quality=90), "format:WEBP"),
+        "rotated.jpg": (exif_rotated_jpeg(seed + 7), "exif_orientation:6"),
+    }
+
+
+def make_dataset(
+    root: Path,
+    per_class: int = 20,
+    classes: tuple[str, ...] = ("Cat", "Dog"),
+    seed: int = 0,
+    size: tuple[int, int] = (48, 40),
+) -> Path:
+    """A PetImages-style folder: <class>/<class>.<n>.jpg with distinct photos."""
+    for c_idx, cls in enumerate(classes):
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (folder / f"{cls.lower()}.{i}.jpg").write_bytes(jpeg(seed + c_idx * 100_000 + i, size))
+    return root

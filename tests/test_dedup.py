@@ -1,0 +1,126 @@
+"""Dedup: exact and near duplicates collapse within a label; cross-label copies are conflicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import imagegen
+from tasks.dedup import brute_force_pairs, find_duplicates, hash_bits, near_pairs, report
+from tasks.images import check_bytes
+from test_images import SETTINGS
+
+
+def photo_row(path: str, data: bytes) -> dict:
+    check, _ = check_bytes(data, SETTINGS)
+    assert check.status == "kept"
+    return {
+        "path": path,
+        "label": path.split("/")[0],
+        "sha256": check.sha256,
+        "phash": check.phash,
+        "width": check.width,
+        "height": check.height,
+        "bytes": check.bytes,
+    }
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def distinct(n: int, label: str = "Cat", start: int = 0) -> list[dict]:
+    return [photo_row(f"{label}/{i}.jpg", imagegen.jpeg(start + i, (96, 80))) for i in range(n)]
+
+
+def test_distinct_photos_are_all_kept():
+    dd = find_duplicates(frame(distinct(12)), max_distance=4)
+    assert (dd["status"] == "kept").all()
+    assert dd["group"].nunique() == 12
+
+
+def test_exact_duplicate_collapses_to_one():
+    data = imagegen.jpeg(1, (96, 80))
+    rows = [photo_row("Dog/a.jpg", data), photo_row("Dog/b.jpg", data), *distinct(3, "Dog", 10)]
+    dd = find_duplicates(frame(rows), 4).set_index("path")
+    assert dd.at["Dog/a.jpg", "status"] == "kept"
+    assert (dd.at["Dog/b.jpg", "status"], dd.at["Dog/b.jpg", "kind"]) == ("duplicate", "exact")
+    assert dd.at["Dog/b.jpg", "duplicate_of"] == "Dog/a.jpg"
+    assert dd.at["Dog/a.jpg", "group"] == dd.at["Dog/b.jpg", "group"]
+
+
+def test_near_duplicate_keeps_the_larger_photo():
+    img = imagegen.photo(5, (200, 160))
+    big = imagegen.encode(img, "JPEG", quality=95)
+    small = imagegen.encode(img.resize((100, 80)), "JPEG", quality=60)
+    rows = [photo_row("Cat/small.jpg", small), photo_row("Cat/big.jpg", big), *distinct(3, "Cat", 20)]
+    dd = find_duplicates(frame(rows), 4).set_index("path")
+    assert dd.at["Cat/big.jpg", "status"] == "kept"
+    assert (dd.at["Cat/small.jpg", "status"], dd.at["Cat/small.jpg", "kind"]) == ("duplicate", "near")
+    assert dd.at["Cat/small.jpg", "distance"] <= 4
+
+
+def test_same_photo_under_two_labels_is_a_conflict_and_dropped():
+    data = imagegen.jpeg(7, (96, 80))
+    rows = [
+        photo_row("Cat/x.jpg", data),
+        photo_row("Dog/x.jpg", data),
+        photo_row("Dog/y.jpg", data),
+        *distinct(2, "Cat", 30),
+    ]
+    dd = find_duplicates(frame(rows), 4)
+    conflict = dd[dd["status"] == "conflict"]
+    assert sorted(conflict["path"]) == ["Cat/x.jpg", "Dog/x.jpg", "Dog/y.jpg"]
+    rep = report(dd)
+    assert rep["conflict"] == 3 and rep["conflict_groups"] == 1
+    assert {f["label"] for f in rep["conflicts"][0]["files"]} == {"Cat", "Dog"}
+
+
+def test_max_distance_is_the_exact_threshold():
+    img = imagegen.photo(5, (200, 160))
+    a = imagegen.encode(img, "JPEG", quality=95)
+    b = imagegen.encode(img.rotate(4), "JPEG", quality=95)
+    rows = [photo_row("Cat/a.jpg", a), photo_row("Cat/b.jpg", b)]
+    d = int(np.count_nonzero(hash_bits([rows[0]["phash"]]) != hash_bits([rows[1]["phash"]])))
+    assert d > 0
+    assert (find_duplicates(frame(rows), d)["status"] == "duplicate").sum() == 1
+    assert (find_duplicates(frame(rows), d - 1)["status"] == "kept").all()
+
+
+def test_result_does_not_depend_on_row_order():
+    rows = [*distinct(6), photo_row("Cat/dup.jpg", imagegen.jpeg(2, (96, 80)))]
+    a = find_duplicates(frame(rows), 4)
+    b = find_duplicates(frame(rows[::-1]), 4)
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 4, 8, 12])
+@pytest.mark.parametrize("nbytes", [8, 32])
+def test_index_matches_brute_force_on_random_hashes(max_distance: int, nbytes: int):
+    rng = np.random.default_rng(max_distance * 100 + nbytes)
+    base = rng.integers(0, 256, size=(150, nbytes), dtype=np.uint8)
+    bits = np.unpackbits(np.vstack([base, base]), axis=1)
+    for r in range(150, 300):
+        bits[r, rng.integers(0, nbytes * 8, size=rng.integers(0, 2 * max_distance + 2))] ^= 1
+    bits[:10] = bits[0]
+    assert near_pairs(bits, max_distance) == brute_force_pairs(bits, max_distance)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=60),
+    st.integers(0, 10),
+    st.integers(0, 2**64 - 1),
+)
+def test_index_matches_brute_force_property(values: list[int], max_distance: int, flips: int):
+    # Clustered hashes: each value also appears with a few bits flipped.
+    values = values + [v ^ (flips & ((1 << 7) - 1)) for v in values[:10]]
+    hexes = [f"{v:016x}" for v in values]
+    bits = hash_bits(hexes)
+    if len(values) == 0:
+        assert near_pairs(np.zeros((0, 64), np.uint8), max_distance) == []
+        return
+    assert near_pairs(bits, max_distance) == brute_force_pairs(bits, max_distance)

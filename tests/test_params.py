@@ -1,0 +1,98 @@
+"""params.yaml is validated before any work: every problem names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.errors import PawflowError
+from tasks.params import load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def error_for(data: object) -> str:
+    with pytest.raises(PawflowError) as info:
+        parse_params(data)
+    return str(info.value)
+
+
+def test_the_shipped_params_file_is_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.ingest.source == "../shared/datasets/petimages-sample"
+    assert abs(sum(p.shard.split.as_dict().values()) - 1) < 1e-9
+
+
+def test_unknown_key_is_refused_and_named():
+    data = base()
+    data["clean"]["min_sidee"] = 10
+    assert "clean.min_sidee: unknown key" in error_for(data)
+
+
+def test_unknown_section_is_refused():
+    data = base()
+    data["cleaning"] = {}
+    assert "cleaning: unknown key" in error_for(data)
+
+
+def test_wrong_type_names_key_and_value():
+    data = base()
+    data["dedup"]["max_distance"] = "four"
+    msg = error_for(data)
+    assert "dedup.max_distance" in msg and "'four'" in msg
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_out_of_range_fraction(value: float):
+    data = base()
+    data["clean"]["max_reject_fraction"] = value
+    assert "clean.max_reject_fraction" in error_for(data)
+
+
+def test_split_must_sum_to_one():
+    data = base()
+    data["shard"]["split"] = {"train": 0.7, "val": 0.2, "test": 0.2}
+    msg = error_for(data)
+    assert "shard.split" in msg and "sum to 1" in msg
+
+
+def test_missing_required_section():
+    data = base()
+    del data["ingest"]
+    assert "ingest: missing" in error_for(data)
+
+
+def test_every_problem_is_listed_at_once():
+    data = base()
+    data["clean"]["bogus"] = 1
+    data["shard"]["max_side"] = 2
+    msg = error_for(data)
+    assert "clean.bogus" in msg and "shard.max_side" in msg
+
+
+def test_not_a_mapping():
+    assert "expected a mapping" in error_for(["a", "b"])
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path):
+    p = tmp_path / "params.yaml"
+    p.write_text("ingest:\n  source: x\n clean: [\n")
+    with pytest.raises(PawflowError, match="not valid YAML at line"):
+        load_params(p)
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(PawflowError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_sha256_must_look_like_one():
+    data = base()
+    data["ingest"]["sha256"] = "abc"
+    assert "ingest.sha256" in error_for(data)
