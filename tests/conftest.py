@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,9 +14,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import imagegen  # noqa: E402
+import imagegen
 
-from tasks.params import Params, parse_params  # noqa: E402
+from tasks.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +26,8 @@ def drain_prefect_workers() -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    try:
+    with contextlib.suppress(RuntimeError):  # never started
         APILogWorker.instance().drain()
-    except RuntimeError:
-        pass  # never started
     EventsWorker.drain_all()
 
 

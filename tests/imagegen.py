@@ -1,4 +1,4 @@
-"""Tiny generated photos for tests: valid ones of every awkward kind, and every defect the clean stage knows."""
+"""Tiny generated photos for tests: valid ones of every awkward kind, and every defect clean knows."""
 
 from __future__ import annotations
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import imagegen
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_images import SETTINGS
 
-import imagegen
 from tasks.dedup import brute_force_pairs, find_duplicates, hash_bits, near_pairs, report
 from tasks.images import check_bytes
-from test_images import SETTINGS
 
 
 def photo_row(path: str, data: bytes) -> dict:

@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imagegen
 import pytest
 import yaml
-from PIL import Image, ImageEnhance
-
-import imagegen
 from conftest import make_workspace, tool_env
+from PIL import Image, ImageEnhance
 
 pytestmark = pytest.mark.slow
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
+import imagegen
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-import imagegen
 from flows.clean import clean_flow
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 
+import imagegen
 import numpy as np
 import pytest
 from PIL import Image
 
-import imagegen
 from tasks.images import REASONS, CheckSettings, check_bytes, check_file
 
 SETTINGS = CheckSettings(
@@ -52,7 +52,7 @@ def test_exif_rotation_is_applied_to_pixels_and_size():
 
 def test_transparency_becomes_white():
     img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    check, thumb = check_bytes(imagegen.encode(img, "PNG"), SETTINGS)
+    _, thumb = check_bytes(imagegen.encode(img, "PNG"), SETTINGS)
     pixels = np.asarray(Image.open(io.BytesIO(thumb)))
     assert pixels.min() > 240
 

@@ -8,10 +8,10 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import imagegen
+import pytest
 from httpserver import FileServer
+
 from tasks import ingest
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file
@@ -40,7 +40,7 @@ def run_ingest(source: str | Path, raw: Path, known: dict | None = None, **kw):
 
 def test_directory_source_labels_and_manifest(dataset: Path, tmp_path: Path):
     raw = tmp_path / "raw"
-    listing, result, df = run_ingest(dataset, raw)
+    _, result, df = run_ingest(dataset, raw)
     assert sorted(df["label"].unique()) == ["Cat", "Dog"]
     assert len(df) == 40 and len(result.copied) == 40
     assert list(df.columns) == ["path", "label", "bytes", "sha256"]
@@ -62,7 +62,7 @@ def test_rerun_copies_nothing_and_new_photos_only_are_copied(dataset: Path, tmp_
     raw, known = tmp_path / "raw", {}
     run_ingest(dataset, raw, known)
     before = {p: p.stat().st_mtime_ns for p in raw.rglob("*.jpg")}
-    _, again, df1 = run_ingest(dataset, raw, known)
+    _, again, _ = run_ingest(dataset, raw, known)
     assert again.copied == [] and again.updated == [] and again.unchanged == 40
     for i in range(50, 55):
         (dataset / "Dog" / f"dog.{i}.jpg").write_bytes(imagegen.jpeg(9000 + i))
@@ -247,7 +247,7 @@ def test_corrupt_archive_is_a_clear_error(dataset: Path, tmp_path: Path):
     z = zip_of(dataset, tmp_path / "pets.zip")
     data = bytearray(z.read_bytes())
     z.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(PawflowError, match="(corrupt|not a zip or tar)"):
+    with pytest.raises(PawflowError, match=r"(corrupt|not a zip or tar)"):
         run_ingest(z, tmp_path / "raw")
 
 
@@ -262,7 +262,7 @@ def test_url_source_downloads_records_checksum_and_revalidates(dataset: Path, tm
         listing, _, df = run_ingest(url, tmp_path / "work" / "raw")
         assert listing.kind == "url" and len(df) == 40
         assert listing.archive_sha256 == sha256_file(tmp_path / "pets.zip")
-        listing2, again, _ = run_ingest(url, tmp_path / "work" / "raw")
+        _, again, _ = run_ingest(url, tmp_path / "work" / "raw")
         assert srv.requests[-1].get("If-Modified-Since")  # revalidated, not fetched again
         assert again.copied == []
 
