@@ -55,6 +55,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Label photos with the champion (or --model); exit 1 if any file could not be labelled."""
+    import csv
+
+    from tasks import predict
+
+    params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
+    max_pixels = params.clean.max_pixels if params else 89_478_485
+    model = args.model or (params.paths.models / "champion" if params else Path("models/champion"))
+    predictor = predict.load(model, max_pixels)
+    failed = 0
+    writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
+    if writer:
+        writer.writerow(["path", "label", "confidence", "error"])
+    for row in predict.predict(predictor, predict.iter_files(args.targets)):
+        failed += bool(row.error)
+        conf = "" if row.confidence is None else f"{row.confidence:.4f}"
+        if writer:
+            writer.writerow([row.path, row.label, conf, row.error])
+        elif row.error:
+            print(f"{row.path}\terror: {row.error}")
+        else:
+            print(f"{row.path}\t{row.label}\t{conf}")
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pawflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="re-run every stage")
     run.add_argument("--no-push", dest="push", action="store_false", help="do not dvc push afterwards")
     run.set_defaults(fn=cmd_run)
+    pred = sub.add_parser("predict", help="label photos (files or folders, recursively) with the champion")
+    pred.add_argument("targets", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    pred.add_argument(
+        "--model",
+        type=Path,
+        help="a .keras file or a folder with model.keras + model.json (default: models/champion)",
+    )
+    pred.add_argument("--csv", action="store_true", help="CSV: path,label,confidence,error")
+    pred.set_defaults(fn=cmd_predict)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

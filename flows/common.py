@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.errors import PawflowError
+from tasks.fileio import remove_leftovers
 from tasks.params import Params, Runner, load_params
 
 LOCK_FILE = Path(".pawflow/workspace.lock")
@@ -149,6 +150,15 @@ def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def tidy_workspace(params: Params) -> list[Path]:
+    """Remove what a killed run left half-written (only ever under temporary names). Needs the lock."""
+    p = params.paths
+    removed: list[Path] = []
+    for folder in (p.interim, p.processed.parent, p.reports, p.models, p.models / "champion"):
+        removed += remove_leftovers(folder)
+    return removed
+
+
 def state_message(state: State) -> str:
     return state.message or state.name or "failed"
 
@@ -164,6 +174,8 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         with workspace_lock():
+            for leftover in tidy_workspace(params):
+                print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
             runnable = flow.with_options(task_runner=task_runner(params.runner))
             state = runnable(params=params, refresh=args.refresh, return_state=True)
     except PawflowError as err:

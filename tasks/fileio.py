@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,17 @@ def fingerprint(*parts: object) -> str:
     return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:16]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
@@ -45,6 +57,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _usual_mode(tmp_path, is_dir=False)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -97,6 +110,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _usual_mode(tmp, is_dir=True)
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -108,13 +122,16 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporaries a killed run left behind (they never carry a final name)."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.name.startswith((".tmp-",)) or ".tmp-" in p.name or ".old-" in p.name:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+# Names only this module creates: ".tmp-XXXXXXXX" (mkstemp), ".<name>.tmp-XXXXXXXX", ".<name>.old-<pid>".
+_LEFTOVER = re.compile(r"^\.(?:tmp-[a-z0-9_]{8}|.+\.tmp-[a-z0-9_]{8}|.+\.old-\d+)$")
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete temporaries that a killed run left in folder (never a final name); returns them."""
+    removed = []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if _LEFTOVER.match(p.name):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

@@ -528,6 +528,7 @@ class SyncResult:
 def _temp_beside(dest: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # raw copies are readable like any ingested photo
     try:
         yield Path(tmp)
     finally:

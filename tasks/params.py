@@ -91,6 +91,45 @@ class Shard(Section):
     shard_bytes: Annotated[int, Field(ge=1_000)] = 100_000_000
 
 
+class Augment(Section):
+    flip: bool = True
+    rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    zoom: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    translation: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class Train(Section):
+    model: Literal["pawnet", "seed_cnn"] = "pawnet"
+    backbone: Literal["mobilenet_v2"] | None = None
+    backbone_weights: str | None = "imagenet"
+    width: Annotated[int, Field(ge=4, le=512)] = 32
+    blocks: tuple[Annotated[int, Field(ge=1, le=8)], ...] = (1, 1, 1, 1)
+    separable: bool = False
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 96
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 30
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.05
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    early_stopping_patience: PositiveInt = 8
+    shuffle_buffer: PositiveInt = 4096
+    seed: int = 1337
+    augment: Augment = Augment()
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    jit_compile: bool = False
+
+
+class Evaluate(Section):
+    min_accuracy: Fraction = 0.8
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
+    misclassified: Annotated[int, Field(ge=0, le=100)] = 16
+    batch_size: PositiveInt = 64
+
+
 class Params(Section):
     paths: Paths = Paths()
     runner: Runner = Runner()
@@ -98,6 +137,8 @@ class Params(Section):
     clean: Clean = Clean()
     dedup: Dedup = Dedup()
     shard: Shard = Shard()
+    train: Train = Train()
+    evaluate: Evaluate = Evaluate()
 
 
 def _key(loc: tuple[int | str, ...]) -> str:

@@ -1,0 +1,102 @@
+"""train: fit the model from the TFRecord shards and save it with what prediction needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.common import content_cache, friendly, publish, result_storage, stage_main
+from tasks.errors import PawflowError
+from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
+from tasks.params import Params
+
+
+def train_config(params: Params):
+    from tasks.train import Augment, TrainConfig
+
+    t = params.train
+    return TrainConfig(**{**t.model_dump(exclude={"augment"}), "augment": Augment(**t.augment.model_dump())})
+
+
+# Keyed on dataset_info.json's hash (it lists every shard's sha256), the config and the code. The
+# result carries the model and every log file, so a cache hit rewrites all of train's outputs.
+@task(
+    name="fit-model",
+    cache_policy=content_cache(
+        "tasks.train", "tasks.model", "tasks.tfrecord", exclude=("processed", "workdir", "tf_config")
+    ),
+    persist_result=True,
+)
+def fit_model(dataset_sha256: str, cfg, processed: Path, workdir: Path, tf_config: str | None):
+    """Fit on the train split, early-stop on val; returns the model bytes, logs and report."""
+    from tasks import train
+
+    info = json.loads((processed / "dataset_info.json").read_text())
+    return train.train(processed, info, cfg, workdir, tf_config)
+
+
+@flow(name="train", log_prints=True)
+@friendly
+def train_flow(params: Params, refresh: bool = False) -> dict:
+    """Train a Keras model from the shards; write models/model.keras, model.json and reports/train*."""
+    from tasks import train
+
+    started = time.monotonic()
+    log = get_run_logger()
+    info_path = params.paths.processed / "dataset_info.json"
+    if not info_path.exists():
+        raise PawflowError(f"{info_path} not found: the data stages have not run.", "Run `dvc repro` first.")
+    info = json.loads(info_path.read_text())
+    if int(info["splits"]["train"]["examples"]) == 0:
+        raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
+    cfg = train_config(params)
+    fit = fit_model.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
+    result = fit(
+        sha256_file(info_path),
+        cfg,
+        params.paths.processed,
+        params.paths.cache / "train",
+        os.environ.get("TF_CONFIG"),
+    )
+    rep = dict(result.report)
+    log.info(
+        "trained %s on %s: best epoch %s of %s",
+        rep["model"],
+        rep["device"],
+        rep["best_epoch"],
+        rep["epochs_run"],
+    )
+    models, reports = params.paths.models, params.paths.reports
+    write_bytes(models / "model.keras", result.model_bytes)
+    write_json(models / "model.json", train.model_card(info, cfg))
+    for folder in ("dvclive", "tensorboard"):
+        target = reports / ("train" if folder == "dvclive" else "tensorboard")
+        with atomic_dir(target) as tmp:
+            for rel, data in result.logs.items():
+                if rel.startswith(folder + "/"):
+                    out = tmp / rel.split("/", 1)[1]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(data)
+    write_json(reports / "train.json", rep)
+    best = rep["best"]
+    rows = [
+        ["model", f"{rep['model']} ({rep['parameters']:,} parameters)"],
+        ["device", rep["device"]],
+        ["epochs run (best)", f"{rep['epochs_run']} ({rep['best_epoch']})"],
+        ["val accuracy (best epoch)", f"{best.get('val_accuracy', float('nan')):.4f}"],
+        ["train images/s", rep["train_images_per_s"]],
+        ["training wall time (s)", rep["wall_time_s"]],
+        ["peak RSS (MB)", rep["peak_rss_mb"]],
+        ["seconds", f"{time.monotonic() - started:.1f}"],
+    ]
+    publish("train", "train: fitted model", ["", "value"], rows)
+    return rep
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("train", train_flow))

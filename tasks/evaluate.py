@@ -1,0 +1,317 @@
+"""Evaluate: predictions on the test split, metrics, plots and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+
+@dataclass
+class Predictions:
+    """Class probabilities (n, classes) for the test photos, with their true labels and paths."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+
+def as_class_probs(outputs: np.ndarray) -> np.ndarray:
+    """Sigmoid outputs (n, 1) -> (n, 2); softmax outputs pass through."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        p = outputs.reshape(-1)
+        return np.stack([1 - p, p], axis=1)
+    return outputs
+
+
+def predict(model, dataset) -> tuple[Predictions, dict[str, bytes]]:
+    """Run a Keras model over a (image, target, path, jpeg) dataset; also returns the wrong photos' JPEGs."""
+    probs, labels, paths, jpegs = [], [], [], {}
+    for images, targets, batch_paths, batch_jpegs in dataset:
+        probs.append(as_class_probs(model.predict_on_batch(images)))
+        t = targets.numpy()
+        labels.append(t[:, 0].astype(int) if t.shape[1] == 1 else t.argmax(axis=1))
+        names = [p.decode("utf-8") for p in batch_paths.numpy()]
+        paths += names
+        jpegs.update(zip(names, batch_jpegs.numpy(), strict=True))
+    if not probs:
+        return Predictions(np.zeros((0, 2)), np.zeros(0, dtype=int), []), {}
+    pred = Predictions(np.concatenate(probs), np.concatenate(labels), paths)
+    return pred, {p: jpegs[p] for p, ok in zip(pred.paths, pred.correct, strict=True) if not ok}
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
+    """Reliability diagram data: per confidence bin, mean confidence, accuracy and count."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            rows.append(
+                {
+                    "bin": b,
+                    "confidence": float(confidence[m].mean()),
+                    "accuracy": float(correct[m].mean()),
+                    "count": int(m.sum()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "count"])
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    cal = calibration_bins(confidence, correct, bins)
+    if cal.empty:
+        return 0.0
+    return float((cal["count"] / cal["count"].sum() * (cal["accuracy"] - cal["confidence"]).abs()).sum())
+
+
+def compute_metrics(pred: Predictions, class_names: list[str], bins: int) -> dict:
+    """reports/metrics.json: accuracy, per-class and macro precision/recall/F1, ROC AUC, log loss, ECE."""
+    y, yhat, k = pred.labels, pred.predicted, len(class_names)
+    labels = list(range(k))
+    p, r, f, s = skm.precision_recall_fscore_support(y, yhat, labels=labels, zero_division=0)
+    present = len(np.unique(y)) > 1
+    if k == 2:
+        auc = skm.roc_auc_score(y, pred.probs[:, 1]) if present else None
+    else:
+        auc = (
+            skm.roc_auc_score(y, pred.probs, multi_class="ovr", average="macro", labels=labels)
+            if present
+            else None
+        )
+    return {
+        "examples": len(y),
+        "accuracy": float(np.mean(y == yhat)) if len(y) else 0.0,
+        "precision_macro": float(np.mean(p)),
+        "recall_macro": float(np.mean(r)),
+        "f1_macro": float(np.mean(f)),
+        "roc_auc": None if auc is None else float(auc),
+        "log_loss": float(skm.log_loss(y, np.clip(pred.probs, 1e-7, 1 - 1e-7), labels=labels))
+        if len(y)
+        else None,
+        "ece": expected_calibration_error(pred.confidence, pred.correct, bins),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(class_names)
+        },
+        "confusion_matrix": skm.confusion_matrix(y, yhat, labels=labels).tolist(),
+    }
+
+
+def plot_tables(pred: Predictions, class_names: list[str], bins: int) -> dict[str, pd.DataFrame]:
+    """The data behind `dvc plots show` (CSV files under reports/plots/)."""
+    names = np.array(class_names)
+    tables = {"confusion": pd.DataFrame({"actual": names[pred.labels], "predicted": names[pred.predicted]})}
+    if len(class_names) == 2:
+        score, truth = pred.probs[:, 1], pred.labels
+    else:  # micro-average: every (photo, class) pair is a binary decision
+        score = pred.probs.reshape(-1)
+        truth = (np.arange(len(class_names))[None, :] == pred.labels[:, None]).reshape(-1).astype(int)
+    if len(np.unique(truth)) > 1:
+        fpr, tpr, thr = skm.roc_curve(truth, score)
+        prec, rec, pthr = skm.precision_recall_curve(truth, score)
+        tables["roc"] = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
+        tables["precision_recall"] = pd.DataFrame(
+            {"recall": rec[:-1], "precision": prec[:-1], "threshold": pthr}
+        )
+    tables["calibration"] = calibration_bins(pred.confidence, pred.correct, bins)
+    return tables
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_plots(
+    m: dict, tables: dict[str, pd.DataFrame], class_names: list[str], history: dict[str, list[float]] | None
+) -> dict[str, bytes]:
+    """PNG pictures for the HTML report (it must open offline, so no JavaScript charts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    cm = np.array(m["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(3.2 + 0.4 * len(class_names), 2.8 + 0.4 * len(class_names)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_title("Confusion matrix (test)")
+    out["confusion"] = _figure_png(fig)
+    if "roc" in tables:
+        fig, ax = plt.subplots(figsize=(3.6, 3.4))
+        ax.plot(tables["roc"]["fpr"], tables["roc"]["tpr"], label=f"AUC {m['roc_auc']:.3f}")
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+        ax.legend(loc="lower right")
+        out["roc"] = _figure_png(fig)
+        fig, ax = plt.subplots(figsize=(3.6, 3.4))
+        ax.plot(tables["precision_recall"]["recall"], tables["precision_recall"]["precision"])
+        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)", ylim=(0, 1.02))
+        out["precision_recall"] = _figure_png(fig)
+    cal = tables["calibration"]
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.plot(cal["confidence"], cal["accuracy"], marker="o")
+    ax.set(
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=f"Calibration (ECE {m['ece']:.3f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    out["calibration"] = _figure_png(fig)
+    if history:
+        fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0))
+        for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + key in history:
+                    ax.plot(
+                        range(1, len(history[prefix + key]) + 1),
+                        history[prefix + key],
+                        style,
+                        label=(prefix or "train_").rstrip("_"),
+                    )
+            ax.set(xlabel="epoch", title=key)
+            ax.legend()
+        out["training"] = _figure_png(fig)
+    return out
+
+
+def worst_mistakes(pred: Predictions, jpegs: dict[str, bytes], class_names: list[str], count: int) -> bytes:
+    """A grid of the most confident wrong predictions with true/predicted label and confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    wrong = np.flatnonzero(~pred.correct)
+    wrong = wrong[np.argsort(-pred.confidence[wrong], kind="stable")][:count]
+    cols = 4
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong, strict=False):
+        ax.imshow(Image.open(io.BytesIO(jpegs[pred.paths[i]])))
+        ax.set_title(
+            f"{Path(pred.paths[i]).name}\ntrue {class_names[pred.labels[i]]}, "
+            f"said {class_names[pred.predicted[i]]} {pred.confidence[i]:.0%}",
+            fontsize=7,
+        )
+    if not len(wrong):
+        axes.flat[0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+    fig.suptitle("Most confident mistakes (test split)")
+    return _figure_png(fig)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def html_report(
+    m: dict,
+    gate: dict,
+    pngs: dict[str, bytes],
+    mistakes_png: bytes,
+    class_names: list[str],
+    train_report: dict | None,
+) -> str:
+    """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline."""
+    headline = [
+        "accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "roc_auc",
+        "log_loss",
+        "ece",
+        "examples",
+    ]
+    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in headline)
+    per_class = "".join(
+        f"<tr><th>{html.escape(c)}</th>"
+        + "".join(f"<td>{_fmt(m['per_class'][c][k])}</td>" for k in ("precision", "recall", "f1", "support"))
+        + "</tr>"
+        for c in class_names
+    )
+    gate_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in gate.items())
+    train = ""
+    if train_report:
+        keys = [
+            "model",
+            "parameters",
+            "epochs_run",
+            "best_epoch",
+            "wall_time_s",
+            "train_images_per_s",
+            "peak_rss_mb",
+            "device",
+        ]
+        train = (
+            "<h2>Training</h2><table>"
+            + "".join(f"<tr><th>{k}</th><td>{_fmt(train_report.get(k))}</td></tr>" for k in keys)
+            + "</table>"
+        )
+    pictures = "".join(
+        _img(pngs[k], k)
+        for k in ("training", "confusion", "roc", "precision_recall", "calibration")
+        if k in pngs
+    )
+    verdict = "promoted to champion" if gate.get("promoted") else "not promoted"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;
+margin:.5em 0 1.5em}}th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
+img{{margin:.3em;vertical-align:top;max-width:100%}}.verdict{{font-size:1.2em;font-weight:bold}}</style>
+</head><body>
+<h1>pawflow evaluation (test split)</h1>
+<p class="verdict">Accuracy {m["accuracy"]:.2%} on {m["examples"]} test photos: {verdict}.</p>
+<p>{html.escape(gate.get("reason", ""))}</p>
+<h2>Metrics</h2><table>{rows}</table>
+<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
+{per_class}</table>
+<h2>Promotion gate</h2><table>{gate_rows}</table>
+{train}
+<h2>Plots</h2>{pictures}
+<h2>Most confident mistakes</h2>{_img(mistakes_png, "misclassified")}
+</body></html>
+"""

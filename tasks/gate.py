@@ -1,0 +1,81 @@
+"""The promotion gate: is the new model (challenger) significantly worse than the champion?
+
+McNemar's exact test on the photos where exactly one of the two models is right: under "equally
+good" each such photo is a fair coin. The one-sided p-value is the probability of the challenger
+losing at least as many of them as it did. Promote unless that is below alpha, and only when the
+challenger also meets the absolute accuracy floor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import binomtest
+
+
+def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dict:
+    """Disagreement counts and exact p-values for paired right/wrong vectors of the same photos."""
+    champ = np.asarray(champion_correct, dtype=bool)
+    chall = np.asarray(challenger_correct, dtype=bool)
+    if champ.shape != chall.shape:
+        raise ValueError(f"paired vectors differ in length: {champ.shape} vs {chall.shape}")
+    lost = int(np.sum(champ & ~chall))  # champion right, challenger wrong
+    won = int(np.sum(~champ & chall))  # challenger right, champion wrong
+    n = lost + won
+    return {
+        "photos": int(champ.size),
+        "challenger_wins": won,
+        "challenger_losses": lost,
+        "p_worse": float(binomtest(lost, n, 0.5, alternative="greater").pvalue) if n else 1.0,
+        "p_better": float(binomtest(won, n, 0.5, alternative="greater").pvalue) if n else 1.0,
+        "p_two_sided": float(binomtest(lost, n, 0.5).pvalue) if n else 1.0,
+    }
+
+
+def decide(
+    challenger_correct: np.ndarray, champion_correct: np.ndarray | None, min_accuracy: float, alpha: float
+) -> dict:
+    """The gate's decision and the numbers behind it (reports/gate.json)."""
+    acc = float(np.mean(challenger_correct)) if len(challenger_correct) else 0.0
+    out: dict = {
+        "challenger_accuracy": acc,
+        "min_accuracy": min_accuracy,
+        "alpha": alpha,
+        "test": "McNemar exact (one-sided: challenger worse)",
+    }
+    if champion_correct is None:
+        out.update(champion_accuracy=None, p_value=None)
+        ok = acc >= min_accuracy
+        out.update(
+            promoted=ok,
+            decision="promoted" if ok else "rejected",
+            reason="no champion yet; "
+            + (
+                f"accuracy {acc:.4f} >= {min_accuracy}"
+                if ok
+                else f"accuracy {acc:.4f} < evaluate.min_accuracy {min_accuracy}"
+            ),
+        )
+        return out
+    stats = mcnemar(champion_correct, challenger_correct)
+    out.update(stats, champion_accuracy=float(np.mean(champion_correct)), p_value=stats["p_worse"])
+    if acc < min_accuracy:
+        out.update(
+            promoted=False,
+            decision="rejected",
+            reason=f"accuracy {acc:.4f} < evaluate.min_accuracy {min_accuracy}",
+        )
+    elif stats["p_worse"] < alpha:
+        out.update(
+            promoted=False,
+            decision="rejected",
+            reason=f"significantly worse than the champion (p={stats['p_worse']:.4g} < alpha={alpha}; "
+            f"lost {stats['challenger_losses']}, won {stats['challenger_wins']} of the disagreements)",
+        )
+    else:
+        out.update(
+            promoted=True,
+            decision="promoted",
+            reason=f"not significantly worse than the champion (p={stats['p_worse']:.4g} >= "
+            f"alpha={alpha}; won {stats['challenger_wins']}, lost {stats['challenger_losses']})",
+        )
+    return out

@@ -1,0 +1,140 @@
+"""Model builders: pure functions of (input shape, number of classes, hyper-parameters).
+
+Every model takes RGB pixels in [0, 255] (rescaling is inside the model, so prediction needs nothing
+else) and ends in sigmoid for two classes or softmax for more, kept in float32 under mixed precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from tasks.errors import PawflowError
+
+MODELS = ("pawnet", "seed_cnn")
+BACKBONES = ("mobilenet_v2",)
+
+
+def output_layer(num_classes: int) -> layers.Layer:
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if num_classes == 2:
+        return layers.Dense(1, activation="sigmoid", dtype="float32", name="prediction")
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="prediction")
+
+
+def seed_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The seed article's final network: two conv layers (64, 128), max-pooling, a 512-unit dense layer."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(128, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu")(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name="seed_cnn")
+
+
+def _conv(filters: int, stride: int = 1, separable: bool = False) -> layers.Layer:
+    if separable:
+        return layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False)
+    return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)
+
+
+def pawnet(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    width: int = 32,
+    blocks: tuple[int, ...] = (1, 1, 1, 1),
+    separable: bool = False,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """A small residual CNN for CPUs: strided stem, residual stages that halve the resolution and
+    double the width, batch-norm, global average pooling, dropout."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    for stage, repeats in enumerate(blocks):
+        filters = width * 2**stage
+        for r in range(repeats):
+            stride = 2 if r == 0 else 1
+            shortcut = x
+            y = _conv(filters, stride, separable)(x)
+            y = layers.BatchNormalization()(y)
+            y = layers.Activation("relu")(y)
+            y = _conv(filters, 1, separable)(y)
+            y = layers.BatchNormalization()(y)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+                shortcut = layers.BatchNormalization()(shortcut)
+            x = layers.Activation("relu")(layers.add([y, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name="pawnet")
+
+
+def with_backbone(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    backbone: str,
+    weights: str | None,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """A pretrained Keras application as feature extractor (frozen) with a new classification head.
+
+    weights: "imagenet" (Keras downloads them; needs the internet), a local weights file, or None.
+    """
+    if backbone != "mobilenet_v2":
+        raise PawflowError(f"train.backbone {backbone!r} is not supported.", f"Use one of {BACKBONES}.")
+    local = weights not in (None, "imagenet")
+    if local and not Path(str(weights)).is_file():
+        raise PawflowError(
+            f"train.backbone_weights: {weights} does not exist.",
+            "Point it at a MobileNetV2 no-top weights file (.h5), or set it to imagenet.",
+        )
+    try:
+        base = keras.applications.MobileNetV2(
+            input_shape=input_shape, include_top=False, weights=None if local else weights, pooling="avg"
+        )
+    except Exception as err:  # download failures surface as many exception types
+        raise PawflowError(
+            f"the ImageNet weights for {backbone} could not be downloaded ({type(err).__name__}: {err}).",
+            "Download mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 on a machine with "
+            "internet access and set train.backbone_weights to its path (or set train.backbone: null).",
+        ) from None
+    if local:
+        base.load_weights(str(weights))
+    base.trainable = False
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)  # MobileNetV2 expects [-1, 1]
+    x = base(x, training=False)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name=f"{backbone}_transfer")
+
+
+def make_model(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    model: str = "pawnet",
+    backbone: str | None = None,
+    backbone_weights: str | None = "imagenet",
+    width: int = 32,
+    blocks: tuple[int, ...] = (1, 1, 1, 1),
+    separable: bool = False,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """The model named by train.model / train.backbone."""
+    if backbone:
+        return with_backbone(input_shape, num_classes, backbone, backbone_weights, dropout)
+    if model == "seed_cnn":
+        return seed_cnn(input_shape, num_classes)
+    if model == "pawnet":
+        return pawnet(input_shape, num_classes, width, blocks, separable, dropout)
+    raise PawflowError(f"train.model {model!r} is not known.", f"Use one of {MODELS}.")

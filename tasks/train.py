@@ -1,0 +1,385 @@
+"""Train: a Keras model from the TFRecord shards through tf.data, on whatever devices there are."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tasks import tfrecord
+from tasks.model import make_model
+
+log = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Train-only augmentation; all zero/False turns it off."""
+
+    flip: bool = True
+    rotation: float = 0.05  # fraction of a full turn, either way
+    zoom: float = 0.1  # +- fraction
+    translation: float = 0.1  # +- fraction of the side
+    contrast: float = 0.2  # factor in [1 - c, 1 + c]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything training depends on (from params.yaml train:)."""
+
+    model: str = "pawnet"
+    backbone: str | None = None
+    backbone_weights: str | None = "imagenet"
+    width: int = 32
+    blocks: tuple[int, ...] = (1, 1, 1, 1)
+    separable: bool = False
+    dropout: float = 0.3
+    image_size: int = 96
+    batch_size: int = 32
+    epochs: int = 30
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 8
+    shuffle_buffer: int = 4096
+    seed: int = 1337
+    augment: Augment = field(default_factory=Augment)
+    mixed_precision: str = "auto"  # auto: mixed_float16 on GPUs only; on; off
+    jit_compile: bool = False
+
+
+# --------------------------------------------------------------------------- input pipeline
+
+
+def split_files(processed: Path, info: dict, split: str) -> list[Path]:
+    return [processed / s["file"] for s in info["splits"][split]["shards"]]
+
+
+def _decode(example: dict[str, tf.Tensor], image_size: int, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
+    image = tf.io.decode_jpeg(example["image/encoded"], channels=3)
+    image = tf.image.resize(image, (image_size, image_size))  # float32 in [0, 255]
+    label = example["label"]
+    target = tf.cast(label, tf.float32)[None] if num_classes == 2 else tf.one_hot(label, num_classes)
+    return image, target
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, a: Augment) -> tf.Tensor:
+    """One random affine map per image (flip, rotation, zoom, translation) applied in a single
+    resampling, then random contrast. Stateless: the same seed gives the same batch.
+
+    (Keras's Random* layers resample once per layer; fusing them doubled throughput on this CPU.)
+    """
+    n = tf.shape(images)[0]
+    h = tf.cast(tf.shape(images)[1], tf.float32)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, num=6)
+
+    def uniform(k: int, lo: float, hi: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([n], seeds[k], lo, hi)
+
+    angle = uniform(0, -a.rotation * 2 * math.pi, a.rotation * 2 * math.pi)
+    scale = uniform(1, 1.0 - a.zoom, 1.0 + a.zoom)
+    tx = uniform(2, -a.translation, a.translation) * w
+    ty = uniform(3, -a.translation, a.translation) * h
+    fx = tf.where(uniform(4, 0.0, 1.0) < 0.5, -1.0, 1.0) if a.flip else tf.ones([n])
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Inverse map from output to input pixel: p_in = R * S * F * (p_out - c) + c + t
+    a0, a1 = scale * cos * fx, -scale * sin
+    b0, b1 = scale * sin * fx, scale * cos
+    a2 = cx - a0 * cx - a1 * cy + tx
+    b2 = cy - b0 * cx - b1 * cy + ty
+    zeros = tf.zeros([n])
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+    if a.contrast:
+        factor = tf.random.stateless_uniform([n, 1, 1, 1], seeds[5], 1.0 - a.contrast, 1.0 + a.contrast)
+        mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
+        out = tf.clip_by_value((out - mean) * factor + mean, 0.0, 255.0)
+    return out
+
+
+def make_dataset(
+    files: list[Path],
+    num_classes: int,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    augment: Augment | None = None,
+    shuffle_buffer: int = 4096,
+    seed: int = 0,
+    with_meta: bool = False,
+    examples: int | None = None,
+) -> tf.data.Dataset:
+    """Shards -> interleaved records -> parallel parse/decode/resize -> (train: shuffle, augment)
+    -> batch -> prefetch. Nothing is held in memory beyond the shuffle buffer."""
+    ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.map(tfrecord.parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if with_meta:
+        ds = ds.map(
+            lambda ex: (*_decode(ex, image_size, num_classes), ex["path"], ex["image/encoded"]),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        ds = ds.map(
+            lambda ex: _decode(ex, image_size, num_classes), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
+    ds = ds.batch(batch_size)
+    if examples is not None:  # a known length lets Keras show progress and skip its "ran out of data" probe
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(examples / batch_size)))
+    if training and augment is not None and any(asdict(augment).values()):
+        # Each batch gets its own stateless seed from a seeded stream that differs every epoch.
+        seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda batch, s: (augment_batch(batch[0], s, augment), batch[1]),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    return ds.prefetch(AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass
+class Devices:
+    strategy: Any
+    kind: str  # "cpu", "gpu", "multi-gpu", "multi-worker"
+    replicas: int
+    description: str
+    gpus: int
+
+
+def choose_strategy(tf_config: str | None) -> Devices:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, MirroredStrategy on several
+    GPUs, the default strategy otherwise (one GPU or the CPU)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    workers = len(json.loads(tf_config).get("cluster", {}).get("worker", [])) if tf_config else 0
+    if workers > 1:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        kind = "multi-worker"
+    elif len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        kind = "multi-gpu"
+    else:
+        strategy = tf.distribute.get_strategy()
+        kind = "gpu" if gpus else "cpu"
+    names = ", ".join(g.name for g in gpus) or "CPU"
+    desc = f"{kind}: {strategy.num_replicas_in_sync} replica(s) on {names}"
+    if workers > 1:
+        desc += f" across {workers} workers"
+    return Devices(strategy, kind, strategy.num_replicas_in_sync, desc, len(gpus))
+
+
+def precision_policy(setting: str, gpus: int) -> str:
+    """mixed_float16 on GPUs (auto) or when forced; float32 otherwise (it is 2-5x slower on CPUs)."""
+    if setting == "on" or (setting == "auto" and gpus):
+        return "mixed_float16"
+    return "float32"
+
+
+# --------------------------------------------------------------------------- training
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> keras.Model:
+    model = make_model(
+        (cfg.image_size, cfg.image_size, 3),
+        num_classes,
+        model=cfg.model,
+        backbone=cfg.backbone,
+        backbone_weights=cfg.backbone_weights,
+        width=cfg.width,
+        blocks=cfg.blocks,
+        separable=cfg.separable,
+        dropout=cfg.dropout,
+    )
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate / 10 if warmup else cfg.learning_rate,
+        decay_steps=total - warmup,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    if num_classes == 2:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=cfg.jit_compile)
+    return model
+
+
+class _Throughput(keras.callbacks.Callback):
+    """Training images per second, measured over the training batches only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+        self.images = 0
+        self._t = 0.0
+        self.batch_size = 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.seconds += time.perf_counter() - self._t
+        self.images += self.batch_size
+
+
+@dataclass
+class TrainResult:
+    """What train produces: the model file's bytes, the logs written during training, the report."""
+
+    model_bytes: bytes
+    logs: dict[str, bytes]
+    report: dict
+
+
+def collect_files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def train(
+    processed: Path,
+    info: dict,
+    cfg: TrainConfig,
+    workdir: Path,
+    tf_config: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit a model on the train split with early stopping on the val split (never the test split)."""
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    keras.utils.set_random_seed(cfg.seed)
+    devices = choose_strategy(tf_config)
+    policy = precision_policy(cfg.mixed_precision, devices.gpus)
+    keras.mixed_precision.set_global_policy(policy)
+    log.info("training on %s, precision %s", devices.description, policy)
+    num_classes = int(info["num_classes"])
+    global_batch = cfg.batch_size * devices.replicas
+    n_train = int(info["splits"]["train"]["examples"])
+    steps = max(1, math.ceil(n_train / global_batch))
+    n_val = int(info["splits"]["val"]["examples"])
+    train_ds = make_dataset(
+        split_files(processed, info, "train"),
+        num_classes,
+        cfg.image_size,
+        global_batch,
+        True,
+        cfg.augment,
+        cfg.shuffle_buffer,
+        cfg.seed,
+        examples=n_train,
+    )
+    val_ds = make_dataset(
+        split_files(processed, info, "val"), num_classes, cfg.image_size, global_batch, False, examples=n_val
+    )
+    has_val = n_val > 0
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    live_dir, tb_dir, ckpt = workdir / "dvclive", workdir / "tensorboard", workdir / "best.keras"
+    with devices.strategy.scope():
+        model = build_and_compile(cfg, num_classes, steps)
+    monitor = "val_loss" if has_val else "loss"
+    speed = _Throughput()
+    speed.batch_size = global_batch
+    started = time.monotonic()
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=cfg.early_stopping_patience, restore_best_weights=True
+            ),
+            keras.callbacks.ModelCheckpoint(str(ckpt), monitor=monitor, save_best_only=True),
+            keras.callbacks.TensorBoard(str(tb_dir), histogram_freq=0, write_graph=False, profile_batch=0),
+            DVCLiveCallback(live=live),
+            speed,
+        ]
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds if has_val else None,
+            epochs=cfg.epochs,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=2 if progress else 0,
+        )
+    wall = time.monotonic() - started
+    losses = history.history[monitor]
+    best = int(np.argmin(losses))
+    model_path = workdir / "model.keras"
+    model.save(model_path)
+    report = {
+        "model": model.name,
+        "parameters": int(model.count_params()),
+        "epochs_run": len(losses),
+        "best_epoch": best + 1,
+        "best": {k: float(v[best]) for k, v in history.history.items()},
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "wall_time_s": round(wall, 1),
+        "train_images_per_s": round(speed.images / speed.seconds, 1) if speed.seconds else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": devices.description,
+        "precision": policy,
+        "replicas": devices.replicas,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1",
+        "global_batch_size": global_batch,
+        "examples": {s: int(info["splits"][s]["examples"]) for s in ("train", "val")},
+        "config": json.loads(json.dumps(asdict(cfg))),
+    }
+    logs = {f"dvclive/{k}": v for k, v in collect_files(live_dir).items()}
+    logs.update({f"tensorboard/{k}": v for k, v in collect_files(tb_dir).items()})
+    result = TrainResult(model_path.read_bytes(), logs, report)
+    keras.mixed_precision.set_global_policy("float32")
+    return result
+
+
+def model_card(info: dict, cfg: TrainConfig) -> dict:
+    """models/model.json: what a prediction needs besides the weights."""
+    return {
+        "class_names": info["class_names"],
+        "image_size": cfg.image_size,
+        "max_side": info["image"]["max_side"],
+        "jpeg_quality": info["image"]["jpeg_quality"],
+        "model": cfg.backbone or cfg.model,
+    }

@@ -1,0 +1,109 @@
+"""Model builders: shapes for 2 and N classes, the pretrained backbone path (local file and URL)."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.errors import PawflowError
+from tasks.model import make_model
+
+
+@pytest.mark.parametrize("model", ["pawnet", "seed_cnn"])
+@pytest.mark.parametrize(("classes", "width"), [(2, 1), (5, 5)])
+def test_output_shapes(model: str, classes: int, width: int):
+    m = make_model((48, 48, 3), classes, model=model, width=8)
+    out = m.predict_on_batch(np.full((3, 48, 48, 3), 128, np.float32))
+    assert out.shape == (3, width)
+    assert np.all((out >= 0) & (out <= 1))
+    if classes > 2:
+        assert np.allclose(out.sum(axis=1), 1, atol=1e-5)
+
+
+def test_pawnet_is_configurable():
+    small = make_model((64, 64, 3), 2, width=8, blocks=(1, 1))
+    bigger = make_model((64, 64, 3), 2, width=8, blocks=(2, 2, 2), separable=True)
+    assert small.count_params() < bigger.count_params()
+
+
+def test_seed_cnn_is_the_seed_articles_network():
+    m = make_model((64, 64, 3), 2, model="seed_cnn")
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert kinds == [
+        "InputLayer",
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
+    assert [layer.units for layer in m.layers if type(layer).__name__ == "Dense"] == [512, 1]
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(PawflowError, match="train.model"):
+        make_model((32, 32, 3), 2, model="resnet9000")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A file in the legacy HDF5 layout that Keras publishes ImageNet weights in (random weights)."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    folder = tmp_path_factory.mktemp("weights")
+    base = keras.applications.MobileNetV2(input_shape=(96, 96, 3), include_top=False, weights=None)
+    path = folder / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, base)
+    return path
+
+
+def test_backbone_from_a_local_weights_file(mobilenet_weights: Path):
+    m = make_model((96, 96, 3), 3, backbone="mobilenet_v2", backbone_weights=str(mobilenet_weights))
+    assert m.predict_on_batch(np.zeros((2, 96, 96, 3), np.float32)).shape == (2, 3)
+    backbone = m.get_layer("mobilenetv2_1.00_96")
+    assert not backbone.trainable
+
+
+def test_backbone_downloads_imagenet_weights_from_keras_url(
+    mobilenet_weights: Path, tmp_path: Path, monkeypatch
+):
+    """The real Keras download path, served from 127.0.0.1 instead of the internet."""
+    from keras.src.applications import mobilenet_v2
+    from keras.src.backend import config
+
+    handler = partial(SimpleHTTPRequestHandler, directory=str(mobilenet_weights.parent))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for home in ("keras", "keras2"):
+        (tmp_path / home).mkdir()  # Keras falls back to /tmp/.keras when the folder is missing
+    try:
+        monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras"))  # never the user's cache
+        monkeypatch.setattr(mobilenet_v2, "BASE_WEIGHT_PATH", f"http://127.0.0.1:{server.server_address[1]}/")
+        m = make_model((96, 96, 3), 2, backbone="mobilenet_v2", backbone_weights="imagenet")
+        assert m.predict_on_batch(np.zeros((1, 96, 96, 3), np.float32)).shape == (1, 1)
+        assert list((tmp_path / "keras" / "models").glob("*.h5"))
+        monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras2"))
+        monkeypatch.setattr(
+            mobilenet_v2, "BASE_WEIGHT_PATH", f"http://127.0.0.1:{server.server_address[1]}/gone/"
+        )
+        with pytest.raises(PawflowError, match="could not be downloaded"):
+            make_model((96, 96, 3), 2, backbone="mobilenet_v2", backbone_weights="imagenet")
+    finally:
+        server.shutdown()
+
+
+def test_missing_local_weights_say_what_to_do(tmp_path: Path):
+    with pytest.raises(PawflowError, match="does not exist"):
+        make_model((96, 96, 3), 2, backbone="mobilenet_v2", backbone_weights=str(tmp_path / "none.h5"))
