@@ -70,7 +70,7 @@ def load(model_path: Path, max_pixels: int) -> Predictor:
 
 
 def iter_files(targets: list[Path]) -> Iterator[Path]:
-    """Files named, and every file under folders named (sorted, recursively; links to folders not followed)."""
+    """Files named, and every file under folders named (sorted, recursively; folder links not followed)."""
     for target in targets:
         if target.is_dir():
             for dirpath, dirnames, filenames in os.walk(target):

@@ -9,9 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
+import imagegen
 import pytest
 
-import imagegen
 from flows.clean import clean_flow
 from flows.cli import main as pawflow
 from flows.dedup import dedup_flow

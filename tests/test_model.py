@@ -49,7 +49,7 @@ def test_seed_cnn_is_the_seed_articles_network():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(PawflowError, match="train.model"):
+    with pytest.raises(PawflowError, match=r"train\.model"):
         make_model((32, 32, 3), 2, model="resnet9000")
 
 
