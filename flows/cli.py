@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tasks.errors import PawflowError
@@ -46,12 +47,37 @@ def has_remote() -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote."""
     from flows.server import prefect_api
+    from tasks import versioning
 
-    load_params(Path("params.yaml"))  # a bad params.yaml is reported before anything starts
-    with prefect_api(PREFECT_HOME):
-        dvc("repro", *(["--force"] if args.force else []))
-    if args.push and has_remote():
+    root = project_root(Path.cwd())
+    os.chdir(root)
+    params = load_params(Path("params.yaml"))  # a bad params.yaml is reported before anything starts
+    started = time.monotonic()
+    before = versioning.lock_stages(root)
+    if not args.force and not any(versioning.stage_status(root, s) for s in versioning.STAGES):
+        # Nothing for dvc repro to do: skip starting a Prefect server for it.
+        print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
+    else:
+        with prefect_api(PREFECT_HOME):
+            dvc("repro", *(["--force"] if args.force else []))
+    pushed = None
+    if args.push and params.pipeline.push and has_remote():
         dvc("push")
+        pushed = True
+    after = versioning.lock_stages(root)
+    stages = {
+        s: "ran" if before.get(s) != after.get(s) or args.force else "skipped (up to date)"
+        for s in versioning.STAGES
+    }
+    record = versioning.history_record(
+        root,
+        "dvc repro",
+        stages,
+        params.model_dump(mode="json"),
+        params.paths.reports,
+        {"seconds": round(time.monotonic() - started, 1), "pushed": pushed},
+    )
+    versioning.append_history(params.pipeline.history, record)
     return 0
 
 
@@ -82,6 +108,67 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def project_root(start: Path) -> Path:
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").exists() and (folder / "params.yaml").exists():
+            return folder
+    raise PawflowError(
+        f"{start} is not inside a pawflow project (no dvc.yaml + params.yaml found).",
+        "Run this from the project folder.",
+    )
+
+
+def deployments(params_path: Path) -> list:
+    """pipeline/manual (run on demand) and pipeline/retrain-nightly (cron from params.yaml)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.schedules import Cron
+
+    from flows.pipeline import pipeline
+
+    p = load_params(params_path).pipeline
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+    manual = pipeline.to_deployment(
+        name="manual",
+        concurrency_limit=one_at_a_time,
+        tags=["pawflow"],
+        description="The whole pipeline on demand: prefect deployment run 'pipeline/manual' "
+        "[--param epochs=3] [--param source=...] [--param force=true]",
+    )
+    nightly = pipeline.to_deployment(
+        name="retrain-nightly",
+        concurrency_limit=one_at_a_time,
+        tags=["pawflow"],
+        schedule=Cron(p.schedule, timezone=p.timezone),
+        description=f"Re-ingest the source at '{p.schedule}' ({p.timezone}); retrain and gate only when "
+        "new photos arrived, else finish fast with 'no new data'.",
+    )
+    return [manual, nightly]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve pipeline/manual and pipeline/retrain-nightly against PREFECT_API_URL until stopped."""
+    from prefect import serve
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import CONCURRENCY_LIMIT
+    from flows.server import healthy
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api or not healthy(api):
+        raise PawflowError(
+            f"pawflow serve needs a running Prefect server (PREFECT_API_URL={api or 'unset'}).",
+            "In another terminal: `prefect server start`; then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and run `pawflow serve` again.",
+        )
+    root = project_root(Path.cwd())
+    os.chdir(root)  # flow runs start in the serving process's folder: the workspace
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit=1)
+    # pause_on_shutdown=False: stopping this process must not leave the nightly schedule paused.
+    serve(*deployments(root / "params.yaml"), pause_on_shutdown=False, limit=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pawflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="re-run every stage")
     run.add_argument("--no-push", dest="push", action="store_false", help="do not dvc push afterwards")
     run.set_defaults(fn=cmd_run)
+    srv = sub.add_parser(
+        "serve", help="serve the pipeline deployments (manual + retrain-nightly) until stopped"
+    )
+    srv.set_defaults(fn=cmd_serve)
     pred = sub.add_parser("predict", help="label photos (files or folders, recursively) with the champion")
     pred.add_argument("targets", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     pred.add_argument(

@@ -130,6 +130,35 @@ class Evaluate(Section):
     batch_size: PositiveInt = 64
 
 
+class Pipeline(Section):
+    schedule: str = "0 3 * * *"
+    timezone: str = "UTC"
+    push: bool = True
+    history: Path = Path("reports/runs.jsonl")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v)
+        except ValueError:
+            raise ValueError(f"not a cron expression: {v!r} (e.g. '0 3 * * *' for 03:00 every day)") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as UTC or Europe/Paris)") from None
+        return v
+
+
 class Params(Section):
     paths: Paths = Paths()
     runner: Runner = Runner()
@@ -139,6 +168,7 @@ class Params(Section):
     shard: Shard = Shard()
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
+    pipeline: Pipeline = Pipeline()
 
 
 def _key(loc: tuple[int | str, ...]) -> str:

@@ -101,7 +101,11 @@ def make_workspace(dest: Path, source: Path, **overrides: dict) -> Path:
     ).stdout.split()
     for f in files:
         src = ROOT / f
-        if f.startswith(("tests/", "bench/", "reports/", "data/")) or f == "dvc.lock" or not src.is_file():
+        if (
+            f.startswith(("tests/", "bench/", "reports/", "data/", "models/"))
+            or f == "dvc.lock"
+            or not src.is_file()
+        ):
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / f)

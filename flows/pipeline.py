@@ -1,0 +1,209 @@
+"""pipeline: the whole DAG as one Prefect flow run, leaving exactly the state `dvc repro` leaves.
+
+Each stage is a task that asks DVC whether the stage is up to date (its deps, params and outs match
+dvc.lock). If it is, the task ends Skipped; if not, it runs the stage's flow as a subflow and records
+the result with `dvc commit`, so dvc.lock, the outputs and the DVC cache agree exactly as after
+`dvc repro`. Then `dvc push`, a line in reports/runs.jsonl, and a summary artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.states import Completed
+
+from flows.clean import clean_flow
+from flows.common import friendly, quiet_user_errors, task_runner, tidy_workspace, workspace_lock
+from flows.dedup import dedup_flow
+from flows.evaluate import evaluate_flow
+from flows.ingest import ingest_flow
+from flows.shard import shard_flow
+from flows.train import train_flow
+from tasks import versioning
+from tasks.errors import PawflowError
+from tasks.params import Params, load_params
+
+STAGE_FLOWS = {
+    "ingest": ingest_flow,
+    "clean": clean_flow,
+    "dedup": dedup_flow,
+    "shard": shard_flow,
+    "train": train_flow,
+    "evaluate": evaluate_flow,
+}
+DATA_STAGES = ("ingest", "clean", "dedup", "shard")
+# One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
+CONCURRENCY_LIMIT = "pawflow-workspace"
+
+
+@task(name="stage", task_run_name="{stage}")
+def run_stage(stage: str, params: Params, force: bool, root: Path):
+    """Run one stage as a subflow unless DVC says it is up to date; then record it in dvc.lock."""
+    log = get_run_logger()
+    changed = None if force else versioning.stage_status(root, stage)
+    if changed == {}:
+        return Completed(
+            name="Skipped", message="up to date in dvc.lock", data={"stage": stage, "ran": False}
+        )
+    if changed:
+        log.info("%s: %s", stage, json.dumps(changed))
+    stage_flow = STAGE_FLOWS[stage]
+    if stage in DATA_STAGES:
+        stage_flow = stage_flow.with_options(task_runner=task_runner(params.runner))
+    started = time.monotonic()
+    state = stage_flow(params=params, refresh=force, return_state=True)
+    if not state.is_completed():
+        raise PawflowError(
+            f"stage {stage} failed: {state.message}",
+            "Fix what it names and run again: finished stages are not run twice.",
+        )
+    versioning.commit_stage(root, stage)
+    return {"stage": stage, "ran": True, "seconds": round(time.monotonic() - started, 1)}
+
+
+def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool) -> str:
+    r = params.paths.reports
+
+    def read(name: str) -> dict:
+        p = r / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    clean, dedup, shard, metrics, gate = (
+        read(n) for n in ("clean.json", "dedup.json", "shard.json", "metrics.json", "gate.json")
+    )
+    lines = ["## pawflow pipeline", ""]
+    if no_new_data:
+        lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
+    lines += ["| stage | this run |", "|---|---|"] + [f"| {s} | {v} |" for s, v in stages.items()]
+    if clean:
+        lines += [
+            "",
+            f"**clean**: {clean['files']} files, {clean['kept']} kept, {clean['rejected']} rejected "
+            + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
+        ]
+    if dedup:
+        lines += [
+            f"**dedup**: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} near duplicates, "
+            f"{dedup['conflict']} photos in label conflicts"
+        ]
+    if shard:
+        lines += [
+            "",
+            "| split | " + " | ".join(shard["class_names"]) + " |",
+            "|---|" + "---|" * len(shard["class_names"]),
+        ]
+        lines += [
+            f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
+            for s, c in shard["counts"].items()
+        ]
+    if metrics:
+        lines += [
+            "",
+            f"**test accuracy** {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
+            f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
+        ]
+    if gate:
+        lines += [f"**gate**: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"]
+    return "\n".join(lines)
+
+
+@flow(name="pipeline", log_prints=True)
+@friendly
+def pipeline(
+    source: str | None = None, epochs: int | None = None, force: bool = False, push: bool | None = None
+) -> dict:
+    """ingest -> clean -> dedup -> shard -> train -> evaluate, each skipped when DVC says it is up to date.
+
+    source/epochs override params.yaml (and are written into it, so that dvc.lock and params agree);
+    force re-runs every stage without caches; push overrides pipeline.push.
+    """
+    quiet_user_errors()
+    log = get_run_logger()
+    root = Path.cwd()
+    if not (root / "dvc.yaml").exists():
+        raise PawflowError(
+            f"{root} is not a pawflow workspace (no dvc.yaml).",
+            "Start `pawflow serve` (or the flow) from the project folder.",
+        )
+    started = time.monotonic()
+    load_params(root / "params.yaml")  # a broken params.yaml is reported before anything else
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), workspace_lock(root):
+        updates = {
+            k: v for k, v in {"ingest.source": source, "train.epochs": epochs}.items() if v is not None
+        }
+        changed = versioning.set_params(root / "params.yaml", updates)
+        for key, (old, new) in changed.items():
+            log.info("params.yaml: %s %r -> %r", key, old, new)
+        params = load_params(root / "params.yaml")
+        for leftover in tidy_workspace(params):
+            log.warning("removed %s (left by an interrupted run)", leftover)
+        stages: dict[str, str] = {}
+        for stage in versioning.STAGES:
+            state = run_stage(stage, params, force, root, return_state=True)
+            if state.is_failed():
+                raise PawflowError(state.message or f"stage {stage} failed")
+            out = state.result()
+            stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
+        no_new_data = not force and all(stages[s].startswith("skipped") for s in versioning.STAGES[1:])
+        if no_new_data:
+            log.info("no new data: the source has not changed since the last run; nothing retrained")
+        pushed = None
+        if (params.pipeline.push if push is None else push) and versioning.has_default_remote(root):
+            pushed = versioning.push(root)
+            log.info("dvc push: %s file(s) sent to the default remote", pushed)
+        seconds = round(time.monotonic() - started, 1)
+        record = versioning.history_record(
+            root,
+            "prefect",
+            stages,
+            params.model_dump(mode="json"),
+            params.paths.reports,
+            {"seconds": seconds, "pushed": pushed, "no_new_data": no_new_data},
+        )
+        versioning.append_history(params.pipeline.history, record)
+    create_markdown_artifact(
+        key="pipeline-summary",
+        markdown=_summary_markdown(params, stages, no_new_data),
+        description="what this pipeline run did",
+    )
+    create_table_artifact(
+        key="pipeline-run",
+        table=[{"key": k, "value": json.dumps(v, default=str)} for k, v in record.items()],
+        description="dvc.lock hashes, params and metrics of this run",
+    )
+    html = params.paths.reports / "evaluation.html"
+    if html.exists():
+        create_link_artifact(
+            key="evaluation-html", link=html.resolve().as_uri(), link_text="reports/evaluation.html"
+        )
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.pipeline [--source S] [--epochs N] [--force] [--no-push]`: one run, no deployment."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.description)
+    parser.add_argument("--source")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--no-push", dest="push", action="store_const", const=False, default=None)
+    args = parser.parse_args(argv)
+    quiet_user_errors()
+    state = pipeline(
+        source=args.source, epochs=args.epochs, force=args.force, push=args.push, return_state=True
+    )
+    if not state.is_completed():
+        print(f"\npawflow pipeline failed: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The three entry points leave one state: dvc repro, the Prefect pipeline, and its deployments.
+
+Every test works in a fresh workspace (a copy of the project) on generated photos, with a 1-epoch
+32-pixel model, against the session's Prefect server.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import imagegen
+from conftest import make_workspace, tool_env
+
+pytestmark = pytest.mark.slow
+
+FAST = {
+    "train": {"epochs": 1, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0},
+    "evaluate": {"min_accuracy": 0.0},
+}
+
+
+def workspace(tmp_path: Path, per_class: int = 20, **overrides: dict) -> tuple[Path, Path]:
+    source = imagegen.make_dataset(tmp_path / "source", per_class=per_class)
+    ws = make_workspace(tmp_path / "ws", source, **{**FAST, **overrides})
+    (ws / ".dvc" / "config").write_text(
+        f"[core]\n    analytics = false\n    remote = local\n['remote \"local\"']\n    url = {tmp_path / 'remote'}\n"
+    )
+    return ws, source
+
+
+def sh(ws: Path, *args: str, api: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        list(args), cwd=ws, env=tool_env(api), capture_output=True, text=True, timeout=timeout
+    )
+    return out
+
+
+def py(ws: Path, *args: str, api: str) -> subprocess.CompletedProcess:
+    return sh(ws, sys.executable, *args, api=api)
+
+
+def dvc(ws: Path, *args: str, api: str) -> subprocess.CompletedProcess:
+    return py(ws, "-m", "dvc", *args, api=api)
+
+
+def history(ws: Path) -> list[dict]:
+    return [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
+
+
+def assert_up_to_date(ws: Path, api: str) -> None:
+    status = dvc(ws, "status", api=api)
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+    repro = dvc(ws, "repro", api=api)
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+
+
+def test_prefect_run_leaves_what_dvc_repro_leaves(tmp_path: Path, prefect_server: str):
+    ws, _ = workspace(tmp_path)
+    first = py(ws, "-m", "flows.pipeline", api=prefect_server)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert_up_to_date(ws, prefect_server)
+    run = history(ws)[-1]
+    assert run["entry"] == "prefect" and all(v.startswith("ran") for v in run["stages"].values())
+    assert run["dvc_lock"]["train"]["models/model.keras"] and run["metrics"]["accuracy"] is not None
+    assert run["pushed"] and (tmp_path / "remote").exists()
+
+    again = py(ws, "-m", "flows.pipeline", api=prefect_server)
+    assert again.returncode == 0
+    run2 = history(ws)[-1]
+    assert all(v.startswith("skipped") for v in run2["stages"].values()) and run2["no_new_data"]
+    assert "Skipped('up to date in dvc.lock'" in again.stderr
+    assert run2["seconds"] < run["seconds"] / 2
+
+    # A fresh clone gets exactly this data, these shards and this model from the remote.
+    sh(ws, "git", "add", "-A", api=prefect_server)
+    sh(ws, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run", api=prefect_server)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ws), str(clone)], check=True)
+    pulled = dvc(clone, "pull", api=prefect_server)
+    assert pulled.returncode == 0, pulled.stderr
+    for rel in (
+        "models/model.keras",
+        "models/champion/model.keras",
+        "data/interim/dedup.parquet",
+        "data/processed/dataset_info.json",
+        "data/raw/Cat/cat.3.jpg",
+    ):
+        assert (clone / rel).read_bytes() == (ws / rel).read_bytes(), rel
+    shards = sorted((ws / "data/processed").glob("*.tfrecord-*"))
+    assert shards and all((clone / "data/processed" / s.name).read_bytes() == s.read_bytes() for s in shards)
+
+
+def test_dvc_repro_first_then_prefect_does_nothing_new(tmp_path: Path, prefect_server: str):
+    ws, _ = workspace(tmp_path)
+    repro = dvc(ws, "repro", api=prefect_server)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    lock = (ws / "dvc.lock").read_text()
+    run = py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+    assert (ws / "dvc.lock").read_text() == lock
+
+
+def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server: str):
+    ws, _ = workspace(tmp_path)
+    out = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = history(ws)[-1]
+    assert run["entry"] == "dvc repro" and run["stages"]["train"] == "ran" and run["pushed"]
+    assert_up_to_date(ws, prefect_server)
+    again = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+
+
+def test_nightly_retraining_picks_up_new_photos_only(tmp_path: Path, prefect_server: str):
+    ws, source = workspace(tmp_path)
+    assert py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server).returncode == 0
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    before = sum(s["examples"] for s in info["splits"].values())
+    model_before = (ws / "models/model.keras").read_bytes()
+
+    for i in range(30):
+        cls = "Cat" if i % 2 else "Dog"
+        (source / cls / f"new.{i}.jpg").write_bytes(imagegen.jpeg(700_000 + i))
+    second = py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
+    assert second.returncode == 0, second.stderr[-3000:]
+    run = history(ws)[-1]
+    assert all(run["stages"][s].startswith("ran") for s in ("ingest", "clean", "shard", "train", "evaluate"))
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    assert sum(s["examples"] for s in info["splits"].values()) == before + 30
+    assert (ws / "models/model.keras").read_bytes() != model_before
+    gate = json.loads((ws / "reports/gate.json").read_text())
+    assert gate["decision"] in ("promoted", "rejected") and gate["p_value"] is not None  # compared
+
+    third = py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
+    assert third.returncode == 0
+    assert history(ws)[-1]["no_new_data"] and "no new data" in third.stderr
+
+
+def test_dvc_exp_run_and_show(tmp_path: Path, prefect_server: str):
+    ws, _ = workspace(tmp_path)
+    assert dvc(ws, "repro", api=prefect_server).returncode == 0
+    sh(ws, "git", "add", "-A", api=prefect_server)
+    sh(
+        ws,
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "baseline",
+        api=prefect_server,
+    )
+    exp = dvc(ws, "exp", "run", "-S", "train.epochs=2", api=prefect_server)
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    assert "Running stage 'train'" in exp.stdout and "Running stage 'ingest'" not in exp.stdout
+    show = dvc(ws, "exp", "show", "--csv", api=prefect_server)
+    assert show.returncode == 0
+    rows = list(csv.DictReader(io.StringIO(show.stdout)))
+    assert {r["train.epochs"] for r in rows} >= {"1", "2"}
+    assert all(r["accuracy"] for r in rows)
+
+
+def test_two_runs_at_once_never_interleave(tmp_path: Path, prefect_server: str):
+    ws, _ = workspace(tmp_path)
+    env = tool_env(prefect_server)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "--no-push"],
+        cwd=ws,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = ws / ".pawflow" / "workspace.lock"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.2)
+    second = py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
+    stage = py(ws, "-m", "flows.clean", api=prefect_server)
+    out, err = first.communicate(timeout=900)
+    assert first.returncode == 0, err[-3000:]
+    for refused in (second, stage):
+        assert refused.returncode != 0
+        assert "another pawflow run is using this workspace" in refused.stderr
+    assert_up_to_date(ws, prefect_server)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server: str):
+    from prefect.client.orchestration import get_client
+
+    ws, _ = workspace(tmp_path, train={**FAST["train"], "epochs": 3})
+    env = tool_env(prefect_server)
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the server writes to it until stopped)
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pawflow"), "serve"],
+        cwd=ws,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def deployments() -> bool:
+            with get_client(sync_client=True) as c:
+                names = {d.name for d in c.read_deployments()}
+            return {"manual", "retrain-nightly"} <= names
+
+        wait_for(deployments, 120, "pawflow serve to register its deployments")
+        prefect = str(Path(sys.executable).parent / "prefect")
+        started = time.monotonic()
+        first = sh(
+            ws,
+            prefect,
+            "deployment",
+            "run",
+            "pipeline/manual",
+            "--watch",
+            "--param",
+            "epochs=1",
+            api=prefect_server,
+        )
+        first_s = time.monotonic() - started
+        assert first.returncode == 0, first.stdout[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        assert "Completed" in first.stdout
+        assert "epochs: 1" in (ws / "params.yaml").read_text()  # the override is recorded for DVC
+        assert (ws / "reports/evaluation.html").exists()
+        assert_up_to_date(ws, prefect_server)
+
+        started = time.monotonic()
+        second = sh(ws, prefect, "deployment", "run", "pipeline/manual", "--watch", api=prefect_server)
+        second_s = time.monotonic() - started
+        assert second.returncode == 0
+        assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+        assert second_s < first_s
+
+        failing = sh(
+            ws,
+            prefect,
+            "deployment",
+            "run",
+            "pipeline/manual",
+            "--watch",
+            "--param",
+            f"source={tmp_path / 'missing'}",
+            api=prefect_server,
+        )
+        assert failing.returncode != 0
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=60)
+        log.close()
+    with get_client(sync_client=True) as c:
+        nightly = c.read_deployment_by_name("pipeline/retrain-nightly")
+    assert not nightly.paused
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"]
+    assert all(s.active for s in nightly.schedules)
