@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import imagegen
+import pytest
 from conftest import make_workspace, tool_env
 
 pytestmark = pytest.mark.slow
@@ -32,9 +31,9 @@ FAST = {
 def workspace(tmp_path: Path, per_class: int = 20, **overrides: dict) -> tuple[Path, Path]:
     source = imagegen.make_dataset(tmp_path / "source", per_class=per_class)
     ws = make_workspace(tmp_path / "ws", source, **{**FAST, **overrides})
-    (ws / ".dvc" / "config").write_text(
-        f"[core]\n    analytics = false\n    remote = local\n['remote \"local\"']\n    url = {tmp_path / 'remote'}\n"
-    )
+    remote = tmp_path / "remote"
+    config = f"[core]\n    analytics = false\n    remote = local\n['remote \"local\"']\n    url = {remote}\n"
+    (ws / ".dvc" / "config").write_text(config)
     return ws, source
 
 
@@ -191,7 +190,7 @@ def test_two_runs_at_once_never_interleave(tmp_path: Path, prefect_server: str):
         time.sleep(0.2)
     second = py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
     stage = py(ws, "-m", "flows.clean", api=prefect_server)
-    out, err = first.communicate(timeout=900)
+    _, err = first.communicate(timeout=900)
     assert first.returncode == 0, err[-3000:]
     for refused in (second, stage):
         assert refused.returncode != 0
