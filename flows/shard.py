@@ -15,6 +15,7 @@ from tqdm import tqdm
 from flows.clean import check_settings
 from flows.common import chunks, friendly, publish, stage_main
 from tasks import clean, shard, store
+from tasks import tfrecord as tfr
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, parquet_metadata, read_parquet, sha256_file, write_json, write_parquet
 from tasks.images import CheckSettings
@@ -58,8 +59,6 @@ def _missing_thumbs(kept: pd.DataFrame, cache_dir: Path, fp: str) -> list[tuple[
 @task(name="write-shards")
 def write_shards(examples: pd.DataFrame, params: Params, fp: str) -> dict:
     """Write every split's shards into a fresh folder, then swap it in with dataset_info.json."""
-    import tasks.tfrecord as tfr  # TensorFlow loads only when shards are really written
-
     s = params.shard
     class_names = sorted(examples["label"].unique().tolist())
     index = {c: i for i, c in enumerate(class_names)}

@@ -170,15 +170,22 @@ def test_too_many_rejects_fail_clearly_without_outputs(tmp_path: Path, make_para
 def test_every_task_runner_gives_the_same_outputs(built, tmp_path: Path, kind: str):
     """threads (default), processes and a 2-worker Dask LocalCluster map the same per-photo work."""
     from conftest import params_for
+
     from flows.common import task_runner
 
     params, source = built
-    other = params_for(tmp_path / kind, source, clean={"max_reject_fraction": 0.5},
-                       runner={"kind": kind, "workers": 2, "chunk_size": 16})
+    other = params_for(
+        tmp_path / kind,
+        source,
+        clean={"max_reject_fraction": 0.5},
+        runner={"kind": kind, "workers": 2, "chunk_size": 16},
+    )
     runner = task_runner(other.runner)
     assert type(runner).__name__ == {"processes": "ProcessPoolTaskRunner", "dask": "DaskTaskRunner"}[kind]
     for flow in (ingest_flow, clean_flow, dedup_flow, shard_flow):
         state = flow.with_options(task_runner=task_runner(other.runner))(params=other, return_state=True)
         assert state.is_completed(), state.message
     for rel in DATA_FILES:
-        assert (params.paths.raw.parent / rel).read_bytes() == (other.paths.raw.parent / rel).read_bytes(), rel
+        assert (params.paths.raw.parent / rel).read_bytes() == (other.paths.raw.parent / rel).read_bytes(), (
+            rel
+        )
