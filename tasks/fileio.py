@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tasks.errors import PawflowError
 
 HASH_BLOCK = 1 << 20
 
@@ -49,6 +52,24 @@ def _usual_mode(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_current_umask())
 
 
+# Write errors that mean "no room": a person can fix these, so they get a message, not a traceback.
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def no_space_is_a_clear_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        raise PawflowError(
+            f"no space left while writing {path} ({err.strerror}). The previous version of it is untouched.",
+            f"Free space on the disk holding {path.parent} (or point params.yaml paths.* elsewhere), then "
+            "run again.",
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
@@ -59,9 +80,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     _usual_mode(tmp_path, is_dir=False)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        with no_space_is_a_clear_error(path):
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -112,7 +134,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     _usual_mode(tmp, is_dir=True)
     try:
-        yield tmp
+        with no_space_is_a_clear_error(path):
+            yield tmp
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         if path.exists():
             os.replace(path, old)

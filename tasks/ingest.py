@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tasks import store
 from tasks.errors import PawflowError
-from tasks.fileio import HASH_BLOCK, sha256_file
+from tasks.fileio import HASH_BLOCK, NO_SPACE, no_space_is_a_clear_error, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -583,6 +583,9 @@ def sync(
         except PawflowError:
             raise
         except OSError as err:
+            if err.errno in NO_SPACE:  # a full disk is not one bad file: stop, say so
+                with no_space_is_a_clear_error(dest):
+                    raise
             result.failed.append({"path": entry.path, "reason": f"copy failed: {err.strerror or err}"})
     return result
 
