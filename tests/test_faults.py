@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import imagegen
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-import imagegen
 from conftest import make_workspace, tool_env
 
 pytestmark = pytest.mark.slow
