@@ -1,4 +1,4 @@
-"""Faults: kill -9 in the middle of a stage, a full disk while writing shards. Nothing lost, nothing corrupt."""
+"""Faults: kill -9 mid-stage, Ctrl-C, a full disk while writing shards. Nothing lost, nothing corrupt."""
 
 from __future__ import annotations
 
