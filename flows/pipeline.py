@@ -8,6 +8,7 @@ the result with `dvc commit`, so dvc.lock, the outputs and the DVC cache agree e
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -18,25 +19,17 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.concurrency.sync import concurrency
 from prefect.states import Completed
 
-from flows.clean import clean_flow
 from flows.common import friendly, quiet_user_errors, task_runner, tidy_workspace, workspace_lock
-from flows.dedup import dedup_flow
-from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_flow
-from flows.shard import shard_flow
-from flows.train import train_flow
 from tasks import versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 
-STAGE_FLOWS = {
-    "ingest": ingest_flow,
-    "clean": clean_flow,
-    "dedup": dedup_flow,
-    "shard": shard_flow,
-    "train": train_flow,
-    "evaluate": evaluate_flow,
-}
+
+def stage_flow(stage: str):
+    """flows.<stage>.<stage>_flow, imported only when the stage runs (a no-op run stays fast)."""
+    return getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
+
+
 DATA_STAGES = ("ingest", "clean", "dedup", "shard")
 # One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
 CONCURRENCY_LIMIT = "pawflow-workspace"
@@ -53,11 +46,11 @@ def run_stage(stage: str, params: Params, force: bool, root: Path):
         )
     if changed:
         log.info("%s: %s", stage, json.dumps(changed))
-    stage_flow = STAGE_FLOWS[stage]
+    runnable = stage_flow(stage)
     if stage in DATA_STAGES:
-        stage_flow = stage_flow.with_options(task_runner=task_runner(params.runner))
+        runnable = runnable.with_options(task_runner=task_runner(params.runner))
     started = time.monotonic()
-    state = stage_flow(params=params, refresh=force, return_state=True)
+    state = runnable(params=params, refresh=force, return_state=True)
     if not state.is_completed():
         raise PawflowError(
             f"stage {stage} failed: {state.message}",

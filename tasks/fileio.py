@@ -12,13 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from tasks.errors import PawflowError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HASH_BLOCK = 1 << 20
 
@@ -105,6 +104,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_parquet(path: Path, df: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
     """Write a DataFrame as parquet without the index; same frame -> same bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     if metadata:
         merged = dict(table.schema.metadata or {})
@@ -115,11 +117,15 @@ def write_parquet(path: Path, df: pd.DataFrame, metadata: dict[str, str] | None 
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_parquet(path)
 
 
 def parquet_metadata(path: Path) -> dict[str, str]:
     """The pawflow.* key-value metadata written by write_parquet."""
+    import pyarrow.parquet as pq
+
     raw = pq.read_schema(path).metadata or {}
     return {k.decode()[len("pawflow.") :]: v.decode() for k, v in raw.items() if k.startswith(b"pawflow.")}
 

@@ -86,7 +86,7 @@ class Split(Section):
 class Shard(Section):
     split: Split = Split(train=0.7, val=0.15, test=0.15)
     salt: str = "pawflow-v1"
-    max_side: Annotated[int, Field(ge=16, le=4096)] = 256
+    max_side: Annotated[int, Field(ge=16, le=4096)] = 224
     jpeg_quality: Annotated[int, Field(ge=50, le=100)] = 90
     shard_bytes: Annotated[int, Field(ge=1_000)] = 100_000_000
 
