@@ -47,7 +47,7 @@ def write_manifest(listing: ingest.Listing, result: ingest.SyncResult, params: P
         known = {} if refresh else store.get_stats(con)
         df, fresh = ingest.manifest(params.paths.raw, known)
         store.put_stats(con, fresh)
-    rep = ingest.report(listing, result, df)
+    rep = ingest.report(listing, result, df, hashed=len(result.hashes) + len(fresh))
     write_parquet(params.paths.interim / "ingest.parquet", df)
     write_json(params.paths.reports / "ingest.json", rep)
     return rep

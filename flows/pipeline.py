@@ -109,12 +109,17 @@ def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool)
 @flow(name="pipeline", log_prints=True)
 @friendly
 def pipeline(
-    source: str | None = None, epochs: int | None = None, force: bool = False, push: bool | None = None
+    source: str | None = None,
+    epochs: int | None = None,
+    force: bool = False,
+    push: bool | None = None,
+    until: str | None = None,
 ) -> dict:
     """ingest -> clean -> dedup -> shard -> train -> evaluate, each skipped when DVC says it is up to date.
 
     source/epochs override params.yaml (and are written into it, so that dvc.lock and params agree);
     force re-runs every stage without caches; push overrides pipeline.push.
+    until stops after that stage (e.g. until="shard": the data stages only).
     """
     quiet_user_errors()
     log = get_run_logger()
@@ -124,6 +129,9 @@ def pipeline(
             f"{root} is not a pawflow workspace (no dvc.yaml).",
             "Start `pawflow serve` (or the flow) from the project folder.",
         )
+    if until is not None and until not in versioning.STAGES:
+        raise PawflowError(f"until={until!r} is not a stage.", f"Use one of {', '.join(versioning.STAGES)}.")
+    stages_to_run = versioning.STAGES[: versioning.STAGES.index(until) + 1] if until else versioning.STAGES
     started = time.monotonic()
     load_params(root / "params.yaml")  # a broken params.yaml is reported before anything else
     with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), workspace_lock(root):
@@ -137,13 +145,13 @@ def pipeline(
         for leftover in tidy_workspace(params):
             log.warning("removed %s (left by an interrupted run)", leftover)
         stages: dict[str, str] = {}
-        for stage in versioning.STAGES:
+        for stage in stages_to_run:
             state = run_stage(stage, params, force, root, return_state=True)
             if state.is_failed():
                 raise PawflowError(state.message or f"stage {stage} failed")
             out = state.result()
             stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
-        no_new_data = not force and all(stages[s].startswith("skipped") for s in versioning.STAGES[1:])
+        no_new_data = not force and all(stages[s].startswith("skipped") for s in stages_to_run[1:])
         if no_new_data:
             log.info("no new data: the source has not changed since the last run; nothing retrained")
         pushed = None
@@ -187,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--no-push", dest="push", action="store_const", const=False, default=None)
+    parser.add_argument("--until", choices=versioning.STAGES, help="stop after this stage")
     args = parser.parse_args(argv)
     quiet_user_errors()
     state = pipeline(
-        source=args.source, epochs=args.epochs, force=args.force, push=args.push, return_state=True
+        source=args.source,
+        epochs=args.epochs,
+        force=args.force,
+        push=args.push,
+        until=args.until,
+        return_state=True,
     )
     if not state.is_completed():
         print(f"\npawflow pipeline failed: {state.message}", file=sys.stderr)

@@ -621,7 +621,7 @@ def manifest(
     return df, fresh
 
 
-def report(listing: Listing, result: SyncResult, df: pd.DataFrame) -> dict:
+def report(listing: Listing, result: SyncResult, df: pd.DataFrame, hashed: int = 0) -> dict:
     """reports/ingest.json: the source, what was taken, skipped and copied."""
     in_source = {e.path for e in listing.entries}
     not_in_source = sorted(set(df["path"]) - in_source)
@@ -637,6 +637,7 @@ def report(listing: Listing, result: SyncResult, df: pd.DataFrame) -> dict:
         "copied": len(result.copied),
         "updated": len(result.updated),
         "unchanged": result.unchanged,
+        "hashed": hashed,  # files whose sha256 was computed this run (the rest: unchanged size/mtime/inode)
         "skipped": sorted(listing.skipped + result.failed, key=lambda s: s["path"]),
         "not_in_source": not_in_source,
     }

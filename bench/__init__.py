@@ -1,0 +1,1 @@
+"""pawflow's benchmarks: `make bench` (python -m bench.run)."""

@@ -1,0 +1,138 @@
+"""What the benchmarks share: workspaces, timed commands with peak memory, results files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = (ROOT / "../shared/datasets/petimages-sample").resolve()
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "results"
+MACHINE = (
+    f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+)
+
+
+@dataclass
+class Timed:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"),
+    }
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> Timed:
+    """Run a command; wall time and the peak RSS of the largest process in its tree (wait4)."""
+    started = time.monotonic()
+    with open(cwd / ".bench-stdout", "w+") as out, open(cwd / ".bench-stderr", "w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.monotonic() - started
+        out.seek(0)
+        err.seek(0)
+        timed = Timed(
+            seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), out.read(), err.read()
+        )
+    if check and timed.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({timed.returncode}):\n{timed.stderr[-4000:]}")
+    return timed
+
+
+def median_of(n: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
+    values = [fn() for _ in range(n)]
+    return statistics.median(values), values
+
+
+def workspace(name: str, source: Path, **overrides: dict) -> Path:
+    """A fresh copy of the project (git-tracked files) whose ingest.source is `source`."""
+    ws = WORK / name
+    if ws.exists():
+        shutil.rmtree(ws)
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for f in files:
+        if f.startswith(("tests/", "bench/", "reports/", "data/", "models/")) or f == "dvc.lock":
+            continue
+        (ws / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, ws / f)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["ingest"]["source"] = str(source)
+    for section, values in overrides.items():
+        params[section] = {**params.get(section, {}), **values}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (ws / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench"],
+    ):
+        subprocess.run(cmd, cwd=ws, check=True)
+    return ws
+
+
+def params_for(work: Path, source: Path | str, **overrides: dict):
+    """Params with every path inside `work` (for flows run in-process)."""
+    from tasks.params import parse_params
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["paths"] = {k: str(work / v) for k, v in data["paths"].items()}
+    data["ingest"]["source"] = str(source)
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    return parse_params(data)
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """One local Prefect server for the whole benchmark run (as `make run` uses one)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import start_server, stop_server
+
+    proc, url = start_server(WORK / "prefect-home")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        stop_server(proc)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
+
+
+def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict:
+    """bench/results/P<n>.json: the figure, its target, whether it is met, and the raw numbers."""
+    result = {"benchmark": f"P{n}", "figure": figure, "target": target, "met": met, "machine": MACHINE, **raw}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"P{n}.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    return result

@@ -1,0 +1,57 @@
+"""One P6 training run in its own process: python -m bench.p6_train WORKSPACE MODEL EPOCHS OUT.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    import keras
+
+    from flows.train import train_config
+    from tasks import evaluate, train
+    from tasks.params import load_params
+
+    ws, model, epochs, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+    cfg = dataclasses.replace(
+        train_config(load_params(ws / "params.yaml")),
+        model=model,
+        epochs=epochs,
+        early_stopping_patience=epochs,
+    )
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    result = train.train(ws / "data/processed", info, cfg, out.with_suffix(".work"), progress=False)
+    model_path = out.with_suffix(".keras")
+    model_path.write_bytes(result.model_bytes)
+    net = keras.saving.load_model(model_path, compile=False)
+    test = train.make_dataset(
+        train.split_files(ws / "data/processed", info, "test"),
+        info["num_classes"],
+        cfg.image_size,
+        64,
+        training=False,
+        with_meta=True,
+    )
+    pred, _ = evaluate.predict(net, test)
+    r = result.report
+    out.write_text(
+        json.dumps(
+            {
+                "model": model,
+                "parameters": r["parameters"],
+                "epochs_run": r["epochs_run"],
+                "train_wall_time_s": r["wall_time_s"],
+                "images_per_s": r["train_images_per_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+                "test_accuracy": float(pred.correct.mean()),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

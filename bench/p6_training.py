@@ -1,0 +1,34 @@
+"""P6: test accuracy per minute of training, seed_cnn vs the default model, same data, same epochs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench.common import WORK, run, save
+
+EPOCHS = 6
+
+
+def train_one(ws: Path, model: str) -> dict:
+    out = WORK / f"p6-{model}.json"
+    run([sys.executable, "-m", "bench.p6_train", str(ws), model, str(EPOCHS), str(out)], Path.cwd())
+    return json.loads(out.read_text())
+
+
+def main(ws: Path) -> dict:
+    results = {m: train_one(ws, m) for m in ("seed_cnn", "pawnet")}
+    for r in results.values():
+        r["accuracy_per_minute"] = r["test_accuracy"] / (r["train_wall_time_s"] / 60)
+    seed, ours = results["seed_cnn"], results["pawnet"]
+    return save(
+        6,
+        f"default {ours['test_accuracy']:.3f} test acc in {ours['train_wall_time_s'] / 60:.1f} min "
+        f"({ours['images_per_s']:.0f} img/s) vs seed_cnn {seed['test_accuracy']:.3f} in "
+        f"{seed['train_wall_time_s'] / 60:.1f} min ({seed['images_per_s']:.0f} img/s), {EPOCHS} epochs each",
+        "default model: more test accuracy per minute of training than seed_cnn",
+        ours["accuracy_per_minute"] > seed["accuracy_per_minute"],
+        epochs=EPOCHS,
+        models=results,
+    )
