@@ -365,7 +365,6 @@ def train(
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1",
         "global_batch_size": global_batch,
         "examples": {s: int(info["splits"][s]["examples"]) for s in ("train", "val")},
-        "config": json.loads(json.dumps(asdict(cfg))),
     }
     logs = {f"dvclive/{k}": v for k, v in collect_files(live_dir).items()}
     logs.update({f"tensorboard/{k}": v for k, v in collect_files(tb_dir).items()})
