@@ -103,18 +103,18 @@ class Train(Section):
     model: Literal["pawnet", "seed_cnn"] = "pawnet"
     backbone: Literal["mobilenet_v2"] | None = None
     backbone_weights: str | None = "imagenet"
-    width: Annotated[int, Field(ge=4, le=512)] = 32
+    width: Annotated[int, Field(ge=4, le=512)] = 24
     blocks: tuple[Annotated[int, Field(ge=1, le=8)], ...] = (1, 1, 1, 1)
     separable: bool = False
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 96
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 128
     batch_size: PositiveInt = 32
-    epochs: PositiveInt = 30
+    epochs: PositiveInt = 40
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.05
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
-    early_stopping_patience: PositiveInt = 8
+    early_stopping_patience: PositiveInt = 10
     shuffle_buffer: PositiveInt = 4096
     seed: int = 1337
     augment: Augment = Augment()

@@ -42,18 +42,18 @@ class TrainConfig:
     model: str = "pawnet"
     backbone: str | None = None
     backbone_weights: str | None = "imagenet"
-    width: int = 32
+    width: int = 24
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     separable: bool = False
     dropout: float = 0.3
-    image_size: int = 96
+    image_size: int = 128
     batch_size: int = 32
-    epochs: int = 30
+    epochs: int = 40
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     label_smoothing: float = 0.0
-    early_stopping_patience: int = 8
+    early_stopping_patience: int = 10
     shuffle_buffer: int = 4096
     seed: int = 1337
     augment: Augment = field(default_factory=Augment)
