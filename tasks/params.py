@@ -114,7 +114,7 @@ class Train(Section):
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.05
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
-    early_stopping_patience: PositiveInt = 10
+    early_stopping_patience: PositiveInt = 15
     shuffle_buffer: PositiveInt = 4096
     seed: int = 1337
     augment: Augment = Augment()
