@@ -1,4 +1,4 @@
-"""One P6 training run in its own process: python -m bench.p6_train WORKSPACE MODEL EPOCHS OUT.json."""
+"""One P6 training run in its own process: python -m bench.p6_train WORKSPACE MODEL EPOCHS SIZE OUT.json."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ def main() -> None:
     from tasks import evaluate, train
     from tasks.params import load_params
 
-    ws, model, epochs, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+    ws, model, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[5])
+    epochs, size = int(sys.argv[3]), int(sys.argv[4])
     cfg = dataclasses.replace(
         train_config(load_params(ws / "params.yaml")),
         model=model,
         epochs=epochs,
+        image_size=size,
         early_stopping_patience=epochs,
     )
     info = json.loads((ws / "data/processed/dataset_info.json").read_text())

@@ -12,9 +12,13 @@ import time
 from bench.common import MACHINE, RESULTS, WORK, prefect_api
 
 
+def p5_full_seconds() -> float:
+    return float(json.loads((RESULTS / "P5.json").read_text())["seconds"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--only", help="comma-separated benchmarks, e.g. P1,P4 (P4 and P6 need P2)")
+    parser.add_argument("--only", help="comma-separated benchmarks, e.g. P1,P4 (P4, P6 need P2; P3 needs P5)")
     args = parser.parse_args()
     only = {s.strip().upper() for s in args.only.split(",")} if args.only else None
     WORK.mkdir(parents=True, exist_ok=True)
@@ -23,26 +27,21 @@ def main() -> int:
     with prefect_api():
         from bench import p1_clean_dedup, p2_rerun, p3_incremental, p4_input, p5_scale, p6_training
 
-        ws = None
-        for name, step in (
-            ("P1", lambda: p1_clean_dedup.main()),
-            ("P2", None),
-            ("P3", p3_incremental.main),
-            ("P4", None),
-            ("P5", p5_scale.main),
-            ("P6", None),
-        ):
+        steps = {
+            "P1": lambda: p1_clean_dedup.main(),
+            "P2": lambda: p2_rerun.main(),
+            "P4": lambda: p4_input.main(WORK / "p2"),
+            "P6": lambda: p6_training.main(WORK / "p2"),
+            "P5": lambda: p5_scale.main(),
+            "P3": lambda: p3_incremental.main(WORK / "p5", WORK / "p5-source", p5_full_seconds()),
+        }
+        for name, step in steps.items():  # P4 and P6 use P2's workspace, P3 uses P5's
             if only and name not in only:
                 continue
             t = time.monotonic()
-            if name == "P2":
-                result, ws = p2_rerun.main()
-            elif name in ("P4", "P6"):
-                if ws is None:
-                    ws = WORK / "p2"  # an earlier P2 run's workspace
-                result = (p4_input.main if name == "P4" else p6_training.main)(ws)
-            else:
-                result = step()
+            result = step()
+            if isinstance(result, tuple):
+                result = result[0]
             result["bench_seconds"] = round(time.monotonic() - t, 1)
             (RESULTS / f"{name}.json").write_text(
                 json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"

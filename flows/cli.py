@@ -69,15 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         s: "ran" if before.get(s) != after.get(s) or args.force else "skipped (up to date)"
         for s in versioning.STAGES
     }
-    record = versioning.history_record(
-        root,
-        "dvc repro",
-        stages,
-        params.model_dump(mode="json"),
-        params.paths.reports,
-        {"seconds": round(time.monotonic() - started, 1), "pushed": pushed},
+    versioning.record_run(
+        root, params, "dvc repro", stages, {"seconds": round(time.monotonic() - started, 1), "pushed": pushed}
     )
-    versioning.append_history(params.pipeline.history, record)
     return 0
 
 

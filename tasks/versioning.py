@@ -132,3 +132,10 @@ def append_history(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+
+
+def record_run(root: Path, params: Any, entry: str, stages: dict[str, str], extra: dict) -> dict:
+    """Append this run to the history file named in params (pipeline.history) and return the record."""
+    record = history_record(root, entry, stages, params.model_dump(mode="json"), params.paths.reports, extra)
+    append_history(params.pipeline.history, record)
+    return record
