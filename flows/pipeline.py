@@ -211,14 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", choices=versioning.STAGES, help="stop after this stage")
     args = parser.parse_args(argv)
     quiet_user_errors()
-    state = pipeline(
-        source=args.source,
-        epochs=args.epochs,
-        force=args.force,
-        push=args.push,
-        until=args.until,
-        return_state=True,
-    )
+    try:
+        state = pipeline(
+            source=args.source,
+            epochs=args.epochs,
+            force=args.force,
+            push=args.push,
+            until=args.until,
+            return_state=True,
+        )
+    except KeyboardInterrupt:
+        print(
+            "\npawflow pipeline: interrupted. Finished stages are recorded in dvc.lock and nothing "
+            "half-written carries a final name; run again to complete.",
+            file=sys.stderr,
+        )
+        return 130
     if not state.is_completed():
         print(f"\npawflow pipeline failed: {state.message}", file=sys.stderr)
         return 1
