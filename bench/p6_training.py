@@ -25,8 +25,10 @@ def train_one(ws: Path, model: str) -> dict:
 
 def main(ws: Path) -> dict:
     results = {m: train_one(ws, m) for m in ("seed_cnn", "pawnet")}
+    chance = 1 / json.loads((ws / "data/processed/dataset_info.json").read_text())["num_classes"]
     for r in results.values():
-        r["accuracy_per_minute"] = r["test_accuracy"] / (r["train_wall_time_s"] / 60)
+        # Accuracy above chance: a model that learned nothing scores 0 however fast it trained.
+        r["accuracy_over_chance_per_minute"] = (r["test_accuracy"] - chance) / (r["train_wall_time_s"] / 60)
     seed, ours = results["seed_cnn"], results["pawnet"]
     return save(
         6,
@@ -34,9 +36,10 @@ def main(ws: Path) -> dict:
         f"({ours['images_per_s']:.0f} img/s) vs seed_cnn {seed['test_accuracy']:.3f} in "
         f"{seed['train_wall_time_s'] / 60:.1f} min ({seed['images_per_s']:.0f} img/s), {EPOCHS} epochs at "
         f"{IMAGE_SIZE} px each",
-        "default model: more test accuracy per minute of training than seed_cnn",
-        ours["accuracy_per_minute"] > seed["accuracy_per_minute"],
+        "default model: more test accuracy (above chance) per minute of training than seed_cnn",
+        ours["accuracy_over_chance_per_minute"] > seed["accuracy_over_chance_per_minute"],
         epochs=EPOCHS,
+        chance_accuracy=chance,
         image_size=IMAGE_SIZE,
         models=results,
         notes="same shards (P2's), same epochs and input size for both; each trained in its own process.",

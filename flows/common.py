@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import functools
+import importlib
 import inspect
 import io
 import logging
@@ -42,7 +43,8 @@ class CodeOf(CachePolicy):
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
-        sources = [inspect.getsource(sys.modules[m]) for m in self.modules]
+        # import_module, not sys.modules: a module the task imports lazily may not be loaded yet.
+        sources = [inspect.getsource(importlib.import_module(m)) for m in self.modules]
         return hash_objects(*sources)
 
 

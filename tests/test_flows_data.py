@@ -189,3 +189,15 @@ def test_every_task_runner_gives_the_same_outputs(built, tmp_path: Path, kind: s
         assert (params.paths.raw.parent / rel).read_bytes() == (other.paths.raw.parent / rel).read_bytes(), (
             rel
         )
+
+
+def test_code_cache_key_imports_a_module_not_loaded_yet():
+    """A stage process may compute a cache key before the task has imported the module it names."""
+    import sys
+
+    from flows.common import CodeOf
+
+    sys.modules.pop("tabnanny", None)
+    key = CodeOf(modules=("tabnanny",)).compute_key(None, {}, {})
+    assert key and "tabnanny" in sys.modules
+    assert CodeOf(modules=("tabnanny",)).compute_key(None, {}, {}) == key
