@@ -48,8 +48,10 @@ def env() -> dict[str, str]:
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> Timed:
     """Run a command; wall time and the peak RSS of the largest process in its tree (wait4)."""
+    logs = WORK / "logs"  # the last command's output per working folder, kept for a post-mortem
+    logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with open(cwd / ".bench-stdout", "w+") as out, open(cwd / ".bench-stderr", "w+") as err:
+    with open(logs / f"{cwd.name}.stdout", "w+") as out, open(logs / f"{cwd.name}.stderr", "w+") as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
