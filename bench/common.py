@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tasks.params import override
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "../shared/datasets/petimages-sample").resolve()
 WORK = ROOT / "bench" / "work"
@@ -83,10 +85,7 @@ def workspace(name: str, source: Path, **overrides: dict) -> Path:
             continue
         (ws / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, ws / f)
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["ingest"]["source"] = str(source)
-    for section, values in overrides.items():
-        params[section] = {**params.get(section, {}), **values}
+    params = override(yaml.safe_load((ws / "params.yaml").read_text()), source, overrides)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (ws / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
     for cmd in (
@@ -96,18 +95,6 @@ def workspace(name: str, source: Path, **overrides: dict) -> Path:
     ):
         subprocess.run(cmd, cwd=ws, check=True)
     return ws
-
-
-def params_for(work: Path, source: Path | str, **overrides: dict):
-    """Params with every path inside `work` (for flows run in-process)."""
-    from tasks.params import parse_params
-
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["paths"] = {k: str(work / v) for k, v in data["paths"].items()}
-    data["ingest"]["source"] = str(source)
-    for section, values in overrides.items():
-        data[section] = {**data.get(section, {}), **values}
-    return parse_params(data)
 
 
 @contextlib.contextmanager

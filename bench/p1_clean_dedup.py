@@ -13,7 +13,8 @@ import time
 import types
 from pathlib import Path
 
-from bench.common import SAMPLE, WORK, image_files, median_of, params_for, save
+from bench.common import ROOT, SAMPLE, WORK, image_files, median_of, save
+from tasks.params import params_in
 
 REPS = 3
 
@@ -41,7 +42,7 @@ def run_pawflow(files: int) -> float:
 
     work = WORK / "p1-pawflow"
     shutil.rmtree(work, ignore_errors=True)
-    params = params_for(work, SAMPLE)
+    params = params_in(ROOT / "params.yaml", work, SAMPLE)
     assert ingest_flow(params=params, return_state=True).is_completed()
     runner = task_runner(params.runner)
     started = time.monotonic()

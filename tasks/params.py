@@ -224,3 +224,20 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
             "Fix the syntax there (indentation, a missing colon or quote).",
         ) from None
     return parse_params(data, path)
+
+
+def override(data: dict, source: Path | str, overrides: dict[str, dict]) -> dict:
+    """A params mapping with ingest.source set to `source` and each named section updated from
+    `overrides` (keys not named keep their values)."""
+    data = {**data, "ingest": {**data.get("ingest", {}), "source": str(source)}}
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    return data
+
+
+def params_in(path: Path, workdir: Path, source: Path | str, **overrides: dict) -> Params:
+    """The params file at `path`, run on other data in another folder: every paths.* inside
+    `workdir`, then override() (flows run in-process by the tests and the benchmarks)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["paths"] = {k: str(workdir / v) for k, v in data["paths"].items()}
+    return parse_params(override(data, source, overrides), path)

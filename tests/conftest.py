@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import imagegen
 
-from tasks.params import Params, parse_params
+from tasks.params import Params, override, params_in
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,13 +64,8 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def params_for(workdir: Path, source: Path | str, **overrides: dict) -> Params:
-    """Params with every path inside workdir; sections can be overridden by dict."""
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["paths"] = {k: str(workdir / v) for k, v in data["paths"].items()}
-    data["ingest"]["source"] = str(source)
-    for section, values in overrides.items():
-        data[section] = {**data.get(section, {}), **values}
-    return parse_params(data)
+    """The project's params with every path inside workdir; sections can be overridden by dict."""
+    return params_in(ROOT / "params.yaml", workdir, source, **overrides)
 
 
 @pytest.fixture
@@ -109,10 +104,7 @@ def make_workspace(dest: Path, source: Path, **overrides: dict) -> Path:
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / f)
-    data = yaml.safe_load((dest / "params.yaml").read_text())
-    data["ingest"]["source"] = str(source)
-    for section, values in overrides.items():
-        data[section] = {**data.get(section, {}), **values}
+    data = override(yaml.safe_load((dest / "params.yaml").read_text()), source, overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (dest / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)

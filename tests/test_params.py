@@ -96,3 +96,12 @@ def test_sha256_must_look_like_one():
     data = base()
     data["ingest"]["sha256"] = "abc"
     assert "ingest.sha256" in error_for(data)
+
+
+def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
+    from tasks.params import params_in
+
+    p = params_in(ROOT / "params.yaml", tmp_path, "/photos", train={"epochs": 2}, ingest={"sha256": None})
+    assert p.paths.raw == tmp_path / "data/raw"
+    assert str(p.ingest.source) == "/photos"
+    assert p.train.epochs == 2 and p.train.image_size == load_params(ROOT / "params.yaml").train.image_size
