@@ -9,7 +9,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +29,40 @@ COSINE_FLOOR = 0.01
 
 @dataclass(frozen=True)
 class Augment:
-    """Train-only augmentation; all zero/False turns it off."""
+    """Train-only augmentation; all zero/False turns it off (defaults: params.yaml train.augment)."""
 
-    flip: bool = True
-    rotation: float = 0.05  # fraction of a full turn, either way
-    zoom: float = 0.1  # +- fraction
-    translation: float = 0.1  # +- fraction of the side
-    contrast: float = 0.2  # factor in [1 - c, 1 + c]
+    flip: bool
+    rotation: float  # fraction of a full turn, either way
+    zoom: float  # +- fraction
+    translation: float  # +- fraction of the side
+    contrast: float  # factor in [1 - c, 1 + c]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything training depends on (from params.yaml train:)."""
+    """Everything training depends on, built from params.yaml train: (validated and defaulted there,
+    in tasks.params.Train) by flows.train.train_config."""
 
-    model: str = "pawnet"
-    backbone: str | None = None
-    backbone_weights: str | None = "imagenet"
-    width: int = 24
-    blocks: tuple[int, ...] = (1, 1, 1, 1)
-    separable: bool = False
-    dropout: float = 0.3
-    image_size: int = 128
-    batch_size: int = 32
-    epochs: int = 40
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.0
-    early_stopping_patience: int = 15
-    shuffle_buffer: int = 4096
-    seed: int = 1337
-    augment: Augment = field(default_factory=Augment)
-    mixed_precision: str = "auto"  # auto: mixed_float16 on GPUs only; on; off
-    jit_compile: bool = False
+    model: str
+    backbone: str | None
+    backbone_weights: str | None
+    width: int
+    blocks: tuple[int, ...]
+    separable: bool
+    dropout: float
+    image_size: int
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    weight_decay: float
+    warmup_epochs: int
+    label_smoothing: float
+    early_stopping_patience: int
+    shuffle_buffer: int
+    seed: int
+    augment: Augment
+    mixed_precision: str  # auto: mixed_float16 on GPUs only; on; off
+    jit_compile: bool
 
 
 # --------------------------------------------------------------------------- input pipeline
