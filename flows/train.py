@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main
+from tasks.cluster import role
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
 from tasks.params import Params
@@ -28,7 +29,12 @@ def train_config(params: Params):
 @task(
     name="fit-model",
     cache_policy=content_cache(
-        "tasks.train", "tasks.model", "tasks.tfrecord", exclude=("processed", "workdir", "tf_config")
+        "tasks.train",
+        "tasks.distributed",
+        "tasks.cluster",
+        "tasks.model",
+        "tasks.tfrecord",
+        exclude=("processed", "workdir", "tf_config"),
     ),
     persist_result=True,
 )
@@ -55,14 +61,14 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
     if int(info["splits"]["train"]["examples"]) == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
     cfg = train_config(params)
-    fit = fit_model.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
-    result = fit(
-        sha256_file(info_path),
-        cfg,
-        params.paths.processed,
-        params.paths.cache / "train",
-        os.environ.get("TF_CONFIG"),
+    tf_config = os.environ.get("TF_CONFIG")
+    me = role(tf_config)
+    # In a cluster every worker must train: one answered from its cache would leave the others
+    # waiting for it at the first all-reduce.
+    fit = fit_model.with_options(
+        result_storage=result_storage(params), refresh_cache=refresh or me.workers > 1 or None
     )
+    result = fit(sha256_file(info_path), cfg, params.paths.processed, params.paths.cache / "train", tf_config)
     rep = dict(result.report)
     log.info(
         "trained %s on %s: best epoch %s of %s",
@@ -71,6 +77,9 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         rep["best_epoch"],
         rep["epochs_run"],
     )
+    if not me.chief:
+        log.info("worker %d of %d: worker 0 writes the model and reports", me.index, me.workers)
+        return rep
     models, reports = params.paths.models, params.paths.reports
     write_bytes(models / "model.keras", result.model_bytes)
     write_json(models / "model.json", train.model_card(info, cfg))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks import tfrecord
+from tasks import distributed, tfrecord
+from tasks.cluster import role
 from tasks.model import make_model
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # The cosine schedule ends at 1% of the peak learning rate rather than 0 (measured: best val loss
 # comes in the last epochs, so the tail still learns).
 COSINE_FLOOR = 0.01
+# make_dataset draws from seed, seed + 1 and seed + 2; each worker of a cluster starts this far apart.
+SEEDS_PER_DATASET = 3
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,12 @@ def make_dataset(
     seed: int = 0,
     with_meta: bool = False,
     examples: int | None = None,
+    part: tuple[int, int] | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
-    """Shards -> interleaved records -> (train: shuffle) -> parallel parse, decode, resize (train:
-    augmented in the same pass) -> batch -> prefetch. Nothing is held in memory beyond the buffer."""
+    """Shards -> interleaved records -> (part: every n-th record from the i-th) -> (train: shuffle)
+    -> parallel parse, decode, resize (train: augmented in the same pass) -> (repeat: endless) ->
+    batch -> prefetch. Nothing is held in memory beyond the buffer."""
     ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -157,6 +162,8 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
+    if part is not None:  # one worker's share, by record: a small split may be a single shard file
+        ds = ds.shard(*part)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     ds = ds.map(tfrecord.parse, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -178,6 +185,8 @@ def make_dataset(
         ds = ds.map(
             lambda ex: _decode(ex, image_size, num_classes), num_parallel_calls=AUTOTUNE, deterministic=True
         )
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(batch_size)
     if examples is not None:  # a known length lets Keras show progress and skip its "ran out of data" probe
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(examples / batch_size)))
@@ -200,7 +209,7 @@ def choose_strategy(tf_config: str | None) -> Devices:
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, MirroredStrategy on several
     GPUs, the default strategy otherwise (one GPU or the CPU)."""
     gpus = tf.config.list_physical_devices("GPU")
-    workers = len(json.loads(tf_config).get("cluster", {}).get("worker", [])) if tf_config else 0
+    workers = role(tf_config).workers
     if workers > 1:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         kind = "multi-worker"
@@ -310,6 +319,7 @@ def train(
 
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
+    me = role(tf_config)
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
     keras.mixed_precision.set_global_policy(policy)
     log.info("training on %s, precision %s", devices.description, policy)
@@ -318,21 +328,13 @@ def train(
     n_train = int(info["splits"]["train"]["examples"])
     steps = max(1, math.ceil(n_train / global_batch))
     n_val = int(info["splits"]["val"]["examples"])
-    train_ds = make_dataset(
-        split_files(processed, info, "train"),
-        num_classes,
-        cfg.image_size,
-        global_batch,
-        True,
-        cfg.augment,
-        cfg.shuffle_buffer,
-        cfg.seed,
-        examples=n_train,
-    )
+    train_files = split_files(processed, info, "train")
     val_ds = make_dataset(
         split_files(processed, info, "val"), num_classes, cfg.image_size, global_batch, False, examples=n_val
     )
     has_val = n_val > 0
+    if not me.chief:  # every worker keeps its own logs; only the chief's become the outputs
+        workdir = workdir.with_name(f"{workdir.name}-worker{me.index}")
     if workdir.exists():
         shutil.rmtree(workdir)
     live_dir, tb_dir, ckpt = workdir / "dvclive", workdir / "tensorboard", workdir / "best.keras"
@@ -352,16 +354,55 @@ def train(
             DVCLiveCallback(live=live),
             speed,
         ]
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds if has_val else None,
-            epochs=cfg.epochs,
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=2 if progress else 0,
-        )
+        if devices.kind == "multi-worker":
+
+            def worker_share(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+                return make_dataset(
+                    train_files,
+                    num_classes,
+                    cfg.image_size,
+                    ctx.get_per_replica_batch_size(global_batch),
+                    True,
+                    cfg.augment,
+                    cfg.shuffle_buffer,
+                    cfg.seed + SEEDS_PER_DATASET * ctx.input_pipeline_id,
+                    part=(ctx.num_input_pipelines, ctx.input_pipeline_id),
+                    repeat=True,
+                )
+
+            history = distributed.fit(
+                model,
+                devices.strategy,
+                worker_share,
+                val_ds if has_val else None,
+                global_batch,
+                steps,
+                cfg.epochs,
+                callbacks,
+                progress,
+            )
+        else:
+            train_ds = make_dataset(
+                train_files,
+                num_classes,
+                cfg.image_size,
+                global_batch,
+                True,
+                cfg.augment,
+                cfg.shuffle_buffer,
+                cfg.seed,
+                examples=n_train,
+            )
+            history = model.fit(
+                train_ds,
+                validation_data=val_ds if has_val else None,
+                epochs=cfg.epochs,
+                callbacks=callbacks,
+                shuffle=False,
+                verbose=2 if progress else 0,
+            ).history
     wall = time.monotonic() - started
-    losses = history.history[monitor]
+    losses = history[monitor]
     best = int(np.argmin(losses))
     model_path = workdir / "model.keras"
     model.save(model_path)
@@ -370,14 +411,16 @@ def train(
         "parameters": int(model.count_params()),
         "epochs_run": len(losses),
         "best_epoch": best + 1,
-        "best": {k: float(v[best]) for k, v in history.history.items()},
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "best": {k: float(v[best]) for k, v in history.items()},
+        "history": {k: [float(x) for x in v] for k, v in history.items()},
         "wall_time_s": round(wall, 1),
         "train_images_per_s": round(speed.images / speed.seconds, 1) if speed.seconds else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": devices.description,
         "precision": policy,
         "replicas": devices.replicas,
+        "worker": me.index,
+        "workers": me.workers,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1",
         "global_batch_size": global_batch,
         "examples": {s: int(info["splits"][s]["examples"]) for s in ("train", "val")},
