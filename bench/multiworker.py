@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS
+from bench.common import RESULTS, WORK
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 3600
@@ -85,7 +85,7 @@ def main(ws: Path, epochs: int) -> dict:
         raise SystemExit(
             f"{ws}/data/processed has no shards: run `make run` (or dvc repro shard) there first."
         )
-    out = RESULTS / "multiworker"
+    out = WORK / "multiworker"
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     one_wall = finish([spawn(ws, epochs, out / "single.json", None)])
