@@ -12,13 +12,12 @@ DVCLive, throughput); the caller gives file-writing callbacks a folder of the wo
 
 from __future__ import annotations
 
-import logging
+import time
 from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
 SUM = tf.distribute.ReduceOp.SUM
 MEAN = tf.distribute.ReduceOp.MEAN
 
@@ -85,6 +84,7 @@ def fit(
     cbs.on_train_begin()
     for epoch in range(epochs):
         cbs.on_epoch_begin(epoch)
+        began = time.monotonic()
         loss_sum = right = tf.constant(0.0)
         for step in range(steps_per_epoch):
             cbs.on_train_batch_begin(step)
@@ -105,8 +105,9 @@ def fit(
         logs = dict(zip(names, values, strict=True))
         for k, v in logs.items():
             history.setdefault(k, []).append(v)
-        if progress:
-            log.info("epoch %d/%d: %s", epoch + 1, epochs, " ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        if progress:  # the line Keras's fit(verbose=2) prints
+            shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            print(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - began:.0f}s - {shown}", flush=True)
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -55,6 +55,19 @@ def test_bad_tf_config_says_what_to_do(value: str, says: str):
     assert says in str(err.value) and "What to do: Set TF_CONFIG" in str(err.value)
 
 
+def test_hits_for_one_sigmoid_output_and_for_softmax():
+    import tensorflow as tf
+
+    from tasks.distributed import hits
+
+    y = tf.constant([[1.0], [0.0], [1.0], [0.0]])
+    p = tf.constant([[0.9], [0.2], [0.4], [0.7]])
+    assert hits(y, p).numpy().tolist() == [1.0, 1.0, 0.0, 0.0]
+    y3 = tf.one_hot([0, 2, 1], 3)
+    p3 = tf.constant([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    assert hits(y3, p3).numpy().tolist() == [1.0, 1.0, 0.0]
+
+
 def free_ports(n: int) -> list[int]:
     with contextlib.ExitStack() as stack:
         socks = [stack.enter_context(socket.socket()) for _ in range(n)]
@@ -138,6 +151,7 @@ def test_two_workers_train_one_model(sharded: Path, tmp_path: Path, prefect_serv
     assert report["epochs_run"] == FAST["train"]["epochs"]
     assert set(report["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert "worker 1 of 2: worker 0 writes the model" in logs[1]
+    assert all(f"Epoch {FAST['train']['epochs']}/{FAST['train']['epochs']} - " in log for log in logs)
     assert not (ws[1] / "models/model.keras").exists()  # only worker 0 writes the outputs
 
     # Synchronous training: both workers end with the same weights, batch-norm statistics included.
