@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import imagegen
 
+from flows.server import free_port, start_server, stop_server
 from tasks.params import Params, override, params_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,30 +33,27 @@ def drain_prefect_workers() -> None:
     EventsWorker.drain_all()
 
 
+# Prefect reads its settings once, when first imported. Point them at the session's server before
+# any test module imports Prefect: threads Prefect starts itself (the process-pool runner's message
+# forwarder) do not see settings changed later and would start a temporary server of their own.
+assert "prefect" not in sys.modules, "conftest must configure Prefect before it is imported"
+SESSION_PORT = free_port()
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="pawflow-test-prefect-"))
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{SESSION_PORT}/api"
+os.environ["PREFECT_HOME"] = str(SESSION_HOME)
+
+
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real Prefect server on a free loopback port, in a temporary PREFECT_HOME; stopped at the end."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.server import start_server, stop_server
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    proc, api_url = start_server(home)
-    old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    # Subprocesses read the environment; this process's Prefect settings were loaded at import.
-    os.environ["PREFECT_API_URL"] = api_url
-    os.environ["PREFECT_HOME"] = str(home)
+def prefect_server():
+    """A real Prefect server on a loopback port, in a temporary PREFECT_HOME; stopped at the end."""
+    proc, api_url = start_server(SESSION_HOME, SESSION_PORT)
+    assert api_url == os.environ["PREFECT_API_URL"]
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield api_url
-            drain_prefect_workers()
+        yield api_url
+        drain_prefect_workers()
     finally:
         stop_server(proc)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture
