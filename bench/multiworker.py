@@ -14,13 +14,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.common import RESULTS, WORK
+from flows.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 3600
@@ -89,10 +89,7 @@ def main(ws: Path, epochs: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     one_wall = finish([spawn(ws, epochs, out / "single.json", None)])
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in (a, b)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     configs = [
         json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}) for i in range(2)
     ]

@@ -6,6 +6,7 @@ for the whole run costs ~20 s once and keeps the run history in .pawflow/prefect
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -31,10 +32,17 @@ def healthy(api_url: str) -> bool:
         return False
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (all bound at once, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def start_server(

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks import distributed, tfrecord
-from tasks.cluster import role
+from tasks.cluster import Role, role
 from tasks.model import make_model
 
 log = logging.getLogger(__name__)
@@ -203,14 +203,15 @@ class Devices:
     replicas: int
     description: str
     gpus: int
+    role: Role  # this process's place among the TF_CONFIG workers (0 of 1 alone)
 
 
 def choose_strategy(tf_config: str | None) -> Devices:
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, MirroredStrategy on several
     GPUs, the default strategy otherwise (one GPU or the CPU)."""
     gpus = tf.config.list_physical_devices("GPU")
-    workers = role(tf_config).workers
-    if workers > 1:
+    me = role(tf_config)
+    if me.workers > 1:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         kind = "multi-worker"
     elif len(gpus) > 1:
@@ -221,9 +222,9 @@ def choose_strategy(tf_config: str | None) -> Devices:
         kind = "gpu" if gpus else "cpu"
     names = ", ".join(g.name for g in gpus) or "CPU"
     desc = f"{kind}: {strategy.num_replicas_in_sync} replica(s) on {names}"
-    if workers > 1:
-        desc += f" across {workers} workers"
-    return Devices(strategy, kind, strategy.num_replicas_in_sync, desc, len(gpus))
+    if me.workers > 1:
+        desc += f" across {me.workers} workers"
+    return Devices(strategy, kind, strategy.num_replicas_in_sync, desc, len(gpus), me)
 
 
 def precision_policy(setting: str, gpus: int) -> str:
@@ -319,7 +320,7 @@ def train(
 
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
-    me = role(tf_config)
+    me = devices.role
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
     keras.mixed_precision.set_global_policy(policy)
     log.info("training on %s, precision %s", devices.description, policy)
@@ -329,6 +330,20 @@ def train(
     steps = max(1, math.ceil(n_train / global_batch))
     n_val = int(info["splits"]["val"]["examples"])
     train_files = split_files(processed, info, "train")
+
+    def train_dataset(batch_size: int, seed: int, **kwargs: Any) -> tf.data.Dataset:
+        return make_dataset(
+            train_files,
+            num_classes,
+            cfg.image_size,
+            batch_size,
+            True,
+            cfg.augment,
+            cfg.shuffle_buffer,
+            seed,
+            **kwargs,
+        )
+
     val_ds = make_dataset(
         split_files(processed, info, "val"), num_classes, cfg.image_size, global_batch, False, examples=n_val
     )
@@ -354,17 +369,12 @@ def train(
             DVCLiveCallback(live=live),
             speed,
         ]
+
         if devices.kind == "multi-worker":
 
             def worker_share(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-                return make_dataset(
-                    train_files,
-                    num_classes,
-                    cfg.image_size,
+                return train_dataset(
                     ctx.get_per_replica_batch_size(global_batch),
-                    True,
-                    cfg.augment,
-                    cfg.shuffle_buffer,
                     cfg.seed + SEEDS_PER_DATASET * ctx.input_pipeline_id,
                     part=(ctx.num_input_pipelines, ctx.input_pipeline_id),
                     repeat=True,
@@ -382,17 +392,7 @@ def train(
                 progress,
             )
         else:
-            train_ds = make_dataset(
-                train_files,
-                num_classes,
-                cfg.image_size,
-                global_batch,
-                True,
-                cfg.augment,
-                cfg.shuffle_buffer,
-                cfg.seed,
-                examples=n_train,
-            )
+            train_ds = train_dataset(global_batch, cfg.seed, examples=n_train)
             history = model.fit(
                 train_ds,
                 validation_data=val_ds if has_val else None,

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import make_workspace, tool_env
 
+from flows.server import free_ports
 from tasks.cluster import Role, role
 from tasks.errors import PawflowError
 
@@ -66,14 +65,6 @@ def test_hits_for_one_sigmoid_output_and_for_softmax():
     y3 = tf.one_hot([0, 2, 1], 3)
     p3 = tf.constant([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
     assert hits(y3, p3).numpy().tolist() == [1.0, 1.0, 0.0]
-
-
-def free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def dvc(ws: Path, api: str, *args: str) -> str:
