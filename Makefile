@@ -12,8 +12,8 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
-# oneDNN kernels: 1.4-1.8x faster training on this kind of CPU (off by default on AMD).
-export TF_ENABLE_ONEDNN_OPTS := 1
+# oneDNN, its instruction-set cap and the thread pools are params (params.yaml tensorflow:), applied by
+# each stage before TensorFlow starts: they decide the model's bytes.
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast bench lint format lock clean-cache

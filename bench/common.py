@@ -44,7 +44,6 @@ def env() -> dict[str, str]:
         "DVC_NO_ANALYTICS": "1",
         "DO_NOT_TRACK": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"),
     }
 
 

@@ -28,13 +28,15 @@ TIMEOUT_S = 3600
 
 def train_once(ws: Path, epochs: int, out: Path) -> None:
     """One process's run (a worker when TF_CONFIG is set): writes its report and a weights digest."""
-    from flows.train import train_config
-    from tasks import train
+    from tasks import runtime
     from tasks.params import load_params
 
-    cfg = dataclasses.replace(
-        train_config(load_params(ws / "params.yaml")), epochs=epochs, early_stopping_patience=epochs
-    )
+    params = load_params(ws / "params.yaml")
+    runtime.configure(params.tensorflow)  # before TensorFlow is imported
+    from flows.train import train_config
+    from tasks import train
+
+    cfg = dataclasses.replace(train_config(params), epochs=epochs, early_stopping_patience=epochs)
     info = json.loads((ws / "data/processed/dataset_info.json").read_text())
     result = train.train(
         ws / "data/processed",
@@ -44,7 +46,7 @@ def train_once(ws: Path, epochs: int, out: Path) -> None:
         os.environ.get("TF_CONFIG"),
         progress=False,
     )
-    keep = {k: result.report[k] for k in ("device", "train_images_per_s", "wall_time_s", "peak_rss_mb")}
+    keep = {"device": result.report["device"], **result.run}
     keep["model_sha256"] = hashlib.sha256(result.model_bytes).hexdigest()
     model = out.with_suffix(".keras")
     model.write_bytes(result.model_bytes)

@@ -20,8 +20,9 @@ def grow(ws: Path, source: Path, cmd: list[str], seed: int) -> dict:
     photos = sum(1 for p in source.rglob("*.jpg"))
     new = synth.make(SAMPLE, source, round(photos * SHARE), seed=seed)
     t = run(cmd, ws)
-    ingest = json.loads((ws / "reports/ingest.json").read_text())
-    shard = json.loads((ws / "reports/shard.json").read_text())
+    history = [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
+    ingest = [r for r in history if r.get("stage") == "ingest"][-1]  # this run's figures
+    shard = [r for r in history if r.get("stage") == "shard"][-1]
     assert ingest["copied"] == len(new), ingest
     return {
         "seconds": t.seconds,

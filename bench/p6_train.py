@@ -1,24 +1,33 @@
-"""One P6 training run in its own process: python -m bench.p6_train WORKSPACE MODEL EPOCHS SIZE OUT.json."""
+"""One training run in its own process (P6, P7):
+python -m bench.p6_train WORKSPACE MODEL EPOCHS SIZE OUT.json [TENSORFLOW_JSON]
+
+TENSORFLOW_JSON overrides params.yaml `tensorflow:` keys for this run (P7 compares settings)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 
 def main() -> None:
-    import keras
-
-    from flows.train import train_config
-    from tasks import evaluate, train
+    from tasks import runtime
     from tasks.params import load_params
 
     ws, model, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[5])
     epochs, size = int(sys.argv[3]), int(sys.argv[4])
+    params = load_params(ws / "params.yaml")
+    settings = params.tensorflow.model_copy(update=json.loads(sys.argv[6]) if len(sys.argv) > 6 else {})
+    runtime.configure(settings)  # before TensorFlow is imported
+    import keras
+
+    from flows.train import train_config
+    from tasks import evaluate, train
+
     cfg = dataclasses.replace(
-        train_config(load_params(ws / "params.yaml")),
+        train_config(params),
         model=model,
         epochs=epochs,
         image_size=size,
@@ -38,16 +47,18 @@ def main() -> None:
         with_meta=True,
     )
     pred, _ = evaluate.predict(net, test)
-    r = result.report
+    r, run = result.report, result.run
     out.write_text(
         json.dumps(
             {
                 "model": model,
                 "parameters": r["parameters"],
                 "epochs_run": r["epochs_run"],
-                "train_wall_time_s": r["wall_time_s"],
-                "images_per_s": r["train_images_per_s"],
-                "peak_rss_mb": r["peak_rss_mb"],
+                "tensorflow": runtime.describe(settings),
+                "train_wall_time_s": run["wall_time_s"],
+                "images_per_s": run["train_images_per_s"],
+                "peak_rss_mb": run["peak_rss_mb"],
+                "model_md5": hashlib.md5(model_path.read_bytes()).hexdigest(),
                 "test_accuracy": float(pred.correct.mean()),
             },
             indent=2,

@@ -79,10 +79,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Label photos with the champion (or --model); exit 1 if any file could not be labelled."""
     import csv
 
-    from tasks import predict
+    from tasks import runtime
+    from tasks.params import Params
 
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
-    max_pixels = params.clean.max_pixels if params else 89_478_485
+    defaults = Params.model_fields
+    runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
+    from tasks import predict
+
+    max_pixels = params.clean.max_pixels if params else defaults["clean"].default.max_pixels
     model = args.model or (params.paths.models / "champion" if params else Path("models/champion"))
     predictor = predict.load(model, max_pixels)
     failed = 0

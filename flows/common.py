@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.errors import PawflowError
-from tasks.fileio import remove_leftovers
+from tasks.fileio import append_history, remove_leftovers
 from tasks.params import Params, Runner, load_params
 
 LOCK_FILE = Path(".pawflow/workspace.lock")
@@ -198,6 +198,15 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- summaries
+
+
+def record_stage_run(params: Params, stage: str, figures: dict[str, Any]) -> None:
+    """This run's figures of a stage (times, throughput, what it reused): one line of the run history
+    (params pipeline.history, not tracked), never a tracked output, whose bytes the inputs decide."""
+    from datetime import UTC, datetime
+
+    line = {"finished": datetime.now(UTC).isoformat(timespec="seconds"), "stage": stage, **figures}
+    append_history(params.pipeline.history, line)
 
 
 def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:

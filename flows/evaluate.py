@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main
+from tasks import runtime
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
 from tasks.params import Params
@@ -22,7 +23,11 @@ CHAMPION_CARD = "champion.json"
 @task(
     name="predict-test-split",
     cache_policy=content_cache(
-        "tasks.evaluate", "tasks.train", "tasks.tfrecord", exclude=("model_path", "processed")
+        "tasks.evaluate",
+        "tasks.train",
+        "tasks.tfrecord",
+        "tasks.runtime",
+        exclude=("model_path", "processed"),
     ),
     persist_result=True,
 )
@@ -31,10 +36,13 @@ def predict_test_split(
     dataset_sha256: str,
     image_size: int,
     batch_size: int,
+    tf_settings,
     model_path: Path,
     processed: Path,
 ):
-    """Class probabilities for every test photo (and the JPEGs of the ones it gets wrong)."""
+    """Class probabilities for every test photo (and the JPEGs of the ones it gets wrong).
+
+    tf_settings (params.yaml tensorflow:, applied by the flow) is part of the cache key."""
     import keras
 
     from tasks import evaluate, train
@@ -62,6 +70,7 @@ def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: boo
         dataset_sha,
         int(card["image_size"]),
         params.evaluate.batch_size,
+        params.tensorflow,
         model_dir / "model.keras",
         params.paths.processed,
     )
@@ -71,6 +80,7 @@ def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: boo
 @friendly
 def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     """Metrics on the test split, plots, reports/evaluation.html, and the promotion gate."""
+    runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from tasks import evaluate, gate
 
     started = time.monotonic()

@@ -7,7 +7,7 @@ import time
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import friendly, publish, stage_main
+from flows.common import friendly, publish, record_stage_run, stage_main
 from tasks import ingest, store
 from tasks.fileio import write_json, write_parquet
 from tasks.params import Params
@@ -41,16 +41,19 @@ def copy_new_files(listing: ingest.Listing, params: Params, refresh: bool) -> in
 
 
 @task(name="write-manifest")
-def write_manifest(listing: ingest.Listing, result: ingest.SyncResult, params: Params, refresh: bool) -> dict:
-    """Hash data/raw (reusing hashes of files whose size, mtime and inode are unchanged)."""
+def write_manifest(
+    listing: ingest.Listing, result: ingest.SyncResult, params: Params, refresh: bool
+) -> tuple[dict, dict]:
+    """Hash data/raw (reusing hashes of files whose size, mtime and inode are unchanged); returns the
+    report and this run's figures."""
     with store.connect(params.paths.cache) as con:
         known = {} if refresh else store.get_stats(con)
         df, fresh = ingest.manifest(params.paths.raw, known)
         store.put_stats(con, fresh)
-    rep = ingest.report(listing, result, df, hashed=len(result.hashes) + len(fresh))
+    rep = ingest.report(listing, result, df)
     write_parquet(params.paths.interim / "ingest.parquet", df)
     write_json(params.paths.reports / "ingest.json", rep)
-    return rep
+    return rep, ingest.run_figures(result, hashed=len(result.hashes) + len(fresh))
 
 
 @flow(name="ingest", log_prints=True)
@@ -60,7 +63,8 @@ def ingest_flow(params: Params, refresh: bool = False) -> dict:
     started = time.monotonic()
     listing = resolve_source(params)
     result = copy_new_files(listing, params, refresh)
-    rep = write_manifest(listing, result, params, refresh)
+    rep, figures = write_manifest(listing, result, params, refresh)
+    record_stage_run(params, "ingest", figures)
     log = get_run_logger()
     for s in rep["skipped"]:
         log.warning("skipped %s: %s", s["path"], s["reason"])
@@ -73,9 +77,9 @@ def ingest_flow(params: Params, refresh: bool = False) -> dict:
     rows = [[f"files ({label})", n] for label, n in rep["per_label"].items()]
     rows += [
         ["files", rep["files"]],
-        ["copied (new)", rep["copied"]],
-        ["updated", rep["updated"]],
-        ["unchanged", rep["unchanged"]],
+        ["copied (new)", figures["copied"]],
+        ["updated", figures["updated"]],
+        ["unchanged", figures["unchanged"]],
         ["skipped", len(rep["skipped"])],
         ["seconds", f"{time.monotonic() - started:.1f}"],
     ]

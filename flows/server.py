@@ -45,6 +45,17 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the process that started it dies,
+    however it dies (a crash or kill -9 included), so no server outlives its run."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1  # <sys/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_server(
     home: Path, port: int | None = None, log_file: Path | None = None
 ) -> tuple[subprocess.Popen, str]:
@@ -65,6 +76,7 @@ def start_server(
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     api_url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + HEALTH_TIMEOUT_S

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import content_cache, friendly, publish, result_storage, stage_main
+from flows.common import content_cache, friendly, publish, record_stage_run, result_storage, stage_main
+from tasks import runtime
 from tasks.cluster import role
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
@@ -34,22 +35,27 @@ def train_config(params: Params):
         "tasks.cluster",
         "tasks.model",
         "tasks.tfrecord",
+        "tasks.runtime",
         exclude=("processed", "workdir", "tf_config"),
     ),
     persist_result=True,
 )
-def fit_model(dataset_sha256: str, cfg, processed: Path, workdir: Path, tf_config: str | None):
-    """Fit on the train split, early-stop on val; returns the model bytes, logs and report."""
+def fit_model(dataset_sha256: str, cfg, tf_settings, processed: Path, workdir: Path, tf_config: str | None):
+    """Fit on the train split, early-stop on val; returns the model bytes, logs and report.
+
+    tf_settings (params.yaml tensorflow:, applied by the flow) is an input so that the cache key
+    changes with the kernels that compute the model."""
     from tasks import train
 
     info = json.loads((processed / "dataset_info.json").read_text())
-    return train.train(processed, info, cfg, workdir, tf_config)
+    return train.train(processed, info, cfg, workdir, tf_config, say=get_run_logger().info)
 
 
 @flow(name="train", log_prints=True)
 @friendly
 def train_flow(params: Params, refresh: bool = False) -> dict:
     """Train a Keras model from the shards; write models/model.keras, model.json and reports/train*."""
+    runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from tasks import train
 
     started = time.monotonic()
@@ -68,8 +74,15 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
     fit = fit_model.with_options(
         result_storage=result_storage(params), refresh_cache=refresh or me.workers > 1 or None
     )
-    result = fit(sha256_file(info_path), cfg, params.paths.processed, params.paths.cache / "train", tf_config)
-    rep = dict(result.report)
+    result = fit(
+        sha256_file(info_path),
+        cfg,
+        params.tensorflow,
+        params.paths.processed,
+        params.paths.cache / "train",
+        tf_config,
+    )
+    rep = {**result.report, "tensorflow": runtime.describe(params.tensorflow)}
     log.info(
         "trained %s on %s: best epoch %s of %s",
         rep["model"],
@@ -92,15 +105,16 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(data)
     write_json(reports / "train.json", rep)
+    record_stage_run(params, "train", result.run)
     best = rep["best"]
     rows = [
         ["model", f"{rep['model']} ({rep['parameters']:,} parameters)"],
         ["device", rep["device"]],
         ["epochs run (best)", f"{rep['epochs_run']} ({rep['best_epoch']})"],
         ["val accuracy (best epoch)", f"{best.get('val_accuracy', float('nan')):.4f}"],
-        ["train images/s", rep["train_images_per_s"]],
-        ["training wall time (s)", rep["wall_time_s"]],
-        ["peak RSS (MB)", rep["peak_rss_mb"]],
+        ["train images/s", result.run["train_images_per_s"]],
+        ["training wall time (s)", result.run["wall_time_s"]],
+        ["peak RSS (MB)", result.run["peak_rss_mb"]],
         ["seconds", f"{time.monotonic() - started:.1f}"],
     ]
     publish("train", "train: fitted model", ["", "value"], rows)

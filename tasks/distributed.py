@@ -12,7 +12,6 @@ DVCLive, throughput); the caller gives file-writing callbacks a folder of the wo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import keras
@@ -39,7 +38,6 @@ def fit(
     steps_per_epoch: int,
     epochs: int,
     callbacks: Sequence[keras.callbacks.Callback],
-    progress: bool = True,
 ) -> dict[str, list[float]]:
     """Train a compiled model for up to `epochs` of `steps_per_epoch` steps; returns the history.
 
@@ -83,7 +81,6 @@ def fit(
     cbs.on_train_begin()
     for epoch in range(epochs):
         cbs.on_epoch_begin(epoch)
-        began = time.monotonic()
         loss_sum = right = tf.constant(0.0)
         for step in range(steps_per_epoch):
             cbs.on_train_batch_begin(step)
@@ -104,9 +101,6 @@ def fit(
         logs = dict(zip(names, values, strict=True))
         for k, v in logs.items():
             history.setdefault(k, []).append(v)
-        if progress:  # the line Keras's fit(verbose=2) prints
-            shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - began:.0f}s - {shown}", flush=True)
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -281,10 +281,8 @@ def html_report(
             "parameters",
             "epochs_run",
             "best_epoch",
-            "wall_time_s",
-            "train_images_per_s",
-            "peak_rss_mb",
             "device",
+            "tensorflow",
         ]
         train = (
             "<h2>Training</h2><table>"

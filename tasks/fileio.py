@@ -164,3 +164,10 @@ def remove_leftovers(folder: Path) -> list[Path]:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def append_history(path: Path, record: dict) -> None:
+    """Append one JSON line (a single write, so a crash cannot leave half a line in the middle)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")

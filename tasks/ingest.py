@@ -621,8 +621,9 @@ def manifest(
     return df, fresh
 
 
-def report(listing: Listing, result: SyncResult, df: pd.DataFrame, hashed: int = 0) -> dict:
-    """reports/ingest.json: the source, what was taken, skipped and copied."""
+def report(listing: Listing, result: SyncResult, df: pd.DataFrame) -> dict:
+    """reports/ingest.json: the source, what data/raw holds, what was skipped (a function of the
+    source and data/raw: what this run copied is in run_figures)."""
     in_source = {e.path for e in listing.entries}
     not_in_source = sorted(set(df["path"]) - in_source)
     return {
@@ -634,10 +635,17 @@ def report(listing: Listing, result: SyncResult, df: pd.DataFrame, hashed: int =
         "files": len(df),
         "bytes": int(df["bytes"].sum()) if len(df) else 0,
         "per_label": {str(k): int(v) for k, v in df.groupby("label").size().items()},
+        "skipped": sorted(listing.skipped + result.failed, key=lambda s: s["path"]),
+        "not_in_source": not_in_source,
+    }
+
+
+def run_figures(result: SyncResult, hashed: int) -> dict[str, int]:
+    """What this run did (for the run history): files copied, updated, left as they were, hashed
+    (the rest had an unchanged size, mtime and inode)."""
+    return {
         "copied": len(result.copied),
         "updated": len(result.updated),
         "unchanged": result.unchanged,
-        "hashed": hashed,  # files whose sha256 was computed this run (the rest: unchanged size/mtime/inode)
-        "skipped": sorted(listing.skipped + result.failed, key=lambda s: s["path"]),
-        "not_in_source": not_in_source,
+        "hashed": hashed,
     }

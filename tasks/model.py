@@ -6,7 +6,11 @@ else) and ends in sigmoid for two classes or softmax for more, kept in float32 u
 
 from __future__ import annotations
 
+import json
+import tempfile
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -14,6 +18,9 @@ from keras import layers
 from tasks.errors import PawflowError
 
 MODELS = ("pawnet", "seed_cnn")
+# The zip entries of a saved model get this timestamp (zip's earliest; Keras already uses it for two of
+# the three entries), so a model file's bytes depend on its weights and config only.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 BACKBONES = ("mobilenet_v2",)
 
 
@@ -138,3 +145,45 @@ def make_model(
     if model == "pawnet":
         return pawnet(input_shape, num_classes, width, blocks, separable, dropout)
     raise PawflowError(f"train.model {model!r} is not known.", f"Use one of {MODELS}.")
+
+
+def _renumber_shared_objects(config: Any) -> Any:
+    """Keras names objects shared between layers by their memory address (`shared_object_id`), which
+    differs every run; number them 1, 2, ... in order of first appearance instead (the links stay)."""
+    ids: dict[int, int] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else walk(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(config)
+
+
+def save_model(model: keras.Model, dest: Path) -> None:
+    """model.save, with fixed archive metadata: the same weights and config give the same bytes.
+
+    Keras writes `date_saved` into metadata.json and stamps the weights entry with the time of the
+    save; the rest of the archive (config, HDF5 weights) is already a function of the model.
+    """
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        raw = Path(tmp) / "model.keras"
+        model.save(raw)
+        with zipfile.ZipFile(raw) as zin, zipfile.ZipFile(dest, "w") as zout:
+            for info in zin.infolist():
+                data = zin.read(info.filename)
+                if info.filename == "metadata.json":
+                    meta = json.loads(data)
+                    meta.pop("date_saved", None)
+                    data = json.dumps(meta, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
+                entry = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+                entry.compress_type = info.compress_type
+                entry.external_attr = info.external_attr
+                zout.writestr(entry, data)

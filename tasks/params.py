@@ -122,6 +122,15 @@ class Train(Section):
     jit_compile: bool = False
 
 
+class TensorFlow(Section):
+    onednn: bool = True
+    onednn_max_isa: Literal[
+        "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "ALL"
+    ] = "AVX2"
+    threads: Annotated[int, Field(ge=1, le=1024)] = 2
+    deterministic_ops: bool = True
+
+
 class Evaluate(Section):
     min_accuracy: Fraction = 0.8
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
@@ -167,6 +176,7 @@ class Params(Section):
     dedup: Dedup = Dedup()
     shard: Shard = Shard()
     train: Train = Train()
+    tensorflow: TensorFlow = TensorFlow()
     evaluate: Evaluate = Evaluate()
     pipeline: Pipeline = Pipeline()
 

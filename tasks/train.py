@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tasks import distributed, tfrecord
 from tasks.cluster import Role, role
-from tasks.model import make_model
+from tasks.model import make_model, save_model
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -290,14 +290,42 @@ class _Throughput(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - self._t
         self.images += self.batch_size
 
+    def per_second(self) -> float | None:
+        return round(self.images / self.seconds, 1) if self.seconds else None
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, images_per_s: float | None, elapsed: float) -> str:
+    """One line per epoch: its metrics, the throughput so far, elapsed time and an estimate of the rest."""
+    metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, int | float))
+    eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+    speed = f"{images_per_s:.0f} img/s" if images_per_s else "- img/s"
+    return f"epoch {epoch + 1}/{epochs}: {metrics} | {speed} | elapsed {elapsed:.0f}s, ETA {eta:.0f}s"
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Sends epoch_line() to `say` (the Prefect run logger in a flow): Keras's own epoch lines go to
+    sys.stdout, which Prefect's logs never see."""
+
+    def __init__(self, say: Callable[[str], None], epochs: int, speed: _Throughput) -> None:
+        super().__init__()
+        self.say, self.epochs, self.speed = say, epochs, speed
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        elapsed = time.monotonic() - self.started
+        self.say(epoch_line(epoch, self.epochs, logs or {}, self.speed.per_second(), elapsed))
+
 
 @dataclass
 class TrainResult:
-    """What train produces: the model file's bytes, the logs written during training, the report."""
+    """What train produces: the model file's bytes, the logs written during training, the report
+    (a function of the inputs: it is a tracked output) and this run's figures (times, throughput,
+    memory: they go to the run history, never into a tracked file)."""
 
     model_bytes: bytes
     logs: dict[str, bytes]
     report: dict
+    run: dict
 
 
 def collect_files(folder: Path) -> dict[str, bytes]:
@@ -313,6 +341,7 @@ def train(
     workdir: Path,
     tf_config: str | None = None,
     progress: bool = True,
+    say: Callable[[str], None] = print,
 ) -> TrainResult:
     """Fit a model on the train split with early stopping on the val split (never the test split)."""
     from dvclive import Live
@@ -369,6 +398,8 @@ def train(
             DVCLiveCallback(live=live),
             speed,
         ]
+        if progress:
+            callbacks.append(EpochLog(say, cfg.epochs, speed))
 
         if devices.kind == "multi-worker":
 
@@ -389,7 +420,6 @@ def train(
                 steps,
                 cfg.epochs,
                 callbacks,
-                progress,
             )
         else:
             train_ds = train_dataset(global_batch, cfg.seed, examples=n_train)
@@ -399,13 +429,13 @@ def train(
                 epochs=cfg.epochs,
                 callbacks=callbacks,
                 shuffle=False,
-                verbose=2 if progress else 0,
+                verbose=0,
             ).history
     wall = time.monotonic() - started
     losses = history[monitor]
     best = int(np.argmin(losses))
     model_path = workdir / "model.keras"
-    model.save(model_path)
+    save_model(model, model_path)
     report = {
         "model": model.name,
         "parameters": int(model.count_params()),
@@ -413,21 +443,22 @@ def train(
         "best_epoch": best + 1,
         "best": {k: float(v[best]) for k, v in history.items()},
         "history": {k: [float(x) for x in v] for k, v in history.items()},
-        "wall_time_s": round(wall, 1),
-        "train_images_per_s": round(speed.images / speed.seconds, 1) if speed.seconds else None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": devices.description,
         "precision": policy,
         "replicas": devices.replicas,
         "worker": me.index,
         "workers": me.workers,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1",
         "global_batch_size": global_batch,
         "examples": {s: int(info["splits"][s]["examples"]) for s in ("train", "val")},
     }
     logs = {f"dvclive/{k}": v for k, v in collect_files(live_dir).items()}
     logs.update({f"tensorboard/{k}": v for k, v in collect_files(tb_dir).items()})
-    result = TrainResult(model_path.read_bytes(), logs, report)
+    run = {
+        "wall_time_s": round(wall, 1),
+        "train_images_per_s": speed.per_second(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    result = TrainResult(model_path.read_bytes(), logs, report, run)
     keras.mixed_precision.set_global_policy("float32")
     return result
 

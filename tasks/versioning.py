@@ -13,6 +13,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from tasks.errors import PawflowError
+from tasks.fileio import append_history
 from tasks.params import parse_params
 
 STAGES = ("ingest", "clean", "dedup", "shard", "train", "evaluate")
@@ -125,13 +126,6 @@ def history_record(
         "gate": {k: (read("gate.json") or {}).get(k) for k in ("decision", "p_value", "reason")},
         **(extra or {}),
     }
-
-
-def append_history(path: Path, record: dict) -> None:
-    """Append one JSON line (a single write, so a crash cannot leave half a line in the middle)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
 
 
 def record_run(root: Path, params: Any, entry: str, stages: dict[str, str], extra: dict) -> dict:

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import imagegen
 
 from flows.server import free_port, start_server, stop_server
-from tasks.params import Params, override, params_in
+from tasks.params import Params, load_params, override, params_in
+from tasks.runtime import tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,9 @@ SESSION_PORT = free_port()
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="pawflow-test-prefect-"))
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{SESSION_PORT}/api"
 os.environ["PREFECT_HOME"] = str(SESSION_HOME)
+# Likewise TensorFlow reads its kernel settings when first imported: in-process tests train and predict
+# with the project's params.yaml `tensorflow:` section, as the stage processes do.
+os.environ.update(tensorflow_env(load_params(ROOT / "params.yaml").tensorflow))
 
 
 @pytest.fixture(scope="session")

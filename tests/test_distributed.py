@@ -142,7 +142,7 @@ def test_two_workers_train_one_model(sharded: Path, tmp_path: Path, prefect_serv
     assert report["epochs_run"] == FAST["train"]["epochs"]
     assert set(report["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert "worker 1 of 2: worker 0 writes the model" in logs[1]
-    assert all(f"Epoch {FAST['train']['epochs']}/{FAST['train']['epochs']} - " in log for log in logs)
+    assert all(f"epoch {FAST['train']['epochs']}/{FAST['train']['epochs']}: " in log for log in logs)
     assert not (ws[1] / "models/model.keras").exists()  # only worker 0 writes the outputs
 
     # Synchronous training: both workers end with the same weights, batch-norm statistics included.

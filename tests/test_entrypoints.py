@@ -100,7 +100,7 @@ def test_prefect_run_leaves_what_dvc_repro_leaves(tmp_path: Path, prefect_server
 
 
 def test_dvc_repro_first_then_prefect_does_nothing_new(tmp_path: Path, prefect_server: str):
-    ws, _ = workspace(tmp_path)
+    ws, source = workspace(tmp_path)
     repro = dvc(ws, "repro", api=prefect_server)
     assert repro.returncode == 0, repro.stderr[-3000:]
     lock = (ws / "dvc.lock").read_text()
@@ -108,6 +108,18 @@ def test_dvc_repro_first_then_prefect_does_nothing_new(tmp_path: Path, prefect_s
     assert run.returncode == 0, run.stderr[-3000:]
     assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
     assert (ws / "dvc.lock").read_text() == lock
+
+    # A second fresh workspace on the same photos, while another process keeps a core busy, records
+    # the same dvc.lock byte for byte: every output, the model included, has the same md5.
+    other = make_workspace(tmp_path / "ws2", source, **FAST)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        again = dvc(other, "repro", api=prefect_server)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (other / "dvc.lock").read_text() == lock
 
 
 def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server: str):

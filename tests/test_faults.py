@@ -168,8 +168,15 @@ def test_kill_9_mid_training_restarts_cleanly(
 
 
 def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefect_server: str):
+    import sqlite3
+    import threading
+
     ws = make_workspace(tmp_path / "ws", source, **PARAMS)
     stage(ws, "ingest", prefect_server)
+    # Hold the per-photo cache's write lock: clean cannot record a verdict, so it cannot finish, and the
+    # signal below reaches a running stage on any machine, however fast (a state, not a time).
+    db = sqlite3.connect(ws / ".pawflow/cache/photos.sqlite", timeout=60, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.clean"],
         cwd=ws,
@@ -178,12 +185,27 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while cached_checks(ws) < 25 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "Beginning flow run" in line:
+                started.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(300), "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGINT)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    err = "".join(lines)
+    assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err and "Traceback" not in err
     assert not (ws / "data/interim/clean.parquet").exists()
 

@@ -107,3 +107,31 @@ def test_backbone_downloads_imagenet_weights_from_keras_url(
 def test_missing_local_weights_say_what_to_do(tmp_path: Path):
     with pytest.raises(PawflowError, match="does not exist"):
         make_model((96, 96, 3), 2, backbone="mobilenet_v2", backbone_weights=str(tmp_path / "none.h5"))
+
+
+def test_saved_model_bytes_depend_only_on_weights_and_config(tmp_path: Path):
+    import json
+    import zipfile
+
+    import keras
+
+    from tasks.model import save_model
+
+    def build() -> keras.Model:
+        keras.backend.clear_session()  # layer names restart, as in a new process
+        keras.utils.set_random_seed(7)
+        return make_model((32, 32, 3), 2, width=8, blocks=(1,))
+
+    first, second = build(), build()  # equal weights, other Python objects (other memory addresses)
+    save_model(first, tmp_path / "a.keras")
+    save_model(second, tmp_path / "b.keras")
+    save_model(first, tmp_path / "c.keras")
+    a = (tmp_path / "a.keras").read_bytes()
+    assert a == (tmp_path / "b.keras").read_bytes() == (tmp_path / "c.keras").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.keras") as z:
+        assert "date_saved" not in json.loads(z.read("metadata.json"))
+        assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    # The renumbered shared objects still load, in safe mode, to the same predictions.
+    loaded = keras.saving.load_model(tmp_path / "a.keras", compile=False, safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), first.predict_on_batch(x))

@@ -1,0 +1,82 @@
+"""How TensorFlow runs on the CPU: settings that decide which kernels compute the model, applied once
+per process before TensorFlow is imported, so the same shards and params give the same model bytes on
+every x86-64 host of the same core count, whatever its load or instruction set.
+
+Measured on 2-core AMD EPYC hosts (README "Reproducibility"):
+- oneDNN's AVX-512 kernels corrupt the heap while training small models on hosts with AVX512_BF16
+  (`double free or corruption`, 5 crashes in 5 runs at width 8 / 32 px); capped at AVX2, 0 crashes.
+- oneDNN picks its kernels at run time from the CPU's instruction set, so uncapped, two hosts of the
+  same kind train different models (test accuracy 0.830 vs 0.843). AVX2 is on every x86-64 host this
+  runs on, and the cap costs no speed here.
+- TensorFlow sizes its thread pools from the core count: a fixed count keeps the reduction order, and
+  so the numbers, the same on a bigger machine.
+
+This module does not import TensorFlow: it must run before the first import.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from tasks.errors import PawflowError
+
+if TYPE_CHECKING:
+    from tasks.params import TensorFlow
+
+
+def tensorflow_env(cfg: TensorFlow) -> dict[str, str]:
+    """The environment variables TensorFlow and oneDNN read when they start."""
+    return {
+        "TF_ENABLE_ONEDNN_OPTS": "1" if cfg.onednn else "0",
+        "ONEDNN_MAX_CPU_ISA": cfg.onednn_max_isa,
+    }
+
+
+def configure(cfg: TensorFlow) -> None:
+    """Apply params.yaml `tensorflow:` to this process: before TensorFlow is imported, or refuse.
+
+    Called by every entry point that runs a model (train, evaluate, predict). A process that imported
+    TensorFlow with other settings cannot change them any more, and would silently compute another
+    model, so that is an error rather than a warning.
+    """
+    wanted = tensorflow_env(cfg)
+    if "tensorflow" not in sys.modules:
+        os.environ.update(wanted)
+    else:
+        differing = {k: v for k, v in wanted.items() if os.environ.get(k) != v}
+        if differing:
+            raise PawflowError(
+                "TensorFlow was imported in this process before params.yaml `tensorflow:` could be applied "
+                f"(it needs {', '.join(f'{k}={v}' for k, v in differing.items())}).",
+                "Run the stage in its own process (`python -m flows.<stage>`), or set those variables "
+                "before Python starts.",
+            )
+    import tensorflow as tf
+
+    threads = tf.config.threading
+    if (threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads()) != (
+        cfg.threads,
+        cfg.threads,
+    ):
+        try:
+            threads.set_intra_op_parallelism_threads(cfg.threads)
+            threads.set_inter_op_parallelism_threads(cfg.threads)
+        except RuntimeError:  # TensorFlow's context already started with other pools
+            raise PawflowError(
+                f"TensorFlow already runs with other thread pools than tensorflow.threads={cfg.threads}.",
+                "Run the stage in its own process (`python -m flows.<stage>`).",
+            ) from None
+    if cfg.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+
+
+def describe(cfg: TensorFlow) -> dict[str, object]:
+    """What train.json records of the settings (all of them come from params.yaml)."""
+    return {
+        "onednn": cfg.onednn,
+        "onednn_max_isa": cfg.onednn_max_isa if cfg.onednn else None,
+        "threads": cfg.threads,
+        "deterministic_ops": cfg.deterministic_ops,
+    }

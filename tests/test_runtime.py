@@ -1,0 +1,102 @@
+"""params.yaml `tensorflow:` pins what varies between hosts: no native crash, the same model bytes.
+
+On AVX-512 hosts oneDNN's AVX-512 kernels crashed the small model (width 8, 32 px) with heap
+corruption, and uncapped kernels gave each host other weights. The stage processes below train with
+exactly the settings `make run` uses, on a host whose environment asks for the crashing kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imagegen
+import pytest
+from conftest import make_workspace, tool_env
+
+from tasks.errors import PawflowError
+from tasks.params import TensorFlow
+from tasks.runtime import configure, tensorflow_env
+
+SMALL = {"epochs": 2, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0}
+# What a host of another kind would pick on its own: TensorFlow's default there, or a user's setting.
+HOSTILE_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def run(ws: Path, api: str, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
+    out = subprocess.run(
+        [*prefix, sys.executable, "-m", *args],
+        cwd=ws,
+        env={**tool_env(api), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    # A native crash is a negative exit code (the signal): the message names it.
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Path:
+    root = tmp_path_factory.mktemp("runtime")
+    source = imagegen.make_dataset(root / "source", per_class=30)
+    ws = make_workspace(root / "ws", source, train=SMALL, evaluate={"min_accuracy": 0.0})
+    for stage in ("ingest", "clean", "dedup", "shard"):
+        run(ws, prefect_server, f"flows.{stage}")
+    return ws
+
+
+@pytest.mark.slow
+def test_same_model_bytes_under_load_and_another_hosts_settings(sharded: Path, prefect_server: str):
+    run(sharded, prefect_server, "flows.train", "--refresh")
+    first = md5(sharded / "models/model.keras")
+    # Again with a busy core, squeezed onto one core (as on a smaller host), and an environment that
+    # asks for the kernels that crashed: params.yaml decides, so nothing changes.
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        one_core = ("taskset", "-c", "0") if shutil.which("taskset") else ()
+        run(sharded, prefect_server, "flows.train", "--refresh", env=HOSTILE_ENV, prefix=one_core)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert md5(sharded / "models/model.keras") == first
+    report = (sharded / "reports/train.json").read_text()
+    assert '"onednn_max_isa": "AVX2"' in report and "wall_time" not in report
+
+
+@pytest.mark.slow
+def test_default_model_shape_trains_without_a_crash(sharded: Path, prefect_server: str, tmp_path: Path):
+    ws = tmp_path / "default"
+    shutil.copytree(sharded, ws, symlinks=True)
+    params = (ws / "params.yaml").read_text()
+    # The default pawnet (params.yaml's width and image size), one epoch.
+    params = params.replace("width: 8", "width: 24").replace("image_size: 32", "image_size: 128")
+    (ws / "params.yaml").write_text(params.replace("epochs: 2", "epochs: 1"))
+    run(ws, prefect_server, "flows.train", "--refresh", env=HOSTILE_ENV)
+    assert (ws / "models/model.keras").stat().st_size > 0
+
+
+def test_settings_cannot_change_after_tensorflow_started():
+    import tensorflow as tf
+
+    configure(TensorFlow())  # the same settings: fine, and idempotent
+    tf.constant(1.0) + 1.0  # TensorFlow's runtime has started: its thread pools are fixed now
+    with pytest.raises(PawflowError, match="ONEDNN_MAX_CPU_ISA=AVX512_CORE"):
+        configure(TensorFlow(onednn_max_isa="AVX512_CORE"))
+    with pytest.raises(PawflowError, match="thread pools"):
+        configure(TensorFlow(threads=3))
+
+
+def test_environment_follows_params():
+    assert tensorflow_env(TensorFlow()) == {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert tensorflow_env(TensorFlow(onednn=False))["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # conftest applied params.yaml before TensorFlow
