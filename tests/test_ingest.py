@@ -15,21 +15,19 @@ from httpserver import FileServer
 from tasks import ingest
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file
+from tasks.params import Ingest
 
 MAX = 10**9
 
 
+def limits(source: str | Path = "unused", **kw) -> Ingest:
+    """The ingest section with generous limits, and any of them overridden by keyword."""
+    values = {"max_archive_bytes": MAX, "download_retries": 3, "download_timeout_s": 5.0, **kw}
+    return Ingest(source=str(source), **values)
+
+
 def run_ingest(source: str | Path, raw: Path, known: dict | None = None, **kw):
-    listing = ingest.resolve(
-        str(source),
-        raw.parent / "downloads",
-        kw.get("max_bytes", MAX),
-        kw.get("max_files", 10**6),
-        kw.get("retries", 3),
-        5.0,
-        kw.get("sha256"),
-        progress=False,
-    )
+    listing = ingest.resolve(limits(source, **kw), raw.parent / "downloads", progress=False)
     known = {} if known is None else known
     result = ingest.sync(listing.entries, raw, known, progress=False)
     known.update(result.hashes)
@@ -233,14 +231,14 @@ def test_zip_bomb_is_refused_before_extraction(tmp_path: Path):
         zf.writestr("Dog/huge.jpg", b"\0" * 20_000_000)
     assert z.stat().st_size < 100_000
     with pytest.raises(PawflowError, match="max_archive_bytes"):
-        run_ingest(z, tmp_path / "work" / "raw", max_bytes=1_000_000)
+        run_ingest(z, tmp_path / "work" / "raw", max_archive_bytes=1_000_000)
     assert not (tmp_path / "work" / "raw").exists()
 
 
 def test_archive_with_too_many_entries_is_refused(dataset: Path, tmp_path: Path):
     z = zip_of(dataset, tmp_path / "pets.zip")
     with pytest.raises(PawflowError, match="more than 10 entries"):
-        run_ingest(z, tmp_path / "raw", max_files=10)
+        run_ingest(z, tmp_path / "raw", max_archive_files=10)
 
 
 def test_corrupt_archive_is_a_clear_error(dataset: Path, tmp_path: Path):
@@ -309,4 +307,4 @@ def test_url_checksum_mismatch_and_unreachable_are_clear_errors(dataset: Path, t
             run_ingest(srv.url + "/missing.zip", tmp_path / "w2" / "raw")
         port = srv.url.rsplit(":", 1)[1]
     with pytest.raises(PawflowError, match="download failed after 2 attempts"):
-        run_ingest(f"http://127.0.0.1:{port}/pets.zip", tmp_path / "w3" / "raw", retries=2)
+        run_ingest(f"http://127.0.0.1:{port}/pets.zip", tmp_path / "w3" / "raw", download_retries=2)
