@@ -92,8 +92,12 @@ def _bad_name(name: str) -> str | None:
 
 
 def _shown(name: str) -> str:
-    """A name that may hold undecodable bytes (surrogate escapes), printable in JSON and logs."""
-    return name.encode("utf-8", "replace").decode()
+    """A name that may hold undecodable bytes (surrogate escapes), printable in JSON and logs: each
+    such byte shown as U+FFFD."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return name.encode("utf-8", "replace").decode()
 
 
 def _junk_reason(name: str) -> str | None:
@@ -452,17 +456,26 @@ def _check_zip(archive: Path, m: _Members) -> None:
                 raise _damaged(archive, info.filename, f"{type(err).__name__}: {err}") from None
 
 
-def _decompressed(archive: Path) -> BinaryIO:
-    """The archive's tar stream, decompressed by a reader that checks the stream's own checksum (gzip
-    CRC-32 and length, bzip2 block CRCs, xz check) when it is read to its end."""
+# How compressed tar streams start, and the reader of each: it checks the stream's own checksum (gzip
+# CRC-32 and length, bzip2 block and stream CRCs, xz check) when it is read to its end.
+COMPRESSED: dict[bytes, Callable[..., BinaryIO]] = {
+    b"\x1f\x8b": gzip.open,  # type: ignore[dict-item]
+    b"BZh": bz2.open,  # type: ignore[dict-item]
+    b"\xfd7zXZ\x00": lzma.open,  # type: ignore[dict-item]
+}
+
+
+def _magic(archive: Path) -> bytes:
     with open(archive, "rb") as f:
-        magic = f.read(6)
-    if magic.startswith(b"\x1f\x8b"):
-        return gzip.open(archive, "rb")  # type: ignore[return-value]
-    if magic.startswith(b"BZh"):
-        return bz2.open(archive, "rb")  # type: ignore[return-value]
-    if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(archive, "rb")  # type: ignore[return-value]
+        return f.read(8)
+
+
+def _decompressed(archive: Path) -> BinaryIO:
+    """The archive's tar stream (decompressed when it is compressed)."""
+    magic = _magic(archive)
+    for start, reader in COMPRESSED.items():
+        if magic.startswith(start):
+            return reader(archive, "rb")
     return open(archive, "rb")
 
 
@@ -539,7 +552,10 @@ def _check_tar(archive: Path, m: _Members) -> None:
         except PawflowError:
             raise
         except ARCHIVE_ERRORS as err:
-            raise _damaged(archive, member, f"{type(err).__name__}: {err}") from None
+            what = f"{type(err).__name__}: {err}"
+            if not m.count:
+                what += "; or it is not a tar archive inside the compression"
+            raise _damaged(archive, member, what) from None
     m.check_tree()
 
 
@@ -549,10 +565,13 @@ def list_archive(archive: Path, cfg: Ingest) -> Listing:
     before anything is extracted: a damaged or hostile archive writes nothing."""
     m = _Members(archive, cfg)
     try:
+        magic = _magic(archive)
         if zipfile.is_zipfile(archive):
             _check_zip(archive, m)
-        elif tarfile.is_tarfile(archive):
-            _check_tar(archive, m)
+        elif tarfile.is_tarfile(archive) or magic.startswith(tuple(COMPRESSED)):
+            _check_tar(archive, m)  # a damaged compressed stream is not "not a tar": it says what broke
+        elif magic.startswith(b"PK\x03\x04"):
+            raise _damaged(archive, None, "a zip whose central directory is missing: cut short?")
         else:
             raise PawflowError(
                 f"{archive}: not a zip or tar archive.",
