@@ -602,3 +602,34 @@ def test_archive_names_that_are_not_utf8(tmp_path: Path):
     with pytest.raises(PawflowError, match="not valid UTF-8, though the archive says it is"):
         run_ingest(z, tmp_path / "w" / "raw")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_damaged_archive_through_the_entry_point_is_one_message(tmp_path: Path, prefect_server: str):
+    import subprocess
+    import sys
+
+    from conftest import make_workspace, tool_env
+
+    z = zip_of(ten_photos(tmp_path / "src"), tmp_path / "pets.zip")
+    info = zipfile.ZipFile(z).getinfo("Dog/dog.2.jpg")
+    flip_byte(z, info.header_offset + 30 + len(info.filename) + info.compress_size // 2)
+    ws = make_workspace(tmp_path / "ws", z)
+    earlier = ws / "data" / "raw" / "Cat" / "earlier.jpg"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(imagegen.jpeg(5))
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.ingest"],
+        cwd=ws,
+        env=tool_env(prefect_server),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0, out.stdout
+    assert "entry 'Dog/dog.2.jpg': its data does not match its CRC-32" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert snapshot(ws / "data" / "raw") == {"Cat/earlier.jpg": imagegen.jpeg(5)}
+    assert (
+        not (ws / "data" / "interim" / "ingest.parquet").exists()
+        and not (ws / "reports" / "ingest.json").exists()
+    )
