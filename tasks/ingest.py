@@ -57,6 +57,9 @@ class Entry:
     size: int
     mtime_ns: int
     open: Callable[[], BinaryIO] = field(compare=False, repr=False)
+    order: int = field(
+        default=0, compare=False, repr=False
+    )  # position in the source: copies go in this order
 
     @property
     def path(self) -> str:
@@ -198,11 +201,12 @@ def _classify(
     if twins := same_but_for_case(classes):
         raise _refuse_case_twins(location, twins, "")
     entries = []
+    order = {path: i for i, path in enumerate(entries_by_path)}  # the source's own order
     for path, (size, mtime_ns, opener) in sorted(entries_by_path.items()):
         if path.startswith(prefix):
             label, _, rel = path[len(prefix) :].partition("/")
             if label in classes and rel:
-                entries.append(Entry(label, rel, size, mtime_ns, opener))
+                entries.append(Entry(label, rel, size, mtime_ns, opener, order[path]))
     return Listing(kind, location, entries, skipped, ignored=root.ignored)
 
 
@@ -412,6 +416,7 @@ ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lz
 
 
 def _check_zip(archive: Path, m: _Members) -> None:
+    shared = _Shared(archive)
     try:
         zf = zipfile.ZipFile(archive)
     except UnicodeDecodeError as err:
@@ -435,7 +440,7 @@ def _check_zip(archive: Path, m: _Members) -> None:
                 m.add_dir(name)
                 continue
             mtime_ns = int(datetime(*info.date_time).timestamp()) * 1_000_000_000
-            m.add_file(name, info.file_size, info.compress_size, mtime_ns, _zip_opener(archive, info))
+            m.add_file(name, info.file_size, info.compress_size, mtime_ns, _zip_opener(shared, info))
             to_read.append(info)
         m.check_tree()
         for info in to_read:
@@ -502,6 +507,7 @@ def _check_tar(archive: Path, m: _Members) -> None:
     stream read to its end: what follows the last entry must be the zeros of the end-of-archive marker
     (tarfile takes a damaged header for the end) and the compressed stream's checksum must match."""
     member = None
+    shared = _Shared(archive)
     with _decompressed(archive) as raw:
         stream = _LastRead(raw)
         try:
@@ -519,7 +525,7 @@ def _check_tar(archive: Path, m: _Members) -> None:
                         m.add_dir(info.name)
                         continue
                     mtime_ns = int(info.mtime) * 1_000_000_000
-                    m.add_file(info.name, info.size, None, mtime_ns, _tar_opener(archive, info))
+                    m.add_file(info.name, info.size, None, mtime_ns, _tar_opener(shared, info))
                     src = tf.extractfile(info)
                     if src is None:
                         raise _damaged(archive, info.name, "a regular file without data")
@@ -587,6 +593,14 @@ def list_archive(archive: Path, cfg: Ingest) -> Listing:
     return _classify(m.files, m.dirs, "archive", str(archive), m.skipped)
 
 
+def _changed(archive: Path, name: str, err: Exception) -> PawflowError:
+    return PawflowError(
+        f"{archive}: entry {_shown(name)!r} cannot be read any more ({type(err).__name__}: {err}); it was "
+        "intact when listed: the archive changed during ingest.",
+        "Leave the archive alone while ingest runs, then run it again.",
+    )
+
+
 class _Capped:
     """A member reader that refuses to return more bytes than the archive declared (zip bombs lie) and
     turns a read error into one message (the archive was verified: it changed since)."""
@@ -598,11 +612,7 @@ class _Capped:
         try:
             data = self.raw.read(HASH_BLOCK if n < 0 else n)
         except (*ARCHIVE_ERRORS, RuntimeError) as err:
-            raise PawflowError(
-                f"{self.archive}: entry {_shown(self.name)!r} cannot be read any more ({type(err).__name__}: "
-                f"{err}); it was intact when listed: the archive changed during ingest.",
-                "Leave the archive alone while ingest runs, then run it again.",
-            ) from None
+            raise _changed(self.archive, self.name, err) from None
         self.left -= len(data)
         if self.left < 0:
             raise PawflowError(
@@ -622,37 +632,51 @@ class _Capped:
         self.close()
 
 
-def _zip_opener(archive: Path, info: zipfile.ZipInfo) -> Callable[[], BinaryIO]:
+class _Shared:
+    """One open archive for the copies of all its members. Opening it again for each member re-read
+    the whole zip directory (or decompressed a .tar.gz from its start) every time: quadratic in the
+    number of members (283 s for the 4,007 photos of the sample as a zip). Members are copied in
+    archive order, so a compressed tar is decompressed once, forward."""
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.zip: zipfile.ZipFile | None = None
+        self.tar: tarfile.TarFile | None = None
+
+    def zip_member(self, info: zipfile.ZipInfo) -> BinaryIO:
+        if self.zip is None:
+            self.zip = zipfile.ZipFile(self.archive)
+        return self.zip.open(info)  # type: ignore[return-value]
+
+    def tar_member(self, info: tarfile.TarInfo) -> BinaryIO:
+        if self.tar is None:
+            self.tar = tarfile.open(self.archive, "r:*")  # noqa: SIM115 (open while members are copied)
+        member = self.tar.extractfile(info)  # the listing's TarInfo: its data offset, no second scan
+        if member is None:
+            raise PawflowError(
+                f"{self.archive}: entry {_shown(info.name)!r} has no data.", "Repack the archive."
+            )
+        return member  # type: ignore[return-value]
+
+
+def _zip_opener(shared: _Shared, info: zipfile.ZipInfo) -> Callable[[], BinaryIO]:
     def open_member() -> BinaryIO:
-        zf = zipfile.ZipFile(archive)
-        member = zf.open(info)
-        original_close = member.close
-
-        def close() -> None:
-            original_close()
-            zf.close()
-
-        member.close = close  # type: ignore[method-assign]
-        return _Capped(member, info.file_size, archive, info.filename)  # type: ignore[return-value]
+        try:
+            member = shared.zip_member(info)
+        except (*ARCHIVE_ERRORS, RuntimeError) as err:
+            raise _changed(shared.archive, info.filename, err) from None
+        return _Capped(member, info.file_size, shared.archive, info.filename)  # type: ignore[return-value]
 
     return open_member
 
 
-def _tar_opener(archive: Path, info: tarfile.TarInfo) -> Callable[[], BinaryIO]:
+def _tar_opener(shared: _Shared, info: tarfile.TarInfo) -> Callable[[], BinaryIO]:
     def open_member() -> BinaryIO:
-        tf = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed with the member)
-        member = tf.extractfile(info)  # the listing's TarInfo: its data offset, no second scan
-        if member is None:
-            tf.close()
-            raise PawflowError(f"{archive}: entry {info.name!r} has no data.", "Repack the archive.")
-        original_close = member.close
-
-        def close() -> None:
-            original_close()
-            tf.close()
-
-        member.close = close  # type: ignore[method-assign]
-        return _Capped(member, info.size, archive, info.name)  # type: ignore[return-value]
+        try:
+            member = shared.tar_member(info)
+        except (*ARCHIVE_ERRORS, RuntimeError) as err:
+            raise _changed(shared.archive, info.name, err) from None
+        return _Capped(member, info.size, shared.archive, info.name)  # type: ignore[return-value]
 
     return open_member
 
@@ -884,7 +908,10 @@ def sync(
     """Copy new or changed entries into raw; unchanged files (size and mtime equal) are not read."""
     check_labels_against_raw(entries, raw)
     result = SyncResult()
-    for entry in tqdm(entries, desc="ingest", unit="file", disable=None if progress else True, leave=False):
+    in_source_order = sorted(entries, key=lambda e: e.order)  # an archive is read forward, once
+    for entry in tqdm(
+        in_source_order, desc="ingest", unit="file", disable=None if progress else True, leave=False
+    ):
         dest = raw / entry.label / entry.rel
         try:
             st = dest.stat() if dest.exists() else None
