@@ -633,3 +633,24 @@ def test_damaged_archive_through_the_entry_point_is_one_message(tmp_path: Path, 
         not (ws / "data" / "interim" / "ingest.parquet").exists()
         and not (ws / "reports" / "ingest.json").exists()
     )
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_is_opened_once_to_copy_all_members(tmp_path: Path, monkeypatch, kind: str):
+    """Opening the archive per member re-read the zip's directory (or decompressed the tar.gz from its
+    start) for every file: quadratic, 283 s for the 4,007 photos of the sample as a zip."""
+    src = ten_photos(tmp_path / "src")
+    if kind == "zip":
+        archive = zip_of(src, tmp_path / "pets.zip")
+    else:
+        archive = tmp_path / "pets.tar.gz"
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(src, arcname="PetImages")
+    listing = ingest.list_archive(archive, limits())
+    opened: list[str] = []
+    real_zip, real_tar = zipfile.ZipFile, tarfile.open
+    monkeypatch.setattr(zipfile, "ZipFile", lambda *a, **k: opened.append("zip") or real_zip(*a, **k))
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: opened.append("tar") or real_tar(*a, **k))
+    result = ingest.sync(listing.entries, tmp_path / "raw", {}, progress=False)
+    assert len(result.copied) == 10 and len(opened) == 1
+    assert snapshot(tmp_path / "raw") == snapshot(src)
