@@ -580,6 +580,10 @@ def test_names_that_are_not_utf8_and_special_files_are_skipped_unopened(tmp_path
     result = ingest.sync(listing.entries, tmp_path / "raw", {}, progress=False)
     assert [f["path"] for f in result.failed] == ["Cat/cat.0.jpg"]
     assert "not a regular file" in result.failed[0]["reason"]
+    # a FIFO as the source itself is refused before anything opens it (is_zipfile would block on it)
+    os.mkfifo(tmp_path / "pets.zip")
+    with pytest.raises(PawflowError, match="is not a regular file or folder"):
+        run_ingest(tmp_path / "pets.zip", tmp_path / "w" / "raw")
 
 
 def test_archive_names_that_are_not_utf8(tmp_path: Path):
