@@ -57,9 +57,8 @@ class Entry:
     size: int
     mtime_ns: int
     open: Callable[[], BinaryIO] = field(compare=False, repr=False)
-    order: int = field(
-        default=0, compare=False, repr=False
-    )  # position in the source: copies go in this order
+    # Position in the source (archive order): copies are made in this order, reading an archive forward.
+    order: int = field(default=0, compare=False, repr=False)
 
     @property
     def path(self) -> str:
