@@ -70,6 +70,7 @@ def ingest_flow(params: Params, refresh: bool = False) -> dict:
         ["updated", rep["updated"]],
         ["unchanged", rep["unchanged"]],
         ["skipped", len(rep["skipped"])],
+        ["ignored folders", len(rep["ignored_folders"])],
         ["seconds", f"{time.monotonic() - started:.1f}"],
     ]
     publish("ingest", f"ingest: {rep['source']['location']}", ["", "count"], rows)

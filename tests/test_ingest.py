@@ -468,10 +468,22 @@ def test_archive_expanding_beyond_the_ratio_is_refused(tmp_path: Path, raw_with_
     assert snapshot(raw_with_history) == before
 
 
-def test_members_are_verified_in_blocks_never_whole(tmp_path: Path):
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_members_are_verified_in_blocks_never_whole(tmp_path: Path, kind: str):
     import tracemalloc
 
-    z = photos_and(tmp_path / "big.zip", "Dog/big.jpg", bytes(40_000_000))
+    if kind == "zip":
+        z = photos_and(tmp_path / "big.zip", "Dog/big.jpg", bytes(40_000_000))
+    else:
+        z = tmp_path / "big.tar.gz"
+        with tarfile.open(z, "w:gz") as tf:
+            for name, data in (("Cat/ok.jpg", imagegen.jpeg(1)), ("Dog/ok.jpg", imagegen.jpeg(2))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo("Dog/big.jpg")
+            info.size = 40_000_000
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
     cfg = limits(z, max_member_ratio=10**6, max_archive_ratio=10**6)
     tracemalloc.start()
     try:
