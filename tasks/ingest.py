@@ -366,7 +366,7 @@ class _Members:
                 self.archive,
                 name,
                 f"expands from {compressed:,} to {size:,} bytes, more than ingest.max_member_ratio="
-                f"{cfg.max_member_ratio:g} times (a zip bomb?)",
+                f"{cfg.max_member_ratio:g} times: a zip bomb?",
                 "Only use archives you trust. Photos barely compress; if this entry is genuine, raise "
                 "ingest.max_member_ratio in params.yaml.",
             )
@@ -375,7 +375,7 @@ class _Members:
                 self.archive,
                 name,
                 f"with it the entries expand to {self.total:,} bytes, more than ingest.max_archive_ratio="
-                f"{cfg.max_archive_ratio:g} times the archive's {self.size:,} bytes (a zip bomb?)",
+                f"{cfg.max_archive_ratio:g} times the archive's {self.size:,} bytes: a zip bomb?",
                 "Only use archives you trust. Photos barely compress; if the archive is genuine, raise "
                 "ingest.max_archive_ratio in params.yaml.",
             )
