@@ -16,16 +16,7 @@ from tasks.params import Params
 @task(name="resolve-source")
 def resolve_source(params: Params) -> ingest.Listing:
     """List the source's files by class (a URL is downloaded first, resuming and retrying)."""
-    i = params.ingest
-    return ingest.resolve(
-        i.source,
-        params.paths.cache / "downloads",
-        i.max_archive_bytes,
-        i.max_archive_files,
-        i.download_retries,
-        i.download_timeout_s,
-        i.sha256,
-    )
+    return ingest.resolve(params.ingest, params.paths.cache / "downloads")
 
 
 @task(name="copy-new-files")
@@ -68,6 +59,8 @@ def ingest_flow(params: Params, refresh: bool = False) -> dict:
     log = get_run_logger()
     for s in rep["skipped"]:
         log.warning("skipped %s: %s", s["path"], s["reason"])
+    for s in rep["ignored_folders"]:
+        log.warning("ignored folder %s (%s file(s)): %s", s["path"], s["files"], s["reason"])
     if rep["not_in_source"]:
         log.warning(
             "%d file(s) in %s are no longer in the source; they stay (raw data is never deleted)",
@@ -81,6 +74,7 @@ def ingest_flow(params: Params, refresh: bool = False) -> dict:
         ["updated", figures["updated"]],
         ["unchanged", figures["unchanged"]],
         ["skipped", len(rep["skipped"])],
+        ["ignored folders", len(rep["ignored_folders"])],
         ["seconds", f"{time.monotonic() - started:.1f}"],
     ]
     publish("ingest", f"ingest: {rep['source']['location']}", ["", "count"], rows)

@@ -40,6 +40,9 @@ class Ingest(Section):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     max_archive_bytes: PositiveInt = 20_000_000_000
     max_archive_files: PositiveInt = 1_000_000
+    max_member_ratio: Annotated[float, Field(ge=1)] = 100.0
+    max_archive_ratio: Annotated[float, Field(ge=1)] = 100.0
+    ratio_grace_bytes: Annotated[int, Field(ge=0)] = 1_000_000
     download_retries: PositiveInt = 4
     download_timeout_s: Annotated[float, Field(gt=0)] = 60.0
 
