@@ -114,6 +114,10 @@ def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool)
             f"**test accuracy** {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
             f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
         ]
+        if "robust_accuracy" in metrics:
+            lines += [
+                f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
+            ]
     if gate:
         lines += [f"**gate**: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"]
     return "\n".join(lines)

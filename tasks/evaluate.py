@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn import metrics as skm
+
+from tasks import images, inference
+from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
 
 
 @dataclass
@@ -34,20 +40,13 @@ class Predictions:
         return self.probs.max(axis=1)
 
 
-def as_class_probs(outputs: np.ndarray) -> np.ndarray:
-    """Sigmoid outputs (n, 1) -> (n, 2); softmax outputs pass through."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if outputs.ndim == 1 or outputs.shape[1] == 1:
-        p = outputs.reshape(-1)
-        return np.stack([1 - p, p], axis=1)
-    return outputs
+def predict(model, dataset, tta: bool = False) -> tuple[Predictions, dict[str, bytes]]:
+    """Run a Keras model over a (image, target, path, jpeg) dataset; also returns the wrong photos' JPEGs.
 
-
-def predict(model, dataset) -> tuple[Predictions, dict[str, bytes]]:
-    """Run a Keras model over a (image, target, path, jpeg) dataset; also returns the wrong photos' JPEGs."""
+    tta: average with the mirrored photo (tasks.inference.class_probs, as `pawflow predict` does)."""
     probs, labels, paths, jpegs = [], [], [], {}
-    for images, targets, batch_paths, batch_jpegs in dataset:
-        probs.append(as_class_probs(model.predict_on_batch(images)))
+    for batch_images, targets, batch_paths, batch_jpegs in dataset:
+        probs.append(inference.class_probs(model, batch_images, tta))
         t = targets.numpy()
         labels.append(t[:, 0].astype(int) if t.shape[1] == 1 else t.argmax(axis=1))
         names = [p.decode("utf-8") for p in batch_paths.numpy()]
@@ -57,6 +56,80 @@ def predict(model, dataset) -> tuple[Predictions, dict[str, bytes]]:
         return Predictions(np.zeros((0, 2)), np.zeros(0, dtype=int), []), {}
     pred = Predictions(np.concatenate(probs), np.concatenate(labels), paths)
     return pred, {p: jpegs[p] for p, ok in zip(pred.paths, pred.correct, strict=True) if not ok}
+
+
+# --------------------------------------------------------------------------- robustness slice
+
+
+def _uniforms(key: str, n: int) -> list[float]:
+    """n numbers in [0, 1) that depend on `key` only (not on a global RNG, the run order or library
+    versions): consecutive 32-bit slices of sha256(key)."""
+    digest = hashlib.sha256(b"pawflow-robustness\0" + key.encode("utf-8")).digest()
+    return [int.from_bytes(digest[4 * i : 4 * i + 4], "big") / 2**32 for i in range(n)]
+
+
+def render_web(jpeg: bytes, key: str, max_side: int, quality: tuple[int, int], crop: float) -> bytes:
+    """A photo re-rendered the way web photos arrive: a mild crop (up to `crop` of each side cut away,
+    aspect kept, at a random place), the longer side scaled down to at most max_side (never up), saved
+    as JPEG at a quality in [low, high]. The draws are seeded by `key` (the photo's path), so the same
+    photo is always rendered to the same bytes."""
+    u_crop, u_left, u_top, u_quality = _uniforms(key, 4)
+    im, _ = images.to_rgb(Image.open(io.BytesIO(jpeg)))
+    width, height = im.size
+    keep = 1.0 - crop * u_crop
+    w, h = max(1, round(width * keep)), max(1, round(height * keep))
+    left, top = round((width - w) * u_left), round((height - h) * u_top)
+    im = im.crop((left, top, left + w, top + h))
+    box = images._scaled_box(w, h, max_side)
+    if box != im.size:  # the shard stage's resampling (tasks.images.check_bytes)
+        im = im.resize(box, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    low, high = quality
+    return images.encode_jpeg(im, low + min(int(u_quality * (high - low + 1)), high - low))
+
+
+def predict_robust(
+    model,
+    records: Iterable[tuple[str, int, bytes]],
+    image_size: int,
+    batch_size: int,
+    tta: bool,
+    render: dict,
+    settings: images.CheckSettings,
+) -> Predictions:
+    """The robustness slice: every (path, label, shard JPEG) record rendered by render_web(**render),
+    then prepared exactly as `pawflow predict` prepares a photo it is given (tasks.predict.prepare_bytes,
+    then tasks.inference), and classified."""
+    from tasks.predict import prepare_bytes
+
+    probs, labels, paths, batch = [], [], [], []
+
+    def flush() -> None:
+        if batch:
+            probs.append(inference.class_probs(model, inference.decode_resize(batch, image_size), tta))
+            batch.clear()
+
+    for path, label, jpeg in records:
+        thumb, error = prepare_bytes(render_web(jpeg, path, **render), settings)
+        if thumb is None:  # our own JPEG of a photo that passed clean: a bug, not bad input
+            raise ValueError(f"the robustness rendering of {path} cannot be prepared: {error}")
+        batch.append(thumb)
+        labels.append(label)
+        paths.append(path)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if not probs:
+        return Predictions(np.zeros((0, 2)), np.zeros(0, dtype=int), [])
+    return Predictions(np.concatenate(probs), np.array(labels, dtype=int), paths)
+
+
+def split_records(processed: Path, info: dict, split: str) -> Iterable[tuple[str, int, bytes]]:
+    """(path, label, JPEG) of every photo of a split, in shard order."""
+    from tasks import tfrecord
+
+    files = [processed / s["file"] for s in info["splits"][split]["shards"]]
+    for ex in tfrecord.read(files):
+        yield ex["path"].numpy().decode("utf-8"), int(ex["label"].numpy()), ex["image/encoded"].numpy()
 
 
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
@@ -85,8 +158,11 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float((cal["count"] / cal["count"].sum() * (cal["accuracy"] - cal["confidence"]).abs()).sum())
 
 
-def compute_metrics(pred: Predictions, class_names: list[str], bins: int) -> dict:
-    """reports/metrics.json: accuracy, per-class and macro precision/recall/F1, ROC AUC, log loss, ECE."""
+def compute_metrics(
+    pred: Predictions, class_names: list[str], bins: int, robust: Predictions | None = None
+) -> dict:
+    """reports/metrics.json: accuracy, per-class and macro precision/recall/F1, ROC AUC, log loss, ECE;
+    with `robust` (the robustness slice's predictions) also its accuracy and photo count."""
     y, yhat, k = pred.labels, pred.predicted, len(class_names)
     labels = list(range(k))
     p, r, f, s = skm.precision_recall_fscore_support(y, yhat, labels=labels, zero_division=0)
@@ -110,6 +186,14 @@ def compute_metrics(pred: Predictions, class_names: list[str], bins: int) -> dic
         if len(y)
         else None,
         "ece": expected_calibration_error(pred.confidence, pred.correct, bins),
+        **(
+            {}
+            if robust is None
+            else {
+                "robust_accuracy": float(np.mean(robust.correct)) if len(robust.labels) else 0.0,
+                "robust_examples": len(robust.labels),
+            }
+        ),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(class_names)
@@ -254,8 +338,12 @@ def html_report(
     mistakes_png: bytes,
     class_names: list[str],
     train_report: dict | None,
+    tta: bool = False,
+    robustness: dict | None = None,
 ) -> str:
-    """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline."""
+    """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline.
+
+    tta and robustness (evaluate.tta, evaluate.robustness) say how the numbers were obtained."""
     headline = [
         "accuracy",
         "precision_macro",
@@ -265,8 +353,10 @@ def html_report(
         "log_loss",
         "ece",
         "examples",
+        "robust_accuracy",
+        "robust_examples",
     ]
-    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in headline)
+    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in headline if k in m)
     per_class = "".join(
         f"<tr><th>{html.escape(c)}</th>"
         + "".join(f"<td>{_fmt(m['per_class'][c][k])}</td>" for k in ("precision", "recall", "f1", "support"))
@@ -276,14 +366,8 @@ def html_report(
     gate_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in gate.items())
     train = ""
     if train_report:
-        keys = [
-            "model",
-            "parameters",
-            "epochs_run",
-            "best_epoch",
-            "device",
-            "tensorflow",
-        ]
+        # what the inputs determine only: no timings, memory or host (those are in reports/train.json)
+        keys = ["model", "parameters", "epochs_run", "best_epoch", "tensorflow"]
         train = (
             "<h2>Training</h2><table>"
             + "".join(f"<tr><th>{k}</th><td>{_fmt(train_report.get(k))}</td></tr>" for k in keys)
@@ -295,6 +379,23 @@ def html_report(
         if k in pngs
     )
     verdict = "promoted to champion" if gate.get("promoted") else "not promoted"
+    how = (
+        "Probabilities are the mean over each photo and its mirror image (evaluate.tta)."
+        if tta
+        else "Each photo is classified once (evaluate.tta is off)."
+    )
+    robust = ""
+    if "robust_accuracy" in m and robustness:
+        low, high = robustness["quality"]
+        robust = (
+            f"<h2>Robustness slice</h2><p>Accuracy <b>{m['robust_accuracy']:.2%}</b> on the same "
+            f"{m['robust_examples']} test photos re-rendered the way web photos arrive: up to "
+            f"{robustness['crop']:.0%} of each side cropped away, the longer side at most "
+            f"{robustness['max_side']} px (never enlarged), saved as JPEG at quality {low}-{high} "
+            f"(evaluate.robustness; each photo's draws depend on its path only), then prepared as "
+            f"<code>pawflow predict</code> prepares any photo. Test accuracy minus this: "
+            f"{m['accuracy'] - m['robust_accuracy']:+.2%}.</p>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;
@@ -304,7 +405,9 @@ img{{margin:.3em;vertical-align:top;max-width:100%}}.verdict{{font-size:1.2em;fo
 <h1>pawflow evaluation (test split)</h1>
 <p class="verdict">Accuracy {m["accuracy"]:.2%} on {m["examples"]} test photos: {verdict}.</p>
 <p>{html.escape(gate.get("reason", ""))}</p>
+<p>{how}</p>
 <h2>Metrics</h2><table>{rows}</table>
+{robust}
 <h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
 {per_class}</table>
 <h2>Promotion gate</h2><table>{gate_rows}</table>

@@ -3,7 +3,8 @@
 McNemar's exact test on the photos where exactly one of the two models is right: under "equally
 good" each such photo is a fair coin. The one-sided p-value is the probability of the challenger
 losing at least as many of them as it did. Promote unless that is below alpha, and only when the
-challenger also meets the absolute accuracy floor.
+challenger also meets the absolute accuracy floors (test split, and the robustness slice: the test
+photos re-rendered the way web photos arrive).
 """
 
 from __future__ import annotations
@@ -31,39 +32,52 @@ def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dic
     }
 
 
+def _accuracy(correct: np.ndarray) -> float:
+    return float(np.mean(correct)) if len(correct) else 0.0
+
+
 def decide(
-    challenger_correct: np.ndarray, champion_correct: np.ndarray | None, min_accuracy: float, alpha: float
+    challenger_correct: np.ndarray,
+    champion_correct: np.ndarray | None,
+    min_accuracy: float,
+    alpha: float,
+    robust_correct: np.ndarray | None = None,
+    min_robust_accuracy: float = 0.0,
 ) -> dict:
-    """The gate's decision and the numbers behind it (reports/gate.json)."""
-    acc = float(np.mean(challenger_correct)) if len(challenger_correct) else 0.0
+    """The gate's decision and the numbers behind it (reports/gate.json).
+
+    robust_correct: the challenger's right/wrong on the robustness slice; its accuracy must be at least
+    min_robust_accuracy (0, the default, never rejects)."""
+    acc = _accuracy(challenger_correct)
     out: dict = {
         "challenger_accuracy": acc,
         "min_accuracy": min_accuracy,
         "alpha": alpha,
         "test": "McNemar exact (one-sided: challenger worse)",
     }
+    floor = None
+    if acc < min_accuracy:
+        floor = f"accuracy {acc:.4f} < evaluate.min_accuracy {min_accuracy}"
+    if robust_correct is not None:
+        robust = _accuracy(robust_correct)
+        out.update(challenger_robust_accuracy=robust, min_robust_accuracy=min_robust_accuracy)
+        if floor is None and robust < min_robust_accuracy:
+            floor = (
+                f"robustness-slice accuracy {robust:.4f} < evaluate.min_robust_accuracy {min_robust_accuracy}"
+            )
     if champion_correct is None:
         out.update(champion_accuracy=None, p_value=None)
-        ok = acc >= min_accuracy
         out.update(
-            promoted=ok,
-            decision="promoted" if ok else "rejected",
+            promoted=floor is None,
+            decision="promoted" if floor is None else "rejected",
             reason="no champion yet; "
-            + (
-                f"accuracy {acc:.4f} >= {min_accuracy}"
-                if ok
-                else f"accuracy {acc:.4f} < evaluate.min_accuracy {min_accuracy}"
-            ),
+            + (f"accuracy {acc:.4f} >= {min_accuracy}" if floor is None else floor),
         )
         return out
     stats = mcnemar(champion_correct, challenger_correct)
     out.update(stats, champion_accuracy=float(np.mean(champion_correct)), p_value=stats["p_worse"])
-    if acc < min_accuracy:
-        out.update(
-            promoted=False,
-            decision="rejected",
-            reason=f"accuracy {acc:.4f} < evaluate.min_accuracy {min_accuracy}",
-        )
+    if floor is not None:
+        out.update(promoted=False, decision="rejected", reason=floor)
     elif stats["p_worse"] < alpha:
         out.update(
             promoted=False,

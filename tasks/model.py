@@ -17,7 +17,11 @@ from keras import layers
 
 from tasks.errors import PawflowError
 
-MODELS = ("pawnet", "seed_cnn")
+MODELS = ("pawnet", "seed_cnn", "keras_xception")
+# keras_xception's widths, as in the keras-io example: entry convolution, separable blocks, exit
+XCEPTION_ENTRY = 128
+XCEPTION_BLOCKS = (256, 512, 728)
+XCEPTION_EXIT = 1024
 # The zip entries of a saved model get this timestamp (zip's earliest; Keras already uses it for two of
 # the three entries), so a model file's bytes depend on its weights and config only.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -43,6 +47,42 @@ def seed_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model
     x = layers.Flatten()(x)
     x = layers.Dense(512, activation="relu")(x)
     return keras.Model(inputs, output_layer(num_classes)(x), name="seed_cnn")
+
+
+def keras_xception(input_shape: tuple[int, int, int], num_classes: int, dropout: float = 0.25) -> keras.Model:
+    """The small Xception of the keras-io example "Image classification from scratch" (fchollet,
+    examples/vision/image_classification_from_scratch.py, Keras 3 version): a strided 3x3 entry
+    convolution (128), three blocks of two ReLU + 3x3 SeparableConv2D + batch-norm followed by a
+    3x3/2 max-pool, each added to a strided 1x1 projection of its input (256, 512, 728), a 1024
+    SeparableConv2D, global average pooling, dropout (0.25 there) and the classifier.
+
+    As in the example the convolutions keep their biases; the only change is the head: our sigmoid /
+    softmax output layer (float32) where the example returns logits, the same function of the weights.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(XCEPTION_ENTRY, 3, strides=2, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    previous = x  # the residual's source
+    for size in XCEPTION_BLOCKS:
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(size, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(size, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(size, 1, strides=2, padding="same")(previous)
+        x = layers.add([x, residual])
+        previous = x
+    x = layers.SeparableConv2D(XCEPTION_EXIT, 3, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name="keras_xception")
 
 
 def _conv(filters: int, stride: int = 1, separable: bool = False) -> layers.Layer:
@@ -144,6 +184,8 @@ def make_model(
         return seed_cnn(input_shape, num_classes)
     if model == "pawnet":
         return pawnet(input_shape, num_classes, width, blocks, separable, dropout)
+    if model == "keras_xception":  # fixed widths (the example's); width, blocks, separable unused
+        return keras_xception(input_shape, num_classes, dropout)
     raise PawflowError(f"train.model {model!r} is not known.", f"Use one of {MODELS}.")
 
 

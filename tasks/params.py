@@ -103,7 +103,7 @@ class Augment(Section):
 
 
 class Train(Section):
-    model: Literal["pawnet", "seed_cnn"] = "pawnet"
+    model: Literal["pawnet", "seed_cnn", "keras_xception"] = "pawnet"
     backbone: Literal["mobilenet_v2"] | None = None
     backbone_weights: str | None = "imagenet"
     width: Annotated[int, Field(ge=4, le=512)] = 24
@@ -134,12 +134,33 @@ class TensorFlow(Section):
     deterministic_ops: bool = True
 
 
+JpegQuality = Annotated[int, Field(ge=1, le=100)]
+
+
+class Robustness(Section):
+    """How the test split is re-rendered the way web photos arrive (evaluate's robustness slice)."""
+
+    max_side: Annotated[int, Field(ge=16, le=4096)] = 250
+    quality: tuple[JpegQuality, JpegQuality] = (50, 60)
+    crop: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+
+    @field_validator("quality")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError(f"[low, high] with low <= high, e.g. [50, 60] (got {list(v)})")
+        return v
+
+
 class Evaluate(Section):
     min_accuracy: Fraction = 0.8
+    min_robust_accuracy: Fraction = 0.0
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
     misclassified: Annotated[int, Field(ge=0, le=100)] = 16
     batch_size: PositiveInt = 64
+    tta: bool = True
+    robustness: Robustness = Robustness()
 
 
 class Pipeline(Section):

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from tasks import inference
 from tasks.errors import PawflowError
 from tasks.images import REASONS, CheckSettings, check_bytes
 
@@ -37,10 +36,26 @@ class Predictor:
     class_names: list[str]
     image_size: int
     settings: CheckSettings
+    tta: bool = False
 
 
-def load(model_path: Path, max_pixels: int) -> Predictor:
-    """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode."""
+def settings_for(card: dict, max_pixels: int) -> CheckSettings:
+    """How a photo is prepared for the model described by `card` (its model.json): normalised as the
+    shards it was trained on were (max_side, jpeg_quality), judged only on decodability and size."""
+    return CheckSettings(
+        max_pixels=max_pixels,
+        max_side=int(card["max_side"]),
+        jpeg_quality=int(card["jpeg_quality"]),
+        **PERMISSIVE,
+    )
+
+
+def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predictor:
+    """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
+
+    tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
+    records there the setting the champion was evaluated and promoted with), else off.
+    """
     import keras
 
     file = model_path / "model.keras" if model_path.is_dir() else model_path
@@ -60,13 +75,13 @@ def load(model_path: Path, max_pixels: int) -> Predictor:
             f"{file} cannot be loaded as a Keras model ({type(err).__name__}: {err}).",
             "Re-run train, or point --model at another model.",
         ) from None
-    settings = CheckSettings(
-        max_pixels=max_pixels,
-        max_side=int(card["max_side"]),
-        jpeg_quality=int(card["jpeg_quality"]),
-        **PERMISSIVE,
+    return Predictor(
+        model,
+        list(card["class_names"]),
+        int(card["image_size"]),
+        settings_for(card, max_pixels),
+        bool(card.get("tta", False)) if tta is None else tta,
     )
-    return Predictor(model, list(card["class_names"]), int(card["image_size"]), settings)
 
 
 def iter_files(targets: list[Path]) -> Iterator[Path]:
@@ -81,30 +96,28 @@ def iter_files(targets: list[Path]) -> Iterator[Path]:
             yield target
 
 
-def _prepare(path: Path, s: CheckSettings) -> tuple[bytes | None, str]:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return None, f"cannot read: {err.strerror or err}"
+def prepare_bytes(data: bytes, s: CheckSettings) -> tuple[bytes | None, str]:
+    """A photo's bytes -> the JPEG the model's shards would hold for it, or None and why not."""
     check, thumb = check_bytes(data, s)
     if thumb is None:
         return None, f"{check.reason}: {REASONS.get(check.reason, '')}".rstrip(": ")
     return thumb, ""
 
 
+def _prepare(path: Path, s: CheckSettings) -> tuple[bytes | None, str]:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return None, f"cannot read: {err.strerror or err}"
+    return prepare_bytes(data, s)
+
+
 def predict(p: Predictor, files: Iterator[Path]) -> Iterator[Row]:
     """One Row per file, in order; a file that cannot be used gets an error, never an exception."""
-    import tensorflow as tf
 
     def run(batch: list[tuple[Path, bytes]]) -> list[Row]:
-        images = tf.stack(
-            [
-                tf.image.resize(tf.io.decode_jpeg(j, channels=3), (p.image_size, p.image_size))
-                for _, j in batch
-            ]
-        )
-        out = np.asarray(p.model.predict_on_batch(images), dtype=np.float64)
-        probs = np.concatenate([1 - out, out], axis=1) if out.shape[1] == 1 else out
+        images = inference.decode_resize([j for _, j in batch], p.image_size)
+        probs = inference.class_probs(p.model, images, p.tta)
         return [
             Row(str(f), p.class_names[int(k)], float(pr[k]))
             for (f, _), pr, k in zip(batch, probs, probs.argmax(axis=1), strict=True)

@@ -121,7 +121,8 @@ def history_record(
         "dvc_lock": lock_summary(root),
         "params": params,
         "metrics": {
-            k: metrics.get(k) for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "examples")
+            k: metrics.get(k)
+            for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "examples", "robust_accuracy")
         },
         "gate": {k: (read("gate.json") or {}).get(k) for k in ("decision", "p_value", "reason")},
         **(extra or {}),

@@ -88,7 +88,9 @@ def test_metrics_and_report(trained: Params):
     info = json.loads((ws(trained) / "data/processed/dataset_info.json").read_text())
     assert m["examples"] == info["splits"]["test"]["examples"]
     assert sum(map(sum, m["confusion_matrix"])) == m["examples"]
+    assert m["robust_examples"] == m["examples"] and 0 <= m["robust_accuracy"] <= 1
     page = (ws(trained) / "reports/evaluation.html").read_text()
+    assert "Robustness slice" in page and "mirror image" in page  # evaluate.tta is on by default
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, opens offline
     images = [s.split('"')[0] for s in page.split('src="data:image/png;base64,')[1:]]
     assert len(images) >= 5
@@ -100,6 +102,9 @@ def test_first_model_is_promoted_and_gate_recorded(trained: Params):
     assert gate["promoted"] and gate["p_value"] is None and "no champion yet" in gate["reason"]
     champion = ws(trained) / "models/champion"
     assert (champion / "model.keras").read_bytes() == (ws(trained) / "models/model.keras").read_bytes()
+    card = json.loads((ws(trained) / "models/model.json").read_text())
+    assert json.loads((champion / "model.json").read_text()) == {**card, "tta": trained.evaluate.tta}
+    assert "challenger_robust_accuracy" in gate and gate["min_robust_accuracy"] == 0.0
 
 
 def test_second_evaluation_compares_with_the_champion(trained: Params):

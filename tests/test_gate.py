@@ -68,3 +68,23 @@ def test_first_model_needs_only_the_floor():
 def test_unpaired_vectors_are_refused():
     with pytest.raises(ValueError, match="paired"):
         mcnemar(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_robust_floor_rejects_a_model_that_fails_on_web_photos():
+    champ, chall = vectors(500, 2, 40, 58)  # clearly better on the test split
+    robust = np.array([True] * 60 + [False] * 40)
+    out = decide(chall, champ, 0.5, 0.05, robust, min_robust_accuracy=0.7)
+    assert not out["promoted"] and "evaluate.min_robust_accuracy 0.7" in out["reason"]
+    assert out["challenger_robust_accuracy"] == 0.6
+    first = decide(np.ones(10, bool), None, 0.5, 0.05, robust, min_robust_accuracy=0.7)
+    assert not first["promoted"] and "robustness-slice accuracy 0.6000" in first["reason"]
+    assert decide(chall, champ, 0.5, 0.05, robust, min_robust_accuracy=0.6)["promoted"]
+
+
+def test_default_robust_floor_changes_no_decision():
+    champ, chall = vectors(500, 10, 10, 80)
+    robust = np.zeros(100, bool)  # even nothing right on the slice
+    with_slice = decide(chall, champ, 0.5, 0.05, robust)
+    without = decide(chall, champ, 0.5, 0.05)
+    assert with_slice["promoted"] and with_slice["reason"] == without["reason"]
+    assert with_slice["min_robust_accuracy"] == 0.0 and "min_robust_accuracy" not in without

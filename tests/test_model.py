@@ -14,7 +14,7 @@ from tasks.errors import PawflowError
 from tasks.model import make_model
 
 
-@pytest.mark.parametrize("model", ["pawnet", "seed_cnn"])
+@pytest.mark.parametrize("model", ["pawnet", "seed_cnn", "keras_xception"])
 @pytest.mark.parametrize(("classes", "width"), [(2, 1), (5, 5)])
 def test_output_shapes(model: str, classes: int, width: int):
     m = make_model((48, 48, 3), classes, model=model, width=8)
@@ -46,6 +46,48 @@ def test_seed_cnn_is_the_seed_articles_network():
         "Dense",
     ]
     assert [layer.units for layer in m.layers if type(layer).__name__ == "Dense"] == [512, 1]
+
+
+def test_keras_xception_is_the_keras_io_network():
+    m = make_model((64, 64, 3), 2, model="keras_xception", dropout=0.25, width=8, blocks=(1,))
+    assert m.name == "keras_xception"
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert kinds[:5] == ["InputLayer", "Rescaling", "Conv2D", "BatchNormalization", "Activation"]
+    convs = [layer for layer in m.layers if type(layer).__name__ == "Conv2D"]
+    assert [(c.filters, c.kernel_size, c.strides) for c in convs] == [
+        (128, (3, 3), (2, 2)),  # entry
+        (256, (1, 1), (2, 2)),  # residual projections
+        (512, (1, 1), (2, 2)),
+        (728, (1, 1), (2, 2)),
+    ]
+    separable = [layer.filters for layer in m.layers if type(layer).__name__ == "SeparableConv2D"]
+    assert separable == [256, 256, 512, 512, 728, 728, 1024]  # width/blocks do not apply
+    assert kinds.count("MaxPooling2D") == 3 and kinds.count("Add") == 3
+    assert kinds[-3:] == ["GlobalAveragePooling2D", "Dropout", "Dense"]
+    assert m.get_layer(index=len(kinds) - 2).rate == 0.25
+    assert m.output_shape == (None, 1)
+    assert make_model((64, 64, 3), 2, model="keras_xception", dropout=0.0).layers[-2].name != "dropout"
+
+
+def test_keras_xception_trains_a_step_and_round_trips_in_safe_mode(tmp_path: Path):
+    import keras
+
+    keras.utils.set_random_seed(11)
+    m = make_model((32, 32, 3), 2, model="keras_xception")
+    # eager: one step does not pay for tracing the training graph (~25 s here)
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", run_eagerly=True)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.array([[0], [1], [0], [1]], "float32")
+    before = [w.copy() for w in m.get_weights()]
+    history = m.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, m.get_weights(), strict=True))
+    path = tmp_path / "model.keras"
+    m.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    assert loaded.name == "keras_xception" and loaded.count_params() == m.count_params()
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), m.predict_on_batch(x))
 
 
 def test_unknown_model_is_a_clear_error():

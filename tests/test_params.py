@@ -105,3 +105,11 @@ def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
     assert p.paths.raw == tmp_path / "data/raw"
     assert str(p.ingest.source) == "/photos"
     assert p.train.epochs == 2 and p.train.image_size == load_params(ROOT / "params.yaml").train.image_size
+
+
+def test_robustness_quality_range_must_be_ordered():
+    data = base()
+    data["evaluate"]["robustness"]["quality"] = [60, 50]
+    assert "evaluate.robustness.quality" in error_for(data)
+    data["evaluate"]["robustness"] = {"quality": [50, 60], "crop": 0.7}
+    assert "evaluate.robustness.crop" in error_for(data)
