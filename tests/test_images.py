@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import tracemalloc
 
 import imagegen
 import numpy as np
 import pytest
 from PIL import Image
 
+from tasks import images
 from tasks.images import REASONS, CheckSettings, ScanEnd, check_bytes, check_file, jpeg_scan_end
 
 SETTINGS = CheckSettings(
@@ -160,3 +163,33 @@ def test_scan_end_is_found_only_for_single_scan_sequential_jpegs():
     assert jpeg_scan_end(imagegen.encode(imagegen.photo(3), "JPEG", progressive=True)) is None
     assert jpeg_scan_end(imagegen.encode(imagegen.photo(3), "PNG")) is None
     assert jpeg_scan_end(data[:100]) is None
+
+
+@pytest.mark.timeout(20)
+def test_a_named_pipe_is_unreadable_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # opening it for reading the usual way would wait for a writer forever
+    check, thumb = check_file(fifo, None, SETTINGS)
+    assert (check.reason, thumb) == ("unreadable", None)
+    assert "not a regular file" in check.detail
+
+
+def test_large_files_are_never_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "IN_MEMORY_BYTES", 1 << 20)
+    big = tmp_path / "Thumbs.db"
+    with big.open("wb") as f:
+        f.write(imagegen.OLE2_MAGIC)
+        f.truncate(64 << 20)
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(imagegen.jpeg(8, (160, 120)) + bytes(2 << 20))  # a photo with a 2 MiB trailer
+    check_bytes(imagegen.jpeg(8), SETTINGS)  # imports what judging a photo needs before counting
+    tracemalloc.start()
+    try:
+        junk, _ = check_file(big, None, SETTINGS)
+        kept, thumb = check_file(photo, None, SETTINGS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (junk.reason, junk.bytes) == ("not_an_image", 64 << 20)
+    assert kept.status == "kept" and thumb == check_bytes(photo.read_bytes(), SETTINGS)[1]
+    assert peak < 1 << 20
