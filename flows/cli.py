@@ -84,12 +84,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
     max_pixels = params.clean.max_pixels if params else 89_478_485
     model = args.model or (params.paths.models / "champion" if params else Path("models/champion"))
+    files = predict.list_files(args.targets)
     predictor = predict.load(model, max_pixels)
     failed = 0
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
     if writer:
         writer.writerow(["path", "label", "confidence", "error"])
-    for row in predict.predict(predictor, predict.iter_files(args.targets)):
+    for row in predict.predict(predictor, iter(files)):
         failed += bool(row.error)
         conf = "" if row.confidence is None else f"{row.confidence:.4f}"
         if writer:
