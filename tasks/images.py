@@ -58,8 +58,10 @@ IN_MEMORY_BYTES = 64 << 20
 # data stops early (EOI appended to a cut file, a zero-filled tail, a desynchronised code) needs more and
 # the decoder reports the file truncated. A scan that finishes before reading its own last byte has
 # bytes left over: damaged. Progressive and other multi-scan JPEGs (and files over IN_MEMORY_BYTES) are
-# decoded as before. Measured on 4,002 PetImages photos: same verdicts as libjpeg's own warnings, no
-# photo rejected that libjpeg decodes without a warning.
+# decoded as before. Measured against djpeg's warnings: none of 8,000 real PetImages photos rejected
+# (djpeg silent on all); of 501 of them damaged each way, every cut+EOI and zero-filled tail caught, and
+# 243 of the 245 three-byte flips libjpeg warns about (none of the 256 it decodes silently rejected).
+# Cost: ~0.1 ms of CPU per photo (1.81 -> 1.92 ms for the whole check).
 JPEG_LOOKAHEAD = bytes(8)
 _SCAN_DATA_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker: 0xFF not stuffed (00) and not RSTn
 _SEQUENTIAL_SOF = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
