@@ -84,6 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
     max_pixels = params.clean.max_pixels if params else 89_478_485
     model = args.model or (params.paths.models / "champion" if params else Path("models/champion"))
+    predict.model_files(model)  # the model and the photos are checked before TensorFlow is imported
     files = predict.list_files(args.targets)
     predictor = predict.load(model, max_pixels)
     failed = 0

@@ -43,8 +43,8 @@ class Predictor:
     settings: CheckSettings
 
 
-def load(model_path: Path, max_pixels: int) -> Predictor:
-    """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode."""
+def model_files(model_path: Path) -> tuple[Path, dict]:
+    """The .keras file (model_path, or model.keras in that folder) and its checked model.json; no TF."""
     file = model_path / "model.keras" if model_path.is_dir() else model_path
     card_path = file.with_name("model.json")
     if not file.exists():
@@ -54,7 +54,12 @@ def load(model_path: Path, max_pixels: int) -> Predictor:
             f"{card_path} is missing: it holds the class names and image size of {file.name}.",
             "Use a model written by pawflow's train stage (models/ or models/champion/).",
         )
-    card = read_card(card_path)
+    return file, read_card(card_path)
+
+
+def load(model_path: Path, max_pixels: int) -> Predictor:
+    """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode."""
+    file, card = model_files(model_path)
     import keras  # after the checks above, which need no TensorFlow
 
     try:

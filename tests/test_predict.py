@@ -69,9 +69,10 @@ def test_an_empty_folder_is_an_error(tmp_path: Path, capsys, monkeypatch):
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     with pytest.raises(PawflowError, match="nothing to label"):
         predict.list_files([tmp_path / "empty"])
+    (tmp_path / "model.keras").write_bytes(b"never loaded: the folder is found empty first")
+    (tmp_path / "model.json").write_text(json.dumps(CARD))
     monkeypatch.chdir(tmp_path)
-    # Refused before the model is looked at (there is none here).
-    assert pawflow(["predict", str(tmp_path / "empty"), "--model", str(tmp_path / "none")]) == 2
+    assert pawflow(["predict", str(tmp_path / "empty"), "--model", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert "nothing to label" in captured.err and captured.out == ""
 
