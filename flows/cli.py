@@ -79,22 +79,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Label photos with the champion (or --model); exit 1 if any file could not be labelled."""
     import csv
 
-    from tasks import runtime
+    from tasks import predict, runtime
     from tasks.params import Params
 
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
     defaults = Params.model_fields
-    runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
-    from tasks import predict
-
     max_pixels = params.clean.max_pixels if params else defaults["clean"].default.max_pixels
     model = args.model or (params.paths.models / "champion" if params else Path("models/champion"))
+    predict.model_files(model)  # the model and the photos are checked before TensorFlow is imported
+    files = predict.list_files(args.targets)
+    runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
     predictor = predict.load(model, max_pixels)
     failed = 0
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
     if writer:
         writer.writerow(["path", "label", "confidence", "error"])
-    for row in predict.predict(predictor, predict.iter_files(args.targets)):
+    for row in predict.predict(predictor, iter(files)):
         failed += bool(row.error)
         conf = "" if row.confidence is None else f"{row.confidence:.4f}"
         if writer:

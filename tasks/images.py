@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import re
+import stat
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import imagehash
 import numpy as np
@@ -26,8 +30,9 @@ REASONS: dict[str, str] = {
     "not_an_image": "no image decoder recognises it (Thumbs.db, text, HTML saved as .jpg, ...)",
     "unsupported_format": "an image format not listed in clean.formats",
     "decompression_bomb": "more pixels than clean.max_pixels",
-    "truncated": "the image data ends early",
+    "truncated": "the image data ends early (cut off, zero-filled, or closed by an end marker too soon)",
     "corrupt": "the image data cannot be decoded",
+    "corrupt_jpeg_data": "the JPEG compressed data is damaged (a decoder only warns and shows garbage)",
     "too_small": "the shorter side is below clean.min_side",
     "odd_aspect_ratio": "long side / short side is above clean.max_aspect_ratio",
     "timeout": "decoding took longer than clean.timeout_s",
@@ -38,6 +43,32 @@ REJECTED = "rejected"
 # White is what a viewer shows behind a transparent PNG on a page.
 ALPHA_BACKGROUND = (255, 255, 255)
 HIGH_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+# Files up to IN_MEMORY_BYTES are read whole (the fastest way to judge a photo; a 90-megapixel JPEG is
+# ~30 MB). Larger ones are hashed in pieces and given to Pillow as an open file, which reads only the
+# header to call them not_an_image / unsupported_format / decompression_bomb, and a decoder only as much as
+# it decodes: a 2 GiB file is never held in memory.
+IN_MEMORY_BYTES = 64 << 20
+
+# Damaged JPEG data is where libjpeg only warns ("Corrupt JPEG data: premature end of data segment",
+# "N extraneous bytes before marker") and Pillow, which silences the warnings, returns an image with a
+# grey or garbled part. For a sequential JPEG (one scan holding every component) an equivalent check
+# costs nothing extra: the decoder is given the scan's entropy-coded data followed by JPEG_LOOKAHEAD zero
+# bytes and no end marker. libjpeg's bit reader reads at most 57 bits (8 bytes) ahead of the codes it
+# decodes, so a complete scan finishes on those zeros without decoding any of them, while a scan whose
+# data stops early (EOI appended to a cut file, a zero-filled tail, a desynchronised code) needs more and
+# the decoder reports the file truncated. A scan that finishes before reading its own last byte has
+# bytes left over: damaged. Progressive and other multi-scan JPEGs (and files over IN_MEMORY_BYTES) are
+# decoded as before. Measured against djpeg's warnings: none of 8,000 real PetImages photos rejected
+# (djpeg silent on all); of 501 of them damaged each way, every cut+EOI and zero-filled tail caught, and
+# 243 of the 245 three-byte flips libjpeg warns about (none of the 256 it decodes silently rejected).
+# Cost: ~0.1 ms of CPU per photo (1.81 -> 1.92 ms for the whole check).
+JPEG_LOOKAHEAD = bytes(8)
+_SCAN_DATA_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker: 0xFF not stuffed (00) and not RSTn
+_SEQUENTIAL_SOF = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# What libjpeg accepts after the only scan of a sequential JPEG (anything else is an error or garbage):
+# EOI, DNL, tables, restart interval, APPn, COM.
+_MARKERS_AFTER_SCAN = {0xD9, 0xDC, 0xC4, 0xCC, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)}
 
 
 @dataclass(frozen=True)
@@ -117,15 +148,93 @@ def encode_jpeg(im: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-def _decode(data: bytes, check: PhotoCheck, s: CheckSettings) -> Image.Image | None:
-    """Open and fully decode (at reduced DCT scale for JPEG); None if rejected."""
+@dataclass(frozen=True)
+class ScanEnd:
+    """Where the entropy-coded data of a sequential JPEG's scan ends, and the marker found there."""
+
+    offset: int
+    marker: int | None  # None: the file ends inside the scan data
+
+
+def jpeg_scan_end(data: bytes) -> ScanEnd | None:
+    """For a sequential JPEG with a single scan of all components, where its scan data ends; else None."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, components, sof = 2, None, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if marker == 0xD9:
+            return None
+        body = pos + 4
+        pos = body + int.from_bytes(data[pos + 2 : pos + 4], "big") - 2
+        if marker in _SOF_MARKERS and body + 5 < len(data):
+            sof, components = marker, data[body + 5]
+        elif marker == 0xDA:
+            if sof not in _SEQUENTIAL_SOF or body >= len(data) or data[body] != components:
+                return None  # progressive, lossless, arithmetic-coded, or one scan per component
+            found = _SCAN_DATA_END.search(data, pos)
+            if not found:
+                return ScanEnd(len(data), None)
+            code = found.start() + 1
+            while code < len(data) and data[code] == 0xFF:  # fill bytes: the marker is the next byte
+                code += 1
+            return ScanEnd(found.start(), data[code] if code < len(data) else None)
+    return None
+
+
+class _ScanBytes(io.BytesIO):
+    """A JPEG's bytes up to the end of its scan data, then JPEG_LOOKAHEAD zeros (see above).
+
+    The scan's last byte is handed out by a read of its own, so `read_last_byte` tells whether the
+    decoder needed it (a complete, undamaged scan always does).
+    """
+
+    def __init__(self, data: bytes, end: int) -> None:
+        super().__init__(data[:end] + JPEG_LOOKAHEAD)
+        self._last = end - 1
+        self.read_last_byte = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        pos = self.tell()
+        if pos < self._last:
+            if size is None or size < 0 or pos + size > self._last:
+                size = self._last - pos
+        elif pos == self._last and size != 0:
+            self.read_last_byte = True
+        return super().read(size)
+
+
+def _decode(content: bytes | BinaryIO, check: PhotoCheck, s: CheckSettings) -> Image.Image | None:
+    """Open and fully decode (at reduced DCT scale for JPEG); None if rejected.
+
+    `content` is the file's bytes, or for a file too large to hold (IN_MEMORY_BYTES) the open file, which
+    Pillow then reads only as far as it needs (without the JPEG scan check).
+    """
+    scan = jpeg_scan_end(content) if isinstance(content, bytes) else None
+    source: BinaryIO = (
+        _ScanBytes(content, scan.offset)
+        if scan
+        else io.BytesIO(content)
+        if isinstance(content, bytes)
+        else content
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's bomb warning: we apply our own limit below
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(source)
     except UnidentifiedImageError:
+        source.seek(0)
+        data = source.read(256)
         head = data[:64].lstrip().lower()
-        kind = "text/HTML" if head.startswith((b"<", b"<!doctype")) or data[:256].isascii() else "binary"
+        kind = "text/HTML" if head.startswith((b"<", b"<!doctype")) or data.isascii() else "binary"
         _reject(check, "not_an_image", f"{kind} data")
         return None
     except Image.DecompressionBombError as err:
@@ -155,11 +264,31 @@ def _decode(data: bytes, check: PhotoCheck, s: CheckSettings) -> Image.Image | N
         _reject(check, "decompression_bomb", str(err))
         return None
     except OSError as err:
-        reason = "truncated" if "truncated" in str(err).lower() else "corrupt"
-        _reject(check, reason, f"{type(err).__name__}: {err}")
+        if "truncated" not in str(err).lower():
+            _reject(check, "corrupt", f"{type(err).__name__}: {err}")
+        elif scan and scan.marker is not None:
+            _reject(
+                check,
+                "truncated",
+                f"the scan data stops at byte {scan.offset} (marker 0x{scan.marker:02X}) before the picture "
+                "is complete; libjpeg: 'Corrupt JPEG data: premature end of data segment'",
+            )
+        else:
+            _reject(check, "truncated", f"{type(err).__name__}: {err}")
         return None
     except Exception as err:  # any decoder failure on hostile bytes is a verdict, not a crash
         _reject(check, "corrupt", f"{type(err).__name__}: {err}")
+        return None
+    if isinstance(source, _ScanBytes) and not source.read_last_byte:
+        _reject(
+            check,
+            "corrupt_jpeg_data",
+            f"the picture was complete before the end of its scan data (byte {scan.offset}); libjpeg: "
+            "'Corrupt JPEG data: extraneous bytes before marker'",
+        )
+        return None
+    if scan and scan.marker is not None and scan.marker not in _MARKERS_AFTER_SCAN:
+        _reject(check, "corrupt_jpeg_data", f"unexpected marker 0x{scan.marker:02X} at byte {scan.offset}")
         return None
     check.extra["original_size"] = (width, height)
     return im
@@ -167,11 +296,17 @@ def _decode(data: bytes, check: PhotoCheck, s: CheckSettings) -> Image.Image | N
 
 def check_bytes(data: bytes, s: CheckSettings) -> tuple[PhotoCheck, bytes | None]:
     """Judge one file's bytes; for a kept photo also return its normalised JPEG (max_side)."""
+    return _check(data, hashlib.sha256(data).hexdigest(), len(data), s)
+
+
+def _check(
+    content: bytes | BinaryIO, sha256: str, size: int, s: CheckSettings
+) -> tuple[PhotoCheck, bytes | None]:
     started = time.monotonic()
-    check = PhotoCheck(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    if not data:
+    check = PhotoCheck(sha256=sha256, bytes=size)
+    if not size:
         return _reject(check, "empty_file"), None
-    im = _decode(data, check, s)
+    im = _decode(content, check, s)
     if im is None:
         return check, None
     steps: list[str] = []
@@ -211,24 +346,49 @@ def check_bytes(data: bytes, s: CheckSettings) -> tuple[PhotoCheck, bytes | None
     return check, encode_jpeg(rgb, s.jpeg_quality)
 
 
-def check_file(path: Path, expected_sha256: str | None, s: CheckSettings) -> tuple[PhotoCheck, bytes | None]:
-    """Read a file and judge it; I/O problems become reasons too."""
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; anything else (pipe, socket, device, folder) raises OSError.
+
+    O_NONBLOCK makes opening a named pipe return at once instead of waiting for a writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        data = path.read_bytes()
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (pipe, socket or device)"
+            raise OSError(0, kind)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_file(path: Path, expected_sha256: str | None, s: CheckSettings) -> tuple[PhotoCheck, bytes | None]:
+    """Judge a file, hashing it in pieces and decoding only what it needs; I/O problems become reasons."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            content: bytes | BinaryIO = f
+            if size <= IN_MEMORY_BYTES:
+                content = f.read()
+                sha256, size = hashlib.sha256(content).hexdigest(), len(content)
+            else:
+                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+                size = f.tell()
+            if expected_sha256 and sha256 != expected_sha256:
+                check = PhotoCheck(sha256=sha256, bytes=size)
+                detail = f"sha256 {sha256[:12]} != {expected_sha256[:12]}"
+                return _reject(check, "changed_since_ingest", detail), None
+            return _check(content, sha256, size, s)
     except FileNotFoundError:
         return _reject(PhotoCheck(sha256=expected_sha256 or "", bytes=0), "missing", str(path)), None
-    except (PermissionError, IsADirectoryError, OSError) as err:
+    except OSError as err:
         return _reject(
             PhotoCheck(sha256=expected_sha256 or "", bytes=0),
             "unreadable",
             f"{type(err).__name__}: {err.strerror or err}",
         ), None
-    check, thumb = check_bytes(data, s)
-    if expected_sha256 and check.sha256 != expected_sha256:
-        return _reject(
-            check, "changed_since_ingest", f"sha256 {check.sha256[:12]} != {expected_sha256[:12]}"
-        ), None
-    return check, thumb
 
 
 def thumbnail_from_bytes(data: bytes, s: CheckSettings) -> bytes:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import inference
 from tasks.errors import PawflowError
-from tasks.images import REASONS, CheckSettings, check_bytes
+from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
 
 BATCH = 32
 # Prediction judges nothing but decodability and size safety: any real photo gets a label.
@@ -20,6 +21,9 @@ PERMISSIVE = {
     "formats": ("BMP", "GIF", "JPEG", "MPO", "PNG", "TIFF", "WEBP"),
     "hash_size": 8,
 }
+# What model.json must hold for a prediction (written by train's model_card), and of which type.
+CARD_KEYS: dict[str, type] = {"class_names": list, "image_size": int, "max_side": int, "jpeg_quality": int}
+NOT_REGULAR = "not a regular file (named pipe, socket or device): skipped"
 
 
 @dataclass
@@ -50,14 +54,8 @@ def settings_for(card: dict, max_pixels: int) -> CheckSettings:
     )
 
 
-def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predictor:
-    """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
-
-    tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
-    records there the setting the champion was evaluated and promoted with), else off.
-    """
-    import keras
-
+def model_files(model_path: Path) -> tuple[Path, dict]:
+    """The .keras file (model_path, or model.keras in that folder) and its checked model.json; no TF."""
     file = model_path / "model.keras" if model_path.is_dir() else model_path
     card_path = file.with_name("model.json")
     if not file.exists():
@@ -67,7 +65,18 @@ def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predicto
             f"{card_path} is missing: it holds the class names and image size of {file.name}.",
             "Use a model written by pawflow's train stage (models/ or models/champion/).",
         )
-    card = json.loads(card_path.read_text())
+    return file, read_card(card_path)
+
+
+def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predictor:
+    """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
+
+    tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
+    records there the setting the champion was evaluated and promoted with), else off.
+    """
+    file, card = model_files(model_path)
+    import keras  # after the checks above, which need no TensorFlow
+
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True)
     except Exception as err:  # a damaged or foreign file: say which, not a traceback
@@ -84,32 +93,77 @@ def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predicto
     )
 
 
-def iter_files(targets: list[Path]) -> Iterator[Path]:
-    """Files named, and every file under folders named (sorted, recursively; folder links not followed)."""
+def read_card(card_path: Path) -> dict:
+    """model.json, checked for every key a prediction needs (one message naming what is missing)."""
+    what_to_do = "Use the model.json that pawflow's train stage wrote beside the model, or re-run train."
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PawflowError(f"{card_path} cannot be read as JSON ({err}).", what_to_do) from None
+    if not isinstance(card, dict):
+        raise PawflowError(f"{card_path} holds a {type(card).__name__}, not an object.", what_to_do)
+    missing = [k for k in CARD_KEYS if k not in card]
+    wrong = [
+        f"{k} (a {t.__name__} expected)"
+        for k, t in CARD_KEYS.items()
+        if k in card and (not isinstance(card[k], t) or isinstance(card[k], bool))
+    ]
+    if (
+        not missing
+        and not wrong
+        and not (card["class_names"] and all(isinstance(c, str) for c in card["class_names"]))
+    ):
+        wrong.append("class_names (a non-empty list of names expected)")
+    if missing or wrong:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"wrong {', '.join(wrong)}"] if wrong else []
+        )
+        raise PawflowError(f"{card_path} is incomplete: {'; '.join(problems)}.", what_to_do)
+    return card
+
+
+def list_files(targets: list[Path]) -> list[Path]:
+    """Files named, and every entry under folders named (sorted, recursively; folder links not followed).
+
+    Nothing is opened here. Raises PawflowError when the folders named hold nothing to label.
+    """
+    files: list[Path] = []
     for target in targets:
         if target.is_dir():
             for dirpath, dirnames, filenames in os.walk(target):
                 dirnames.sort()
-                for name in sorted(filenames):
-                    yield Path(dirpath) / name
+                files += [Path(dirpath) / name for name in sorted(filenames)]
         else:
-            yield target
+            files.append(target)
+    if not files:
+        raise PawflowError(
+            f"nothing to label: {', '.join(str(t) for t in targets)} holds no files.",
+            "Name photos, or folders that contain photos.",
+        )
+    return files
+
+
+def _message(check: PhotoCheck, thumb: bytes | None) -> tuple[bytes | None, str]:
+    """The prepared JPEG, or None and the reason as a person reads it."""
+    if thumb is None:
+        detail = check.detail if check.reason in ("missing", "unreadable") else ""
+        return None, f"{check.reason}: {detail or REASONS.get(check.reason, '')}".rstrip(": ")
+    return thumb, ""
 
 
 def prepare_bytes(data: bytes, s: CheckSettings) -> tuple[bytes | None, str]:
     """A photo's bytes -> the JPEG the model's shards would hold for it, or None and why not."""
-    check, thumb = check_bytes(data, s)
-    if thumb is None:
-        return None, f"{check.reason}: {REASONS.get(check.reason, '')}".rstrip(": ")
-    return thumb, ""
+    return _message(*check_bytes(data, s))
 
 
 def _prepare(path: Path, s: CheckSettings) -> tuple[bytes | None, str]:
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode  # stat opens nothing: a named pipe would block a reader forever
     except OSError as err:
         return None, f"cannot read: {err.strerror or err}"
-    return prepare_bytes(data, s)
+    if not stat.S_ISREG(mode):
+        return None, NOT_REGULAR
+    return _message(*check_file(path, None, s))
 
 
 def predict(p: Predictor, files: Iterator[Path]) -> Iterator[Row]:

@@ -31,6 +31,8 @@ def tensorflow_env(cfg: TensorFlow) -> dict[str, str]:
     return {
         "TF_ENABLE_ONEDNN_OPTS": "1" if cfg.onednn else "0",
         "ONEDNN_MAX_CPU_ISA": cfg.onednn_max_isa,
+        "TF_NUM_INTRAOP_THREADS": str(cfg.threads),
+        "TF_NUM_INTEROP_THREADS": str(cfg.threads),
     }
 
 
@@ -53,22 +55,9 @@ def configure(cfg: TensorFlow) -> None:
                 "Run the stage in its own process (`python -m flows.<stage>`), or set those variables "
                 "before Python starts.",
             )
-    import tensorflow as tf
-
-    threads = tf.config.threading
-    if (threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads()) != (
-        cfg.threads,
-        cfg.threads,
-    ):
-        try:
-            threads.set_intra_op_parallelism_threads(cfg.threads)
-            threads.set_inter_op_parallelism_threads(cfg.threads)
-        except RuntimeError:  # TensorFlow's context already started with other pools
-            raise PawflowError(
-                f"TensorFlow already runs with other thread pools than tensorflow.threads={cfg.threads}.",
-                "Run the stage in its own process (`python -m flows.<stage>`).",
-            ) from None
     if cfg.deterministic_ops:
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
 
 

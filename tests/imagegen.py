@@ -37,6 +37,39 @@ def truncated_jpeg(seed: int) -> bytes:
     return data[: len(data) * 2 // 3]
 
 
+def scan_data(data: bytes) -> tuple[int, int]:
+    """(start, end) of a baseline JPEG's entropy-coded scan data: after the SOS header, before EOI."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big"), data.rindex(b"\xff\xd9")
+
+
+def cut_jpeg_closed(seed: int) -> bytes:
+    """Cut at 60 % and closed with an EOI marker: libjpeg only warns and fills the rest with grey."""
+    data = jpeg(seed, (160, 120))
+    return data[: len(data) * 6 // 10] + b"\xff\xd9"
+
+
+def zero_tail_jpeg(seed: int) -> bytes:
+    """The last 40 % of the scan data zero-filled, the end marker kept (a preallocated, unfinished copy)."""
+    data = bytearray(jpeg(seed, (160, 120)))
+    cut = len(data) * 6 // 10
+    data[cut:-2] = bytes(len(data) - 2 - cut)
+    return bytes(data)
+
+
+def flipped_jpeg(seed: int) -> bytes:
+    """Three bytes of the scan data inverted (at 30, 50 and 70 % of it).
+
+    Huffman codes often resynchronise after a flip (libjpeg then decodes silently: a few blocks of wrong
+    colour); for seed 1005 they do not, and libjpeg warns "11 extraneous bytes before marker 0xd9".
+    """
+    data = bytearray(jpeg(seed, (160, 120)))
+    start, end = scan_data(bytes(data))
+    for frac in (0.3, 0.5, 0.7):
+        data[start + int((end - start) * frac)] ^= 0xFF
+    return bytes(data)
+
+
 def corrupt_png(seed: int) -> bytes:
     """A PNG whose header is intact but whose compressed pixel data is garbage.
 
@@ -92,6 +125,9 @@ def defects(seed: int = 1000) -> dict[str, tuple[bytes, str]]:
         "notes.txt": (b"just some notes\n", "not_an_image"),
         "page.jpg": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "not_an_image"),
         "truncated.jpg": (truncated_jpeg(seed), "truncated"),
+        "cut_closed.jpg": (cut_jpeg_closed(seed + 5), "truncated"),
+        "zero_tail.jpg": (zero_tail_jpeg(seed + 6), "truncated"),
+        "flipped.jpg": (flipped_jpeg(seed + 5), "corrupt_jpeg_data"),
         "corrupt.png": (corrupt_png(seed + 1), "corrupt"),
         "bomb.png": (png_header_only(20_000, 20_000), "decompression_bomb"),
         "tiny.jpg": (jpeg(seed + 2, (20, 16)), "too_small"),

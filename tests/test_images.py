@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import tracemalloc
 
 import imagegen
 import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.images import REASONS, CheckSettings, check_bytes, check_file
+from tasks import images
+from tasks.images import REASONS, CheckSettings, ScanEnd, check_bytes, check_file, jpeg_scan_end
 
 SETTINGS = CheckSettings(
     min_side=32,
@@ -90,3 +93,103 @@ def test_file_level_reasons(tmp_path):
     assert check_file(good, "0" * 64, SETTINGS)[0].reason == "changed_since_ingest"
     (tmp_path / "dir.jpg").mkdir()
     assert check_file(tmp_path / "dir.jpg", None, SETTINGS)[0].reason == "unreadable"
+
+
+def grey_rows(data: bytes) -> int:
+    """How many bottom rows Pillow fills with libjpeg's flat grey when it decodes `data` without error."""
+    arr = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    flat = np.all(arr == 128, axis=1)
+    return int(np.argmin(flat[::-1])) if not flat.all() else len(flat)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason", "detail"),
+    [
+        (imagegen.cut_jpeg_closed, "truncated", "premature end of data segment"),
+        (imagegen.zero_tail_jpeg, "truncated", "premature end of data segment"),
+        (imagegen.flipped_jpeg, "corrupt_jpeg_data", "extraneous bytes"),
+    ],
+)
+def test_damaged_jpeg_data_that_libjpeg_only_warns_about_is_rejected(make, reason: str, detail: str):
+    data = make(1005)
+    Image.open(io.BytesIO(data)).load()  # Pillow alone decodes every one of them without an error
+    check, thumb = check_bytes(data, SETTINGS)
+    assert (check.status, check.reason) == ("rejected", reason)
+    assert detail in check.detail
+    assert reason in REASONS and thumb is None
+
+
+def test_a_jpeg_cut_and_closed_early_really_has_a_grey_bottom():
+    assert grey_rows(imagegen.cut_jpeg_closed(1005)) >= 120 * 3 // 10
+    assert grey_rows(imagegen.jpeg(1005, (160, 120))) == 0
+
+
+def test_bytes_left_over_after_a_complete_scan_are_damage():
+    data = imagegen.jpeg(7, (96, 80))
+    _, end = imagegen.scan_data(data)
+    padded = data[:end] + bytes(16) + data[end:]
+    check, _ = check_bytes(padded, SETTINGS)
+    assert check.reason == "corrupt_jpeg_data" and "extraneous bytes" in check.detail
+    unknown_marker = data[:end] + b"\xff\x17" + data[end:]
+    assert check_bytes(unknown_marker, SETTINGS)[0].reason == "corrupt_jpeg_data"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quality": 95},
+        {"quality": 40, "optimize": True},  # optimised Huffman tables: all-zero codes are common
+        {"quality": 90, "subsampling": 0},
+        {"quality": 90, "progressive": True},
+        {"quality": 90, "restart_marker_blocks": 3},
+        {"quality": 90, "restart_marker_rows": 1},
+    ],
+)
+@pytest.mark.parametrize("size", [(33, 33), (160, 120), (241, 97)])
+def test_intact_jpegs_of_every_kind_pass_the_scan_check(options: dict, size: tuple[int, int]):
+    for seed in range(5):
+        img = imagegen.photo(seed, size)
+        for mode in ("RGB", "L", "CMYK"):
+            data = imagegen.encode(img.convert(mode), "JPEG", **options)
+            check, thumb = check_bytes(data, SETTINGS)
+            assert check.status == "kept", (options, size, seed, mode, check.reason, check.detail)
+            # Trailing bytes after the end marker are no damage to the picture.
+            assert check_bytes(data + b"trailer", SETTINGS)[1] == thumb
+
+
+def test_scan_end_is_found_only_for_single_scan_sequential_jpegs():
+    data = imagegen.jpeg(3, (64, 48))
+    assert jpeg_scan_end(data) == ScanEnd(imagegen.scan_data(data)[1], 0xD9)
+    assert jpeg_scan_end(imagegen.encode(imagegen.photo(3), "JPEG", progressive=True)) is None
+    assert jpeg_scan_end(imagegen.encode(imagegen.photo(3), "PNG")) is None
+    assert jpeg_scan_end(data[:100]) is None
+
+
+@pytest.mark.timeout(20)
+def test_a_named_pipe_is_unreadable_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # opening it for reading the usual way would wait for a writer forever
+    check, thumb = check_file(fifo, None, SETTINGS)
+    assert (check.reason, thumb) == ("unreadable", None)
+    assert "not a regular file" in check.detail
+
+
+def test_large_files_are_never_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "IN_MEMORY_BYTES", 1 << 20)
+    big = tmp_path / "Thumbs.db"
+    with big.open("wb") as f:
+        f.write(imagegen.OLE2_MAGIC)
+        f.truncate(64 << 20)
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(imagegen.jpeg(8, (160, 120)) + bytes(2 << 20))  # a photo with a 2 MiB trailer
+    check_bytes(imagegen.jpeg(8), SETTINGS)  # imports what judging a photo needs before counting
+    tracemalloc.start()
+    try:
+        junk, _ = check_file(big, None, SETTINGS)
+        kept, thumb = check_file(photo, None, SETTINGS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (junk.reason, junk.bytes) == ("not_an_image", 64 << 20)
+    assert kept.status == "kept" and thumb == check_bytes(photo.read_bytes(), SETTINGS)[1]
+    assert peak < 1 << 20

@@ -90,13 +90,19 @@ def test_settings_cannot_change_after_tensorflow_started():
 
     configure(TensorFlow())  # the same settings: fine, and idempotent
     tf.constant(1.0) + 1.0  # TensorFlow's runtime has started: its thread pools are fixed now
+    assert tf.config.threading.get_intra_op_parallelism_threads() in (0, 2)  # 0: from TF_NUM_*_THREADS
     with pytest.raises(PawflowError, match="ONEDNN_MAX_CPU_ISA=AVX512_CORE"):
         configure(TensorFlow(onednn_max_isa="AVX512_CORE"))
-    with pytest.raises(PawflowError, match="thread pools"):
+    with pytest.raises(PawflowError, match="TF_NUM_INTRAOP_THREADS=3"):
         configure(TensorFlow(threads=3))
 
 
 def test_environment_follows_params():
-    assert tensorflow_env(TensorFlow()) == {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert tensorflow_env(TensorFlow()) == {
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "TF_NUM_INTRAOP_THREADS": "2",
+        "TF_NUM_INTEROP_THREADS": "2",
+    }
     assert tensorflow_env(TensorFlow(onednn=False))["TF_ENABLE_ONEDNN_OPTS"] == "0"
     assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # conftest applied params.yaml before TensorFlow
