@@ -18,24 +18,33 @@ def p5_full_seconds() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--only", help="comma-separated benchmarks, e.g. P1,P4 (P4, P6 need P2; P3 needs P5)")
+    parser.add_argument("--only", help="comma-separated benchmarks, e.g. P1,P4 (P4, P6, P7 need P2; P3, P5)")
     args = parser.parse_args()
     only = {s.strip().upper() for s in args.only.split(",")} if args.only else None
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = []
     with prefect_api():
-        from bench import p1_clean_dedup, p2_rerun, p3_incremental, p4_input, p5_scale, p6_training
+        from bench import (
+            p1_clean_dedup,
+            p2_rerun,
+            p3_incremental,
+            p4_input,
+            p5_scale,
+            p6_training,
+            p7_runtime,
+        )
 
         steps = {
             "P1": lambda: p1_clean_dedup.main(),
             "P2": lambda: p2_rerun.main(),
             "P4": lambda: p4_input.main(WORK / "p2"),
             "P6": lambda: p6_training.main(WORK / "p2"),
+            "P7": lambda: p7_runtime.main(WORK / "p2"),
             "P5": lambda: p5_scale.main(),
             "P3": lambda: p3_incremental.main(WORK / "p5", WORK / "p5-source", p5_full_seconds()),
         }
-        for name, step in steps.items():  # P4 and P6 use P2's workspace, P3 uses P5's
+        for name, step in steps.items():  # P4, P6 and P7 use P2's workspace, P3 uses P5's
             if only and name not in only:
                 continue
             t = time.monotonic()
