@@ -18,7 +18,9 @@ def p5_full_seconds() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--only", help="comma-separated benchmarks, e.g. P1,P4 (P4, P6, P7 need P2; P3, P5)")
+    parser.add_argument(
+        "--only", help="comma-separated benchmarks, e.g. P1,P4 (P4, P6, P7 need P2; P3 needs P5)"
+    )
     args = parser.parse_args()
     only = {s.strip().upper() for s in args.only.split(",")} if args.only else None
     WORK.mkdir(parents=True, exist_ok=True)
