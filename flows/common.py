@@ -124,6 +124,29 @@ def quiet_user_errors() -> None:
             logger.addFilter(_NoTracebackForUserErrors())
 
 
+class _QuietTaskRuns(logging.Filter):
+    """Drops the INFO lines ("Finished in state Completed()") of the named tasks' runs; problems pass."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "task_name", None) not in self.names
+
+
+def quiet_task_runs(*names: str) -> None:
+    """No per-run INFO lines for tasks mapped over many chunks (a progress bar says more); idempotent.
+
+    Call it in the flow and in the task's body: with the processes runner the task engine logs in the
+    worker process, which only the task's own code reaches.
+    """
+    logger = logging.getLogger("prefect.task_runs")
+    have = set().union(*(f.names for f in logger.filters if isinstance(f, _QuietTaskRuns)))
+    if not set(names) <= have:
+        logger.addFilter(_QuietTaskRuns(frozenset(names) - have))
+
+
 @contextmanager
 def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
     """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""
@@ -210,6 +233,37 @@ def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
     buf = io.StringIO()
     Console(file=buf, width=100, force_terminal=False, color_system=None).print(table)
     return f"{title}\n{buf.getvalue()}"
+
+
+def progress_artifact(key: str, description: str, total: float) -> Callable[..., None]:
+    """A Prefect progress artifact for `total` units of work; returns `update(done, description=None)`.
+
+    update() sets the bar to done/total (and the description, if given). Calls that would not move
+    the whole-percent value and bring no new description are skipped: a few dozen API calls per run
+    at most. Outside a flow run (plain function calls, tests) it does nothing. A progress bar is not
+    worth failing a run for: if the API refuses an update, it says so once and stops updating.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return lambda done, description=None: None
+    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    shown = {"percent": 0, "broken": False}
+
+    def update(done: float, description: str | None = None) -> None:
+        percent = int(100 * min(max(done / total, 0.0), 1.0)) if total else 100
+        if shown["broken"] or (percent == shown["percent"] and description is None):
+            return
+        try:
+            update_progress_artifact(artifact_id, float(percent), description=description)
+        except Exception as err:  # the API is down or refused: the run goes on without the bar
+            logging.getLogger(__name__).warning("progress artifact %r not updated: %s", key, err)
+            shown["broken"] = True
+            return
+        shown["percent"] = percent
+
+    return update
 
 
 def publish(key: str, title: str, columns: list[str], rows: list[list[Any]], markdown: str = "") -> str:
