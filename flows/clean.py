@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,6 @@ from flows.common import (
     friendly,
     progress_artifact,
     publish,
-    quiet_task_runs,
     result_storage,
     stage_main,
 )
@@ -42,6 +42,29 @@ def check_settings(params: Params) -> CheckSettings:
 
 
 CHECK_TASK = "check-photos"
+
+
+class _QuietTaskRuns(logging.Filter):
+    """Drops the INFO lines ("Finished in state Completed()") of the named tasks' runs; problems pass."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "task_name", None) not in self.names
+
+
+def quiet_task_runs(*names: str) -> None:
+    """No per-run INFO lines for tasks mapped over many chunks (a progress bar says more); idempotent.
+
+    Call it in the flow and in the task's body: with the processes runner the task engine logs in the
+    worker process, which only the task's own code reaches.
+    """
+    logger = logging.getLogger("prefect.task_runs")
+    have = set().union(*(f.names for f in logger.filters if isinstance(f, _QuietTaskRuns)))
+    if not set(names) <= have:
+        logger.addFilter(_QuietTaskRuns(frozenset(names) - have))
 
 
 # The key is the chunk's (path, sha256) pairs and the settings: content, not file names alone.

@@ -124,29 +124,6 @@ def quiet_user_errors() -> None:
             logger.addFilter(_NoTracebackForUserErrors())
 
 
-class _QuietTaskRuns(logging.Filter):
-    """Drops the INFO lines ("Finished in state Completed()") of the named tasks' runs; problems pass."""
-
-    def __init__(self, names: frozenset[str]) -> None:
-        super().__init__()
-        self.names = names
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or getattr(record, "task_name", None) not in self.names
-
-
-def quiet_task_runs(*names: str) -> None:
-    """No per-run INFO lines for tasks mapped over many chunks (a progress bar says more); idempotent.
-
-    Call it in the flow and in the task's body: with the processes runner the task engine logs in the
-    worker process, which only the task's own code reaches.
-    """
-    logger = logging.getLogger("prefect.task_runs")
-    have = set().union(*(f.names for f in logger.filters if isinstance(f, _QuietTaskRuns)))
-    if not set(names) <= have:
-        logger.addFilter(_QuietTaskRuns(frozenset(names) - have))
-
-
 @contextmanager
 def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
     """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""

@@ -1,4 +1,4 @@
-"""flows/common.py's progress helpers: a Prefect progress artifact, and no log line per mapped chunk."""
+"""flows/common.py's progress helper: a Prefect progress artifact any stage can update."""
 
 from __future__ import annotations
 
@@ -8,32 +8,6 @@ import pytest
 from prefect import flow
 
 from flows import common
-
-MESSAGE = "Finished in state Completed()"
-
-
-def record(level: int, task_name: str | None) -> logging.LogRecord:
-    rec = logging.LogRecord("prefect.task_runs", level, __file__, 1, MESSAGE, (), None)
-    if task_name is not None:
-        rec.task_name = task_name
-    return rec
-
-
-def test_quiet_task_runs_drops_only_the_named_tasks_info_lines():
-    logger = logging.getLogger("prefect.task_runs")
-    before = list(logger.filters)
-    try:
-        common.quiet_task_runs("chunky")
-        common.quiet_task_runs("chunky")  # idempotent: one filter for a name
-        mine = [f for f in logger.filters if f not in before]
-        assert len(mine) == 1
-        assert not logger.filter(record(logging.INFO, "chunky"))
-        assert logger.filter(record(logging.ERROR, "chunky"))  # a failed chunk is still reported
-        assert logger.filter(record(logging.WARNING, "chunky"))
-        assert logger.filter(record(logging.INFO, "other-task"))
-        assert logger.filter(record(logging.INFO, None))
-    finally:
-        logger.filters[:] = before
 
 
 def test_progress_artifact_outside_a_flow_run_does_nothing(monkeypatch: pytest.MonkeyPatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import imagegen
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.clean import clean_flow
+from flows.clean import clean_flow, quiet_task_runs
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
@@ -113,6 +114,33 @@ def test_dedup_writes_the_data_quality_report_and_artifact(built):
             )
         )
     assert "`Cat/stolen dog.jpg` (label Cat)" in artifact.data and "data.html" in artifact.data
+
+
+MESSAGE = "Finished in state Completed()"
+
+
+def record(level: int, task_name: str | None) -> logging.LogRecord:
+    rec = logging.LogRecord("prefect.task_runs", level, __file__, 1, MESSAGE, (), None)
+    if task_name is not None:
+        rec.task_name = task_name
+    return rec
+
+
+def test_quiet_task_runs_drops_only_the_named_tasks_info_lines():
+    logger = logging.getLogger("prefect.task_runs")
+    before = list(logger.filters)
+    try:
+        quiet_task_runs("chunky")
+        quiet_task_runs("chunky")  # idempotent: one filter for a name
+        mine = [f for f in logger.filters if f not in before]
+        assert len(mine) == 1
+        assert not logger.filter(record(logging.INFO, "chunky"))
+        assert logger.filter(record(logging.ERROR, "chunky"))  # a failed chunk is still reported
+        assert logger.filter(record(logging.WARNING, "chunky"))
+        assert logger.filter(record(logging.INFO, "other-task"))
+        assert logger.filter(record(logging.INFO, None))
+    finally:
+        logger.filters[:] = before
 
 
 def test_clean_shows_progress_without_a_log_line_per_chunk(built):
