@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.futures import as_completed
+from tqdm import tqdm
 
-from flows.common import chunks, content_cache, friendly, publish, result_storage, stage_main
+from flows.common import (
+    chunks,
+    content_cache,
+    friendly,
+    progress_artifact,
+    publish,
+    result_storage,
+    stage_main,
+)
 from tasks import clean
 from tasks.fileio import read_parquet, write_json, write_parquet
 from tasks.images import CheckSettings
@@ -30,9 +41,35 @@ def check_settings(params: Params) -> CheckSettings:
     )
 
 
+CHECK_TASK = "check-photos"
+
+
+class _QuietTaskRuns(logging.Filter):
+    """Drops the INFO lines ("Finished in state Completed()") of the named tasks' runs; problems pass."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "task_name", None) not in self.names
+
+
+def quiet_task_runs(*names: str) -> None:
+    """No per-run INFO lines for tasks mapped over many chunks (a progress bar says more); idempotent.
+
+    Call it in the flow and in the task's body: with the processes runner the task engine logs in the
+    worker process, which only the task's own code reaches.
+    """
+    logger = logging.getLogger("prefect.task_runs")
+    have = set().union(*(f.names for f in logger.filters if isinstance(f, _QuietTaskRuns)))
+    if not set(names) <= have:
+        logger.addFilter(_QuietTaskRuns(frozenset(names) - have))
+
+
 # The key is the chunk's (path, sha256) pairs and the settings: content, not file names alone.
 @task(
-    name="check-photos",
+    name=CHECK_TASK,
     cache_policy=content_cache("tasks.images", "tasks.clean", exclude=("raw", "cache_dir", "refresh")),
     persist_result=True,
 )
@@ -40,6 +77,7 @@ def check_photos(
     items: list[tuple[str, str]], settings: CheckSettings, raw: Path, cache_dir: Path, refresh: bool
 ) -> list[dict]:
     """Decode and judge a chunk of photos (cached per photo by sha256)."""
+    quiet_task_runs(CHECK_TASK)  # this process may be a worker of the processes runner
     return clean.check_items(raw, items, settings, cache_dir, refresh)
 
 
@@ -52,6 +90,9 @@ def clean_flow(params: Params, refresh: bool = False) -> dict:
     items = list(zip(manifest["path"], manifest["sha256"], strict=True))
     settings = check_settings(params)
     checker = check_photos.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
+    # One chunk is one task run: the bar and the progress artifact count photos, not chunk lines.
+    quiet_task_runs(CHECK_TASK)
+    progress = progress_artifact("clean-progress", "clean: files checked", len(items))
     futures = checker.map(
         chunks(items, params.runner.chunk_size),
         settings=settings,
@@ -59,6 +100,14 @@ def clean_flow(params: Params, refresh: bool = False) -> dict:
         cache_dir=params.paths.cache,
         refresh=refresh,
     )
+    done = 0
+    with tqdm(total=len(items), desc="clean", unit="file", disable=None, leave=False) as bar:
+        for finished in as_completed(futures):
+            n = len(finished.result())
+            done += n
+            bar.update(n)
+            progress(done)
+    progress(done, description=f"clean: {done:,} of {len(items):,} files checked")
     rows = [row for f in futures for row in f.result()]
     df = clean.table(rows)
     clean.guard(df, params.clean.max_reject_fraction)

@@ -221,6 +221,37 @@ def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
     return f"{title}\n{buf.getvalue()}"
 
 
+def progress_artifact(key: str, description: str, total: float) -> Callable[..., None]:
+    """A Prefect progress artifact for `total` units of work; returns `update(done, description=None)`.
+
+    update() sets the bar to done/total (and the description, if given). Calls that would not move
+    the whole-percent value and bring no new description are skipped: a few dozen API calls per run
+    at most. Outside a flow run (plain function calls, tests) it does nothing. A progress bar is not
+    worth failing a run for: if the API refuses an update, it says so once and stops updating.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return lambda done, description=None: None
+    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    shown = {"percent": 0, "broken": False}
+
+    def update(done: float, description: str | None = None) -> None:
+        percent = int(100 * min(max(done / total, 0.0), 1.0)) if total else 100
+        if shown["broken"] or (percent == shown["percent"] and description is None):
+            return
+        try:
+            update_progress_artifact(artifact_id, float(percent), description=description)
+        except Exception as err:  # the API is down or refused: the run goes on without the bar
+            logging.getLogger(__name__).warning("progress artifact %r not updated: %s", key, err)
+            shown["broken"] = True
+            return
+        shown["percent"] = percent
+
+    return update
+
+
 def publish(key: str, title: str, columns: list[str], rows: list[list[Any]], markdown: str = "") -> str:
     """Print a stage's summary table and publish it as a Prefect table (+ markdown) artifact."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -6,11 +6,12 @@ import sys
 import time
 
 from prefect import flow, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import friendly, publish, stage_main
-from tasks import dedup
+from tasks import datareport, dedup
 from tasks.errors import PawflowError
-from tasks.fileio import read_parquet, write_json, write_parquet
+from tasks.fileio import read_parquet, write_bytes, write_json, write_parquet
 from tasks.params import Params
 
 
@@ -28,12 +29,29 @@ def find_duplicates(params: Params) -> dict:
     return rep
 
 
+@task(name="data-report")
+def data_report(params: Params) -> str:
+    """reports/data.html from clean.parquet, dedup.parquet and the photos in data/raw; returns Markdown."""
+    report = datareport.build(
+        read_parquet(params.paths.interim / "clean.parquet"),
+        read_parquet(params.paths.interim / "dedup.parquet"),
+        params.paths.raw,
+        params.clean.formats,
+        params.clean.max_pixels,
+        params.dedup.max_distance,
+    )
+    page = params.paths.reports / "data.html"
+    write_bytes(page, datareport.render_html(report).encode("utf-8"))
+    return datareport.render_markdown(report, str(page))
+
+
 @flow(name="dedup", log_prints=True)
 @friendly
 def dedup_flow(params: Params, refresh: bool = False) -> dict:
     """Exact and near duplicates collapse to one kept photo; label conflicts are dropped and reported."""
     started = time.monotonic()
     rep = find_duplicates(params)
+    markdown = data_report(params)
     rows = [
         ["photos", rep["photos"]],
         ["kept", rep["kept"]],
@@ -43,18 +61,18 @@ def dedup_flow(params: Params, refresh: bool = False) -> dict:
         ["label conflicts (dropped)", rep["conflict"]],
         ["seconds", f"{time.monotonic() - started:.1f}"],
     ]
-    lines = [
-        f"- `{g['kept']}` kept; "
-        + ", ".join(f"`{d['path']}` ({d['kind']}, distance {d['distance']})" for d in g["duplicates"])
-        for g in rep["groups"][:50]
-    ]
-    publish(
-        "dedup",
-        "dedup: duplicate groups",
-        ["", "count"],
-        rows,
-        markdown="## Duplicate groups\n" + ("\n".join(lines) or "none"),
+    publish("dedup", "dedup: duplicate groups", ["", "count"], rows)
+    page = params.paths.reports / "data.html"
+    create_markdown_artifact(
+        key="data-quality", markdown=markdown, description="clean and dedup, in one page"
     )
+    create_link_artifact(
+        key="data-quality-html",
+        link=page.resolve().as_uri(),
+        link_text=str(page),
+        description="thumbnails of rejected files, duplicate groups and label conflicts",
+    )
+    print(f"data-quality report: {page}")
     return rep
 
 

@@ -194,6 +194,7 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     write_bytes(reports / "evaluation.html", page.encode("utf-8"))
     write_json(reports / "metrics.json", m)
     write_json(reports / "gate.json", decision)
+    write_json(reports / "scores.json", evaluate.scores(m, decision))
     if decision["promoted"]:
         with atomic_dir(champion_dir) as tmp:
             (tmp / "model.keras").write_bytes((models / "model.keras").read_bytes())

@@ -202,6 +202,15 @@ def compute_metrics(
     }
 
 
+# What `dvc metrics show` prints (reports/scores.json): the model's headline numbers and the gate.
+SCORES = ("accuracy", "f1_macro", "roc_auc", "ece")
+
+
+def scores(m: dict, gate: dict) -> dict:
+    """reports/scores.json: a few numbers and the gate's decision, narrow enough for one screen."""
+    return {**{k: m[k] for k in SCORES}, "gate": gate["decision"]}
+
+
 def plot_tables(pred: Predictions, class_names: list[str], bins: int) -> dict[str, pd.DataFrame]:
     """The data behind `dvc plots show` (CSV files under reports/plots/)."""
     names = np.array(class_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import imagegen
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.clean import clean_flow
+from flows.clean import clean_flow, quiet_task_runs
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
@@ -90,6 +91,93 @@ def test_dedup_finds_exact_near_and_conflicts(built):
     assert dd.at["Cat/stolen dog.jpg", "status"] == dd.at["Dog/dog.3.jpg", "status"] == "conflict"
 
 
+def test_dedup_writes_the_data_quality_report_and_artifact(built):
+    from conftest import drain_prefect_workers
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    params, _ = built
+    state = dedup_flow(params=params, return_state=True)
+    assert state.is_completed(), state.message
+    page = (params.paths.reports / "data.html").read_text()
+    for name in ("truncated.jpg", "tiny.jpg", "strip.jpg", "corrupt.png"):  # drawn
+        assert f'<img alt="Cat/{name}" src="data:image/jpeg;base64,' in page
+    for name in ("Thumbs.db", "empty.jpg", "bomb.png"):  # listed
+        assert f"<tr><td>Cat/{name}</td>" in page
+    assert '<img alt="Dog/dog.2 small.jpg"' in page and '<img alt="Cat/stolen dog.jpg"' in page
+    drain_prefect_workers()
+    with get_client(sync_client=True) as c:
+        (artifact,) = c.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["data-quality"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
+    assert "`Cat/stolen dog.jpg` (label Cat)" in artifact.data and "data.html" in artifact.data
+
+
+MESSAGE = "Finished in state Completed()"
+
+
+def record(level: int, task_name: str | None) -> logging.LogRecord:
+    rec = logging.LogRecord("prefect.task_runs", level, __file__, 1, MESSAGE, (), None)
+    if task_name is not None:
+        rec.task_name = task_name
+    return rec
+
+
+def test_quiet_task_runs_drops_only_the_named_tasks_info_lines():
+    logger = logging.getLogger("prefect.task_runs")
+    before = list(logger.filters)
+    try:
+        quiet_task_runs("chunky")
+        quiet_task_runs("chunky")  # idempotent: one filter for a name
+        mine = [f for f in logger.filters if f not in before]
+        assert len(mine) == 1
+        assert not logger.filter(record(logging.INFO, "chunky"))
+        assert logger.filter(record(logging.ERROR, "chunky"))  # a failed chunk is still reported
+        assert logger.filter(record(logging.WARNING, "chunky"))
+        assert logger.filter(record(logging.INFO, "other-task"))
+        assert logger.filter(record(logging.INFO, None))
+    finally:
+        logger.filters[:] = before
+
+
+def test_clean_shows_progress_without_a_log_line_per_chunk(built):
+    from conftest import drain_prefect_workers, params_for
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    params, source = built
+    chunked = params_for(
+        params.paths.raw.parent.parent, source, clean={"max_reject_fraction": 0.5}, runner={"chunk_size": 5}
+    )
+    state = clean_flow(params=chunked, return_state=True)
+    assert state.is_completed(), state.message
+    run_id = state.state_details.flow_run_id
+    drain_prefect_workers()
+    with get_client(sync_client=True) as c:
+        logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        (progress,) = c.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["clean-progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            )
+        )
+    files = len(pd.read_parquet(params.paths.interim / "ingest.parquet"))
+    assert files > 10 * 5  # more than ten chunks
+    assert any("Beginning flow run" in log.message for log in logs)  # the run's logs did arrive
+    assert [log.message for log in logs if log.task_run_id is not None] == []  # none per chunk
+    assert float(progress.data) == 100.0
+    assert progress.description == f"clean: {files:,} of {files:,} files checked"
+
+
 def test_shards_round_trip_through_tf_data(built):
     import tensorflow as tf
 
@@ -136,6 +224,8 @@ def test_same_inputs_give_byte_identical_outputs(built, tmp_path: Path):
         a = (params.paths.raw.parent / rel).read_bytes()
         b = (other.paths.raw.parent / rel).read_bytes()
         assert a == b, rel
+    page = (params.paths.reports / "data.html").read_bytes()
+    assert page == (other.paths.reports / "data.html").read_bytes()
     shards = sorted(p.name for p in params.paths.processed.glob("*.tfrecord-*"))
     assert shards and shards == sorted(p.name for p in other.paths.processed.glob("*.tfrecord-*"))
     for name in shards:

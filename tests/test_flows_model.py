@@ -35,6 +35,7 @@ TRAIN_OUTPUTS = [
 EVAL_OUTPUTS = [
     "reports/metrics.json",
     "reports/gate.json",
+    "reports/scores.json",
     "reports/evaluation.html",
     "reports/misclassified.png",
     "reports/plots/confusion.csv",
@@ -89,6 +90,11 @@ def test_metrics_and_report(trained: Params):
     assert m["examples"] == info["splits"]["test"]["examples"]
     assert sum(map(sum, m["confusion_matrix"])) == m["examples"]
     assert m["robust_examples"] == m["examples"] and 0 <= m["robust_accuracy"] <= 1
+    # `dvc metrics show` reads this one: the headline numbers of metrics.json and the gate's decision
+    scores = json.loads((ws(trained) / "reports/scores.json").read_text())
+    gate = json.loads((ws(trained) / "reports/gate.json").read_text())
+    headline = {k: m[k] for k in ("accuracy", "f1_macro", "roc_auc", "ece")}
+    assert scores == {**headline, "gate": gate["decision"]}
     page = (ws(trained) / "reports/evaluation.html").read_text()
     assert "Robustness slice" in page and "mirror image" in page  # evaluate.tta is on by default
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, opens offline

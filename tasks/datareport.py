@@ -1,0 +1,420 @@
+"""The data-quality report: what clean rejected and dedup removed, with the photos themselves.
+
+`reports/data.html` is one self-contained file (thumbnails inlined as data: URIs, no scripts, no links
+outside it), so it opens offline like reports/evaluation.html; a Markdown summary of the same facts
+goes to a Prefect artifact. Same inputs -> byte-identical page: everything is sorted, nothing about
+the run (time, host) is written, and thumbnails are baseline JPEGs (libjpeg is deterministic).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile, ImageOps
+
+from tasks.dedup import CONFLICT, DUPLICATE, KEPT, distances, hash_bits
+from tasks.images import REASONS, REJECTED, encode_jpeg, to_rgb
+
+# Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
+# ~5.5 KB in base64 (measured: 1,000 duplicate groups + 1,000 rejected photos -> 200 thumbnails,
+# a 1.1 MB page, built in 1.5 s), so 100 per section keep the page under ~1.7 MB, in the range of
+# evaluation.html (~1 MB), while showing more examples than anyone checks by eye; past the caps the
+# page says "and N more" and points at the JSON reports, which list everything.
+THUMB_SIDE = 128
+THUMB_QUALITY = 80
+MAX_THUMBNAILS = 100  # per section: rejected files, duplicate groups, label conflicts
+MAX_COPIES = 8  # pictures per duplicate or conflict group (one row on the page)
+MAX_LISTED = 500  # rows of text (files that cannot be drawn); each ~150 bytes
+MAX_MARKDOWN_LINES = 50  # per list in the Prefect artifact (the UI shows it in one scroll)
+
+# Rejections whose bytes a decoder accepted (format listed in clean.formats, pixels below
+# clean.max_pixels) before it judged them: these can still be drawn, at least in part. The others
+# (no bytes, not an image, a bomb, an unlisted format, changed on disk, too slow) are listed only.
+DRAWABLE = ("too_small", "odd_aspect_ratio", "truncated", "corrupt_jpeg_data", "corrupt")
+
+# Pillow's switch for drawing a truncated file (the missing part grey) is module-wide.
+_TRUNCATED_LOCK = threading.Lock()
+
+
+@contextmanager
+def _allow_truncated() -> Iterator[None]:
+    with _TRUNCATED_LOCK:
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def thumbnail(path: Path, formats: tuple[str, ...], max_pixels: int) -> tuple[bytes | None, str]:
+    """A JPEG of at most THUMB_SIDE px of the file at path, or (None, why it cannot be drawn).
+
+    Only decoders in `formats` are tried and nothing above `max_pixels` is decoded (clean's limits),
+    so a hostile file costs no more here than it did in clean.
+    """
+    Image.init()
+    decoders = [f for f in formats if f in Image.OPEN]  # MPO is opened by the JPEG decoder
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return None, f"cannot be read: {err.strerror or err}"
+    try:
+        with warnings.catch_warnings(), _allow_truncated():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data), formats=decoders)
+            width, height = im.size
+            if width * height > max_pixels:
+                return None, f"{width}x{height} pixels is above clean.max_pixels"
+            if im.format in ("JPEG", "MPO"):
+                im.draft(im.mode, (THUMB_SIDE, THUMB_SIDE))  # DCT scaling: decode at ~thumbnail size
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb, _ = to_rgb(im)
+    except Exception as err:  # any decoder failure on a rejected file means "cannot be drawn"
+        return None, f"cannot be decoded: {type(err).__name__}: {err}"
+    rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return encode_jpeg(rgb, THUMB_QUALITY), ""
+
+
+def data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One picture on the page: the file, its caption lines, and the image (or why there is none)."""
+
+    path: str
+    lines: tuple[str, ...]
+    image: str = ""  # data: URI
+    why_not: str = ""
+    badge: str = ""  # a word on the picture: kept / removed, or the label in a conflict
+    badge_class: str = ""
+
+
+@dataclass(frozen=True)
+class Group:
+    title: str
+    tiles: tuple[Tile, ...]
+    more: int = 0  # copies in the group beyond MAX_COPIES
+
+
+@dataclass(frozen=True)
+class Section:
+    """Groups (or single tiles) drawn, and how many more there were past the cap."""
+
+    groups: tuple[Group, ...] = ()
+    more: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class DataReport:
+    counts: tuple[tuple[str, int], ...]
+    reasons: tuple[tuple[str, int, str], ...]  # reason, files, what it means
+    rejected: Section
+    undrawn: tuple[tuple[str, str, str], ...]  # path, reason, why it is not drawn
+    undrawn_more: int
+    duplicates: Section
+    conflicts: Section
+    max_distance: int
+    limits: dict = field(default_factory=dict)
+
+
+def _size(row: pd.Series) -> str:
+    return f"{int(row['width'])}x{int(row['height'])}, {int(row['bytes']):,} bytes"
+
+
+def _rejected(
+    rejected: pd.DataFrame, raw: Path, formats: tuple[str, ...], max_pixels: int
+) -> tuple[Section, list[tuple[str, str, str]]]:
+    """Thumbnails of rejected files that can be drawn (up to the cap); the rest listed with why not."""
+    tiles: list[Tile] = []
+    undrawn: list[tuple[str, str, str]] = []
+    not_tried = 0
+    for r in rejected.sort_values(["reason", "path"], kind="stable").itertuples():
+        if r.reason not in DRAWABLE:
+            meaning = REASONS.get(r.reason, r.reason)
+            undrawn.append((r.path, r.reason, f"{meaning}: {r.detail}" if r.detail else meaning))
+        elif len(tiles) >= MAX_THUMBNAILS:
+            not_tried += 1
+        else:
+            jpeg, why = thumbnail(raw / r.path, formats, max_pixels)
+            if jpeg is None:
+                undrawn.append((r.path, r.reason, why))
+            else:
+                lines = (r.reason, r.detail) if r.detail else (r.reason,)
+                tiles.append(Tile(path=r.path, lines=lines, image=data_uri(jpeg)))
+    groups = (Group(title="", tiles=tuple(tiles)),) if tiles else ()
+    return Section(groups=groups, more=not_tried, total=len(rejected)), undrawn
+
+
+def _draw(path: str, raw: Path, formats: tuple[str, ...], max_pixels: int) -> tuple[str, str]:
+    jpeg, why = thumbnail(raw / path, formats, max_pixels)
+    return (data_uri(jpeg), "") if jpeg is not None else ("", why)
+
+
+def _groups(
+    dd: pd.DataFrame,
+    photos: pd.DataFrame,
+    status: str,
+    raw: Path,
+    formats: tuple[str, ...],
+    max_pixels: int,
+) -> Section:
+    """Duplicate groups (kept copy first, then each copy with its distance to it) or conflict groups."""
+    members = dd[dd["status"] == status]
+    group_ids = sorted(members["group"].unique())
+    groups: list[Group] = []
+    drawn = 0
+    for gid in group_ids:
+        g = dd[dd["group"] == gid]
+        if status == DUPLICATE:
+            keeper = g[g["status"] == KEPT].iloc[0]
+            copies = g[g["status"] == DUPLICATE].sort_values(["distance", "path"], kind="stable")
+            ordered = [keeper.path, *copies["path"]]
+        else:
+            ordered = sorted(g["path"])
+        shown = ordered[:MAX_COPIES]
+        if drawn and drawn + len(shown) > MAX_THUMBNAILS:
+            break
+        info = photos.loc[shown]
+        kind = g.set_index("path")["kind"]
+        bits = hash_bits(info["phash"].tolist())
+        dist = distances(bits, np.zeros(len(shown), dtype=int), np.arange(len(shown)))
+        tiles = []
+        for k, path in enumerate(shown):
+            row = info.loc[path]
+            image, why = _draw(path, raw, formats, max_pixels)
+            if status == DUPLICATE:
+                badge = "kept" if k == 0 else "removed"
+                first = "the largest copy" if k == 0 else f"{kind[path]} copy, pHash distance {int(dist[k])}"
+            else:
+                badge = str(row["label"])
+                first = f"label {badge}" + ("" if k == 0 else f", pHash distance {int(dist[k])}")
+            tiles.append(
+                Tile(
+                    path=path,
+                    lines=(first, _size(row)),
+                    image=image,
+                    why_not=why,
+                    badge=badge,
+                    badge_class=badge if status == DUPLICATE else "label",
+                )
+            )
+        drawn += len(shown)
+        title = (
+            f"{g['label'].iloc[0]}: {len(ordered)} copies, 1 kept"
+            if status == DUPLICATE
+            else f"{len(ordered)} copies under {', '.join(sorted(g['label'].unique()))}: all dropped"
+        )
+        groups.append(Group(title=title, tiles=tuple(tiles), more=len(ordered) - len(shown)))
+    return Section(groups=tuple(groups), more=len(group_ids) - len(groups), total=len(group_ids))
+
+
+def build(
+    clean_df: pd.DataFrame,
+    dedup_df: pd.DataFrame,
+    raw: Path,
+    formats: tuple[str, ...],
+    max_pixels: int,
+    max_distance: int,
+) -> DataReport:
+    """Everything the page and the artifact show, with the thumbnails drawn from raw (bounded work).
+
+    clean_df is clean.parquet (every ingested file and its verdict), dedup_df is dedup.parquet.
+    """
+    rejected = clean_df[clean_df["status"] == REJECTED]
+    photos = clean_df.set_index("path")
+    rejected_section, undrawn = _rejected(rejected, raw, formats, max_pixels)
+    per_reason = rejected["reason"].value_counts()
+    reasons = tuple((str(k), int(per_reason[k]), REASONS.get(str(k), "")) for k in sorted(per_reason.index))
+    status = dedup_df["status"]
+    counts = (
+        ("files ingested", len(clean_df)),
+        ("rejected by clean", len(rejected)),
+        ("exact duplicates removed", int((dedup_df["kind"] == "exact").sum())),
+        ("near duplicates removed", int((dedup_df["kind"] == "near").sum())),
+        ("photos in label conflicts (dropped)", int((status == CONFLICT).sum())),
+        ("photos kept for training", int((status == KEPT).sum())),
+    )
+    return DataReport(
+        counts=counts,
+        reasons=reasons,
+        rejected=rejected_section,
+        undrawn=tuple(undrawn[:MAX_LISTED]),
+        undrawn_more=max(0, len(undrawn) - MAX_LISTED),
+        duplicates=_groups(dedup_df, photos, DUPLICATE, raw, formats, max_pixels),
+        conflicts=_groups(dedup_df, photos, CONFLICT, raw, formats, max_pixels),
+        max_distance=max_distance,
+        limits={"thumbnails": MAX_THUMBNAILS, "copies": MAX_COPIES, "listed": MAX_LISTED},
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+_ENV = jinja2.Environment(
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+# Markdown is not HTML: escaping it would show &lt; in the Prefect UI.
+_MD_ENV = jinja2.Environment(
+    autoescape=False, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+)
+
+HTML_TEMPLATE = """{% macro tile(t) %}
+<figure>{% if t.image %}<img alt="{{ t.path }}" src="{{ t.image }}">{% else %}<div class="none">no picture:
+{{ t.why_not }}</div>{% endif %}
+<figcaption>{% if t.badge %}<span class="badge {{ t.badge_class }}">{{ t.badge }}</span> {% endif %}
+{{- t.path }}
+{% for line in t.lines %}<br>{{ line }}{% endfor %}</figcaption></figure>
+{% endmacro %}
+{% macro section(s, what) %}
+{% if not s.groups %}
+<p>None.</p>
+{% endif %}
+{% for g in s.groups %}
+<h3>{{ g.title }}</h3>
+<div class="row">
+{% for t in g.tiles %}{{ tile(t) }}{% endfor %}
+{% if g.more %}<p class="more">and {{ "{:,}".format(g.more) }} more copies</p>{% endif %}
+</div>
+{% endfor %}
+{% if s.more %}
+<p class="more">and {{ "{:,}".format(s.more) }} more {{ what }} (the page shows at most
+{{ r.limits.thumbnails }} pictures per section); reports/dedup.json lists them all.</p>
+{% endif %}
+{% endmacro %}
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pawflow data quality</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+td.n{text-align:right}
+.grid,.row{display:flex;flex-wrap:wrap;gap:.6em;align-items:flex-start}
+.row{padding:.5em;border:1px solid #ddd;border-radius:4px;margin:.4em 0 1em}
+figure{margin:0;width:{{ side + 12 }}px;font-size:.75em;overflow-wrap:anywhere}
+figure img{display:block;width:auto;height:auto;max-width:{{ side }}px;max-height:{{ side }}px;
+  min-width:32px;min-height:32px;image-rendering:pixelated;border:1px solid #999;background:#eee}
+figure .none{width:{{ side }}px;height:{{ side // 2 }}px;display:flex;align-items:center;
+  justify-content:center;background:#eee;color:#555;text-align:center}
+.badge{display:inline-block;padding:0 .4em;border-radius:3px;background:#ddd;font-weight:bold}
+.badge.kept{background:#bfe5bf}.badge.removed{background:#f3c4c4}
+.more{font-style:italic;color:#555}
+</style>
+</head><body>
+<h1>pawflow data quality</h1>
+<p>What clean rejected and dedup removed before the photos were split and trained on.</p>
+<table>
+{% for name, n in r.counts %}
+<tr><th>{{ name }}</th><td class="n">{{ "{:,}".format(n) }}</td></tr>
+{% endfor %}
+</table>
+
+<h2 id="rejected">Rejected files ({{ "{:,}".format(r.rejected.total) }})</h2>
+{% if r.reasons %}
+<table><tr><th>reason</th><th>files</th><th>what it means</th></tr>
+{% for reason, n, meaning in r.reasons %}
+<tr><td>{{ reason }}</td><td class="n">{{ "{:,}".format(n) }}</td><td>{{ meaning }}</td></tr>
+{% endfor %}
+</table>
+{% else %}
+<p>None: every ingested file decoded and passed the checks.</p>
+{% endif %}
+{% for g in r.rejected.groups %}
+<div class="grid">
+{% for t in g.tiles %}{{ tile(t) }}{% endfor %}
+</div>
+{% endfor %}
+{% if r.rejected.more %}
+<p class="more">and {{ "{:,}".format(r.rejected.more) }} more that can be drawn (the page shows at most
+{{ r.limits.thumbnails }}); reports/clean.json lists every rejected file.</p>
+{% endif %}
+{% if r.undrawn %}
+<h3>Rejected files that cannot be drawn</h3>
+<table><tr><th>file</th><th>reason</th><th>why there is no picture</th></tr>
+{% for path, reason, why in r.undrawn %}
+<tr><td>{{ path }}</td><td>{{ reason }}</td><td>{{ why }}</td></tr>
+{% endfor %}
+</table>
+{% if r.undrawn_more %}
+<p class="more">and {{ "{:,}".format(r.undrawn_more) }} more; reports/clean.json lists them all.</p>
+{% endif %}
+{% endif %}
+
+<h2 id="duplicates">Duplicate groups ({{ "{:,}".format(r.duplicates.total) }})</h2>
+<p>Copies of one photo under one label: the largest copy (pixels, then bytes) is kept. Exact copies have
+the same bytes; near copies are within pHash distance {{ r.max_distance }} (dedup.max_distance) of the kept
+one. Each distance below is to the kept copy.</p>
+{{ section(r.duplicates, "duplicate groups") }}
+
+<h2 id="conflicts">Label conflicts ({{ "{:,}".format(r.conflicts.total) }})</h2>
+<p>One photo (same bytes, or within pHash distance {{ r.max_distance }}) under more than one label: every
+copy is dropped, since its label cannot be trusted. Distances are to the first copy shown.</p>
+{{ section(r.conflicts, "label conflicts") }}
+</body></html>
+"""
+
+MARKDOWN_TEMPLATE = """## Data quality
+
+| | files |
+|---|---:|
+{% for name, n in r.counts %}
+| {{ name }} | {{ "{:,}".format(n) }} |
+{% endfor %}
+
+{% if r.reasons %}
+**Rejected by clean**
+
+| reason | files | what it means |
+|---|---:|---|
+{% for reason, n, meaning in r.reasons %}
+| {{ reason }} | {{ n }} | {{ meaning }} |
+{% endfor %}
+{% endif %}
+
+**Duplicate groups**: {{ r.duplicates.total }}
+{% for g in r.duplicates.groups[:lines] %}
+- {{ g.title }}:
+{%- for t in g.tiles %} `{{ t.path }}` ({{ t.lines[0] }}){{ "," if not loop.last }}{% endfor +%}
+{% endfor %}
+{% if r.duplicates.total > r.duplicates.groups[:lines]|length %}
+- and {{ r.duplicates.total - r.duplicates.groups[:lines]|length }} more
+{% endif %}
+
+**Label conflicts**: {{ r.conflicts.total }}
+{% for g in r.conflicts.groups[:lines] %}
+- {{ g.title }}:
+{%- for t in g.tiles %} `{{ t.path }}` ({{ t.lines[0] }}){{ "," if not loop.last }}{% endfor +%}
+{% endfor %}
+{% if r.conflicts.total > r.conflicts.groups[:lines]|length %}
+- and {{ r.conflicts.total - r.conflicts.groups[:lines]|length }} more
+{% endif %}
+
+Thumbnails of every rejected file that can be drawn, every duplicate group and every conflict: `{{ page }}`.
+"""
+
+
+def render_html(report: DataReport) -> str:
+    """reports/data.html: one file with every picture inlined."""
+    return _ENV.from_string(HTML_TEMPLATE).render(r=report, side=THUMB_SIDE)
+
+
+def render_markdown(report: DataReport, page: str) -> str:
+    """The Prefect artifact: the same counts and lists, without pictures (page: where the HTML is)."""
+    return _MD_ENV.from_string(MARKDOWN_TEMPLATE).render(r=report, lines=MAX_MARKDOWN_LINES, page=page)

@@ -1,0 +1,185 @@
+"""The data-quality report: rejected files drawn (or listed), duplicate groups, conflicts; bounded, stable."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+from pathlib import Path
+
+import browser
+import imagegen
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+from test_images import SETTINGS
+
+from tasks import clean, datareport, dedup
+
+DRAWN = {
+    "Cat/tiny.jpg",
+    "Cat/strip.jpg",
+    "Cat/truncated.jpg",
+    "Cat/cut_closed.jpg",
+    "Cat/zero_tail.jpg",
+    "Cat/flipped.jpg",
+    "Cat/corrupt.png",
+}
+LISTED = {
+    "Cat/empty.jpg": "empty_file",
+    "Cat/Thumbs.db": "not_an_image",
+    "Cat/notes.txt": "not_an_image",
+    "Cat/page.jpg": "not_an_image",
+    "Cat/bomb.png": "decompression_bomb",
+    "Cat/icon.jpg": "unsupported_format",
+}
+# A file name that is also markup: the page must show it, not run it.
+MARKUP = "Dog/cat.2 <b>misfiled.jpg"
+
+
+def collection(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every defect clean knows, an exact and a near duplicate, and one photo under two labels."""
+    for label in ("Cat", "Dog"):
+        (raw / label).mkdir(parents=True, exist_ok=True)
+    for name, (data, _) in imagegen.defects().items():
+        (raw / "Cat" / name).write_bytes(data)
+    for i in range(6):
+        (raw / "Dog" / f"dog.{i}.jpg").write_bytes(imagegen.jpeg(i, (160, 120)))
+        (raw / "Cat" / f"cat.{i}.jpg").write_bytes(imagegen.jpeg(100 + i, (160, 120)))
+    (raw / "Dog" / "dog.0 copy.jpg").write_bytes((raw / "Dog" / "dog.0.jpg").read_bytes())
+    near = ImageEnhance.Contrast(Image.open(raw / "Dog" / "dog.1.jpg")).enhance(0.9)
+    edited = imagegen.encode(near.resize((150, 112)), "JPEG", quality=60)
+    (raw / "Dog" / "dog.1 edited.jpg").write_bytes(edited)
+    (raw / MARKUP).write_bytes((raw / "Cat" / "cat.2.jpg").read_bytes())
+    items = sorted(
+        (p.relative_to(raw).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in raw.rglob("*")
+        if p.is_file()
+    )
+    clean_df = clean.table(clean.check_items(raw, items, SETTINGS, None))
+    return clean_df, dedup.find_duplicates(clean_df[clean_df["status"] == "kept"], 4)
+
+
+def build(raw: Path, clean_df: pd.DataFrame, dedup_df: pd.DataFrame) -> datareport.DataReport:
+    return datareport.build(clean_df, dedup_df, raw, SETTINGS.formats, SETTINGS.max_pixels, 4)
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    raw = tmp_path / "raw"
+    clean_df, dedup_df = collection(raw)
+    return raw, clean_df, dedup_df
+
+
+def images(page: str) -> dict[str, bytes]:
+    """alt -> decoded bytes of every <img> (all must be inline JPEGs)."""
+    found = re.findall(r'<img alt="([^"]*)" src="([^"]*)">', page)
+    assert len(found) == page.count("<img")
+    out = {}
+    for alt, src in found:
+        assert src.startswith("data:image/jpeg;base64,"), src[:40]
+        out[alt.replace("&lt;", "<").replace("&gt;", ">")] = base64.b64decode(src.split(",", 1)[1])
+    return out
+
+
+def test_rejected_files_are_drawn_or_listed_with_their_reason(made):
+    raw, clean_df, dedup_df = made
+    page = datareport.render_html(build(raw, clean_df, dedup_df))
+    pictures = images(page)
+    assert set(pictures) >= DRAWN
+    for jpeg in pictures.values():
+        im = Image.open(io.BytesIO(jpeg))
+        assert im.format == "JPEG" and max(im.size) <= datareport.THUMB_SIDE
+    for path, reason in LISTED.items():
+        assert path not in pictures
+        assert f"<tr><td>{path}</td><td>{reason}</td>" in page, path
+    assert f"Rejected files ({len(imagegen.defects())})" in page
+    assert "20x16" in page  # tiny.jpg's detail: why it was rejected
+
+
+def test_duplicate_groups_show_the_kept_copy_and_distances(made):
+    raw, clean_df, dedup_df = made
+    report = build(raw, clean_df, dedup_df)
+    near = dedup_df.set_index("path").loc["Dog/dog.1 edited.jpg"]
+    assert near["kind"] == "near" and near["duplicate_of"] == "Dog/dog.1.jpg"
+    groups = {g.tiles[0].path: g for g in report.duplicates.groups}
+    assert set(groups) == {"Dog/dog.1.jpg", "Dog/dog.0 copy.jpg"}
+    kept, copy = groups["Dog/dog.1.jpg"].tiles
+    assert (kept.badge, copy.badge, copy.path) == ("kept", "removed", "Dog/dog.1 edited.jpg")
+    assert copy.lines[0] == f"near copy, pHash distance {near['distance']}"
+    assert groups["Dog/dog.0 copy.jpg"].tiles[1].lines[0] == "exact copy, pHash distance 0"
+    page = datareport.render_html(report)
+    assert "Duplicate groups (2)" in page
+    drawn = {"Dog/dog.1.jpg", "Dog/dog.1 edited.jpg", "Dog/dog.0.jpg", "Dog/dog.0 copy.jpg"}
+    assert set(images(page)) >= drawn
+
+
+def test_label_conflicts_show_every_copy_and_label(made):
+    raw, clean_df, dedup_df = made
+    report = build(raw, clean_df, dedup_df)
+    (group,) = report.conflicts.groups
+    assert [(t.path, t.badge) for t in group.tiles] == [("Cat/cat.2.jpg", "Cat"), (MARKUP, "Dog")]
+    page = datareport.render_html(report)
+    assert "<b>misfiled" not in page and "&lt;b&gt;misfiled" in page  # escaped, not markup
+    assert "Label conflicts (1)" in page and "2 copies under Cat, Dog: all dropped" in page
+    markdown = datareport.render_markdown(report, "reports/data.html")
+    assert f"`{MARKUP}` (label Dog, pHash distance 0)" in markdown
+    assert "| photos kept for training | 11 |" in markdown and "reports/data.html" in markdown
+
+
+def test_same_inputs_give_the_same_bytes_whatever_the_row_order(made):
+    raw, clean_df, dedup_df = made
+    first = datareport.render_html(build(raw, clean_df, dedup_df))
+    shuffled = datareport.render_html(
+        build(raw, clean_df.sample(frac=1, random_state=3), dedup_df.sample(frac=1, random_state=4))
+    )
+    assert first == shuffled
+
+
+def test_big_collections_are_capped_with_counts_of_the_rest(made, monkeypatch: pytest.MonkeyPatch):
+    raw, clean_df, dedup_df = made
+    monkeypatch.setattr(datareport, "MAX_THUMBNAILS", 2)
+    monkeypatch.setattr(datareport, "MAX_COPIES", 2)
+    monkeypatch.setattr(datareport, "MAX_LISTED", 4)
+    report = build(raw, clean_df, dedup_df)
+    page = datareport.render_html(report)
+    assert len(report.rejected.groups[0].tiles) == 2 and report.rejected.more == len(DRAWN) - 2
+    assert f"and {len(DRAWN) - 2} more that can be drawn" in page
+    assert len(report.undrawn) == 4 and "and 2 more; reports/clean.json lists them all" in page
+    assert len(report.duplicates.groups) == 1 and "and 1 more duplicate groups" in page
+    assert len(images(page)) == 2 + 2 + 2
+
+
+def test_a_file_that_cannot_be_decoded_is_listed_with_why(tmp_path: Path):
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    jpeg, why = datareport.thumbnail(tmp_path / "x.jpg", SETTINGS.formats, SETTINGS.max_pixels)
+    assert jpeg is None and why.startswith("cannot be decoded")
+    # Above clean.max_pixels, below Pillow's own bomb limit (twice as many): our limit holds.
+    (tmp_path / "big.png").write_bytes(imagegen.png_header_only(10_000, 9_500))
+    jpeg, why = datareport.thumbnail(tmp_path / "big.png", SETTINGS.formats, SETTINGS.max_pixels)
+    assert jpeg is None and "above clean.max_pixels" in why
+    jpeg, why = datareport.thumbnail(tmp_path / "gone.jpg", SETTINGS.formats, SETTINGS.max_pixels)
+    assert jpeg is None and why.startswith("cannot be read")
+
+
+@pytest.mark.slow
+def test_every_image_of_data_html_loads_in_chromium(made, tmp_path: Path):
+    raw, clean_df, dedup_df = made
+    page = tmp_path / "data.html"
+    page.write_text(datareport.render_html(build(raw, clean_df, dedup_df)), encoding="utf-8")
+    seen = browser.image_status(page)
+    assert len(seen) == len(DRAWN) + 4 + 2  # rejected, two duplicate pairs, one conflict pair
+    assert [alt for alt, ok in seen if not ok] == []
+    assert {alt for alt, _ in seen} >= DRAWN | {MARKUP}
+
+
+@pytest.mark.slow
+def test_the_chromium_check_sees_a_broken_image(tmp_path: Path):
+    page = tmp_path / "broken.html"
+    good = base64.b64encode(imagegen.jpeg(1, (8, 8))).decode()
+    page.write_text(
+        f'<!doctype html><html><body><img alt="good" src="data:image/jpeg;base64,{good}">'
+        '<img alt="bad" src="data:image/jpeg;base64,AAAA"><img alt="gone" src="missing.png"></body></html>'
+    )
+    assert browser.image_status(page) == [("good", True), ("bad", False), ("gone", False)]
