@@ -10,7 +10,15 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import content_cache, friendly, publish, record_stage_run, result_storage, stage_main
+from flows.common import (
+    content_cache,
+    friendly,
+    progress_artifact,
+    publish,
+    record_stage_run,
+    result_storage,
+    stage_main,
+)
 from tasks import runtime
 from tasks.cluster import role
 from tasks.errors import PawflowError
@@ -48,7 +56,16 @@ def fit_model(dataset_sha256: str, cfg, tf_settings, processed: Path, workdir: P
     from tasks import train
 
     info = json.loads((processed / "dataset_info.json").read_text())
-    return train.train(processed, info, cfg, workdir, tf_config, say=get_run_logger().info)
+    log = get_run_logger()
+    bar = progress_artifact("train-progress", f"train: 0 of {cfg.epochs} epochs", cfg.epochs)
+
+    def say(done: int, line: str) -> None:
+        log.info(line)
+        bar(done, description=f"train: {line}")
+
+    result = train.train(processed, info, cfg, workdir, tf_config, say=say)
+    bar(cfg.epochs, description=f"train: done, {result.report['epochs_run']} epochs")
+    return result
 
 
 @flow(name="train", log_prints=True)

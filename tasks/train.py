@@ -303,17 +303,17 @@ def epoch_line(epoch: int, epochs: int, logs: dict, images_per_s: float | None, 
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Sends epoch_line() to `say` (the Prefect run logger in a flow): Keras's own epoch lines go to
-    sys.stdout, which Prefect's logs never see."""
+    """Calls `say(epochs done, epoch_line())` after each epoch (in a flow: the Prefect run logger and a
+    progress artifact). Keras's own epoch lines go to sys.stdout, which Prefect's logs never see."""
 
-    def __init__(self, say: Callable[[str], None], epochs: int, speed: _Throughput) -> None:
+    def __init__(self, say: Callable[[int, str], None], epochs: int, speed: _Throughput) -> None:
         super().__init__()
         self.say, self.epochs, self.speed = say, epochs, speed
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         elapsed = time.monotonic() - self.started
-        self.say(epoch_line(epoch, self.epochs, logs or {}, self.speed.per_second(), elapsed))
+        self.say(epoch + 1, epoch_line(epoch, self.epochs, logs or {}, self.speed.per_second(), elapsed))
 
 
 @dataclass
@@ -341,7 +341,7 @@ def train(
     workdir: Path,
     tf_config: str | None = None,
     progress: bool = True,
-    say: Callable[[str], None] = print,
+    say: Callable[[int, str], None] = lambda done, line: print(line, flush=True),
 ) -> TrainResult:
     """Fit a model on the train split with early stopping on the val split (never the test split)."""
     from dvclive import Live

@@ -55,10 +55,19 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Pa
     return ws
 
 
-def epoch_lines_in_prefect(flow_name: str) -> list[str]:
-    """The per-epoch log lines of the latest run of a flow, as the Prefect server (and UI) has them."""
+def epoch_lines_in_prefect(flow_name: str) -> tuple[list[str], list]:
+    """The per-epoch log lines of the latest run of a flow, as the Prefect server (and UI) has them,
+    and that run's progress artifacts' values."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+        FlowFilter,
+        FlowFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort, LogSort
 
     with get_client(sync_client=True) as client:
@@ -70,7 +79,13 @@ def epoch_lines_in_prefect(flow_name: str) -> list[str]:
         logs = client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[latest.id])), sort=LogSort.TIMESTAMP_ASC
         )
-    return [log.message for log in logs if log.message.startswith("epoch ")]
+        bars = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[latest.id]),
+                type=ArtifactFilterType(any_=["progress"]),
+            )
+        )
+    return [log.message for log in logs if log.message.startswith("epoch ")], [b.data for b in bars]
 
 
 @pytest.mark.slow
@@ -78,9 +93,10 @@ def test_same_model_bytes_under_load_and_another_hosts_settings(sharded: Path, p
     run(sharded, prefect_server, "flows.train", "--refresh")
     first = md5(sharded / "models/model.keras")
     # Training is watched in Prefect: one line per epoch with its numbers, speed and ETA.
-    lines = epoch_lines_in_prefect("train")
+    lines, bars = epoch_lines_in_prefect("train")
     assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], lines
     assert all("val_accuracy" in line and "img/s" in line and "ETA" in line for line in lines)
+    assert bars == [100.0]  # the train-progress artifact, at its end
     # Again with a busy core, squeezed onto one core (as on a smaller host), and an environment that
     # asks for the kernels that crashed: params.yaml decides, so nothing changes.
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
