@@ -151,7 +151,7 @@ def hash_frame(values: list[int], labels: list[int], shas: list[int]) -> pd.Data
     )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40),
     st.lists(st.integers(0, 2**12 - 1), min_size=0, max_size=40),
