@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import friendly, publish, stage_main
@@ -22,10 +22,23 @@ def find_duplicates(params: Params) -> dict:
     kept = df[df["status"] == "kept"]
     if kept.empty:
         raise PawflowError("dedup: clean kept no photos.", "Look at reports/clean.json for the reasons.")
-    dd = dedup.find_duplicates(kept, params.dedup.max_distance)
+    # The index of hashes seen by the last run lives in the disposable cache: new photos are compared
+    # with it instead of every photo with every other; a missing or foreign index only costs time.
+    index_path = params.paths.cache / "dedup" / f"hash-index-d{params.dedup.max_distance}.npz"
+    nbytes = (params.dedup.hash_size**2 + 7) // 8
+    index = dedup.HashIndex.load(index_path, params.dedup.max_distance, nbytes)
+    dd, new_index = dedup.find_duplicates_indexed(kept, params.dedup.max_distance, index)
+    get_run_logger().info(
+        "dedup: %d distinct hash(es), %d of them new (compared against an index of %d from the last run)",
+        len(new_index.packed),
+        new_index.fresh,
+        0 if index is None else len(index.packed),
+    )
     rep = dedup.report(dd)
     write_parquet(params.paths.interim / "dedup.parquet", dd)
     write_json(params.paths.reports / "dedup.json", rep)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    new_index.save(index_path)
     return rep
 
 

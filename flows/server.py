@@ -2,13 +2,22 @@
 
 Without an API every flow process starts its own temporary one (15-30 s each here); one local server
 for the whole run costs ~20 s once and keeps the run history in .pawflow/prefect for `prefect server start`.
+
+The background server: a stage process run without PREFECT_API_URL (as `dvc repro` runs them) uses one
+local server that the first such process starts in the background (.pawflow/prefect) and the next ones
+reuse. It stops itself once no pawflow run holds the workspace and none has started for IDLE_TIMEOUT_S,
+or at once with `python -m flows.server stop`. PAWFLOW_BACKGROUND_SERVER=0 turns it off.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import fcntl
+import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +32,11 @@ from tasks.errors import PawflowError
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 180.0
+BACKGROUND_HOME = Path(".pawflow/prefect")  # relative to the project root (where dvc runs the stages)
+IDLE_TIMEOUT_S = 900.0  # the background server stops after this long without a pawflow run
+IDLE_POLL_S = 5.0
+WORKSPACE_LOCK = Path(".pawflow/workspace.lock")  # held by every running stage (flows.common)
+STAGE_MODULES = {f"flows.{s}" for s in ("ingest", "clean", "dedup", "shard", "train", "evaluate")}
 
 
 def healthy(api_url: str) -> bool:
@@ -106,6 +120,144 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+# --------------------------------------------------------------------------- the background server
+
+
+def _state(home: Path) -> dict | None:
+    try:
+        return json.loads((home / "background.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def background_url(home: Path = BACKGROUND_HOME) -> str | None:
+    """The background server's API URL if it is up and answering."""
+    state = _state(home)
+    return state["url"] if state and healthy(state["url"]) else None
+
+
+def _touch(home: Path) -> None:
+    with contextlib.suppress(OSError):
+        (home / "last-used").touch()
+
+
+def ensure_background(home: Path = BACKGROUND_HOME) -> str:
+    """The background server's URL, starting it (once, under a lock) if it is not running."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "background.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # two stage processes never start two servers
+        _touch(home)
+        url = background_url(home)
+        if url:
+            return url
+        print(
+            f"starting a background Prefect server in {home} (reused by the next stages; it stops after "
+            f"{IDLE_TIMEOUT_S / 60:.0f} idle minutes, or `python -m flows.server stop`)...",
+            flush=True,
+        )
+        with open(home / "background.log", "ab") as out:
+            subprocess.Popen(
+                [sys.executable, "-m", "flows.server", "serve", "--home", str(home)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the stage process; not killed with its group
+            )
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            url = background_url(home)
+            if url:
+                return url
+            time.sleep(0.5)
+    raise PawflowError(
+        f"the background Prefect server did not answer within {HEALTH_TIMEOUT_S:.0f}s "
+        f"(see {home / 'background.log'}).",
+        "Start one yourself (`prefect server start`) and set PREFECT_API_URL.",
+    )
+
+
+def _running_stage() -> bool:
+    """A stage holds the workspace (flows.common.workspace_lock writes "pid N: ..." into the lock file
+    while it runs and empties it after). Read, never locked here: a stage starting now must not fail."""
+    try:
+        holder = WORKSPACE_LOCK.read_text().strip()
+    except OSError:
+        return False
+    if not holder.startswith("pid "):
+        return False
+    try:
+        os.kill(int(holder[4:].split(":", 1)[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False  # killed without cleaning up
+    except PermissionError:
+        return True
+    return True
+
+
+def _idle(home: Path, idle_s: float) -> bool:
+    """No stage runs and none started or ended within idle_s."""
+    try:
+        recent = time.time() - (home / "last-used").stat().st_mtime < idle_s
+    except OSError:
+        recent = False
+    return not recent and not _running_stage()
+
+
+def serve_background(home: Path, idle_s: float) -> int:
+    """Run `prefect server start` until idle or told to stop (SIGTERM), then stop it and clean up."""
+    proc, url = start_server(home, log_file=home / "server.log")
+    _touch(home)  # the idle time counts from now: the stage that started it has yet to connect
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    (home / "background.json").write_text(json.dumps({"pid": os.getpid(), "url": url}))
+    try:
+        while not stopping and proc.poll() is None and not _idle(home, idle_s):
+            time.sleep(IDLE_POLL_S)
+    finally:
+        (home / "background.json").unlink(missing_ok=True)
+        stop_server(proc)
+    return 0
+
+
+def stop_background(home: Path = BACKGROUND_HOME) -> bool:
+    """Stop the background server if one runs; True if it did."""
+    state = _state(home)
+    if not state:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline and (home / "background.json").exists():
+            time.sleep(0.2)
+        return True
+    (home / "background.json").unlink(missing_ok=True)  # it had died without cleaning up
+    return False
+
+
+def use_background_server() -> None:
+    """For a stage process (`python -m flows.<stage>`) about to import Prefect: without PREFECT_API_URL,
+    point it at the background server (started if needed). Any failure falls back to Prefect's own
+    temporary server, with the reason printed."""
+    argv = sys.orig_argv
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    if (
+        module not in STAGE_MODULES
+        or os.environ.get("PREFECT_API_URL")
+        or os.environ.get("PAWFLOW_BACKGROUND_SERVER", "1") == "0"
+        or {"-h", "--help"} & set(argv)
+        or not Path("params.yaml").is_file()  # not at a project root
+    ):
+        return
+    try:
+        os.environ["PREFECT_API_URL"] = ensure_background()
+    except (PawflowError, OSError) as err:
+        print(f"pawflow: no background Prefect server ({err}); using a temporary one.", file=sys.stderr)
+        return
+    import atexit
+
+    atexit.register(_touch, BACKGROUND_HOME)  # the idle time counts from the end of the last stage
+
+
 @contextmanager
 def prefect_api(home: Path) -> Iterator[str]:
     """Use PREFECT_API_URL when it answers; otherwise run a local server for the duration."""
@@ -117,6 +269,14 @@ def prefect_api(home: Path) -> Iterator[str]:
                 "Start that server (`prefect server start`) or unset PREFECT_API_URL.",
             )
         yield configured
+        return
+    background = background_url(home)
+    if background:  # the stages' background server runs on this home: use it, never a second one
+        os.environ["PREFECT_API_URL"] = background
+        try:
+            yield background
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
         return
     print(
         "starting a local Prefect server for this run (history kept in "
@@ -130,3 +290,26 @@ def prefect_api(home: Path) -> Iterator[str]:
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         stop_server(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.server", description="the background server")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    serve = sub.add_parser("serve", help="run it in the foreground until idle (stage processes start it)")
+    serve.add_argument("--home", type=Path, default=BACKGROUND_HOME)
+    serve.add_argument("--idle", type=float, default=IDLE_TIMEOUT_S, help="seconds without a run, then stop")
+    sub.add_parser("stop", help="stop it now")
+    sub.add_parser("status", help="print its API URL, or that none runs")
+    args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        return serve_background(args.home, args.idle)
+    if args.cmd == "stop":
+        print("stopped" if stop_background() else "no background Prefect server was running")
+        return 0
+    url = background_url()
+    print(url or "no background Prefect server is running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

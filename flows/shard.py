@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import io
+import json
+import os
+import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +23,15 @@ from flows.common import chunks, friendly, publish, record_stage_run, stage_main
 from tasks import clean, shard, store
 from tasks import tfrecord as tfr
 from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, parquet_metadata, read_parquet, sha256_file, write_json, write_parquet
+from tasks.fileio import (
+    atomic_dir,
+    fingerprint,
+    parquet_metadata,
+    read_parquet,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from tasks.images import CheckSettings
 from tasks.params import Params
 
@@ -53,34 +66,71 @@ def prepare_images(items: list[tuple[str, str]], settings: CheckSettings, raw: P
 def _missing_thumbs(kept: pd.DataFrame, cache_dir: Path, fp: str) -> list[tuple[str, str]]:
     keys = {clean.cache_key(s, fp): (p, s) for p, s in zip(kept["path"], kept["sha256"], strict=True)}
     with store.connect(cache_dir) as con:
-        have = {k for batch in shard.iter_batches(list(keys), 10_000) for k in store.get_thumbs(con, batch)}
+        have = store.get_thumb_sizes(con, list(keys))
     return [v for k, v in keys.items() if k not in have]
 
 
+@dataclass
+class Planned:
+    """The shards of one split and arrival: reused as they are, or (files None) to be written."""
+
+    split: str
+    arrival: int
+    part: pd.DataFrame
+    contents: str
+    files: list[dict] | None = None
+
+
+def _intact(path: Path, entry: dict) -> bool:
+    return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+
+
+def plan(examples: pd.DataFrame, params: Params, fp: str, class_names: list[str]) -> list[Planned]:
+    """Every split's arrivals; those whose files the last run wrote with the same contents are reused
+    (after checking their sha256), so a grown collection rewrites no old shard."""
+    code = fingerprint(inspect.getsource(tfr))
+    plans = [
+        Planned(split, arrival, part, shard.contents_key(split, arrival, part, class_names, fp, code))
+        for split in shard.SPLITS
+        for arrival, part in shard.arrivals(examples, split, params.shard.salt)
+    ]
+    processed = params.paths.processed
+    old: dict[str, list[dict]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((processed / "dataset_info.json").read_text())
+        for split in info["splits"].values():
+            for f in split["shards"]:
+                old.setdefault(f.get("contents", ""), []).append(f)
+    for p in plans:
+        files = old.get(p.contents)
+        if files and all(_intact(processed / f["file"], f) for f in files):
+            p.files = files
+    return plans
+
+
 @task(name="write-shards")
-def write_shards(examples: pd.DataFrame, params: Params, fp: str) -> dict:
-    """Write every split's shards into a fresh folder, then swap it in with dataset_info.json."""
+def write_shards(plans: list[Planned], sizes: dict[str, int], params: Params, fp: str, info: dict) -> dict:
+    """Write the shards that are not reused into a fresh folder beside the reused ones (hard links to the
+    same files), then swap it in with dataset_info.json."""
     s = params.shard
-    class_names = sorted(examples["label"].unique().tolist())
-    index = {c: i for i, c in enumerate(class_names)}
-    info: dict = {
-        "class_names": class_names,
-        "num_classes": len(class_names),
-        "image": {"encoding": "jpeg", "channels": 3, "max_side": s.max_side, "jpeg_quality": s.jpeg_quality},
-        "features": {name: desc for name, (_, desc) in tfr.SCHEMA.items()},
-        "split_fractions": s.split.as_dict(),
-        "counts": shard.counts_table(examples, class_names),
-        "splits": {},
-    }
+    index = {c: i for i, c in enumerate(info["class_names"])}
+    info["splits"] = {split: {"examples": 0, "shards": []} for split in shard.SPLITS}
+    todo = sum(len(p.part) for p in plans if p.files is None)
     with store.connect(params.paths.cache) as con, atomic_dir(params.paths.processed) as out:
-        bar = tqdm(total=len(examples), desc="shard", unit="photo", leave=False)
-        for split in shard.SPLITS:
-            parts = shard.plan_shards(examples, split, s.shard_bytes, s.salt)
-            files = []
-            for k, part in enumerate(parts):
-                name = shard.shard_name(split, k, len(parts))
+        bar = tqdm(total=todo, desc="shard", unit="photo", leave=False)
+        for p in plans:
+            entries = info["splits"][p.split]["shards"]
+            if p.files is not None:
+                for f in p.files:
+                    _link_or_copy(params.paths.processed / f["file"], out / f["file"])
+                    entries.append(f)
+                continue
+            part = p.part.assign(jpeg_bytes=[sizes[s_] for s_ in p.part["sha256"]])
+            parts = shard.cut(part, s.shard_bytes)
+            for k, piece in enumerate(parts):
+                name = shard.shard_name(p.split, k, len(parts), p.arrival)
                 records = []
-                for batch in shard.iter_batches(list(part.itertuples()), FETCH_BATCH):
+                for batch in shard.iter_batches(list(piece.itertuples()), FETCH_BATCH):
                     thumbs = store.get_thumbs(con, [clean.cache_key(r.sha256, fp) for r in batch])
                     for r in batch:
                         jpeg = thumbs[clean.cache_key(r.sha256, fp)]
@@ -90,18 +140,29 @@ def write_shards(examples: pd.DataFrame, params: Params, fp: str) -> dict:
                         )
                     bar.update(len(batch))
                 n = tfr.write(out / name, records)
-                files.append(
+                entries.append(
                     {
                         "file": name,
                         "examples": n,
                         "bytes": (out / name).stat().st_size,
                         "sha256": sha256_file(out / name),
+                        "arrival": p.arrival,
+                        "contents": p.contents,
                     }
                 )
-            info["splits"][split] = {"examples": int(sum(f["examples"] for f in files)), "shards": files}
+        for split in info["splits"].values():
+            split["examples"] = int(sum(f["examples"] for f in split["shards"]))
         bar.close()
         write_json(out / "dataset_info.json", info)
     return info
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """The same file under the new folder: a hard link (no bytes copied, DVC's state still knows it)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @flow(name="shard", log_prints=True)
@@ -125,8 +186,30 @@ def shard_flow(params: Params, refresh: bool = False) -> dict:
         )
     settings = check_settings(params)
     fp = clean.settings_fingerprint(settings)
-    missing = [] if not refresh else list(zip(examples["path"], examples["sha256"], strict=True))
-    missing = missing or _missing_thumbs(examples, params.paths.cache, fp)
+    class_names = sorted(examples["label"].unique().tolist())
+    info: dict = {
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "image": {
+            "encoding": "jpeg",
+            "channels": 3,
+            "max_side": params.shard.max_side,
+            "jpeg_quality": params.shard.jpeg_quality,
+        },
+        "features": {name: desc for name, (_, desc) in tfr.SCHEMA.items()},
+        "split_fractions": params.shard.split.as_dict(),
+        "counts": shard.counts_table(examples, class_names),
+    }
+    plans = plan(examples, params, fp, class_names)
+    if refresh:  # --refresh: write every shard again (same bytes) instead of reusing the last run's
+        for p in plans:
+            p.files = None
+    # Only photos of shards to be written need their normalised image: reused shards read nothing.
+    todo = pd.concat([p.part for p in plans if p.files is None], ignore_index=True)
+    reused = sum(len(p.files) for p in plans if p.files is not None)
+    log.info("shard: %d shard file(s) reused unchanged; writing the shards of %d photo(s)", reused, len(todo))
+    missing = [] if not refresh else list(zip(todo["path"], todo["sha256"], strict=True))
+    missing = missing or _missing_thumbs(todo, params.paths.cache, fp)
     if missing:
         log.info("preparing %d normalised image(s) missing from the cache", len(missing))
         futures = prepare_images.map(
@@ -137,22 +220,15 @@ def shard_flow(params: Params, refresh: bool = False) -> dict:
         )
         [f.result() for f in futures]
     with store.connect(params.paths.cache) as con:
-        sizes = {
-            k: len(v)
-            for k, v in store.get_thumbs(con, [clean.cache_key(s, fp) for s in examples["sha256"]]).items()
-        }
-    lost = [
-        p
-        for p, s in zip(examples["path"], examples["sha256"], strict=True)
-        if clean.cache_key(s, fp) not in sizes
-    ]
+        found = store.get_thumb_sizes(con, [clean.cache_key(s, fp) for s in todo["sha256"]])
+    sizes = {s: found[clean.cache_key(s, fp)] for s in todo["sha256"] if clean.cache_key(s, fp) in found}
+    lost = [p for p, s in zip(todo["path"], todo["sha256"], strict=True) if s not in sizes]
     if lost:
         raise PawflowError(
             f"shard: {len(lost)} kept photo(s) no longer decode, e.g. {lost[0]}.",
             "data/raw changed after clean ran: run `dvc repro` (or the pipeline) again.",
         )
-    examples["jpeg_bytes"] = [sizes[clean.cache_key(s, fp)] for s in examples["sha256"]]
-    info = write_shards(examples, params, fp)
+    info = write_shards(plans, sizes, params, fp, info)
     write_parquet(
         params.paths.interim / LEDGER,
         ledger,

@@ -71,6 +71,15 @@ def get_thumbs(con: sqlite3.Connection, keys: Iterable[str]) -> dict[str, bytes]
     return found
 
 
+def get_thumb_sizes(con: sqlite3.Connection, keys: Iterable[str]) -> dict[str, int]:
+    """Bytes of each cached thumbnail (SQLite reads a blob's length without loading the blob)."""
+    found: dict[str, int] = {}
+    for batch in _batches(list(keys)):
+        marks = ",".join("?" * len(batch))
+        found.update(con.execute(f"SELECT key, length(jpeg) FROM thumbs WHERE key IN ({marks})", batch))
+    return found
+
+
 def put_thumbs(con: sqlite3.Connection, thumbs: dict[str, bytes]) -> None:
     con.executemany("INSERT OR REPLACE INTO thumbs VALUES (?, ?)", list(thumbs.items()))
 

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_images import SETTINGS
 
-from tasks.dedup import brute_force_pairs, find_duplicates, hash_bits, near_pairs, report
+from tasks.dedup import (
+    HashIndex,
+    brute_force_pairs,
+    find_duplicates,
+    find_duplicates_indexed,
+    hash_bits,
+    indexed_pairs,
+    near_pairs,
+    report,
+)
 from tasks.images import check_bytes
 
 
@@ -124,3 +133,79 @@ def test_index_matches_brute_force_property(values: list[int], max_distance: int
         assert near_pairs(np.zeros((0, 64), np.uint8), max_distance) == []
         return
     assert near_pairs(bits, max_distance) == brute_force_pairs(bits, max_distance)
+
+
+def hash_frame(values: list[int], labels: list[int], shas: list[int]) -> pd.DataFrame:
+    """Photos whose perceptual hashes are given (clean would compute them): labels and byte copies too."""
+    n = len(values)
+    return pd.DataFrame(
+        {
+            "path": [f"{'Cat' if labels[i] else 'Dog'}/{i:03d}.jpg" for i in range(n)],
+            "label": ["Cat" if labels[i] else "Dog" for i in range(n)],
+            "sha256": [f"{shas[i]:064x}" for i in range(n)],
+            "phash": [f"{v:016x}" for v in values],
+            "width": [100 + (v % 3) * 10 for v in values],
+            "height": 100,
+            "bytes": [1000 + v % 7 for v in values],
+        }
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40),
+    st.lists(st.integers(0, 2**12 - 1), min_size=0, max_size=40),
+    st.integers(0, 8),
+    st.data(),
+)
+def test_dedup_with_the_index_equals_a_from_scratch_dedup(
+    seeds: list[int], flips: list[int], max_distance: int, data: st.DataObject
+):
+    """A run that matches new photos against the last run's index gives exactly a from-scratch result,
+    whatever came and went in between (photos added, removed, relabelled; byte copies; near copies)."""
+    values = seeds + [seeds[i % len(seeds)] ^ f for i, f in enumerate(flips)]  # clustered hashes
+    n = len(values)
+    labels = data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
+    shas = data.draw(st.lists(st.integers(0, n), min_size=n, max_size=n))
+    everything = hash_frame(values, labels, shas)
+    before = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    now = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    last_run = everything[before]
+    tonight = everything[now]
+    _, index = find_duplicates_indexed(last_run, max_distance)
+    grown, new_index = find_duplicates_indexed(tonight, max_distance, index)
+    scratch, scratch_index = find_duplicates_indexed(tonight, max_distance)
+    assert grown.equals(scratch)
+    # The pairs behind it: the brute force over the photos of tonight.
+    bits = hash_bits(tonight.sort_values("path")["phash"].tolist()) if len(tonight) else np.zeros((0, 64))
+    if len(tonight):
+        assert indexed_pairs(bits, max_distance, index)[0] == brute_force_pairs(bits, max_distance)
+    # The index it leaves is the one a from-scratch run leaves: no drift night after night.
+    assert np.array_equal(new_index.packed, scratch_index.packed)
+    assert np.array_equal(new_index.pairs, scratch_index.pairs)
+
+
+def test_new_photos_only_are_compared_and_the_index_round_trips(tmp_path):
+    rng = np.random.default_rng(3)
+    values = [int(v) for v in rng.integers(0, 2**63, 300)]
+    rows = hash_frame(values, [i % 2 for i in range(300)], list(range(300)))
+    _, index = find_duplicates_indexed(rows.iloc[:280], 4)
+    assert index.fresh == 280
+    index.save(tmp_path / "index.npz")
+    loaded = HashIndex.load(tmp_path / "index.npz", 4, 8)
+    assert loaded is not None and np.array_equal(loaded.pairs, index.pairs)
+    grown, again = find_duplicates_indexed(rows, 4, loaded)
+    assert again.fresh == 20
+    assert grown.equals(find_duplicates(rows, 4))
+
+
+@pytest.mark.parametrize("content", [b"", b"not an npz", None])
+def test_an_unusable_index_is_ignored(tmp_path, content: bytes | None):
+    """The index is disposable: missing, truncated, or made for another distance -> None (full compare)."""
+    path = tmp_path / "index.npz"
+    if content is None:
+        HashIndex.empty(2, 8).save(path)  # another max_distance
+    else:
+        path.write_bytes(content)
+    assert HashIndex.load(path, 4, 8) is None
+    assert HashIndex.load(tmp_path / "missing.npz", 4, 8) is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -129,3 +131,90 @@ def test_shards_are_cut_near_the_target_size_with_stable_order():
 )
 def test_tfds_style_names(split: str, i: int, n: int, name: str):
     assert shard_name(split, i, n) == name
+
+
+def test_arrivals_get_their_own_shards_and_old_arrivals_keep_their_cut():
+    old, ledger, _ = assign(photos(100), None, FRACTIONS, "s")
+    grown, _, _ = assign(pd.concat([photos(100), photos(30, start=100)]), ledger, FRACTIONS, "s")
+    new = grown["sha256"].isin(photos(30, start=100)["sha256"])
+    assert set(old["arrival"]) == {0} and set(grown.loc[new, "arrival"]) == {1}
+    assert set(grown.loc[~new, "arrival"]) == {0}
+    kept_old = old[old["status"] == "kept"].assign(jpeg_bytes=1000)
+    kept_grown = grown[grown["status"] == "kept"].assign(jpeg_bytes=1000)
+    before = plan_shards(kept_old, "train", 25_000, "s")
+    after = plan_shards(kept_grown, "train", 25_000, "s")
+    assert [p["path"].tolist() for p in after[: len(before)]] == [p["path"].tolist() for p in before]
+    assert all((p["arrival"] == 1).all() for p in after[len(before) :]) and len(after) > len(before)
+
+
+def test_a_ledger_without_arrivals_counts_as_the_first_arrival():
+    _, ledger, _ = assign(photos(40), None, FRACTIONS, "s")
+    grown, new_ledger, _ = assign(photos(50), ledger.drop(columns="arrival"), FRACTIONS, "s")
+    assert grown.set_index("sha256").loc[ledger["sha256"], "arrival"].eq(0).all()
+    assert set(new_ledger["arrival"]) == {0, 1}
+
+
+def test_names_of_later_arrivals():
+    assert shard_name("val", 1, 2, arrival=3) == "val.arrival-00003.tfrecord-00001-of-00002"
+
+
+def shard_files(processed) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(processed.iterdir()) if p.name != "dataset_info.json"}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path):
+    """Data stages on 24 photos per class, then 6 more per class: the old shard files stay as they are
+    (bytes and names), the new photos get shards of their own, dataset_info lists exactly the files
+    with their sha256 and counts, old photos keep their split, and a rebuild from the same ledger
+    (shards deleted) gives the same bytes again."""
+    import imagegen
+    from conftest import params_for
+
+    from flows.clean import clean_flow
+    from flows.dedup import dedup_flow
+    from flows.ingest import ingest_flow
+    from flows.shard import shard_flow
+    from tasks.fileio import sha256_file
+
+    source = imagegen.make_dataset(tmp_path / "source", per_class=24)
+    params = params_for(tmp_path / "work", source, shard={"shard_bytes": 20_000})
+
+    def run() -> None:
+        for flow in (ingest_flow, clean_flow, dedup_flow, shard_flow):
+            state = flow(params=params, return_state=True)
+            assert state.is_completed(), state.message
+
+    processed = params.paths.processed
+    run()
+    before = shard_files(processed)
+    inodes = {n: (processed / n).stat().st_ino for n in before}
+    ledger_before = pd.read_parquet(params.paths.interim / "split.parquet")
+    assert len([n for n in before if n.startswith("train.tfrecord")]) > 1
+    for label in ("Cat", "Dog"):
+        for i in range(6):
+            data = imagegen.jpeg(5000 + i + (100 if label == "Dog" else 0), (96, 80))
+            (source / label / f"new.{i}.jpg").write_bytes(data)
+    run()
+    after = shard_files(processed)
+    assert {n: after[n] for n in before} == before
+    assert {n: (processed / n).stat().st_ino for n in before} == inodes  # reused, not written again
+    added = sorted(set(after) - set(before))
+    assert added and all(".arrival-00001.tfrecord-" in n for n in added)
+    info = json.loads((processed / "dataset_info.json").read_text())
+    listed = [f for split in info["splits"].values() for f in split["shards"]]
+    assert sorted(f["file"] for f in listed) == sorted(after)
+    assert all(sha256_file(processed / f["file"]) == f["sha256"] for f in listed)
+    assert sum(f["examples"] for f in listed) == sum(sum(c.values()) for c in info["counts"].values())
+    ledger = pd.read_parquet(params.paths.interim / "split.parquet").set_index("sha256")
+    assert (
+        ledger.loc[ledger_before["sha256"], "split"].to_numpy() == ledger_before["split"].to_numpy()
+    ).all()
+    assert sorted(set(ledger["arrival"])) == [0, 1]
+    # Shards are a function of the ledger: rebuilt without the old files, they come out the same.
+    info_bytes = (processed / "dataset_info.json").read_bytes()
+    shutil.rmtree(processed)
+    state = shard_flow(params=params, return_state=True)
+    assert state.is_completed(), state.message
+    assert shard_files(processed) == after
+    assert (processed / "dataset_info.json").read_bytes() == info_bytes

@@ -1,0 +1,84 @@
+"""The background Prefect server that stage processes share: when it counts as idle, and that it stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".pawflow").mkdir()
+    return tmp_path / ".pawflow" / "prefect"
+
+
+def test_a_running_stage_keeps_the_server_busy(project: Path):
+    project.mkdir()
+    assert server._idle(project, idle_s=0)  # nothing ran, nothing runs
+    server.WORKSPACE_LOCK.write_text(f"pid {os.getpid()}: python -m flows.train")
+    assert not server._idle(project, idle_s=0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    server.WORKSPACE_LOCK.write_text(f"pid {int(dead.stdout)}: python -m flows.train")  # killed run
+    assert server._idle(project, idle_s=0)
+    server.WORKSPACE_LOCK.write_text("")  # released
+    (project / "last-used").touch()
+    assert not server._idle(project, idle_s=60)
+    old = time.time() - 120
+    os.utime(project / "last-used", (old, old))
+    assert server._idle(project, idle_s=60)
+
+
+def test_only_stage_processes_without_an_api_use_it(project: Path, monkeypatch: pytest.MonkeyPatch):
+    started = []
+    monkeypatch.setattr(server, "ensure_background", lambda: started.append(1) or "http://x/api")
+    Path("params.yaml").write_text("{}")
+    cases = [
+        (["python", "-m", "flows.dedup"], {"PREFECT_API_URL": "http://mine/api"}, False),
+        (["python", "-m", "flows.dedup", "--help"], {}, False),
+        (["python", "-m", "flows.cli", "run"], {}, False),
+        (["python", "-m", "flows.dedup"], {"PAWFLOW_BACKGROUND_SERVER": "0"}, False),
+        (["python", "-X", "dev", "-m", "flows.shard"], {}, True),
+    ]
+    for argv, env, uses in cases:
+        monkeypatch.setattr(sys, "orig_argv", argv)
+        for key in ("PREFECT_API_URL", "PAWFLOW_BACKGROUND_SERVER"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        started.clear()
+        server.use_background_server()
+        assert bool(started) == uses, argv
+        assert (os.environ.get("PREFECT_API_URL") == "http://x/api") == uses
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+
+
+@pytest.mark.slow
+def test_the_background_server_stops_by_itself_when_idle(project: Path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.server", "serve", "--home", str(project), "--idle", "1"], env=env
+    )
+    try:
+        deadline = time.monotonic() + server.HEALTH_TIMEOUT_S
+        while not (project / "background.json").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        state = json.loads((project / "background.json").read_text())
+        assert state["pid"] == proc.pid
+        assert proc.wait(timeout=60) == 0  # idle: it stopped its server and exited
+        assert not (project / "background.json").exists()
+        assert not server.healthy(state["url"])
+    finally:
+        proc.kill()
