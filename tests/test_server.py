@@ -82,3 +82,36 @@ def test_the_background_server_stops_by_itself_when_idle(project: Path):
         assert not server.healthy(state["url"])
     finally:
         proc.kill()
+
+
+@pytest.mark.slow
+def test_a_server_dies_with_the_run_that_started_it_even_on_kill_9(tmp_path: Path):
+    # `pawflow run` starts a server for its stages; killed -9 (or crashed), it cannot stop it itself.
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from flows.server import start_server\n"
+        "proc, url = start_server(Path(sys.argv[1]))\n"
+        "print(proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "home")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PREFECT_API_URL": ""},
+    )
+    server_pid = int(run.stdout.readline())
+    run.kill()  # SIGKILL: no atexit, no finally
+    run.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(server_pid, 9)
+        pytest.fail("the Prefect server outlived the process that started it")
