@@ -74,6 +74,35 @@ def split_files(processed: Path, info: dict, split: str) -> list[Path]:
     return [processed / s["file"] for s in info["splits"][split]["shards"]]
 
 
+def split_sizes(info: dict, split: str) -> list[int]:
+    """Records per shard file of a split, in split_files' order."""
+    return [int(s["examples"]) for s in info["splits"][split]["shards"]]
+
+
+def _records(files: list[Path], sizes: list[int] | None, training: bool, seed: int) -> tf.data.Dataset:
+    """Every record of the files. Training draws each next record from a file with probability
+    proportional to what the file holds, so a grown collection's small new shards (one per arrival) are
+    spread over the whole epoch rather than read in its first steps; otherwise files are interleaved."""
+    if training and sizes and len(files) > 1:
+        total = sum(sizes)
+        return tf.data.Dataset.sample_from_datasets(
+            [tf.data.TFRecordDataset(str(f)) for f in files],
+            weights=[n / total for n in sizes],
+            seed=seed,
+            stop_on_empty_dataset=False,
+            rerandomize_each_iteration=True,
+        )
+    ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    return ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
 def _target(label: tf.Tensor, num_classes: int) -> tf.Tensor:
     return tf.cast(label, tf.float32)[None] if num_classes == 2 else tf.one_hot(label, num_classes)
 
@@ -149,19 +178,12 @@ def make_dataset(
     examples: int | None = None,
     part: tuple[int, int] | None = None,
     repeat: bool = False,
+    sizes: list[int] | None = None,
 ) -> tf.data.Dataset:
-    """Shards -> interleaved records -> (part: every n-th record from the i-th) -> (train: shuffle)
-    -> parallel parse, decode, resize (train: augmented in the same pass) -> (repeat: endless) ->
-    batch -> prefetch. Nothing is held in memory beyond the buffer."""
-    ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(4, len(files)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
+    """Shards -> records (_records; sizes: records per file) -> (part: every n-th record from the
+    i-th) -> (train: shuffle) -> parallel parse, decode, resize (train: augmented in the same pass) ->
+    (repeat: endless) -> batch -> prefetch. Nothing is held in memory beyond the buffer."""
+    ds = _records(files, sizes, training, seed)
     if part is not None:  # one worker's share, by record: a small split may be a single shard file
         ds = ds.shard(*part)
     if training:
@@ -370,6 +392,7 @@ def train(
             cfg.augment,
             cfg.shuffle_buffer,
             seed,
+            sizes=split_sizes(info, "train"),
             **kwargs,
         )
 
