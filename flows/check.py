@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from tasks.errors import PawflowError
-from tasks.fileio import write_bytes
-from tasks.preflight import CHECKED_NAME, CHECKED_TEXT, preflight
+from tasks.preflight import preflight, write_checked
 
 
 def main(params_path: Path = Path("params.yaml")) -> int:
@@ -21,7 +20,7 @@ def main(params_path: Path = Path("params.yaml")) -> int:
     except PawflowError as err:
         print(f"\npawflow check: {err}", file=sys.stderr)
         return 2
-    write_bytes(params.paths.interim / CHECKED_NAME, CHECKED_TEXT.encode())
+    write_checked(params)
     print("pawflow check: params.yaml and ingest.source are fine")
     return 0
 

@@ -124,6 +124,30 @@ def quiet_user_errors() -> None:
             logger.addFilter(_NoTracebackForUserErrors())
 
 
+def _refused(holder: str) -> PawflowError:
+    return PawflowError(
+        f"another pawflow run is using this workspace ({holder}); refusing to start so that "
+        "outputs are never interleaved.",
+        "Wait for it to finish (or stop it), then run again.",
+    )
+
+
+def lock_holder(root: Path = Path(".")) -> str | None:
+    """Who holds the workspace lock ('pid N: command', as its holder wrote it); None when it is free
+    (a killed run's text stays in the file, but its lock went with the process)."""
+    try:
+        f = open(root / LOCK_FILE)  # noqa: SIM115 (closed below, after the probe)
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return None
+
+
 @contextmanager
 def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
     """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""
@@ -134,12 +158,7 @@ def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise PawflowError(
-                f"another pawflow run is using this workspace ({holder}); refusing to start so that "
-                "outputs are never interleaved.",
-                "Wait for it to finish (or stop it), then run again.",
-            ) from None
+            raise _refused(f.read().strip() or "another process") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}: {' '.join(sys.argv) or 'python'}")
@@ -150,6 +169,31 @@ def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
             f.seek(0)
             f.truncate()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def under_dvc(root: Path = Path(".")) -> bool:
+    """True in a stage command that `dvc repro`/`dvc exp run` started in this workspace: that DVC
+    process holds the stage's outputs (and takes its repo lock back when the command ends)."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    return bool(os.environ.get("DVC_STAGE") and dvc_root and Path(dvc_root).resolve() == root.resolve())
+
+
+@contextmanager
+def run_lock(root: Path = Path(".")) -> Iterator[None]:
+    """The one lock of a pawflow run: DVC's repo lock (so `dvc repro` and friends are refused by DVC
+    before they remove or record anything), then the workspace lock. A stage command started by DVC
+    takes only the workspace lock: its DVC process already excludes every other entry point."""
+    if under_dvc(root):
+        with workspace_lock(root):
+            yield
+        return
+    from tasks import versioning
+
+    holder = lock_holder(root)
+    if holder:  # a pawflow run (it holds DVC's lock too): say who, without waiting for DVC's lock
+        raise _refused(holder)
+    with versioning.dvc_lock(root), workspace_lock(root):
+        yield
 
 
 def tidy_workspace(params: Params) -> list[Path]:
@@ -166,7 +210,8 @@ def state_message(state: State) -> str:
 
 
 def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
-    """`python -m flows.<stage>`: validate params, take the lock, run the flow, exit 0 or non-zero."""
+    """`python -m flows.<stage>`: validate params, take the lock, run the flow; exit 0, 2 (bad params,
+    or another run holds the workspace) or 1 (the run failed)."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
@@ -175,7 +220,7 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
     quiet_user_errors()
     try:
         params = load_params(args.params)
-        with workspace_lock():
+        with run_lock():
             for leftover in tidy_workspace(params):
                 print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
             runnable = flow.with_options(task_runner=task_runner(params.runner))

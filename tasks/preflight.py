@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from tasks.errors import PawflowError
+from tasks.fileio import write_bytes
 from tasks.params import Params, load_params
 
 # What the check stage writes: constant, so its hash never makes a later stage out of date.
@@ -102,3 +103,10 @@ def preflight(params_path: Path = Path("params.yaml"), light: bool = False) -> P
     params = load_params(params_path, light=light)
     check_source(params.ingest.source, params_path.parent)
     return params
+
+
+def write_checked(params: Params) -> Path:
+    """The check stage's output (constant text): what every other stage of dvc.yaml depends on."""
+    path = params.paths.interim / CHECKED_NAME
+    write_bytes(path, CHECKED_TEXT.encode())
+    return path
