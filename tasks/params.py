@@ -283,7 +283,8 @@ def check_workspace_paths(params: Params, root: Path, path: Path = Path("params.
     if lines:
         raise PawflowError(
             f"{path} is not valid:\n" + "\n".join(lines),
-            f"Use paths relative to the project folder in {path}; nothing was run.",
+            f"Keep paths.* inside the project folder and point ingest.source at the photos' own folder, "
+            f"archive or URL in {path}; nothing was run.",
         )
 
 
