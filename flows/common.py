@@ -93,17 +93,32 @@ def chunks(items: list, size: int) -> list[list]:
 # --------------------------------------------------------------------------- errors and the lock
 
 
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A flow body whose PawflowError ends the run Failed with the message, not a traceback."""
+    """A flow body whose PawflowError ends the run Failed, not with a traceback. The state's message is
+    what went wrong on one line (Prefect logs it with repr); the error itself is the state's data, and
+    the entry point prints it once, in full, with what to do (error_of)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except PawflowError as err:
-            return Failed(message=str(err))
+            return Failed(message=one_line(err.what), data=err)
 
     return wrapper
+
+
+def error_of(state: State) -> PawflowError:
+    """The PawflowError that failed a flow run (see friendly), or one made of its state message."""
+    try:
+        err = state.result(raise_on_failure=False)
+    except Exception:  # a crashed run's result may not be readable; its message still is
+        err = None
+    return err if isinstance(err, PawflowError) else PawflowError(state_message(state))
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -236,7 +251,7 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
         )
         return 130
     if not state.is_completed():
-        print(f"\npawflow {stage} failed: {state_message(state)}", file=sys.stderr)
+        print(f"\npawflow {stage} failed: {error_of(state)}", file=sys.stderr)
         return 1
     print(f"pawflow {stage}: done in {time.monotonic() - started:.1f}s")
     return 0

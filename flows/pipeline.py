@@ -19,7 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed
 
-from flows.common import friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
+from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
 from tasks import versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
@@ -34,8 +34,8 @@ def stage_flow(stage: str):
 DATA_STAGES = ("ingest", "clean", "dedup", "shard")
 # One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
 CONCURRENCY_LIMIT = "pawflow-workspace"
-# A failed stage's message, from run_stage to the pipeline flow (tasks run in the flow's process).
-_stage_errors: dict[str, str] = {}
+# A failed stage's error, from run_stage to the pipeline flow (tasks run in the flow's process).
+_stage_errors: dict[str, PawflowError] = {}
 
 
 @task(name="stage", task_run_name="{stage}")
@@ -62,7 +62,7 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
     state = runnable(params=params, refresh=force, return_state=True)
     if not state.is_completed():
         # Not raised here, nor put in the state: Prefect would log it twice more. The flow reports it.
-        _stage_errors[stage] = state.message or "failed"
+        _stage_errors[stage] = error_of(state)
         return Failed(message=f"stage {stage} failed")
     before = versioning.lock_summary(root).get(stage)
     versioning.commit_stage(root, stage)
@@ -179,7 +179,8 @@ def pipeline(
             state = run_stage(stage, params, force, root, upstream_changed, return_state=True)
             if state.is_failed():
                 # The stage's message says what to do; the stages before it are recorded in dvc.lock.
-                raise PawflowError(f"stage {stage} failed: {_stage_errors.pop(stage, state.message)}")
+                err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")
+                raise PawflowError(f"stage {stage} failed: {err.what}", err.fix)
             out = state.result()
             upstream_changed = bool(out.get("new_outputs"))
             stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     if not state.is_completed():
-        print(f"\npawflow pipeline failed: {state.message}", file=sys.stderr)
+        print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return 1
     return 0
 
