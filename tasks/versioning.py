@@ -59,7 +59,7 @@ def dvc_lock(root: Path, wait_s: float = DVC_LOCK_WAIT_S) -> Iterator[None]:
     from dvc.repo import Repo, lock_repo
 
     key = root.resolve()
-    if key in _held:
+    if key in _held or not (root / ".dvc").is_dir():  # held already, or no DVC here to keep out
         yield
         return
     busy_msg = "Wait for it to finish (or stop it), then run again; nothing was changed."
