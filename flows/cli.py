@@ -27,13 +27,17 @@ def tool_env() -> dict[str, str]:
     }
 
 
+class RunFailed(PawflowError):
+    """The run started and failed (exit 1); bad params or usage are refused before it starts (exit 2)."""
+
+    exit_code = 1
+
+
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=tool_env())
     if check and proc.returncode != 0:
-        raise PawflowError(
-            f"`dvc {' '.join(args)}` failed (exit {proc.returncode}); its message is above.",
-            "Fix what it names, then run again: finished stages are not run twice.",
-        )
+        # The stage's own message above says what to do; finished stages are recorded in dvc.lock.
+        raise RunFailed(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}); its message is above.")
     return proc
 
 
@@ -46,15 +50,22 @@ def has_remote() -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote."""
+    from flows.common import run_lock
     from flows.server import prefect_api
     from tasks import versioning
+    from tasks.preflight import preflight
 
     root = project_root(Path.cwd())
     os.chdir(root)
-    params = load_params(Path("params.yaml"))  # a bad params.yaml is reported before anything starts
+    # Bad params, an unreadable source (a pipe would block DVC) or a busy workspace: refused before
+    # DVC or a Prefect server starts. dvc repro then runs the same checks as its first stage.
+    params = preflight(Path("params.yaml"))
+    with run_lock(root):
+        pass
     started = time.monotonic()
     before = versioning.lock_stages(root)
-    if not args.force and not any(versioning.stage_status(root, s) for s in versioning.STAGES):
+    stages = (versioning.CHECK_STAGE, *versioning.STAGES)
+    if not args.force and not any(versioning.stage_status(root, s) for s in stages):
         # Nothing for dvc repro to do: skip starting a Prefect server for it.
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
     else:
@@ -193,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except PawflowError as err:
         print(f"\npawflow {args.command}: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(
             f"\npawflow {args.command}: interrupted; run it again to finish (finished work is kept).",

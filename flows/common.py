@@ -93,17 +93,32 @@ def chunks(items: list, size: int) -> list[list]:
 # --------------------------------------------------------------------------- errors and the lock
 
 
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A flow body whose PawflowError ends the run Failed with the message, not a traceback."""
+    """A flow body whose PawflowError ends the run Failed, not with a traceback. The state's message is
+    what went wrong on one line (Prefect logs it with repr); the error itself is the state's data, and
+    the entry point prints it once, in full, with what to do (error_of)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except PawflowError as err:
-            return Failed(message=str(err))
+            return Failed(message=one_line(err.what), data=err)
 
     return wrapper
+
+
+def error_of(state: State) -> PawflowError:
+    """The PawflowError that failed a flow run (see friendly), or one made of its state message."""
+    try:
+        err = state.result(raise_on_failure=False)
+    except Exception:  # a crashed run's result may not be readable; its message still is
+        err = None
+    return err if isinstance(err, PawflowError) else PawflowError(state_message(state))
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -124,6 +139,30 @@ def quiet_user_errors() -> None:
             logger.addFilter(_NoTracebackForUserErrors())
 
 
+def _refused(holder: str) -> PawflowError:
+    return PawflowError(
+        f"another pawflow run is using this workspace ({holder}); refusing to start so that "
+        "outputs are never interleaved.",
+        "Wait for it to finish (or stop it), then run again.",
+    )
+
+
+def lock_holder(root: Path = Path(".")) -> str | None:
+    """Who holds the workspace lock ('pid N: command', as its holder wrote it); None when it is free
+    (a killed run's text stays in the file, but its lock went with the process)."""
+    try:
+        f = open(root / LOCK_FILE)  # noqa: SIM115 (closed below, after the probe)
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return None
+
+
 @contextmanager
 def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
     """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""
@@ -134,12 +173,7 @@ def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise PawflowError(
-                f"another pawflow run is using this workspace ({holder}); refusing to start so that "
-                "outputs are never interleaved.",
-                "Wait for it to finish (or stop it), then run again.",
-            ) from None
+            raise _refused(f.read().strip() or "another process") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}: {' '.join(sys.argv) or 'python'}")
@@ -150,6 +184,31 @@ def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
             f.seek(0)
             f.truncate()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def under_dvc(root: Path = Path(".")) -> bool:
+    """True in a stage command that `dvc repro`/`dvc exp run` started in this workspace: that DVC
+    process holds the stage's outputs (and takes its repo lock back when the command ends)."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    return bool(os.environ.get("DVC_STAGE") and dvc_root and Path(dvc_root).resolve() == root.resolve())
+
+
+@contextmanager
+def run_lock(root: Path = Path(".")) -> Iterator[None]:
+    """The one lock of a pawflow run: DVC's repo lock (so `dvc repro` and friends are refused by DVC
+    before they remove or record anything), then the workspace lock. A stage command started by DVC
+    takes only the workspace lock: its DVC process already excludes every other entry point."""
+    if under_dvc(root):
+        with workspace_lock(root):
+            yield
+        return
+    from tasks import versioning
+
+    holder = lock_holder(root)
+    if holder:  # a pawflow run (it holds DVC's lock too): say who, without waiting for DVC's lock
+        raise _refused(holder)
+    with versioning.dvc_lock(root), workspace_lock(root):
+        yield
 
 
 def tidy_workspace(params: Params) -> list[Path]:
@@ -166,7 +225,8 @@ def state_message(state: State) -> str:
 
 
 def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
-    """`python -m flows.<stage>`: validate params, take the lock, run the flow, exit 0 or non-zero."""
+    """`python -m flows.<stage>`: validate params, take the lock, run the flow; exit 0, 2 (bad params,
+    or another run holds the workspace) or 1 (the run failed)."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
@@ -175,7 +235,7 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
     quiet_user_errors()
     try:
         params = load_params(args.params)
-        with workspace_lock():
+        with run_lock():
             for leftover in tidy_workspace(params):
                 print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
             runnable = flow.with_options(task_runner=task_runner(params.runner))
@@ -191,7 +251,7 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
         )
         return 130
     if not state.is_completed():
-        print(f"\npawflow {stage} failed: {state_message(state)}", file=sys.stderr)
+        print(f"\npawflow {stage} failed: {error_of(state)}", file=sys.stderr)
         return 1
     print(f"pawflow {stage}: done in {time.monotonic() - started:.1f}s")
     return 0

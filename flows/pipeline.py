@@ -17,12 +17,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
-from flows.common import friendly, quiet_user_errors, task_runner, tidy_workspace, workspace_lock
+from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
 from tasks import versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
+from tasks.preflight import check_source, write_checked
 
 
 def stage_flow(stage: str):
@@ -33,6 +34,8 @@ def stage_flow(stage: str):
 DATA_STAGES = ("ingest", "clean", "dedup", "shard")
 # One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
 CONCURRENCY_LIMIT = "pawflow-workspace"
+# A failed stage's error, from run_stage to the pipeline flow (tasks run in the flow's process).
+_stage_errors: dict[str, PawflowError] = {}
 
 
 @task(name="stage", task_run_name="{stage}")
@@ -58,10 +61,9 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
     started = time.monotonic()
     state = runnable(params=params, refresh=force, return_state=True)
     if not state.is_completed():
-        raise PawflowError(
-            f"stage {stage} failed: {state.message}",
-            "Fix what it names and run again: finished stages are not run twice.",
-        )
+        # Not raised here, nor put in the state: Prefect would log it twice more. The flow reports it.
+        _stage_errors[stage] = error_of(state)
+        return Failed(message=f"stage {stage} failed")
     before = versioning.lock_summary(root).get(stage)
     versioning.commit_stage(root, stage)
     new_outputs = versioning.lock_summary(root).get(stage) != before
@@ -71,6 +73,29 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
         "new_outputs": new_outputs,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def preflight(root: Path, source: str | None, epochs: int | None, until: str | None) -> dict:
+    """Everything a run needs before it takes a lock or asks DVC anything: a workspace, a valid
+    params.yaml with the overrides applied, a readable source. Returns the overrides to write."""
+    if not (root / "dvc.yaml").exists():
+        raise PawflowError(
+            f"{root} is not a pawflow workspace (no dvc.yaml).",
+            "Start `pawflow serve` (or the flow) from the project folder.",
+        )
+    if until is not None and until not in versioning.STAGES:
+        raise PawflowError(f"until={until!r} is not a stage.", f"Use one of {', '.join(versioning.STAGES)}.")
+    updates = {k: v for k, v in {"ingest.source": source, "train.epochs": epochs}.items() if v is not None}
+    params, _, _ = versioning.planned_params(root / "params.yaml", updates)
+    check_source(params.ingest.source, root)
+    return updates
+
+
+def record_check(root: Path, params: Params) -> None:
+    """The check stage of dvc.yaml, done here (the checks already passed): its output and dvc.lock."""
+    if versioning.stage_status(root, versioning.CHECK_STAGE):
+        write_checked(params)
+        versioning.commit_stage(root, versioning.CHECK_STAGE)
 
 
 def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool) -> str:
@@ -141,32 +166,25 @@ def pipeline(
     quiet_user_errors()
     log = get_run_logger()
     root = Path.cwd()
-    if not (root / "dvc.yaml").exists():
-        raise PawflowError(
-            f"{root} is not a pawflow workspace (no dvc.yaml).",
-            "Start `pawflow serve` (or the flow) from the project folder.",
-        )
-    if until is not None and until not in versioning.STAGES:
-        raise PawflowError(f"until={until!r} is not a stage.", f"Use one of {', '.join(versioning.STAGES)}.")
-    stages_to_run = versioning.STAGES[: versioning.STAGES.index(until) + 1] if until else versioning.STAGES
     started = time.monotonic()
-    load_params(root / "params.yaml")  # a broken params.yaml is reported before anything else
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), workspace_lock(root):
-        updates = {
-            k: v for k, v in {"ingest.source": source, "train.epochs": epochs}.items() if v is not None
-        }
+    updates = preflight(root, source, epochs, until)  # before any lock, DVC call or write
+    stages_to_run = versioning.STAGES[: versioning.STAGES.index(until) + 1] if until else versioning.STAGES
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), run_lock(root):
         changed = versioning.set_params(root / "params.yaml", updates)
         for key, (old, new) in changed.items():
             log.info("params.yaml: %s %r -> %r", key, old, new)
         params = load_params(root / "params.yaml")
         for leftover in tidy_workspace(params):
             log.warning("removed %s (left by an interrupted run)", leftover)
+        record_check(root, params)
         stages: dict[str, str] = {}
         upstream_changed = False
         for stage in stages_to_run:
             state = run_stage(stage, params, force, root, upstream_changed, return_state=True)
             if state.is_failed():
-                raise PawflowError(state.message or f"stage {stage} failed")
+                # The stage's message says what to do; the stages before it are recorded in dvc.lock.
+                err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")
+                raise PawflowError(f"stage {stage} failed: {err.what}", err.fix)
             out = state.result()
             upstream_changed = bool(out.get("new_outputs"))
             stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
@@ -215,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", choices=versioning.STAGES, help="stop after this stage")
     args = parser.parse_args(argv)
     quiet_user_errors()
+    root = Path.cwd()
+    try:
+        # Bad params, a bad source or a busy workspace: one message and exit 2, before any flow run.
+        preflight(root, args.source, args.epochs, args.until)
+        with run_lock(root):
+            pass
+    except PawflowError as err:
+        print(f"\npawflow pipeline: {err}", file=sys.stderr)
+        return 2
     try:
         state = pipeline(
             source=args.source,
@@ -232,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     if not state.is_completed():
-        print(f"\npawflow pipeline failed: {state.message}", file=sys.stderr)
+        print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return 1
     return 0
 

@@ -184,6 +184,17 @@ def shard_flow(params: Params, refresh: bool = False) -> dict:
             "shard: fewer than two labels have photos left after clean and dedup.",
             "Look at reports/clean.json and reports/dedup.json.",
         )
+    fractions = params.shard.split.as_dict()
+    empty = shard.empty_splits(examples, fractions)
+    if empty:
+        per_split = ", ".join(f"{k} {int((examples['split'] == k).sum())}" for k in shard.SPLITS)
+        raise PawflowError(
+            f"shard: the {' and '.join(empty)} split got no photo ({per_split} photos over "
+            f"{examples['label'].nunique()} labels; each label is split on its own, so a label with few "
+            "photos fills train first). Nothing was written.",
+            "Add photos per label, or lower the number of labels; to go without a validation split, "
+            "set shard.split.val: 0 in params.yaml.",
+        )
     settings = check_settings(params)
     fp = clean.settings_fingerprint(settings)
     class_names = sorted(examples["label"].unique().tolist())

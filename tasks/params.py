@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import PawflowError
 
@@ -36,7 +44,7 @@ class Runner(Section):
 
 
 class Ingest(Section):
-    source: str
+    source: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     max_archive_bytes: PositiveInt = 20_000_000_000
     max_archive_files: PositiveInt = 1_000_000
@@ -45,6 +53,16 @@ class Ingest(Section):
     ratio_grace_bytes: Annotated[int, Field(ge=0)] = 1_000_000
     download_retries: PositiveInt = 4
     download_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("source")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme and scheme not in ("http", "https"):
+            raise ValueError(
+                f"{scheme}:// is not supported: use a local folder or archive, or an http(s) URL"
+            )
+        return v
 
 
 class Clean(Section):
@@ -60,7 +78,23 @@ class Clean(Section):
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("list at least one image format, e.g. [JPEG, PNG]")
-        return tuple(sorted({f.upper() for f in v}))
+        names = tuple(sorted({f.upper() for f in v}))
+        valid = image_formats()
+        unknown = [f for f in names if f not in valid]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not an image format name that Pillow reports "
+                f"(a file's format, not its extension: JPEG for .jpg). Valid: {', '.join(sorted(valid))}"
+            )
+        return names
+
+
+def image_formats() -> set[str]:
+    """The format names Pillow gives decoded images (what clean compares with clean.formats)."""
+    from PIL import Image
+
+    Image.init()
+    return set(Image.OPEN) | {"MPO"}  # JPEG's opener names multi-picture JPEGs MPO
 
 
 class Dedup(Section):
@@ -171,7 +205,9 @@ class Pipeline(Section):
 
     @field_validator("schedule")
     @classmethod
-    def _cron(cls, v: str) -> str:
+    def _cron(cls, v: str, info: ValidationInfo) -> str:
+        if info.context and info.context.get("light"):
+            return v  # the DVC check stage: Prefect takes seconds to import; serve and the pipeline check it
         from prefect.client.schemas.schedules import CronSchedule
 
         try:
@@ -224,15 +260,15 @@ def _describe(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-def parse_params(data: object, path: Path = Path("params.yaml")) -> Params:
-    """Validate an already-parsed params mapping."""
+def parse_params(data: object, path: Path = Path("params.yaml"), light: bool = False) -> Params:
+    """Validate an already-parsed params mapping (light: skip checks that need Prefect imported)."""
     if not isinstance(data, dict):
         raise PawflowError(
             f"{path}: expected a mapping of sections (paths, ingest, clean, ...), got {type(data).__name__}.",
             "Restore the file from git (`git checkout params.yaml`) and edit the values you need.",
         )
     try:
-        return Params.model_validate(data)
+        return Params.model_validate(data, context={"light": light})
     except ValidationError as err:
         raise PawflowError(
             f"{path} is not valid:\n{_describe(err, path)}",
@@ -240,8 +276,57 @@ def parse_params(data: object, path: Path = Path("params.yaml")) -> Params:
         ) from None
 
 
-def load_params(path: Path = Path("params.yaml")) -> Params:
-    """Read and validate params.yaml; every problem is a PawflowError naming the key."""
+def _duplicate_keys(node: yaml.Node, parents: tuple[str, ...] = ()) -> list[str]:
+    """Keys that appear twice in one mapping (yaml.safe_load silently keeps the last one)."""
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            line = key.start_mark.line + 1
+            if name in seen:
+                found.append(f"  {'.'.join((*parents, name))}: set twice, at lines {seen[name]} and {line}")
+            seen.setdefault(name, line)
+            found += _duplicate_keys(value, (*parents, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found += _duplicate_keys(item, parents)
+    return found
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return (root / path).resolve().is_relative_to(root.resolve())
+
+
+def check_workspace_paths(params: Params, root: Path, path: Path = Path("params.yaml")) -> None:
+    """paths.* and pipeline.history must stay inside the workspace (DVC tracks only what is in it),
+    and a local ingest.source must not contain the workspace (DVC would hash every output as a dep)."""
+    named = {f"paths.{k}": v for k, v in params.paths.model_dump().items()}
+    named["pipeline.history"] = params.pipeline.history
+    lines = [
+        f"  {key}: {value} is outside the workspace {root.resolve()}"
+        for key, value in named.items()
+        if not _inside(Path(value), root)
+    ]
+    source = params.ingest.source
+    if "://" not in source and root.resolve().is_relative_to((root / source).resolve()):
+        lines.append(
+            f"  ingest.source: {source!r} is the workspace itself (or a folder above it): "
+            "the photos must come from their own folder, archive or URL"
+        )
+    if lines:
+        raise PawflowError(
+            f"{path} is not valid:\n" + "\n".join(lines),
+            f"Keep paths.* inside the project folder and point ingest.source at the photos' own folder, "
+            f"archive or URL in {path}; nothing was run.",
+        )
+
+
+def load_params(path: Path = Path("params.yaml"), light: bool = False) -> Params:
+    """Read and validate params.yaml; every problem is a PawflowError naming the key.
+
+    Besides the model: no key may appear twice, and paths must stay inside the workspace (the folder
+    of the file)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -249,6 +334,7 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
             f"{path} not found.", "Run pawflow from the project root (where dvc.yaml is)."
         ) from None
     try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -257,7 +343,14 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
             f"{path} is not valid YAML{where}: {getattr(err, 'problem', err)}.",
             "Fix the syntax there (indentation, a missing colon or quote).",
         ) from None
-    return parse_params(data, path)
+    if duplicates:
+        raise PawflowError(
+            f"{path} is not valid:\n" + "\n".join(duplicates),
+            "Keep one of each (only the last one would count for pawflow, and DVC refuses the file).",
+        )
+    params = parse_params(data, path, light)
+    check_workspace_paths(params, path.parent, path)
+    return params
 
 
 def override(data: dict, source: Path | str, overrides: dict[str, dict]) -> dict:
@@ -270,8 +363,10 @@ def override(data: dict, source: Path | str, overrides: dict[str, dict]) -> dict
 
 
 def params_in(path: Path, workdir: Path, source: Path | str, **overrides: dict) -> Params:
-    """The params file at `path`, run on other data in another folder: every paths.* inside
-    `workdir`, then override() (flows run in-process by the tests and the benchmarks)."""
+    """The params file at `path`, run on other data in another folder: every paths.* and the run
+    history inside `workdir`, then override() (flows run in-process by the tests and the benchmarks)."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["paths"] = {k: str(workdir / v) for k, v in data["paths"].items()}
+    pipeline = data.setdefault("pipeline", {})
+    pipeline["history"] = str(workdir / pipeline.get("history", Pipeline().history))
     return parse_params(override(data, source, overrides), path)

@@ -97,6 +97,12 @@ def assign(
     return rows, new_ledger, stats
 
 
+def empty_splits(examples: pd.DataFrame, fractions: dict[str, float]) -> list[str]:
+    """The splits asked for (fraction above 0) that got no photo: an error, never a silent empty split.
+    A split is left empty on purpose by giving it the fraction 0 (only val may be 0)."""
+    return [s for s in SPLITS if fractions[s] > 0 and not (examples["split"] == s).any()]
+
+
 def arrivals(examples: pd.DataFrame, split: str, salt: str) -> list[tuple[int, pd.DataFrame]]:
     """The kept photos of one split per arrival (oldest first), each in a stable shuffled order.
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,39 +17,121 @@ from ruamel.yaml import YAML
 
 from tasks.errors import PawflowError
 from tasks.fileio import append_history
-from tasks.params import parse_params
+from tasks.params import check_workspace_paths, load_params, parse_params
 
 STAGES = ("ingest", "clean", "dedup", "shard", "train", "evaluate")
+# The first stage of dvc.yaml (flows/check.py): validates params.yaml and ingest.source.
+CHECK_STAGE = "check"
+# How long an entry point waits for DVC's repo lock held by a short command (`dvc status`) before it
+# says which process holds it; DVC itself retries for 3 s.
+DVC_LOCK_WAIT_S = 10.0
+
+# The Repo whose lock this process holds for a whole run (see dvc_lock), by workspace.
+_held: dict[Path, Any] = {}
+
+
+def _busy(root: Path) -> str | None:
+    """Who is running a DVC stage here: DVC releases its repo lock while a stage's command runs, but
+    keeps that stage's deps and outs in .dvc/tmp/rwlock (pid and command) until it has recorded it."""
+    import psutil
+
+    path = root / ".dvc" / "tmp" / "rwlock"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return "a DVC process (its lock file is being written)"
+    infos = list(data.get("write", {}).values())
+    infos += [i for group in data.get("read", {}).values() for i in group]
+    alive = [i for i in infos if psutil.pid_exists(i.get("pid", -1))]
+    return f"pid {alive[0]['pid']}: {alive[0]['cmd']}" if alive else None
+
+
+@contextmanager
+def dvc_lock(root: Path, wait_s: float = DVC_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold DVC's own repo lock (.dvc/tmp/lock) for a whole pawflow run, so that `dvc repro`,
+    `dvc exp run` or `dvc commit` started meanwhile is refused by DVC before it removes or records
+    anything; this process's stage_status/commit_stage go through the held lock.
+
+    Refused (PawflowError) while another DVC command or a stage that `dvc repro` runs is in progress.
+    """
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+
+    key = root.resolve()
+    if key in _held or not (root / ".dvc").is_dir():  # held already, or no DVC here to keep out
+        yield
+        return
+    busy_msg = "Wait for it to finish (or stop it), then run again; nothing was changed."
+    repo = Repo(str(root))
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            holding = lock_repo(repo)
+            try:
+                holding.__enter__()
+                break
+            except LockError:
+                if time.monotonic() > deadline:
+                    raise PawflowError(
+                        "another DVC command is running in this workspace (.dvc/tmp/lock is held); "
+                        "refusing to start so that it is not disturbed.",
+                        busy_msg,
+                    ) from None
+        try:
+            who = _busy(root)
+            if who:
+                raise PawflowError(
+                    f"`dvc repro` (or `dvc exp run`) is running a stage in this workspace ({who}); "
+                    "refusing to start so that it is not disturbed.",
+                    busy_msg,
+                )
+            _held[key] = repo
+            try:
+                yield
+            finally:
+                del _held[key]
+        finally:
+            holding.__exit__(None, None, None)
+    finally:
+        repo.close()
+
+
+@contextmanager
+def _repo(root: Path) -> Iterator[Any]:
+    """The Repo this process holds the lock of (fresh graph each time), or a new one."""
+    from dvc.repo import Repo
+
+    held = _held.get(root.resolve())
+    if held is not None:
+        held._reset()  # dvc.yaml, dvc.lock and the outputs may have changed since the last call
+        yield held
+        return
+    with Repo(str(root)) as repo:
+        yield repo
 
 
 def stage_status(root: Path, stage: str) -> dict:
     """What DVC sees changed for one stage ({} when its deps, params and outs match dvc.lock)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         return repo.status(targets=[stage]).get(stage, {}) or {}
 
 
 def commit_stage(root: Path, stage: str) -> None:
     """Record a stage's current deps, params and outs in dvc.lock (and outs in the DVC cache)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         repo.commit(stage, force=True)
 
 
 def has_default_remote(root: Path) -> bool:
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         return bool(repo.config["core"].get("remote"))
 
 
 def push(root: Path) -> int:
     """`dvc push` to the default remote; returns how many files were sent."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         try:
             return int(repo.push())
         except Exception as err:  # DVC raises many kinds; the message is what matters
@@ -55,11 +140,10 @@ def push(root: Path) -> int:
             ) from None
 
 
-def set_params(path: Path, updates: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Write dotted-key updates (e.g. {"train.epochs": 3}) into params.yaml, keeping its comments.
-
-    The new file is validated first; returns {key: (old, new)} for what really changed.
-    """
+def planned_params(path: Path, updates: dict[str, Any]) -> tuple[Any, dict[str, tuple[Any, Any]], str]:
+    """params.yaml with dotted-key updates (e.g. {"train.epochs": 3}) applied, comments kept, not written:
+    (the validated Params, {key: (old, new)} for what really changes, the new file's text)."""
+    params = load_params(path)  # the file itself first: duplicate keys, paths, every value
     ry = YAML()
     ry.preserve_quotes = True
     doc = ry.load(path.read_text(encoding="utf-8"))
@@ -72,13 +156,25 @@ def set_params(path: Path, updates: dict[str, Any]) -> dict[str, tuple[Any, Any]
         if node.get(leaf) != value:
             changed[key] = (node.get(leaf), value)
             node[leaf] = value
+    if not changed:
+        return params, changed, path.read_text(encoding="utf-8")
+    out = io.StringIO()
+    ry.dump(doc, out)
+    params = parse_params(yaml.safe_load(out.getvalue()), path)  # refuse an update that makes it invalid
+    check_workspace_paths(params, path.parent, path)
+    return params, changed, out.getvalue()
+
+
+def set_params(path: Path, updates: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Write dotted-key updates into params.yaml, keeping its comments.
+
+    The new file is validated first; returns {key: (old, new)} for what really changed.
+    """
+    _, changed, text = planned_params(path, updates)
     if changed:
-        out = io.StringIO()
-        ry.dump(doc, out)
-        parse_params(yaml.safe_load(out.getvalue()), path)  # refuse an update that makes it invalid
         from tasks.fileio import write_bytes
 
-        write_bytes(path, out.getvalue().encode("utf-8"))
+        write_bytes(path, text.encode("utf-8"))
     return changed
 
 

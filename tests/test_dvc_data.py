@@ -36,7 +36,7 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
 
     first = dvc(ws, "repro", "shard", api_url=prefect_server)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert ran(first.stdout) == ["ingest", "clean", "dedup", "shard"]
+    assert ran(first.stdout) == ["check", "ingest", "clean", "dedup", "shard"]
     info = json.loads((ws / "data/processed/dataset_info.json").read_text())
     assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 40
     assert json.loads((ws / "reports/dedup.json").read_text())["near_duplicates"] == 1
@@ -54,7 +54,7 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(ws, "repro", "shard", api_url=prefect_server)
     assert changed.returncode == 0, changed.stderr
-    assert ran(changed.stdout) == ["dedup", "shard"]
+    assert ran(changed.stdout) == ["check", "dedup", "shard"]  # check: params.yaml changed
     info = json.loads((ws / "data/processed/dataset_info.json").read_text())
     assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 41
 

@@ -113,3 +113,78 @@ def test_robustness_quality_range_must_be_ordered():
     assert "evaluate.robustness.quality" in error_for(data)
     data["evaluate"]["robustness"] = {"quality": [50, 60], "crop": 0.7}
     assert "evaluate.robustness.crop" in error_for(data)
+
+
+def test_a_format_pillow_does_not_name_is_refused_with_the_valid_names():
+    data = base()
+    data["clean"]["formats"] = ["JPG", "png"]
+    msg = error_for(data)
+    assert "clean.formats" in msg and "JPG" in msg and "JPEG" in msg and "WEBP" in msg
+    data["clean"]["formats"] = ["jpeg", "mpo"]
+    assert parse_params(data).clean.formats == ("JPEG", "MPO")
+
+
+def test_a_duplicate_key_is_refused_with_its_lines(tmp_path: Path):
+    text = (ROOT / "params.yaml").read_text()
+    assert "  epochs: 40" in text
+    p = tmp_path / "params.yaml"
+    p.write_text(text.replace("  epochs: 40", "  epochs: 40\n  epochs: 3"))
+    line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if t.startswith("  epochs: 40"))
+    with pytest.raises(PawflowError) as info:
+        load_params(p)
+    assert f"train.epochs: set twice, at lines {line} and {line + 1}" in str(info.value)
+    assert str(info.value).count("What to do") == 1
+
+
+@pytest.mark.parametrize("raw", ["../elsewhere/raw", "/tmp/raw", "data/../../raw"])
+def test_paths_outside_the_workspace_are_refused(tmp_path: Path, raw: str):
+    data = base()
+    data["paths"]["raw"] = raw
+    p = tmp_path / "ws" / "params.yaml"
+    p.parent.mkdir()
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(PawflowError, match=r"paths\.raw: .* is outside the workspace"):
+        load_params(p)
+    data["paths"]["raw"] = "data/raw2"
+    p.write_text(yaml.safe_dump(data))
+    assert load_params(p).paths.raw == Path("data/raw2")
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        (None, "valid string"),
+        (42, "valid string"),
+        ("", "at least 1 character"),
+        ("ftp://example.com/photos.zip", "ftp:// is not supported"),
+    ],
+)
+def test_a_source_dvc_cannot_use_is_refused(source: object, says: str):
+    data = base()
+    data["ingest"]["source"] = source
+    msg = error_for(data)
+    assert "ingest.source" in msg and says in msg
+
+
+@pytest.mark.parametrize("source", [".", "..", "./"])
+def test_the_workspace_itself_is_not_a_source(tmp_path: Path, source: str):
+    data = base()
+    data["ingest"]["source"] = source
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(PawflowError, match=r"ingest\.source: .* is the workspace itself"):
+        load_params(p)
+
+
+def test_the_check_stage_loads_params_without_prefect_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; import flows.check; from tasks.params import load_params; "
+        "load_params(Path('params.yaml'), light=True); "
+        "print(sorted(m for m in ('prefect', 'tensorflow', 'dvc') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

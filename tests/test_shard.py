@@ -218,3 +218,14 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     assert state.is_completed(), state.message
     assert shard_files(processed) == after
     assert (processed / "dataset_info.json").read_bytes() == info_bytes
+
+
+def test_fifty_labels_of_four_photos_leave_the_test_split_empty_and_that_is_reported():
+    from tasks.shard import empty_splits
+
+    rows, _, _ = assign(photos(200, label_of=lambda i: f"label{i % 50:02d}"), None, FRACTIONS, "s")
+    assert (rows["split"] == "test").sum() == 0  # each label: train, val, train... never test
+    assert empty_splits(rows, FRACTIONS) == ["test"]
+    no_val = {"train": 0.7, "val": 0.0, "test": 0.3}
+    rows, _, _ = assign(photos(200, label_of=lambda i: f"label{i % 50:02d}"), None, no_val, "s")
+    assert empty_splits(rows, no_val) == []  # val asked to be empty, test filled

@@ -1,0 +1,29 @@
+"""check: the first stage of dvc.yaml. Validates params.yaml and ingest.source before DVC removes any
+output of a later stage (DVC runs stages in order and stops at the first that fails).
+
+Exit 0 and write `<paths.interim>/checked.txt` (constant text, so it never makes a later stage out of
+date), or print one message and exit 2. Light imports only: no Prefect, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tasks.errors import PawflowError
+from tasks.preflight import preflight, write_checked
+
+
+def main(params_path: Path = Path("params.yaml")) -> int:
+    try:
+        params = preflight(params_path, light=True)
+    except PawflowError as err:
+        print(f"\npawflow check: {err}", file=sys.stderr)
+        return 2
+    write_checked(params)
+    print("pawflow check: params.yaml and ingest.source are fine")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Checks that run before DVC touches anything: params.yaml is valid and ingest.source can be read.
+
+DVC removes a stage's outputs before it runs the stage's command, and hashes a folder dependency by
+opening every file in it (a named pipe blocks it forever). So these checks run first, in the `check`
+stage of dvc.yaml (every other stage depends on its output) and in pawflow's own entry points before
+they call DVC. Light imports only (no Prefect, no TensorFlow): the check must cost about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+from tasks.errors import PawflowError
+from tasks.fileio import write_bytes
+from tasks.params import Params, load_params
+
+# What the check stage writes: constant, so its hash never makes a later stage out of date.
+CHECKED_TEXT = "params.yaml and ingest.source passed the pawflow checks\n"
+CHECKED_NAME = "checked.txt"
+KINDS = {
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _special(path: Path) -> str | None:
+    """What a non-regular, non-folder file is (following a symlink), or None for a file or folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # a dangling symlink: DVC and ingest skip it without opening anything
+    return KINDS.get(stat.S_IFMT(mode))
+
+
+def special_files(folder: Path) -> list[tuple[str, str]]:
+    """(relative path, kind) of every pipe, socket or device under folder, symlinks followed as DVC does.
+
+    Only directory entries are read (no file is opened), so a pipe cannot block this walk.
+    """
+    found: list[tuple[str, str]] = []
+    stack = [folder]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue  # a symlink loop
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable folder: ingest reports it
+        for e in entries:
+            if e.is_dir():  # follows symlinks, like DVC's walk
+                stack.append(Path(e.path))
+            elif not e.is_file():
+                kind = _special(Path(e.path))
+                if kind:
+                    found.append((Path(e.path).relative_to(folder).as_posix(), kind))
+    return sorted(found)
+
+
+def check_source(source: str, root: Path = Path(".")) -> None:
+    """ingest.source exists and is a folder, a zip/tar archive or an http(s) URL; a folder holds no
+    pipe, socket or device (DVC would block on it). Raises PawflowError naming what is wrong."""
+    if "://" in source:
+        return  # an http(s) URL (params validation refused other schemes); ingest downloads it
+    path = root / source
+    fix = "Set ingest.source in params.yaml to a folder of class folders, a .zip/.tar(.gz) or an http(s) URL."
+    if not path.exists():
+        raise PawflowError(f"ingest.source {source!r} does not exist (looked at {path.resolve()}).", fix)
+    kind = _special(path)
+    if kind:
+        raise PawflowError(f"ingest.source {source!r} is {kind}, not a folder or an archive.", fix)
+    if path.is_dir():
+        special = special_files(path)
+        if special:
+            listed = "\n".join(f"  {rel}: {k}" for rel, k in special[:20])
+            more = f"\n  ... and {len(special) - 20} more" if len(special) > 20 else ""
+            raise PawflowError(
+                f"ingest.source {source!r} holds {len(special)} file(s) that are not regular files:\n"
+                f"{listed}{more}\nDVC opens every file of the source to hash it and would block forever "
+                "on a pipe or device; nothing was run.",
+                "Move them out of the source folder (they are not photos), then run again.",
+            )
+        return
+    try:
+        readable = zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+    except OSError as err:
+        raise PawflowError(f"ingest.source {source!r} cannot be read: {err.strerror}.", fix) from None
+    if not readable:
+        raise PawflowError(f"ingest.source {source!r} is a file but not a zip or tar archive.", fix)
+
+
+def preflight(params_path: Path = Path("params.yaml"), light: bool = False) -> Params:
+    """Validate params.yaml and check ingest.source (relative to the workspace, the file's folder)."""
+    params = load_params(params_path, light=light)
+    check_source(params.ingest.source, params_path.parent)
+    return params
+
+
+def write_checked(params: Params) -> Path:
+    """The check stage's output (constant text): what every other stage of dvc.yaml depends on."""
+    path = params.paths.interim / CHECKED_NAME
+    write_bytes(path, CHECKED_TEXT.encode())
+    return path

@@ -1,0 +1,159 @@
+"""Bad params, a bad source and a second run, through every entry point: one message, the right exit
+code, and nothing lost or half-recorded (byte comparisons, dvc status).
+
+One workspace for several cases (each `dvc repro` of the data stages costs ~1 min here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imagegen
+import pytest
+import yaml
+from conftest import make_workspace, tool_env
+from test_entrypoints import FAST, dvc, py, sh, workspace
+
+pytestmark = pytest.mark.slow
+
+DATA_STAGES = ("check", "ingest", "clean", "dedup", "shard")
+
+
+def snapshot(ws: Path) -> dict[str, bytes]:
+    """Every output of the data stages, and dvc.lock."""
+    files = [ws / "dvc.lock", *sorted((ws / "reports").glob("*.json")), *sorted((ws / "data").rglob("*"))]
+    return {str(f.relative_to(ws)): f.read_bytes() for f in files if f.is_file()}
+
+
+def edit_params(ws: Path, section: str, **values: object) -> bytes:
+    """Change params.yaml; returns the old bytes to restore."""
+    old = (ws / "params.yaml").read_bytes()
+    data = yaml.safe_load(old)
+    data[section] = {**data[section], **values}
+    (ws / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return old
+
+
+def up_to_date(ws: Path, api: str) -> bool:
+    out = dvc(ws, "status", *DATA_STAGES, api=api)
+    return out.returncode == 0 and "up to date" in out.stdout
+
+
+def one_message(text: str, says: str) -> None:
+    assert says in text, text[-3000:]
+    assert text.count(says) == 1 and text.count("What to do") == 1, text[-3000:]
+    assert "\\n" not in text and "Traceback" not in text, text[-3000:]
+
+
+def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path: Path, prefect_server: str):
+    api = prefect_server
+    ws, source = workspace(tmp_path)
+    assert dvc(ws, "repro", "shard", api=api).returncode == 0
+    before = snapshot(ws)
+
+    # dvc repro <stage> with a typo: the check stage stops DVC before it removes anything.
+    old = edit_params(ws, "train", epochz=3)
+    out = dvc(ws, "repro", "train", api=api)
+    assert out.returncode != 0 and "Running stage 'train'" not in out.stdout
+    one_message(out.stderr, "train.epochz: unknown key")
+    # ... and the pipeline refuses it before any flow runs, exit 2.
+    out = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
+    assert out.returncode == 2 and "Flow run" not in out.stderr
+    one_message(out.stderr, "train.epochz: unknown key")
+    (ws / "params.yaml").write_bytes(old)
+    assert snapshot(ws) == before
+
+    # The source is gone while params.yaml did not change: ingest's outputs persist.
+    source.rename(tmp_path / "moved")
+    out = dvc(ws, "repro", "shard", api=api)
+    assert out.returncode != 0 and "No such file or directory" in out.stderr
+    assert snapshot(ws) == before
+    out = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
+    assert out.returncode == 2
+    one_message(out.stderr, "does not exist")
+    out = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=api)
+    assert out.returncode == 2 and "failed to reproduce" not in out.stderr  # refused before dvc repro
+    one_message(out.stderr, "does not exist")
+    (tmp_path / "moved").rename(source)
+    assert snapshot(ws) == before and up_to_date(ws, api)
+
+    # A named pipe in the source: DVC would block hashing it; pawflow's entry points refuse at once.
+    os.mkfifo(source / "Dog" / "fifo.jpg")
+    started = time.monotonic()
+    out = sh(ws, sys.executable, "-m", "flows.pipeline", "--no-push", api=api, timeout=120)
+    assert out.returncode == 2 and time.monotonic() - started < 60
+    one_message(out.stderr, "Dog/fifo.jpg: a named pipe")
+    out = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=api, timeout=120)
+    assert out.returncode == 2
+    one_message(out.stderr, "Dog/fifo.jpg: a named pipe")
+    (source / "Dog" / "fifo.jpg").unlink()
+
+    # A stage that fails inside the pipeline: exit 1, its message once, its outputs as they were.
+    old = edit_params(ws, "clean", min_side=4000)
+    out = py(ws, "-m", "flows.pipeline", "--no-push", "--until", "clean", api=api)
+    assert out.returncode == 1
+    final = out.stderr[out.stderr.index("pawflow pipeline failed") :]
+    one_message(final, "were rejected")
+    assert out.stderr.count("What to do") == 1 and "\\n" not in out.stderr  # runs' states: one line each
+    (ws / "params.yaml").write_bytes(old)
+    after = snapshot(ws)
+    assert {k: v for k, v in after.items() if k != "dvc.lock"} == {
+        k: v for k, v in before.items() if k != "dvc.lock"
+    }
+    # The pipeline recorded its check of the edited params.yaml: only check is out of date now.
+    status = dvc(ws, "status", *DATA_STAGES, api=api).stdout
+    assert "check:" in status and not any(f"{s}:" in status for s in DATA_STAGES[1:]), status
+    out = dvc(ws, "repro", "shard", api=api)
+    assert out.returncode == 0 and re.findall(r"Running stage '(\w+)'", out.stdout) == ["check"]
+    assert snapshot(ws) == before
+
+
+def test_a_second_run_is_refused_and_never_breaks_the_first(tmp_path: Path, prefect_server: str):
+    api = prefect_server
+    ws, _ = workspace(tmp_path)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "--no-push", "--until", "shard"],
+        cwd=ws,
+        env=tool_env(api),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = ws / ".pawflow" / "workspace.lock"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.2)
+    second = dvc(ws, "repro", "shard", api=api)  # DVC's own lock is held by the pipeline
+    stage = py(ws, "-m", "flows.ingest", api=api)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode != 0 and "Unable to acquire lock" in second.stderr
+    assert stage.returncode == 2 and "another pawflow run is using this workspace" in stage.stderr
+    assert up_to_date(ws, api)
+
+
+def test_an_empty_test_split_fails_shard_and_keeps_the_last_shards(tmp_path: Path, prefect_server: str):
+    api = prefect_server
+    many = tmp_path / "many"
+    for i in range(50 * 4):  # 50 labels x 4 photos: each label is split on its own
+        folder = many / f"label{i % 50:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(imagegen.jpeg(900_000 + i))
+    halves = {"split": {"train": 0.5, "val": 0.25, "test": 0.25}}  # 2/1/1 per label
+    ws = make_workspace(tmp_path / "ws", many, **FAST, shard=halves)
+    assert dvc(ws, "repro", "shard", api=api).returncode == 0
+    shards = {p.name: p.read_bytes() for p in (ws / "data/processed").iterdir()}
+    edit_params(ws, "shard", split={"train": 0.7, "val": 0.15, "test": 0.15})  # 3/1/0 per label
+    out = dvc(ws, "repro", "shard", api=api)
+    assert out.returncode != 0
+    said = re.search(r"the test split got no photo \(train \d+, val \d+, test 0", out.stderr)
+    assert said, out.stderr[-3000:]
+    assert out.stderr.count("What to do") == 1
+    assert {p.name: p.read_bytes() for p in (ws / "data/processed").iterdir()} == shards
+    status = dvc(ws, "status", "shard", api=api).stdout
+    assert "changed deps" in status and "changed outs" not in status  # not recorded, nothing removed
