@@ -16,7 +16,7 @@ from tasks.errors import PawflowError
 from tasks.fileio import append_history
 from tasks.params import parse_params
 
-STAGES = ("ingest", "clean", "dedup", "shard", "train", "evaluate")
+STAGES = ("ingest", "clean", "dedup", "shard", "base", "train", "evaluate")
 
 
 def stage_status(root: Path, stage: str) -> dict:
