@@ -1,0 +1,163 @@
+"""tasks.warmstart: when train fine-tunes a starting model; models/base as train and the pipeline see it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks import warmstart
+from tasks.errors import PawflowError
+from tasks.fileio import sha256_bytes
+from tasks.params import Finetune, Train
+from tasks.warmstart import Base
+
+INFO = {
+    "class_names": ["Cat", "Dog"],
+    "image": {"max_side": 224, "jpeg_quality": 90},
+    "splits": {"train": {"examples": 110}},
+}
+FINETUNE = Finetune(max_growth=0.25, max_warm_starts=3)
+DEFAULT = Train()
+
+
+def base(count: int = 0, full: int = 100, train: Train = DEFAULT, data: bytes = b"weights") -> Base:
+    return Base(sha256_bytes(data), count, full, warmstart.shaping(train, INFO))
+
+
+def test_shaping_follows_the_architecture_and_the_classes_not_the_schedule():
+    now = warmstart.shaping(Train(), INFO)
+    assert now == warmstart.shaping(
+        Train(epochs=3, learning_rate=0.1, seed=1, finetune=Finetune(epochs=1)), INFO
+    )
+    assert now != warmstart.shaping(Train(width=8), INFO)
+    assert now != warmstart.shaping(Train(), {**INFO, "class_names": ["Cat", "Dog", "Fox"]})
+    assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == 128
+
+
+def test_plan_warm_starts_a_compatible_base_and_counts():
+    b = base(count=1)
+    p = warmstart.plan(b, warmstart.shaping(Train(), INFO), 110, FINETUNE)
+    assert p.warm and p.count == 2 and p.from_sha256 == b.sha256 and p.full_retrain_examples == 100
+    assert "10.0% more train photos" in p.reason
+    assert warmstart.warm_start_report(p) == {"from_sha256": b.sha256, "count": 2}
+
+
+@pytest.mark.parametrize(
+    ("b", "train", "n_train", "reason"),
+    [
+        (None, Train(), 110, "no starting model"),
+        (base(), Train(width=8), 110, "model-shaping settings changed since the starting model: width"),
+        (base(), Train(image_size=64, augment={"flip": False}), 110, "augment, image_size"),
+        (base(count=3), Train(), 110, "3 warm starts in a row"),
+        (
+            base(),
+            Train(),
+            126,
+            "grew by 26.0% since the last full retrain (> train.finetune.max_growth 25.0%)",
+        ),
+        (base(), Train(), 99, "the train split shrank (100 -> 99 photos)"),
+    ],
+)
+def test_plan_retrains_from_scratch(b: Base | None, train: Train, n_train: int, reason: str):
+    p = warmstart.plan(b, warmstart.shaping(train, INFO), n_train, FINETUNE)
+    assert not p.warm and p.count == 0 and p.from_sha256 is None and p.full_retrain_examples == n_train
+    assert reason in p.reason
+    assert warmstart.warm_start_report(p) is None
+    assert warmstart.lineage(p, {"x": 1}) == {
+        "shaping": {"x": 1},
+        "warm_start": None,
+        "full_retrain_examples": n_train,
+    }
+
+
+def test_no_limit_on_warm_starts_when_max_warm_starts_is_null():
+    p = warmstart.plan(base(count=50), warmstart.shaping(Train(), INFO), 100, Finetune(max_warm_starts=None))
+    assert p.warm and p.count == 51
+
+
+def test_base_folder_round_trip_and_checks(tmp_path: Path):
+    folder = tmp_path / "models" / "base"
+    assert warmstart.ensure_base(folder) is None
+    assert json.loads((folder / "base.json").read_text()) is None
+    b = base(count=2)
+    warmstart.write_base(folder, (b"weights", b))
+    assert warmstart.read_base(folder) == b
+    assert warmstart.ensure_base(folder) == b  # an existing base is kept
+    (folder / "model.keras").write_bytes(b"other weights")
+    with pytest.raises(PawflowError, match="is not the model it names"):
+        warmstart.read_base(folder)
+    (folder / "model.keras").unlink()
+    with pytest.raises(PawflowError, match=r"model\.keras is missing"):
+        warmstart.read_base(folder)
+    (folder / "base.json").write_text('{"sha256": "x"}')
+    with pytest.raises(PawflowError, match=r"not a starting-model description.*count"):
+        warmstart.read_base(folder)
+    (folder / "base.json").write_text("{")
+    with pytest.raises(PawflowError, match="not valid JSON"):
+        warmstart.read_base(folder)
+    warmstart.write_base(folder, None)
+    assert sorted(p.name for p in folder.iterdir()) == ["base.json"] and warmstart.read_base(folder) is None
+    with pytest.raises(ValueError, match="do not match"):
+        warmstart.write_base(folder, (b"not the weights", b))
+
+
+def champion(tmp_path: Path, training: dict | None) -> Path:
+    folder = tmp_path / "champion"
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(b"champion weights")
+    card = {"class_names": ["Cat", "Dog"]} | ({warmstart.LINEAGE_KEY: training} if training else {})
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_base_from_champion_reads_its_lineage(tmp_path: Path):
+    assert warmstart.base_from_champion(tmp_path / "none") is None
+    now = warmstart.shaping(Train(), INFO)
+    lineage = {
+        "shaping": now,
+        "warm_start": {"from_sha256": "a" * 64, "count": 2},
+        "full_retrain_examples": 90,
+    }
+    data, b = warmstart.base_from_champion(champion(tmp_path, lineage))
+    assert data == b"champion weights" and b == Base(sha256_bytes(data), 2, 90, now)
+
+
+def test_a_champion_from_before_warm_starts_is_not_a_starting_model(tmp_path: Path):
+    assert warmstart.base_from_champion(champion(tmp_path, None)) is None
+
+
+@pytest.mark.parametrize(
+    ("warm", "full", "will_run", "current", "champ", "train", "choice", "why"),
+    [
+        (True, True, False, base(), base(data=b"c"), Train(), "scratch", "full retrain was asked"),
+        (True, False, False, None, base(data=b"c"), Train(), "keep", "up to date"),
+        (False, False, True, base(), base(data=b"c"), Train(), "scratch", "no warm start asked"),
+        (True, False, True, None, None, Train(), "scratch", "no champion"),
+        (
+            True,
+            False,
+            True,
+            None,
+            base(data=b"c"),
+            Train(width=8),
+            "scratch",
+            "model-shaping settings changed",
+        ),
+        (True, False, True, base(data=b"c"), base(data=b"c"), Train(), "keep", "already holds the champion"),
+        (True, False, True, base(), base(data=b"c"), Train(), "champion", "fine-tuning"),
+    ],
+)
+def test_choose_base(warm, full, will_run, current, champ, train, choice, why):
+    got = warmstart.choose_base(
+        warm,
+        full,
+        will_run,
+        current,
+        None if champ is None else (b"c", champ),
+        warmstart.shaping(train, INFO),
+        110,
+        FINETUNE,
+    )
+    assert got[0] == choice and why in got[1]
