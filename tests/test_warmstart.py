@@ -161,3 +161,86 @@ def test_choose_base(warm, full, will_run, current, champ, train, choice, why):
         FINETUNE,
     )
     assert got[0] == choice and why in got[1]
+
+
+def test_deployments_warm_start_nightly_and_retrain_full_weekly():
+    from flows.cli import deployments
+
+    found = {d.name: d for d in deployments(Path(__file__).resolve().parents[1] / "params.yaml")}
+    assert set(found) == {"manual", "retrain-nightly", "retrain-full"}
+    assert found["retrain-nightly"].parameters == {"warm_start": True}
+    assert found["retrain-full"].parameters == {"full_retrain": True}
+    assert not found["manual"].parameters
+    assert [s.schedule.cron for s in found["retrain-full"].schedules] == ["0 4 * * 0"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def train_report(ws: Path) -> dict:
+    return json.loads((ws / "reports/train.json").read_text())
+
+
+@pytest.mark.slow
+def test_nightly_warm_starts_from_the_champion_and_dvc_rebuilds_it(tmp_path: Path, prefect_server: str):
+    """The pipeline as pipeline/retrain-nightly runs it (--warm-start) on a tiny generated collection."""
+    import shutil
+
+    import imagegen
+    from test_entrypoints import FAST, assert_up_to_date, dvc, history, py, workspace
+
+    from tasks import versioning
+    from tasks.fileio import sha256_file
+
+    fast = {**FAST, "train": {**FAST["train"], "finetune": {"epochs": 1, "max_growth": 0.5}}}
+    ws, source = workspace(tmp_path, **fast)
+    # (each run's stage times go to reports/runs.jsonl; the test asserts what is decided, not how fast)
+
+    def nightly() -> tuple[dict, str]:
+        run = py(ws, "-m", "flows.pipeline", "--no-push", "--warm-start", api=prefect_server)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return history(ws)[-1], run.stderr
+
+    def status_clean() -> None:
+        status = dvc(ws, "status", api=prefect_server)
+        assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+
+    first, _ = nightly()  # no champion yet: from scratch
+    assert train_report(ws)["warm_start"] is None and first["warm_start"] is None
+    assert json.loads((ws / "models/base/base.json").read_text()) is None
+    assert (ws / "models/champion/model.keras").exists()  # min_accuracy 0: the first model is promoted
+    assert_up_to_date(ws, prefect_server)
+
+    for i in range(6):  # +6 photos: the train split grows by well under max_growth
+        (source / ("Cat" if i % 2 else "Dog") / f"new.{i}.jpg").write_bytes(imagegen.jpeg(800_000 + i))
+    champion_sha = sha256_file(ws / "models/champion/model.keras")
+    second, _ = nightly()
+    report = train_report(ws)
+    assert report["warm_start"] == {"from_sha256": champion_sha, "count": 1}, report["start_reason"]
+    assert second["warm_start"] == report["warm_start"] and second["stages"]["train"].startswith("ran")
+    assert report["epochs_run"] == 1  # train.finetune.epochs
+    assert sha256_file(ws / "models/base/model.keras") == champion_sha
+    status_clean()
+
+    # No new photos: the nightly run retrains nothing, even if the gate just crowned a new champion.
+    third, _ = nightly()
+    assert third["no_new_data"] and third["stages"]["train"].startswith("skipped")
+
+    # dvc repro rebuilds the warm-started model from dvc.lock, byte for byte, with no cache to help.
+    model, lock = (ws / "models/model.keras").read_bytes(), (ws / "dvc.lock").read_text()
+    shutil.rmtree(ws / ".pawflow/cache")
+    (ws / "models/model.keras").unlink()
+    rebuilt = dvc(ws, "repro", "--single-item", "--force", "train", api=prefect_server)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert (ws / "models/model.keras").read_bytes() == model
+    assert (ws / "dvc.lock").read_text() == lock
+    status_clean()
+
+    # A model-shaping change (the width) makes the next nightly model a from-scratch one.
+    versioning.set_params(ws / "params.yaml", {"train.width": 12})
+    fourth, log = nightly()
+    report = train_report(ws)
+    assert report["warm_start"] is None and fourth["warm_start"] is None
+    assert "models/base: scratch (model-shaping settings changed since the starting model: width)" in log
+    assert json.loads((ws / "models/base/base.json").read_text()) is None
+    status_clean()
