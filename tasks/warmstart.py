@@ -140,10 +140,15 @@ def _base_error(folder: Path, what: str) -> PawflowError:
 
 
 def read_base(folder: Path) -> Base | None:
-    """models/base as train sees it: None (from scratch) or the starting model, its sha256 checked."""
+    """models/base as train sees it: None (from scratch) or the starting model, its sha256 checked.
+
+    No models/base at all is from scratch too: a stage run outside DVC (`python -m flows.train`, the
+    in-process flows) has no `base` stage before it."""
     card = folder / BASE_CARD
     if not card.is_file():
-        raise _base_error(folder, "not found (the `base` stage writes it)")
+        if (folder / BASE_MODEL).exists():
+            raise _base_error(folder, f"not found beside {folder / BASE_MODEL}")
+        return None
     try:
         data = json.loads(card.read_text())
     except json.JSONDecodeError as err:

@@ -79,6 +79,7 @@ def test_no_limit_on_warm_starts_when_max_warm_starts_is_null():
 
 def test_base_folder_round_trip_and_checks(tmp_path: Path):
     folder = tmp_path / "models" / "base"
+    assert warmstart.read_base(folder) is None  # no models/base (a stage run outside DVC): from scratch
     assert warmstart.ensure_base(folder) is None
     assert json.loads((folder / "base.json").read_text()) is None
     b = base(count=2)
@@ -88,6 +89,10 @@ def test_base_folder_round_trip_and_checks(tmp_path: Path):
     (folder / "model.keras").write_bytes(b"other weights")
     with pytest.raises(PawflowError, match="is not the model it names"):
         warmstart.read_base(folder)
+    (folder / "base.json").rename(folder / "moved.json")
+    with pytest.raises(PawflowError, match=r"base\.json: not found beside .*model\.keras"):
+        warmstart.read_base(folder)
+    (folder / "moved.json").rename(folder / "base.json")
     (folder / "model.keras").unlink()
     with pytest.raises(PawflowError, match=r"model\.keras is missing"):
         warmstart.read_base(folder)
