@@ -89,6 +89,7 @@ def set_base(
         versioning.commit_stage(root, "base")
     info_path = params.paths.processed / "dataset_info.json"
     choice, why = "keep", f"{info_path} not found"
+    champion = warmstart.base_from_champion(params.paths.models / "champion")
     if info_path.exists():
         info = json.loads(info_path.read_text())
         will_run = force or upstream_changed or bool(versioning.stage_status(root, "train"))
@@ -97,13 +98,13 @@ def set_base(
             full_retrain,
             will_run,
             current,
-            warmstart.base_from_champion(params.paths.models / "champion"),
+            champion,
             warmstart.shaping(params.train, info),
             warmstart.train_examples(info),
             params.train.finetune,
         )
     if choice == "champion":
-        warmstart.write_base(folder, warmstart.base_from_champion(params.paths.models / "champion"))
+        warmstart.write_base(folder, champion)
     elif choice == "scratch" and current is not None:
         warmstart.write_base(folder, None)
     if choice != "keep":
