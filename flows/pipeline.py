@@ -286,7 +286,8 @@ def train_start(params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flows.pipeline [--source S] [--epochs N] [--force] [--no-push]`: one run, no deployment."""
+    """`python -m flows.pipeline [--source S] [--epochs N] [--force] [--no-push]
+    [--warm-start | --full-retrain]`: one run, no deployment."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.description)
