@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import PawflowError
-from tasks.params import load_params
+from tasks.params import Pipeline, load_params
 
 PREFECT_HOME = Path(".pawflow/prefect")
 
@@ -148,7 +148,7 @@ def deployments(params_path: Path) -> list:
     return [manual, nightly, retrain_full_deployment(pipeline, p, one_at_a_time)]
 
 
-def retrain_full_deployment(pipeline, p, limit) -> Any:
+def retrain_full_deployment(pipeline: Any, p: Pipeline, limit: Any) -> Any:
     """pipeline/retrain-full: a model trained from scratch on the slower schedule pipeline.full_schedule."""
     from prefect.schedules import Cron
 
