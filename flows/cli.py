@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tasks.errors import PawflowError
-from tasks.params import load_params
+from tasks.params import Pipeline, load_params
 
 PREFECT_HOME = Path(".pawflow/prefect")
 
@@ -129,7 +130,8 @@ def project_root(start: Path) -> Path:
 
 
 def deployments(params_path: Path) -> list:
-    """pipeline/manual (run on demand) and pipeline/retrain-nightly (cron from params.yaml)."""
+    """pipeline/manual (run on demand), pipeline/retrain-nightly and pipeline/retrain-full (crons from
+    params.yaml)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
@@ -149,10 +151,27 @@ def deployments(params_path: Path) -> list:
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         schedule=Cron(p.schedule, timezone=p.timezone),
+        parameters={"warm_start": True},
         description=f"Re-ingest the source at '{p.schedule}' ({p.timezone}); retrain and gate only when "
-        "new photos arrived, else finish fast with 'no new data'.",
+        "new photos arrived, else finish fast with 'no new data'. Fine-tunes the champion (warm start) "
+        "unless a full retrain is due (README 'Warm-start training').",
     )
-    return [manual, nightly]
+    return [manual, nightly, retrain_full_deployment(pipeline, p, one_at_a_time)]
+
+
+def retrain_full_deployment(pipeline: Any, p: Pipeline, limit: Any) -> Any:
+    """pipeline/retrain-full: a model trained from scratch on the slower schedule pipeline.full_schedule."""
+    from prefect.schedules import Cron
+
+    return pipeline.to_deployment(
+        name="retrain-full",
+        concurrency_limit=limit,
+        tags=["pawflow"],
+        schedule=Cron(p.full_schedule, timezone=p.timezone),
+        parameters={"full_retrain": True},
+        description=f"At '{p.full_schedule}' ({p.timezone}): the whole pipeline with a model trained from "
+        "scratch, even when no photos arrived (the nightly runs warm-start from the champion).",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed
 
 from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
-from tasks import versioning
+from tasks import versioning, warmstart
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 from tasks.preflight import check_source, write_checked
@@ -98,6 +98,70 @@ def record_check(root: Path, params: Params) -> None:
         versioning.commit_stage(root, versioning.CHECK_STAGE)
 
 
+@task(name="stage", task_run_name="base")
+def set_base(
+    params: Params, root: Path, warm_start: bool, full_retrain: bool, force: bool, upstream_changed: bool
+):
+    """models/base before train: the champion (a warm start), empty (from scratch) or left as it is
+    (tasks.warmstart.choose_base decides), then recorded with `dvc commit base` when it changed."""
+    log = get_run_logger()
+    started = time.monotonic()
+    folder = params.paths.models / "base"
+    before = versioning.lock_summary(root).get("base")
+    base_changed = bool(versioning.stage_status(root, "base"))  # missing, or its code changed
+    current = warmstart.ensure_base(folder)
+    if base_changed:
+        versioning.commit_stage(root, "base")
+    info_path = params.paths.processed / "dataset_info.json"
+    choice, why = "keep", f"{info_path} not found"
+    champion = warmstart.base_from_champion(params.paths.models / "champion")
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        will_run = force or upstream_changed or bool(versioning.stage_status(root, "train"))
+        choice, why = warmstart.choose_base(
+            warm_start,
+            full_retrain,
+            will_run,
+            current,
+            champion,
+            warmstart.shaping(params.train, info),
+            warmstart.train_examples(info),
+            params.train.finetune,
+        )
+    if choice == "champion":
+        warmstart.write_base(folder, champion)
+    elif choice == "scratch" and current is not None:
+        warmstart.write_base(folder, None)
+    if choice != "keep":
+        versioning.commit_stage(root, "base")
+    new_outputs = versioning.lock_summary(root).get("base") != before
+    log.info("models/base: %s (%s)", "the champion" if choice == "champion" else choice, why)
+    if not new_outputs:
+        return Completed(
+            name="Skipped", message=f"models/base unchanged: {why}", data={"stage": "base", "ran": False}
+        )
+    return {
+        "stage": "base",
+        "ran": True,
+        "new_outputs": True,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def warm_start_markdown(params: Params) -> list[str]:
+    """The pipeline summary's line on how the current model started (reports/train.json)."""
+    p = params.paths.reports / "train.json"
+    if not p.exists():
+        return []
+    rep = json.loads(p.read_text())
+    warm = rep.get("warm_start")
+    if warm:
+        start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
+    else:
+        start = "trained from scratch"
+    return ["", f"**train**: {start}: {rep.get('start_reason', '')}"]
+
+
 def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool) -> str:
     r = params.paths.reports
 
@@ -133,6 +197,7 @@ def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool)
             f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
             for s, c in shard["counts"].items()
         ]
+    lines += warm_start_markdown(params)
     if metrics:
         lines += [
             "",
@@ -156,12 +221,17 @@ def pipeline(
     force: bool = False,
     push: bool | None = None,
     until: str | None = None,
+    warm_start: bool = False,
+    full_retrain: bool = False,
 ) -> dict:
     """ingest -> clean -> dedup -> shard -> train -> evaluate, each skipped when DVC says it is up to date.
 
     source/epochs override params.yaml (and are written into it, so that dvc.lock and params agree);
     force re-runs every stage without caches; push overrides pipeline.push.
     until stops after that stage (e.g. until="shard": the data stages only).
+    warm_start: when train has to run, fine-tune the champion if nothing model-shaping changed and the
+    collection did not outgrow train.finetune (README "Warm-start training"); full_retrain: a model
+    trained from scratch, even when nothing else changed.
     """
     quiet_user_errors()
     log = get_run_logger()
@@ -180,13 +250,19 @@ def pipeline(
         stages: dict[str, str] = {}
         upstream_changed = False
         for stage in stages_to_run:
-            state = run_stage(stage, params, force, root, upstream_changed, return_state=True)
+            if stage == "base":
+                state = set_base(
+                    params, root, warm_start, full_retrain, force, upstream_changed, return_state=True
+                )
+            else:
+                state = run_stage(stage, params, force, root, upstream_changed, return_state=True)
             if state.is_failed():
                 # The stage's message says what to do; the stages before it are recorded in dvc.lock.
                 err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")
                 raise PawflowError(f"stage {stage} failed: {err.what}", err.fix)
             out = state.result()
-            upstream_changed = bool(out.get("new_outputs"))
+            # base passes on a change upstream of it: train must run for new shards even if base is kept
+            upstream_changed = bool(out.get("new_outputs")) or (stage == "base" and upstream_changed)
             stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
         no_new_data = not force and all(stages[s].startswith("skipped") for s in stages_to_run[1:])
         if no_new_data:
@@ -201,7 +277,7 @@ def pipeline(
             params,
             "prefect",
             stages,
-            {"seconds": seconds, "pushed": pushed, "no_new_data": no_new_data},
+            {"seconds": seconds, "pushed": pushed, "no_new_data": no_new_data, **train_start(params)},
         )
     create_markdown_artifact(
         key="pipeline-summary",
@@ -221,8 +297,15 @@ def pipeline(
     return record
 
 
+def train_start(params: Params) -> dict:
+    """The run history's record of how the current model started: reports/train.json's warm_start."""
+    p = params.paths.reports / "train.json"
+    return {"warm_start": json.loads(p.read_text()).get("warm_start") if p.exists() else None}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flows.pipeline [--source S] [--epochs N] [--force] [--no-push]`: one run, no deployment."""
+    """`python -m flows.pipeline [--source S] [--epochs N] [--force] [--no-push]
+    [--warm-start | --full-retrain]`: one run, no deployment."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.description)
@@ -231,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--no-push", dest="push", action="store_const", const=False, default=None)
     parser.add_argument("--until", choices=versioning.STAGES, help="stop after this stage")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--warm-start", action="store_true", help="fine-tune the champion when train runs")
+    start.add_argument("--full-retrain", action="store_true", help="a model trained from scratch")
     args = parser.parse_args(argv)
     quiet_user_errors()
     root = Path.cwd()
@@ -249,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             push=args.push,
             until=args.until,
+            warm_start=args.warm_start,
+            full_retrain=args.full_retrain,
             return_state=True,
         )
     except KeyboardInterrupt:

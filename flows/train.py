@@ -19,7 +19,7 @@ from flows.common import (
     result_storage,
     stage_main,
 )
-from tasks import runtime
+from tasks import runtime, warmstart
 from tasks.cluster import role
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
@@ -27,14 +27,19 @@ from tasks.params import Params
 
 
 def train_config(params: Params):
-    from tasks.train import Augment, TrainConfig
+    from tasks.train import Augment, Finetune, TrainConfig
 
     t = params.train
-    return TrainConfig(**{**t.model_dump(exclude={"augment"}), "augment": Augment(**t.augment.model_dump())})
+    return TrainConfig(
+        **t.model_dump(exclude={"augment", "finetune"}),
+        augment=Augment(**t.augment.model_dump()),
+        finetune=Finetune(**t.finetune.model_dump()),
+    )
 
 
-# Keyed on dataset_info.json's hash (it lists every shard's sha256), the config and the code. The
-# result carries the model and every log file, so a cache hit rewrites all of train's outputs.
+# Keyed on dataset_info.json's hash (it lists every shard's sha256), the starting model's sha256 (None
+# from scratch), the config and the code. The result carries the model and every log file, so a cache
+# hit rewrites all of train's outputs.
 @task(
     name="fit-model",
     cache_policy=content_cache(
@@ -44,11 +49,20 @@ def train_config(params: Params):
         "tasks.model",
         "tasks.tfrecord",
         "tasks.runtime",
-        exclude=("processed", "workdir", "tf_config"),
+        exclude=("processed", "workdir", "tf_config", "start"),
     ),
     persist_result=True,
 )
-def fit_model(dataset_sha256: str, cfg, tf_settings, processed: Path, workdir: Path, tf_config: str | None):
+def fit_model(
+    dataset_sha256: str,
+    cfg,
+    tf_settings,
+    processed: Path,
+    workdir: Path,
+    tf_config: str | None,
+    start_sha256: str | None = None,
+    start: Path | None = None,
+):
     """Fit on the train split, early-stop on val; returns the model bytes, logs and report.
 
     tf_settings (params.yaml tensorflow:, applied by the flow) is an input so that the cache key
@@ -57,14 +71,15 @@ def fit_model(dataset_sha256: str, cfg, tf_settings, processed: Path, workdir: P
 
     info = json.loads((processed / "dataset_info.json").read_text())
     log = get_run_logger()
-    bar = progress_artifact("train-progress", f"train: 0 of {cfg.epochs} epochs", cfg.epochs)
+    epochs = cfg.finetune.epochs if start is not None else cfg.epochs  # as train.train decides
+    bar = progress_artifact("train-progress", f"train: 0 of {epochs} epochs", epochs)
 
     def say(done: int, line: str) -> None:
         log.info(line)
         bar(done, description=f"train: {line}")
 
-    result = train.train(processed, info, cfg, workdir, tf_config, say=say)
-    bar(cfg.epochs, description=f"train: done, {result.report['epochs_run']} epochs")
+    result = train.train(processed, info, cfg, workdir, tf_config, say=say, start=start)
+    bar(epochs, description=f"train: done, {result.report['epochs_run']} epochs")
     return result
 
 
@@ -84,6 +99,13 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
     if int(info["splits"]["train"]["examples"]) == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
     cfg = train_config(params)
+    # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.warmstart).
+    base_dir = params.paths.models / "base"
+    now = warmstart.shaping(params.train, info)
+    plan = warmstart.plan(
+        warmstart.read_base(base_dir), now, warmstart.train_examples(info), params.train.finetune
+    )
+    log.info("%s: %s", "warm start" if plan.warm else "from scratch", plan.reason)
     tf_config = os.environ.get("TF_CONFIG")
     me = role(tf_config)
     # In a cluster every worker must train: one answered from its cache would leave the others
@@ -98,8 +120,15 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         params.paths.processed,
         params.paths.cache / "train",
         tf_config,
+        plan.from_sha256,
+        base_dir / warmstart.BASE_MODEL if plan.warm else None,
     )
-    rep = {**result.report, "tensorflow": runtime.describe(params.tensorflow)}
+    rep = {
+        **result.report,
+        "tensorflow": runtime.describe(params.tensorflow),
+        "warm_start": warmstart.warm_start_report(plan),
+        "start_reason": plan.reason,
+    }
     log.info(
         "trained %s on %s: best epoch %s of %s",
         rep["model"],
@@ -112,7 +141,10 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         return rep
     models, reports = params.paths.models, params.paths.reports
     write_bytes(models / "model.keras", result.model_bytes)
-    write_json(models / "model.json", train.model_card(info, cfg))
+    write_json(
+        models / "model.json",
+        {**train.model_card(info, cfg), warmstart.LINEAGE_KEY: warmstart.lineage(plan, now)},
+    )
     for folder in ("dvclive", "tensorboard"):
         target = reports / ("train" if folder == "dvclive" else "tensorboard")
         with atomic_dir(target) as tmp:
@@ -122,11 +154,12 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(data)
     write_json(reports / "train.json", rep)
-    record_stage_run(params, "train", result.run)
+    record_stage_run(params, "train", {**result.run, "warm_start": rep["warm_start"]})
     best = rep["best"]
     rows = [
         ["model", f"{rep['model']} ({rep['parameters']:,} parameters)"],
         ["device", rep["device"]],
+        ["start", f"warm start #{plan.count} from {plan.from_sha256[:12]}" if plan.warm else "from scratch"],
         ["epochs run (best)", f"{rep['epochs_run']} ({rep['best_epoch']})"],
         ["val accuracy (best epoch)", f"{best.get('val_accuracy', float('nan')):.4f}"],
         ["train images/s", result.run["train_images_per_s"]],

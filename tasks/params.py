@@ -136,6 +136,16 @@ class Augment(Section):
     contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
 
+class Finetune(Section):
+    """train.finetune: how a warm start fine-tunes the champion (tasks/warmstart.py decides when)."""
+
+    epochs: PositiveInt = 5
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    max_growth: Annotated[float, Field(ge=0)] = 0.25
+    max_warm_starts: PositiveInt | None = 7
+
+
 class Train(Section):
     model: Literal["pawnet", "seed_cnn", "keras_xception"] = "pawnet"
     backbone: Literal["mobilenet_v2"] | None = None
@@ -157,6 +167,7 @@ class Train(Section):
     augment: Augment = Augment()
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     jit_compile: bool = False
+    finetune: Finetune = Finetune()
 
 
 class TensorFlow(Section):
@@ -199,11 +210,12 @@ class Evaluate(Section):
 
 class Pipeline(Section):
     schedule: str = "0 3 * * *"
+    full_schedule: str = "0 4 * * 0"
     timezone: str = "UTC"
     push: bool = True
     history: Path = Path("reports/runs.jsonl")
 
-    @field_validator("schedule")
+    @field_validator("schedule", "full_schedule")
     @classmethod
     def _cron(cls, v: str, info: ValidationInfo) -> str:
         if info.context and info.context.get("light"):

@@ -41,6 +41,18 @@ class Augment:
 
 
 @dataclass(frozen=True)
+class Finetune:
+    """How a warm start fine-tunes its starting model (params.yaml train.finetune; tasks.warmstart
+    decides when)."""
+
+    epochs: int
+    learning_rate: float
+    schedule: str  # cosine: from learning_rate down to COSINE_FLOOR of it; constant
+    max_growth: float
+    max_warm_starts: int | None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything training depends on, built from params.yaml train: (validated and defaulted there,
     in tasks.params.Train) by flows.train.train_config."""
@@ -65,6 +77,7 @@ class TrainConfig:
     augment: Augment
     mixed_precision: str  # auto: mixed_float16 on GPUs only; on; off
     jit_compile: bool
+    finetune: Finetune
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -264,6 +277,7 @@ def peak_rss_mb() -> float:
 
 
 def build_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> keras.Model:
+    """A new model, compiled with the from-scratch schedule: warmup, then cosine decay."""
     model = make_model(
         (cfg.image_size, cfg.image_size, 3),
         num_classes,
@@ -284,6 +298,25 @@ def build_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) 
         warmup_steps=warmup,
         alpha=COSINE_FLOOR,
     )
+    return compile_model(cfg, num_classes, schedule, model)
+
+
+def load_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, start: Path) -> keras.Model:
+    """The starting model of a warm start, compiled with the fine-tuning schedule (train.finetune): no
+    warmup, the weights are already trained; cosine decay from its learning rate, or constant."""
+    model = keras.models.load_model(start, compile=False)
+    f = cfg.finetune
+    schedule: Any = f.learning_rate
+    if f.schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=f.learning_rate,
+            decay_steps=max(1, f.epochs * steps_per_epoch),
+            alpha=COSINE_FLOOR,
+        )
+    return compile_model(cfg, num_classes, schedule, model)
+
+
+def compile_model(cfg: TrainConfig, num_classes: int, schedule: Any, model: keras.Model) -> keras.Model:
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     if num_classes == 2:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
@@ -364,8 +397,12 @@ def train(
     tf_config: str | None = None,
     progress: bool = True,
     say: Callable[[int, str], None] = lambda done, line: print(line, flush=True),
+    start: Path | None = None,
 ) -> TrainResult:
-    """Fit a model on the train split with early stopping on the val split (never the test split)."""
+    """Fit a model on the train split with early stopping on the val split (never the test split).
+
+    start: a warm start's starting model (models/base/model.keras): fine-tuned for train.finetune.epochs
+    instead of a new model trained for train.epochs."""
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
@@ -405,8 +442,12 @@ def train(
     if workdir.exists():
         shutil.rmtree(workdir)
     live_dir, tb_dir, ckpt = workdir / "dvclive", workdir / "tensorboard", workdir / "best.keras"
+    epochs = cfg.finetune.epochs if start is not None else cfg.epochs
     with devices.strategy.scope():
-        model = build_and_compile(cfg, num_classes, steps)
+        if start is None:
+            model = build_and_compile(cfg, num_classes, steps)
+        else:
+            model = load_and_compile(cfg, num_classes, steps, start)
     monitor = "val_loss" if has_val else "loss"
     speed = _Throughput()
     speed.batch_size = global_batch
@@ -422,7 +463,7 @@ def train(
             speed,
         ]
         if progress:
-            callbacks.append(EpochLog(say, cfg.epochs, speed))
+            callbacks.append(EpochLog(say, epochs, speed))
 
         if devices.kind == "multi-worker":
 
@@ -441,7 +482,7 @@ def train(
                 val_ds if has_val else None,
                 global_batch,
                 steps,
-                cfg.epochs,
+                epochs,
                 callbacks,
             )
         else:
@@ -449,7 +490,7 @@ def train(
             history = model.fit(
                 train_ds,
                 validation_data=val_ds if has_val else None,
-                epochs=cfg.epochs,
+                epochs=epochs,
                 callbacks=callbacks,
                 shuffle=False,
                 verbose=0,

@@ -19,7 +19,7 @@ from tasks.errors import PawflowError
 from tasks.fileio import append_history
 from tasks.params import check_workspace_paths, load_params, parse_params
 
-STAGES = ("ingest", "clean", "dedup", "shard", "train", "evaluate")
+STAGES = ("ingest", "clean", "dedup", "shard", "base", "train", "evaluate")
 # The first stage of dvc.yaml (flows/check.py): validates params.yaml and ingest.source.
 CHECK_STAGE = "check"
 # How long an entry point waits for DVC's repo lock held by a short command (`dvc status`) before it
