@@ -361,22 +361,28 @@ def predict_command(
     _finish("predict", cmd_predict, targets=targets, model=model, csv_out=csv_out)
 
 
+def cmd_server(action: str) -> int:
+    """`status`: the background server's API URL (or that none runs); `stop`: stop it now."""
+    from flows.server import background_url, stop_background
+
+    os.chdir(project_root(Path.cwd()))  # the server's home is .pawflow/prefect in the project
+    if action == "stop":
+        print("stopped" if stop_background() else "no background Prefect server was running")
+    else:
+        print(background_url() or "no background Prefect server is running")
+    return 0
+
+
 @server_app.command("status")
 def server_status() -> None:
     """Print the background server's API URL, or that none runs."""
-    from flows.server import background_url
-
-    os.chdir(project_root(Path.cwd()))
-    print(background_url() or "no background Prefect server is running")
+    _finish("server status", cmd_server, action="status")
 
 
 @server_app.command("stop")
 def server_stop() -> None:
-    """Stop the background server now (it also stops itself after 15 idle minutes)."""
-    from flows.server import stop_background
-
-    os.chdir(project_root(Path.cwd()))
-    print("stopped" if stop_background() else "no background Prefect server was running")
+    """Stop the background server now (it also stops itself when idle)."""
+    _finish("server stop", cmd_server, action="stop")
 
 
 def main(argv: list[str] | None = None) -> int:
