@@ -184,3 +184,26 @@ def test_server_status_in_a_project_without_a_server(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path / "sub")
     assert main(["server", "status"]) == 0
     assert capsys.readouterr().out == "no background Prefect server is running\n"
+
+
+@pytest.mark.slow
+def test_predict_shows_no_tensorflow_start_up_lines(tmp_path: Path):
+    import imagegen
+    from test_predict import SMALL_CARD, write_model
+
+    model = write_model(tmp_path / "model", SMALL_CARD)
+    (tmp_path / "a.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no TF_CPP_* set
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "predict", "a.jpg", "--model", str(model)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("a.jpg\t")
+    assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "I0000" not in proc.stderr, (
+        proc.stderr
+    )
