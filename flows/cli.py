@@ -12,12 +12,15 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tasks.errors import PawflowError
 from tasks.params import Pipeline, load_params
+
+if TYPE_CHECKING:
+    from tasks.params import Params
 
 PREFECT_HOME = Path(".pawflow/prefect")
 
@@ -94,7 +97,7 @@ def cmd_run(force: bool = False, push: bool = True) -> int:
     return 0
 
 
-def closing_lines(root: Path, params) -> str:
+def closing_lines(root: Path, params: Params) -> str:
     """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
     and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
     reports = root / params.paths.reports
@@ -109,11 +112,12 @@ def closing_lines(root: Path, params) -> str:
         line = "no test accuracy yet (the evaluate stage has not run)"
     html = reports / "evaluation.html"
     report = f"report: {html}" if html.exists() else f"report: not written yet ({html})"
-    champion = root / params.paths.models / "champion"
-    if (champion / "model.keras").exists():
-        tryit = "try it: pawflow predict PHOTO_OR_FOLDER   (default model: models/champion)"
+    champion = params.paths.models / "champion"
+    if (root / champion / "model.keras").exists():
+        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {champion})"
     else:
-        tryit = "try it: pawflow predict PHOTO_OR_FOLDER --model models/model.keras   (no champion yet)"
+        model = params.paths.models / "model.keras"
+        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
     return "\n".join((line, report, tryit))
 
 

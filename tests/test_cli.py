@@ -164,7 +164,7 @@ def test_closing_lines_after_a_run(tmp_path: Path):
     assert lines == [
         "test accuracy 0.8433 on 600 photos; gate: promoted (better than 0.8)",
         f"report: {params.paths.reports / 'evaluation.html'}",
-        "try it: pawflow predict PHOTO_OR_FOLDER   (default model: models/champion)",
+        f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {params.paths.models / 'champion'})",
     ]
 
 
@@ -174,7 +174,7 @@ def test_closing_lines_say_what_is_missing(tmp_path: Path):
     assert len(lines) == 3
     assert lines[0] == "no test accuracy yet (the evaluate stage has not run)"
     assert lines[1].startswith("report: not written yet")
-    assert "--model models/model.keras" in lines[2]
+    assert f"--model {params.paths.models / 'model.keras'}" in lines[2]
 
 
 def test_server_status_in_a_project_without_a_server(tmp_path: Path, monkeypatch, capsys):
