@@ -150,8 +150,9 @@ def set_base(
     }
 
 
-def warm_start_markdown(params: Params) -> list[str]:
-    """The pipeline summary's line on how the current model started (reports/train.json)."""
+def warm_start_markdown(params: Params, origin: str = "") -> list[str]:
+    """The pipeline summary's line on how the current model started (reports/train.json); origin says
+    which run trained it when it was not this one."""
     p = params.paths.reports / "train.json"
     if not p.exists():
         return []
@@ -161,7 +162,7 @@ def warm_start_markdown(params: Params) -> list[str]:
         start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
     else:
         start = "trained from scratch"
-    return ["", f"**train**: {start}: {rep.get('start_reason', '')}"]
+    return ["", f"**train**{origin}: {start}: {rep.get('start_reason', '')}"]
 
 
 def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool) -> str:
@@ -209,7 +210,8 @@ def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool)
             f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
             for s, c in shard["counts"].items()
         ]
-    lines += warm_start_markdown(params)
+    if "train" in stages:
+        lines += warm_start_markdown(params, origin("train"))
     if metrics:
         lines += [
             "",
