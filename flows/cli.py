@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from tasks.errors import PawflowError
 from tasks.params import Pipeline, load_params
+
+if TYPE_CHECKING:
+    from tasks.params import Params
 
 PREFECT_HOME = Path(".pawflow/prefect")
 
@@ -49,7 +58,7 @@ def has_remote() -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(force: bool = False, push: bool = True) -> int:
     """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote."""
     from flows.common import run_lock
     from flows.server import prefect_api
@@ -66,28 +75,74 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     before = versioning.lock_stages(root)
     stages = (versioning.CHECK_STAGE, *versioning.STAGES)
-    if not args.force and not any(versioning.stage_status(root, s) for s in stages):
+    if not force and not any(versioning.stage_status(root, s) for s in stages):
         # Nothing for dvc repro to do: skip starting a Prefect server for it.
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
     else:
         with prefect_api(PREFECT_HOME):
-            dvc("repro", *(["--force"] if args.force else []))
+            dvc("repro", *(["--force"] if force else []))
     pushed = None
-    if args.push and params.pipeline.push and has_remote():
+    if push and params.pipeline.push and has_remote():
         dvc("push")
         pushed = True
     after = versioning.lock_stages(root)
     stages = {
-        s: "ran" if before.get(s) != after.get(s) or args.force else "skipped (up to date)"
+        s: "ran" if before.get(s) != after.get(s) or force else "skipped (up to date)"
         for s in versioning.STAGES
     }
     versioning.record_run(
         root, params, "dvc repro", stages, {"seconds": round(time.monotonic() - started, 1), "pushed": pushed}
     )
+    print(closing_lines(root, params))
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def closing_lines(root: Path, params: Params) -> str:
+    """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
+    and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
+    reports = root / params.paths.reports
+    metrics, gate = (
+        json.loads(p.read_text()) if p.exists() else {}
+        for p in (reports / "metrics.json", reports / "gate.json")
+    )
+    if metrics:
+        line = f"test accuracy {metrics['accuracy']:.4f} on {metrics['examples']} photos"
+        line += f"; gate: {gate['decision']} ({gate['reason']})" if gate else "; no gate decision yet"
+    else:
+        line = "no test accuracy yet (the evaluate stage has not run)"
+    html = reports / "evaluation.html"
+    report = f"report: {html}" if html.exists() else f"report: not written yet ({html})"
+    champion = params.paths.models / "champion"
+    if (root / champion / "model.keras").exists():
+        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {champion})"
+    else:
+        model = params.paths.models / "model.keras"
+        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
+    return "\n".join((line, report, tryit))
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what TensorFlow's C++ side writes to fd 2 while it is imported: absl's "All log messages
+    before absl::InitializeLog()" and the oneDNN notice come before TF_CPP_MIN_LOG_LEVEL is read, so
+    only redirecting the file descriptor hides them. If the import fails, what it wrote is shown."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = False) -> int:
     """Label photos with the champion (or --model); exit 1 if any file could not be labelled."""
     import csv
 
@@ -97,13 +152,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
     defaults = Params.model_fields
     max_pixels = params.clean.max_pixels if params else defaults["clean"].default.max_pixels
-    model = args.model or (params.paths.models / "champion" if params else Path("models/champion"))
+    missing = [str(t) for t in targets if not t.exists() and not t.is_symlink()]
+    if missing:
+        raise PawflowError(
+            f"{', '.join(missing)}: no such file or folder.", "Name photos, or folders of photos."
+        )
+    champion = params.paths.models / "champion" if params else Path("models/champion")
+    if model is not None and not model.exists():
+        # "Train one first" is advice for the default champion only; a given path is simply wrong.
+        raise PawflowError(
+            f"--model {model}: the path does not exist.",
+            "Pass the path of a .keras file or of a folder holding model.keras + model.json.",
+        )
+    model = model or champion
     predict.model_files(model)  # the model and the photos are checked before TensorFlow is imported
-    files = predict.list_files(args.targets)
-    runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
+    files = predict.list_files(targets)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read at import: no C++ info/warning lines
+    with quiet_native_stderr():
+        runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
+        import keras  # noqa: F401  (imported here, with its start-up lines silenced)
     predictor = predict.load(model, max_pixels)
     failed = 0
-    writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
+    writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
     if writer:
         writer.writerow(["path", "label", "confidence", "error"])
     for row in predict.predict(predictor, iter(files)):
@@ -174,7 +244,7 @@ def retrain_full_deployment(pipeline: Any, p: Pipeline, limit: Any) -> Any:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve() -> int:
     """Serve pipeline/manual and pipeline/retrain-nightly against PREFECT_API_URL until stopped."""
     from prefect import serve
     from prefect.client.orchestration import get_client
@@ -198,38 +268,135 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pawflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the whole pipeline (dvc repro) and push data and model")
-    run.add_argument("--force", action="store_true", help="re-run every stage")
-    run.add_argument("--no-push", dest="push", action="store_false", help="do not dvc push afterwards")
-    run.set_defaults(fn=cmd_run)
-    srv = sub.add_parser(
-        "serve", help="serve the pipeline deployments (manual + retrain-nightly) until stopped"
-    )
-    srv.set_defaults(fn=cmd_serve)
-    pred = sub.add_parser("predict", help="label photos (files or folders, recursively) with the champion")
-    pred.add_argument("targets", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
-    pred.add_argument(
-        "--model",
-        type=Path,
-        help="a .keras file or a folder with model.keras + model.json (default: models/champion)",
-    )
-    pred.add_argument("--csv", action="store_true", help="CSV: path,label,confidence,error")
-    pred.set_defaults(fn=cmd_predict)
-    args = parser.parse_args(argv)
+app = typer.Typer(
+    name="pawflow",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+server_app = typer.Typer(
+    help="The background Prefect server that stage processes share (.pawflow/prefect).",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def package_version() -> str:
     try:
-        return args.fn(args)
+        return version("pawflow")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"pawflow {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """A folder, archive or URL of labelled photos in; a versioned, evaluated image classifier out."""
+
+
+def _finish(command: str, fn, **kwargs) -> None:
+    """Run a command: one message and its exit code (2 bad usage or params, 1 a failed run, 130 Ctrl-C)."""
+    try:
+        code = fn(**kwargs)
     except PawflowError as err:
-        print(f"\npawflow {args.command}: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
+        print(f"\npawflow {command}: {err}", file=sys.stderr)
+        code = getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(
-            f"\npawflow {args.command}: interrupted; run it again to finish (finished work is kept).",
+            f"\npawflow {command}: interrupted; run it again to finish (finished work is kept).",
             file=sys.stderr,
         )
-        return 130
+        code = 130
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("run")
+def run_command(
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-run every stage, even those up to date.")
+    ] = False,
+    push: Annotated[
+        bool, typer.Option("--push/--no-push", help="dvc push data and model to the default remote after.")
+    ] = True,
+) -> None:
+    """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
+    _finish("run", cmd_run, force=force, push=push)
+
+
+@app.command("serve")
+def serve_command() -> None:
+    """Serve the deployments pipeline/manual and pipeline/retrain-nightly until stopped (Ctrl-C).
+
+    Needs a running Prefect server in PREFECT_API_URL (`prefect server start`).
+    """
+    _finish("serve", cmd_serve)
+
+
+@app.command("predict")
+def predict_command(
+    targets: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="IMAGE_OR_DIR...", help="Photos, or folders searched recursively.", show_default=False
+        ),
+    ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A .keras file, or a folder with model.keras + model.json. [default: models/champion]"
+        ),
+    ] = None,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV: path,label,confidence,error.")] = False,
+) -> None:
+    """Label photos with the champion model (or --model); exit 1 if any file could not be labelled."""
+    _finish("predict", cmd_predict, targets=targets, model=model, csv_out=csv_out)
+
+
+def cmd_server(action: str) -> int:
+    """`status`: the background server's API URL (or that none runs); `stop`: stop it now."""
+    from flows.server import background_url, stop_background
+
+    os.chdir(project_root(Path.cwd()))  # the server's home is .pawflow/prefect in the project
+    if action == "stop":
+        print("stopped" if stop_background() else "no background Prefect server was running")
+    else:
+        print(background_url() or "no background Prefect server is running")
+    return 0
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Print the background server's API URL, or that none runs."""
+    _finish("server status", cmd_server, action="status")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the background server now (it also stops itself when idle)."""
+    _finish("server stop", cmd_server, action="stop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script. typer parses and reports bad usage (the subcommand's usage, the error and a
+    "Did you mean ...?", exit 2); the commands report their own errors once (see _finish)."""
+    try:
+        app(args=sys.argv[1:] if argv is None else list(argv), prog_name="pawflow", standalone_mode=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

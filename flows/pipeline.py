@@ -8,6 +8,7 @@ the result with `dvc commit`, so dvc.lock, the outputs and the DVC cache agree e
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import deployment
 from prefect.states import Completed, Failed
 
 from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
@@ -148,8 +150,9 @@ def set_base(
     }
 
 
-def warm_start_markdown(params: Params) -> list[str]:
-    """The pipeline summary's line on how the current model started (reports/train.json)."""
+def warm_start_markdown(params: Params, origin: str = "") -> list[str]:
+    """The pipeline summary's line on how the current model started (reports/train.json); origin says
+    which run trained it when it was not this one."""
     p = params.paths.reports / "train.json"
     if not p.exists():
         return []
@@ -159,36 +162,46 @@ def warm_start_markdown(params: Params) -> list[str]:
         start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
     else:
         start = "trained from scratch"
-    return ["", f"**train**: {start}: {rep.get('start_reason', '')}"]
+    return ["", f"**train**{origin}: {start}: {rep.get('start_reason', '')}"]
 
 
 def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool) -> str:
+    """The run's summary. A stage's numbers appear only when the stage is in this run, and are marked
+    as an earlier run's when DVC found it up to date; stages outside the run (--until) show none."""
     r = params.paths.reports
 
-    def read(name: str) -> dict:
-        p = r / name
-        return json.loads(p.read_text()) if p.exists() else {}
+    def read(stage: str, name: str | None = None) -> dict:
+        """The stage's report file (name, default <stage>.json) if the stage is part of this run."""
+        p = r / (name or f"{stage}.json")
+        return json.loads(p.read_text()) if stage in stages and p.exists() else {}
 
-    clean, dedup, shard, metrics, gate = (
-        read(n) for n in ("clean.json", "dedup.json", "shard.json", "metrics.json", "gate.json")
-    )
+    def origin(stage: str) -> str:
+        return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
+
+    clean, dedup, shard = read("clean"), read("dedup"), read("shard")
+    metrics, gate = read("evaluate", "metrics.json"), read("evaluate", "gate.json")
     lines = ["## pawflow pipeline", ""]
     if no_new_data:
         lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
     lines += ["| stage | this run |", "|---|---|"] + [f"| {s} | {v} |" for s, v in stages.items()]
+    left_out = [s for s in versioning.STAGES if s not in stages]
+    if left_out:
+        lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
     if clean:
         lines += [
             "",
-            f"**clean**: {clean['files']} files, {clean['kept']} kept, {clean['rejected']} rejected "
-            + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
+            f"**clean**{origin('clean')}: {clean['files']} files, {clean['kept']} kept, "
+            f"{clean['rejected']} rejected " + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
         ]
     if dedup:
         lines += [
-            f"**dedup**: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} near duplicates, "
-            f"{dedup['conflict']} photos in label conflicts"
+            f"**dedup**{origin('dedup')}: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} "
+            f"near duplicates, {dedup['conflict']} photos in label conflicts"
         ]
     if shard:
         lines += [
+            "",
+            f"**shard**{origin('shard')}:",
             "",
             "| split | " + " | ".join(shard["class_names"]) + " |",
             "|---|" + "---|" * len(shard["class_names"]),
@@ -197,11 +210,12 @@ def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool)
             f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
             for s, c in shard["counts"].items()
         ]
-    lines += warm_start_markdown(params)
+    if "train" in stages:
+        lines += warm_start_markdown(params, origin("train"))
     if metrics:
         lines += [
             "",
-            f"**test accuracy** {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
+            f"**test accuracy**{origin('evaluate')} {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
             f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
         ]
         if "robust_accuracy" in metrics:
@@ -209,8 +223,18 @@ def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool)
                 f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
             ]
     if gate:
-        lines += [f"**gate**: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"]
+        lines += [
+            f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"
+        ]
     return "\n".join(lines)
+
+
+def workspace_limit():
+    """The global concurrency limit `pawflow serve` creates, taken only by a deployment's run (it does not
+    exist for a plain local run, where the workspace lock is what keeps runs apart)."""
+    if deployment.id:
+        return concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False)
+    return contextlib.nullcontext()
 
 
 @flow(name="pipeline", log_prints=True)
@@ -239,7 +263,7 @@ def pipeline(
     started = time.monotonic()
     updates = preflight(root, source, epochs, until)  # before any lock, DVC call or write
     stages_to_run = versioning.STAGES[: versioning.STAGES.index(until) + 1] if until else versioning.STAGES
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=False), run_lock(root):
+    with workspace_limit(), run_lock(root):
         changed = versioning.set_params(root / "params.yaml", updates)
         for key, (old, new) in changed.items():
             log.info("params.yaml: %s %r -> %r", key, old, new)
@@ -309,10 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.description)
-    parser.add_argument("--source")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--no-push", dest="push", action="store_const", const=False, default=None)
+    parser.add_argument(
+        "--source", metavar="PATH_OR_URL", help="the photos: a folder, archive or URL (sets ingest.source)"
+    )
+    parser.add_argument("--epochs", type=int, metavar="N", help="training epochs (sets train.epochs)")
+    parser.add_argument("--force", action="store_true", help="re-run every stage, without caches")
+    parser.add_argument(
+        "--no-push",
+        dest="push",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not dvc push afterwards (default: pipeline.push in params.yaml)",
+    )
     parser.add_argument("--until", choices=versioning.STAGES, help="stop after this stage")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--warm-start", action="store_true", help="fine-tune the champion when train runs")
@@ -349,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return 1
+    if state.result().get("stages", {}).get("evaluate", "").startswith("ran"):
+        from flows.cli import closing_lines
+
+        print(closing_lines(root, load_params(root / "params.yaml")))
     return 0
 
 

@@ -36,7 +36,9 @@ BACKGROUND_HOME = Path(".pawflow/prefect")  # relative to the project root (wher
 IDLE_TIMEOUT_S = 900.0  # the background server stops after this long without a pawflow run
 IDLE_POLL_S = 5.0
 WORKSPACE_LOCK = Path(".pawflow/workspace.lock")  # held by every running stage (flows.common)
-STAGE_MODULES = {f"flows.{s}" for s in ("ingest", "clean", "dedup", "shard", "train", "evaluate")}
+# The processes that use it: each stage, and the Prefect pipeline run without a deployment, so that
+# every entry point keeps its Prefect history in one place (.pawflow/prefect, as `pawflow run` does).
+STAGE_MODULES = {f"flows.{s}" for s in ("ingest", "clean", "dedup", "shard", "train", "evaluate", "pipeline")}
 
 
 def healthy(api_url: str) -> bool:
@@ -248,6 +250,12 @@ def use_background_server() -> None:
         or not Path("params.yaml").is_file()  # not at a project root
     ):
         return
+    from tasks.preflight import preflight
+
+    try:
+        preflight(Path("params.yaml"), light=True)
+    except PawflowError:
+        return  # the process reports it, in one message, before any server starts
     try:
         os.environ["PREFECT_API_URL"] = ensure_background()
     except (PawflowError, OSError) as err:

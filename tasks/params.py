@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -307,7 +308,10 @@ def _duplicate_keys(node: yaml.Node, parents: tuple[str, ...] = ()) -> list[str]
 
 
 def _inside(path: Path, root: Path) -> bool:
-    return (root / path).resolve().is_relative_to(root.resolve())
+    """Inside the workspace by name: `..` counts, links do not (a data/ folder linked to a bigger disk
+    is still the workspace's data/ for DVC)."""
+    base = root.absolute()
+    return Path(os.path.normpath(base / path)).is_relative_to(Path(os.path.normpath(base)))
 
 
 def check_workspace_paths(params: Params, root: Path, path: Path = Path("params.yaml")) -> None:

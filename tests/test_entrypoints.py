@@ -67,6 +67,11 @@ def test_prefect_run_leaves_what_dvc_repro_leaves(tmp_path: Path, prefect_server
     ws, _ = workspace(tmp_path)
     first = py(ws, "-m", "flows.pipeline", api=prefect_server)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "Concurrency limits" not in first.stderr  # no global limit taken outside a deployment
+    closing = first.stdout.strip().splitlines()[-3:]
+    assert closing[0].startswith("test accuracy ") and "gate: promoted" in closing[0]
+    assert closing[1] == f"report: {ws / 'reports/evaluation.html'}"
+    assert closing[2].startswith("try it: pawflow predict ")
     assert_up_to_date(ws, prefect_server)
     run = history(ws)[-1]
     assert run["entry"] == "prefect" and all(v.startswith("ran") for v in run["stages"].values())
@@ -128,6 +133,10 @@ def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server:
     assert out.returncode == 0, out.stderr[-3000:]
     run = history(ws)[-1]
     assert run["entry"] == "dvc repro" and run["stages"]["train"] == "ran" and run["pushed"]
+    closing = out.stdout.strip().splitlines()[-3:]  # accuracy and gate, the report, the command to try
+    assert closing[0].startswith("test accuracy ") and "; gate: " in closing[0], out.stdout[-2000:]
+    assert closing[1] == f"report: {ws / 'reports/evaluation.html'}"
+    assert closing[2].startswith("try it: pawflow predict ")
     assert_up_to_date(ws, prefect_server)
     again = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
     assert again.returncode == 0 and "nothing to do" in again.stdout

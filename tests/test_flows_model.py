@@ -180,4 +180,4 @@ def test_predict_good_corrupt_and_directory(trained: Params, tmp_path: Path, cap
 def test_predict_without_a_model_is_a_clear_error(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert pawflow(["predict", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
-    assert "no model at" in capsys.readouterr().err
+    assert "--model " + str(tmp_path / "none") + ": the path does not exist" in capsys.readouterr().err

@@ -148,6 +148,10 @@ def test_paths_outside_the_workspace_are_refused(tmp_path: Path, raw: str):
     data["paths"]["raw"] = "data/raw2"
     p.write_text(yaml.safe_dump(data))
     assert load_params(p).paths.raw == Path("data/raw2")
+    # A data folder linked to another disk is still the workspace's data folder.
+    (tmp_path / "bigger-disk").mkdir()
+    (p.parent / "data").symlink_to(tmp_path / "bigger-disk")
+    assert load_params(p).paths.raw == Path("data/raw2")
 
 
 @pytest.mark.parametrize(

@@ -42,13 +42,17 @@ def test_a_running_stage_keeps_the_server_busy(project: Path):
 def test_only_stage_processes_without_an_api_use_it(project: Path, monkeypatch: pytest.MonkeyPatch):
     started = []
     monkeypatch.setattr(server, "ensure_background", lambda: started.append(1) or "http://x/api")
-    Path("params.yaml").write_text("{}")
+    for label in ("Cat", "Dog"):
+        (Path("photos") / label).mkdir(parents=True)
+    params = (ROOT / "params.yaml").read_text()
+    Path("params.yaml").write_text(params.replace("../shared/datasets/petimages-sample", "photos"))
     cases = [
         (["python", "-m", "flows.dedup"], {"PREFECT_API_URL": "http://mine/api"}, False),
         (["python", "-m", "flows.dedup", "--help"], {}, False),
         (["python", "-m", "flows.cli", "run"], {}, False),
         (["python", "-m", "flows.dedup"], {"PAWFLOW_BACKGROUND_SERVER": "0"}, False),
         (["python", "-X", "dev", "-m", "flows.shard"], {}, True),
+        (["python", "-m", "flows.pipeline", "--until", "shard"], {}, True),  # one Prefect home for all
     ]
     for argv, env, uses in cases:
         monkeypatch.setattr(sys, "orig_argv", argv)
@@ -61,6 +65,12 @@ def test_only_stage_processes_without_an_api_use_it(project: Path, monkeypatch: 
         assert bool(started) == uses, argv
         assert (os.environ.get("PREFECT_API_URL") == "http://x/api") == uses
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # Bad params: the stage says so in one message, before any server starts.
+    Path("params.yaml").write_text(params.replace("../shared/datasets/petimages-sample", "missing"))
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "flows.ingest"])
+    started.clear()
+    server.use_background_server()
+    assert not started and "PREFECT_API_URL" not in os.environ
 
 
 @pytest.mark.slow

@@ -1,0 +1,209 @@
+"""The `pawflow` command: version, help, usage errors with suggestions, one message per error with its
+exit code (2 usage/params, 1 failed run, 130 Ctrl-C), predict's paths checked before TensorFlow, and the
+three lines a finished run ends with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from conftest import params_for
+
+from flows import cli
+from flows.cli import RunFailed, closing_lines, main
+from tasks.errors import PawflowError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # typer's error box wraps at the terminal width
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pawflow {version('pawflow')}"
+
+
+@pytest.mark.parametrize("command", [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]])
+def test_every_command_has_help(command: list[str], capsys):
+    assert main([*command, "-h"]) == 0
+    out = capsys.readouterr().out
+    assert f"Usage: pawflow {' '.join(command)}" in out
+
+
+def test_every_option_has_help(capsys):
+    main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    assert "Re-run every stage" in run_help and "dvc push data and model" in run_help
+    main(["predict", "--help"])
+    predict_help = capsys.readouterr().out
+    assert "model.keras + model.json" in predict_help and "path,label,confidence,error" in predict_help
+
+
+def test_a_typod_option_shows_the_subcommands_usage_and_a_suggestion(capsys):
+    assert main(["run", "--forse"]) == 2
+    err = capsys.readouterr().err
+    assert "Usage: pawflow run [OPTIONS]" in err
+    assert "No such option: --forse" in err and "--force" in err.split("--forse", 1)[1]
+
+
+def test_a_typod_command_gets_a_did_you_mean(capsys):
+    assert main(["predcit", "x.jpg"]) == 2
+    assert "Did you mean 'predict'?" in capsys.readouterr().err
+
+
+def test_bad_params_exit_2_with_one_message(tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("ingest:\n  sourse: photos\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--no-push"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("pawflow run:") == 1 and "sourse" in err
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "message"),
+    [
+        (RunFailed("`dvc repro` failed (exit 1); its message is above."), 1, "`dvc repro` failed"),
+        (PawflowError("bad", "fix it"), 2, "What to do: fix it"),
+        (KeyboardInterrupt(), 130, "interrupted; run it again"),
+    ],
+)
+def test_exit_code_per_kind_of_error(raised: BaseException, code: int, message: str, monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(force: bool, push: bool) -> int:
+        seen.update(force=force, push=push)
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_run", fake_run)
+    assert main(["run", "--force", "--no-push"]) == code
+    assert seen == {"force": True, "push": False}
+    err = capsys.readouterr().err
+    assert message in err and err.count("pawflow run:") == 1
+
+
+def test_a_missing_model_path_is_not_train_one_first(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    assert main(["predict", "a.jpg", "--model", "/nope/model.keras"]) == 2
+    err = capsys.readouterr().err
+    assert "--model /nope/model.keras: the path does not exist" in err and "make run" not in err
+
+
+def test_the_default_champion_missing_says_train_one_first(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    assert main(["predict", "a.jpg"]) == 2
+    assert "Train one first (`make run`)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv",
+    [["predict", "/nope/cat.jpg"], ["predict", "{tmp}", "--model", "/nope/model.keras"]],
+)
+def test_bad_predict_paths_are_refused_without_importing_tensorflow(argv: list[str], tmp_path: Path):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = (
+        "import sys\nfrom flows.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\nsys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+    assert "does not exist" in proc.stderr or "no such file or folder" in proc.stderr
+
+
+def test_tensorflow_start_up_lines_are_silenced_but_an_import_error_is_shown(capfd):
+    import os
+
+    with cli.quiet_native_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ImportError), cli.quiet_native_stderr():
+        os.write(2, b"native detail\n")
+        raise ImportError("no tensorflow")
+    assert "native detail" in capfd.readouterr().err
+
+
+def test_server_status_outside_a_project_is_one_message(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["server", "status"]) == 2
+    assert "not inside a pawflow project" in capsys.readouterr().err
+
+
+def write_reports(params, accuracy: float = 0.84331, decision: str = "promoted") -> None:
+    reports = params.paths.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "examples": 600}))
+    (reports / "gate.json").write_text(json.dumps({"decision": decision, "reason": "better than 0.8"}))
+    (reports / "evaluation.html").write_text("<html></html>")
+
+
+def test_closing_lines_after_a_run(tmp_path: Path):
+    params = params_for(tmp_path, tmp_path / "photos")
+    write_reports(params)
+    (params.paths.models / "champion").mkdir(parents=True)
+    (params.paths.models / "champion" / "model.keras").write_bytes(b"k")
+    lines = closing_lines(tmp_path, params).splitlines()
+    assert lines == [
+        "test accuracy 0.8433 on 600 photos; gate: promoted (better than 0.8)",
+        f"report: {params.paths.reports / 'evaluation.html'}",
+        f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {params.paths.models / 'champion'})",
+    ]
+
+
+def test_closing_lines_say_what_is_missing(tmp_path: Path):
+    params = params_for(tmp_path, tmp_path / "photos")
+    lines = closing_lines(tmp_path, params).splitlines()
+    assert len(lines) == 3
+    assert lines[0] == "no test accuracy yet (the evaluate stage has not run)"
+    assert lines[1].startswith("report: not written yet")
+    assert f"--model {params.paths.models / 'model.keras'}" in lines[2]
+
+
+def test_server_status_in_a_project_without_a_server(tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert main(["server", "status"]) == 0
+    assert capsys.readouterr().out == "no background Prefect server is running\n"
+
+
+@pytest.mark.slow
+def test_predict_shows_no_tensorflow_start_up_lines(tmp_path: Path):
+    import imagegen
+    from test_predict import SMALL_CARD, write_model
+
+    model = write_model(tmp_path / "model", SMALL_CARD)
+    (tmp_path / "a.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no TF_CPP_* set
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "predict", "a.jpg", "--model", str(model)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("a.jpg\t")
+    assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "I0000" not in proc.stderr, (
+        proc.stderr
+    )
