@@ -216,7 +216,8 @@ def shard_flow(params: Params, refresh: bool = False) -> dict:
         for p in plans:
             p.files = None
     # Only photos of shards to be written need their normalised image: reused shards read nothing.
-    todo = pd.concat([p.part for p in plans if p.files is None], ignore_index=True)
+    parts = [p.part for p in plans if p.files is None]
+    todo = pd.concat(parts, ignore_index=True) if parts else examples.iloc[:0]
     reused = sum(len(p.files) for p in plans if p.files is not None)
     log.info("shard: %d shard file(s) reused unchanged; writing the shards of %d photo(s)", reused, len(todo))
     missing = [] if not refresh else list(zip(todo["path"], todo["sha256"], strict=True))

@@ -198,6 +198,10 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     run()
     after = shard_files(processed)
     assert {n: after[n] for n in before} == before
+    # Run again with nothing new (as after a code change): every shard file is reused as it is.
+    state = shard_flow(params=params, return_state=True)
+    assert state.is_completed(), state.message
+    assert shard_files(processed) == after
     assert {n: (processed / n).stat().st_ino for n in before} == inodes  # reused, not written again
     added = sorted(set(after) - set(before))
     assert added and all(".arrival-00001.tfrecord-" in n for n in added)
