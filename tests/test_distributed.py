@@ -85,7 +85,7 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Pa
     """A workspace with the data stages run on 40 generated photos."""
     root = tmp_path_factory.mktemp("cluster")
     ws = make_workspace(root / "ws0", imagegen.make_dataset(root / "source", per_class=20), **FAST)
-    dvc(ws, prefect_server, "repro", "base")  # the data stages and models/base (none: from scratch)
+    dvc(ws, prefect_server, "repro", "shard", "base")  # the data stages; models/base: none, from scratch
     return ws
 
 
