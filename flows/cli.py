@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tasks.errors import PawflowError
-from tasks.params import Pipeline, load_params
+from tasks.params import load_params
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -226,26 +226,20 @@ def deployments(params_path: Path) -> list:
         "new photos arrived, else finish fast with 'no new data'. Fine-tunes the champion (warm start) "
         "unless a full retrain is due (README 'Warm-start training').",
     )
-    return [manual, nightly, retrain_full_deployment(pipeline, p, one_at_a_time)]
-
-
-def retrain_full_deployment(pipeline: Any, p: Pipeline, limit: Any) -> Any:
-    """pipeline/retrain-full: a model trained from scratch on the slower schedule pipeline.full_schedule."""
-    from prefect.schedules import Cron
-
-    return pipeline.to_deployment(
+    full = pipeline.to_deployment(
         name="retrain-full",
-        concurrency_limit=limit,
+        concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         schedule=Cron(p.full_schedule, timezone=p.timezone),
         parameters={"full_retrain": True},
         description=f"At '{p.full_schedule}' ({p.timezone}): the whole pipeline with a model trained from "
         "scratch, even when no photos arrived (the nightly runs warm-start from the champion).",
     )
+    return [manual, nightly, full]
 
 
 def cmd_serve() -> int:
-    """Serve pipeline/manual and pipeline/retrain-nightly against PREFECT_API_URL until stopped."""
+    """Serve pipeline/manual, retrain-nightly and retrain-full against PREFECT_API_URL until stopped."""
     from prefect import serve
     from prefect.client.orchestration import get_client
 
