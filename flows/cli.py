@@ -332,7 +332,7 @@ def run_command(
 
 @app.command("serve")
 def serve_command() -> None:
-    """Serve the deployments pipeline/manual and pipeline/retrain-nightly until stopped (Ctrl-C).
+    """Serve the deployments pipeline/manual, retrain-nightly and retrain-full until stopped (Ctrl-C).
 
     Needs a running Prefect server in PREFECT_API_URL (`prefect server start`).
     """
