@@ -57,7 +57,7 @@ format: install ## ruff fix + format
 lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 -o requirements.lock
 
-screenshots: install ## retake docs/training-*.png from a small real run in a temporary copy (~5 min)
+screenshots: install ## retake the docs/*.png pictures (a small real run in a temporary copy, ~5 min)
 	$(PY) docs/screenshots.py
 
 clean-cache: ## delete the per-photo cache (only costs time on the next run)

@@ -8,7 +8,11 @@ with headless Chromium (Debian's `chromium`, as the tests use):
 - docs/training-terminal.png: what the terminal showed for the same run (the pipeline's console output,
   drawn by rich), down to the three closing lines.
 
-Nothing in the project folder is touched except those two files. `--keep` leaves the temporary folder
+and, when the project has a run's reports (`make run`, or `dvc pull`):
+
+- docs/evaluation-report.png: the top of reports/evaluation.html (`--report-only`: this one alone, seconds).
+
+Nothing in the project folder is touched except those files. `--keep` leaves the temporary folder
 (workspace, Prefect home) and prints its path.
 """
 
@@ -47,6 +51,7 @@ SMALL = {
     "evaluate": {"min_accuracy": 0.0},
 }
 PROGRESS_WINDOW = (1280, 1240)  # CSS pixels: the flow run's header, its task graph and every log line
+REPORT_WINDOW = (1200, 1500)  # the report's header, headline numbers and first plots
 TERMINAL_COLUMNS = 200
 TERMINAL_WIDTH = 1510  # 200 columns of 12 px DejaVu Sans Mono (7.2 px each) and the margins
 
@@ -183,14 +188,29 @@ def terminal_html(text: str, page: Path) -> int:
     return 15 * rows + 24
 
 
+def shoot_report(tmp: Path) -> Path | None:
+    """docs/evaluation-report.png from the project's reports/evaluation.html, if a run left one."""
+    page = ROOT / "reports" / "evaluation.html"
+    if not page.is_file():
+        print(f"{page.relative_to(ROOT)} not found (`make run` or `dvc pull` writes it): not retaken")
+        return None
+    png = DOCS / "evaluation-report.png"
+    shoot(page.as_uri(), png, tmp, REPORT_WINDOW, wait_ms=5000)
+    return png
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python docs/screenshots.py", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace and Prefect home")
+    parser.add_argument("--report-only", action="store_true", help="retake docs/evaluation-report.png only")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="pawflow-screenshots-"))
     started = time.monotonic()
     server = None
     try:
+        report = shoot_report(tmp)
+        if args.report_only:
+            return 0 if report else 1
         ws = workspace(tmp / "ws", learnable_dataset(tmp / "source"))
         port = free_port()
         # The UI served by the server asks this URL for its data (by default 127.0.0.1:4200).
@@ -207,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         height = terminal_html(console, page)
         shoot(page.as_uri(), terminal, tmp, (TERMINAL_WIDTH, height), wait_ms=2000)
         small_png(terminal)
-        for png in (progress, terminal):
+        for png in (progress, terminal, *([report] if report else [])):
             print(f"{png.relative_to(ROOT)}: {png.stat().st_size / 1024:.0f} KB")
         print(f"done in {time.monotonic() - started:.0f} s")
     finally:
