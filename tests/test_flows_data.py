@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 from pathlib import Path
 
 import imagegen
@@ -143,7 +145,7 @@ def test_quiet_task_runs_drops_only_the_named_tasks_info_lines():
         logger.filters[:] = before
 
 
-def test_clean_shows_progress_without_a_log_line_per_chunk(built):
+def test_clean_shows_progress_without_a_log_line_per_chunk(built, monkeypatch: pytest.MonkeyPatch):
     from conftest import drain_prefect_workers, params_for
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -154,10 +156,17 @@ def test_clean_shows_progress_without_a_log_line_per_chunk(built):
         LogFilterFlowRunId,
     )
 
+    import flows.clean
+
     params, source = built
     chunked = params_for(
         params.paths.raw.parent.parent, source, clean={"max_reject_fraction": 0.5}, runner={"chunk_size": 5}
     )
+    # The terminal bar (tqdm draws it on a terminal only): drawn here into a buffer, every update.
+    drawn = io.StringIO()
+    real_tqdm = flows.clean.tqdm
+    forced = {"disable": False, "file": drawn, "mininterval": 0, "miniters": 1}
+    monkeypatch.setattr(flows.clean, "tqdm", lambda *a, **kw: real_tqdm(*a, **{**kw, **forced}))
     state = clean_flow(params=chunked, return_state=True)
     assert state.is_completed(), state.message
     run_id = state.state_details.flow_run_id
@@ -176,6 +185,9 @@ def test_clean_shows_progress_without_a_log_line_per_chunk(built):
     assert [log.message for log in logs if log.task_run_id is not None] == []  # none per chunk
     assert float(progress.data) == 100.0
     assert progress.description == f"clean: {files:,} of {files:,} files checked"
+    # Counts and an ETA as the chunks finish ("clean:  40%|████   | 20/50 [00:01<00:01, 15.2file/s]").
+    frames = re.findall(rf"clean: +\d+%\|[^|]*\| (\d+)/{files} \[\d\d:\d\d<\d\d:\d\d", drawn.getvalue())
+    assert len({int(n) for n in frames}) > 10 and int(frames[-1]) == files, drawn.getvalue()[-500:]
 
 
 def test_shards_round_trip_through_tf_data(built):
