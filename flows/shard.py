@@ -117,7 +117,7 @@ def write_shards(plans: list[Planned], sizes: dict[str, int], params: Params, fp
     info["splits"] = {split: {"examples": 0, "shards": []} for split in shard.SPLITS}
     todo = sum(len(p.part) for p in plans if p.files is None)
     with store.connect(params.paths.cache) as con, atomic_dir(params.paths.processed) as out:
-        bar = tqdm(total=todo, desc="shard", unit="photo", leave=False)
+        bar = tqdm(total=todo, desc="shard", unit="photo", disable=None, leave=False)  # terminals only
         for p in plans:
             entries = info["splits"][p.split]["shards"]
             if p.files is not None:
