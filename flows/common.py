@@ -224,9 +224,12 @@ def state_message(state: State) -> str:
     return state.message or state.name or "failed"
 
 
-def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
+def stage_main(
+    stage: str, flow: Any, argv: list[str] | None = None, load: Callable[[Path], Params] = load_params
+) -> int:
     """`python -m flows.<stage>`: validate params, take the lock, run the flow; exit 0, 2 (bad params,
-    or another run holds the workspace) or 1 (the run failed)."""
+    or another run holds the workspace) or 1 (the run failed). `load` reads and checks the params file
+    (ingest also checks its source there: refused in one message before a flow or server starts)."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
@@ -234,7 +237,7 @@ def stage_main(stage: str, flow: Any, argv: list[str] | None = None) -> int:
     started = time.monotonic()
     quiet_user_errors()
     try:
-        params = load_params(args.params)
+        params = load(args.params)
         with run_lock():
             for leftover in tidy_workspace(params):
                 print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)

@@ -82,4 +82,7 @@ def ingest_flow(params: Params, refresh: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(stage_main("ingest", ingest_flow))
+    from tasks.preflight import preflight
+
+    # A missing or unusable source is bad usage (exit 2, one message), not a failed flow run.
+    sys.exit(stage_main("ingest", ingest_flow, load=preflight))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 from prefect import flow
@@ -91,3 +92,31 @@ def test_a_refused_progress_update_warns_once_and_the_run_goes_on(
     assert [r.getMessage() for r in caplog.records if r.name == "flows.common"] == [
         "progress artifact 'test-refused' not updated: API unavailable"
     ]
+
+
+@pytest.mark.slow
+def test_a_missing_source_stops_the_ingest_stage_before_any_flow_or_server(tmp_path):
+    """`python -m flows.ingest` (a stage as dvc repro runs it, or by hand): a wrong ingest.source is bad
+    usage, exit 2 with one message, before Prefect starts a server or a flow run."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    text = (ROOT / "params.yaml").read_text()
+    assert "../shared/datasets/petimages-sample" in text
+    typo = text.replace("../shared/datasets/petimages-sample", "petimages-smaple")
+    (tmp_path / "params.yaml").write_text(typo)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.ingest"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("ingest.source 'petimages-smaple' does not exist") == 1, out.stderr[-2000:]
+    assert out.stderr.count("What to do") == 1 and "\\n" not in out.stderr
+    assert "server" not in out.stdout + out.stderr and "Flow run" not in out.stdout + out.stderr
