@@ -1,14 +1,17 @@
-"""The pipeline flow's summary artifact and its concurrency limit (no flow run, no server)."""
+"""The pipeline flow's summary artifact, its concurrency limit and its command line (no flow run, no
+server)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 from pathlib import Path
 
+import pytest
 from conftest import params_for
 
-from flows.pipeline import _summary_markdown, workspace_limit
+from flows.pipeline import _summary_markdown, main, workspace_limit
 
 
 def reports(tmp_path: Path):
@@ -52,3 +55,22 @@ def test_numbers_of_a_skipped_stage_are_marked_as_an_earlier_runs(tmp_path: Path
 def test_a_local_run_takes_no_global_concurrency_limit():
     # Outside a deployment the limit `pawflow serve` creates does not exist: taking it would warn.
     assert isinstance(workspace_limit(), contextlib.nullcontext)
+
+
+def test_every_option_of_python_m_flows_pipeline_has_help(monkeypatch: pytest.MonkeyPatch):
+    seen: list[argparse.ArgumentParser] = []
+
+    def stop(parser, args=None, namespace=None):
+        seen.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    (parser,) = seen
+    options = [a for a in parser._actions if a.option_strings]
+    assert {"--source", "--epochs", "--force", "--no-push", "--until", "--warm-start", "--full-retrain"} <= {
+        o for a in options for o in a.option_strings
+    }
+    assert [a.option_strings for a in options if not (a.help or "").strip()] == []
+    assert parser.description and "ingest -> clean" in parser.description
