@@ -135,3 +135,7 @@ def test_dvc_views_show_the_model_metrics_in_one_screen_and_each_plot_once(tmp_p
     tests = ["Confusion matrix (test)", "ROC (test)", "Precision-recall (test)", "Calibration (test)"]
     assert sorted(drawn) == sorted(training + tests)  # once each; no CSV drawn as its own line plot
     assert all(len(v) == 1 for v in drawn.values())
+    # The confusion matrix as a matrix (DVC's confusion template: rect marks), every other plot as lines.
+    marks = {name: json.dumps(v[0]["content"]) for name, v in drawn.items()}
+    assert '"rect"' in marks["Confusion matrix (test)"] and '"line"' not in marks["Confusion matrix (test)"]
+    assert all('"line"' in m for name, m in marks.items() if name != "Confusion matrix (test)")
