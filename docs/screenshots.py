@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import imagegen  # noqa: E402  (tests/, on the path above)
-from browser import FLAGS, chromium  # noqa: E402
+from browser import FLAGS, NAMES, chromium  # noqa: E402
 
 from flows.server import free_port, start_server, stop_server  # noqa: E402
 from tasks.params import override  # noqa: E402
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace and Prefect home")
     parser.add_argument("--report-only", action="store_true", help="retake docs/evaluation-report.png only")
     args = parser.parse_args(argv)
+    if not any(shutil.which(name) for name in NAMES):  # said now, not after the run
+        sys.exit(f"no headless Chromium on PATH ({', '.join(NAMES)}): `apt-get install -y chromium`")
     tmp = Path(tempfile.mkdtemp(prefix="pawflow-screenshots-"))
     started = time.monotonic()
     server = None
