@@ -12,7 +12,7 @@ import imagegen
 import pytest
 from httpserver import FileServer
 
-from tasks import ingest
+from tasks import archives, download, ingest
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file
 from tasks.params import Ingest
@@ -271,7 +271,7 @@ def test_url_download_retries_with_backoff_and_resumes(dataset: Path, tmp_path: 
     with FileServer() as srv:
         srv.files["/pets.zip"] = body
         srv.fail_next = 2
-        d = ingest.download(
+        d = download.download(
             srv.url + "/pets.zip",
             tmp_path / "dl",
             retries=4,
@@ -284,7 +284,7 @@ def test_url_download_retries_with_backoff_and_resumes(dataset: Path, tmp_path: 
         big = os.urandom(1_000_000)
         srv.files["/big.zip"] = big
         srv.cut_next = 400_000
-        d2 = ingest.download(
+        d2 = download.download(
             srv.url + "/big.zip",
             tmp_path / "dl",
             retries=4,
@@ -487,7 +487,7 @@ def test_members_are_verified_in_blocks_never_whole(tmp_path: Path, kind: str):
     cfg = limits(z, max_member_ratio=10**6, max_archive_ratio=10**6)
     tracemalloc.start()
     try:
-        listing = ingest.list_archive(z, cfg)
+        listing = archives.list_archive(z, cfg)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -566,7 +566,7 @@ def test_ignored_folders_are_reported(tmp_path: Path):
     ]
     # the same from an archive, with the class root one level down
     _, _, _ = run_ingest(zip_of(src, tmp_path / "s.zip", prefix="PetImages/"), tmp_path / "raw2")
-    listing2 = ingest.list_archive(tmp_path / "s.zip", limits())
+    listing2 = archives.list_archive(tmp_path / "s.zip", limits())
     assert [i["path"] for i in listing2.ignored] == [
         "PetImages/.../",
         "PetImages/.hidden/",
@@ -662,7 +662,7 @@ def test_archive_is_opened_once_to_copy_all_members(tmp_path: Path, monkeypatch,
         archive = tmp_path / "pets.tar.gz"
         with tarfile.open(archive, "w:gz") as tf:
             tf.add(src, arcname="PetImages")
-    listing = ingest.list_archive(archive, limits())
+    listing = archives.list_archive(archive, limits())
     opened: list[str] = []
     real_zip, real_tar = zipfile.ZipFile, tarfile.open
     monkeypatch.setattr(zipfile, "ZipFile", lambda *a, **k: opened.append("zip") or real_zip(*a, **k))
