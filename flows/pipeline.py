@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed
 
 from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
 from tasks import versioning, warmstart
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 from tasks.preflight import check_source, write_checked
@@ -114,11 +115,11 @@ def set_base(
     current = warmstart.ensure_base(folder)
     if base_changed:
         versioning.commit_stage(root, "base")
-    info_path = params.paths.processed / "dataset_info.json"
+    info_path = DatasetInfo.path(params.paths.processed)
     choice, why = "keep", f"{info_path} not found"
     champion = warmstart.base_from_champion(params.paths.models / "champion")
     if info_path.exists():
-        info = json.loads(info_path.read_text())
+        info = DatasetInfo.read(params.paths.processed)
         will_run = force or upstream_changed or bool(versioning.stage_status(root, "train"))
         choice, why = warmstart.choose_base(
             warm_start,

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.common import chunks, friendly, publish, record_stage_run, stage_main
 from tasks import clean, shard
+from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import write_json, write_parquet
 from tasks.images import CheckSettings
 from tasks.params import Params
@@ -31,8 +32,8 @@ def prepare_images(items: list[tuple[str, str]], settings: CheckSettings, raw: P
 
 @task(name="write-shards")
 def write_shards(
-    plans: list[shard.Planned], sizes: dict[str, int], params: Params, fp: str, info: dict
-) -> dict:
+    plans: list[shard.Planned], sizes: dict[str, int], params: Params, fp: str, info: DatasetInfo
+) -> DatasetInfo:
     """Write the shards that are not reused into a fresh folder beside the reused ones (hard links to the
     same files), then swap it in with dataset_info.json."""
     p = params.paths
@@ -91,14 +92,14 @@ def shard_flow(params: Params, refresh: bool = False) -> dict:
     table = [
         [
             split,
-            *(info["counts"][split][c] for c in info["class_names"]),
-            info["splits"][split]["examples"],
-            len(info["splits"][split]["shards"]),
+            *(info.counts[split][c] for c in info.class_names),
+            info.splits[split].examples,
+            len(info.splits[split].shards),
         ]
         for split in shard.SPLITS
     ]
-    table.append(["seconds", *([""] * len(info["class_names"])), f"{time.monotonic() - started:.1f}", ""])
-    publish("shard", "shard: photos per split", ["split", *info["class_names"], "total", "shards"], table)
+    table.append(["seconds", *([""] * len(info.class_names)), f"{time.monotonic() - started:.1f}", ""])
+    publish("shard", "shard: photos per split", ["split", *info.class_names, "total", "shards"], table)
     return rep
 
 

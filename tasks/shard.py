@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import inspect
 import io
-import json
 import math
 import os
 import shutil
@@ -34,8 +33,9 @@ from tqdm import tqdm
 
 from tasks import clean, store
 from tasks import tfrecord as tfr
+from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
 from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, fingerprint, parquet_metadata, read_parquet, sha256_file, write_json
+from tasks.fileio import atomic_dir, fingerprint, parquet_metadata, read_parquet, sha256_file
 
 if TYPE_CHECKING:
     from tasks.params import Shard
@@ -216,21 +216,16 @@ def kept_examples(rows: pd.DataFrame, fractions: dict[str, float]) -> pd.DataFra
     return examples
 
 
-def dataset_info(examples: pd.DataFrame, class_names: list[str], s: Shard) -> dict:
+def dataset_info(examples: pd.DataFrame, class_names: list[str], s: Shard) -> DatasetInfo:
     """dataset_info.json before its shards are written: classes, image settings, record schema, counts."""
-    return {
-        "class_names": class_names,
-        "num_classes": len(class_names),
-        "image": {
-            "encoding": "jpeg",
-            "channels": 3,
-            "max_side": s.max_side,
-            "jpeg_quality": s.jpeg_quality,
-        },
-        "features": {name: desc for name, (_, desc) in tfr.SCHEMA.items()},
-        "split_fractions": s.split.as_dict(),
-        "counts": counts_table(examples, class_names),
-    }
+    return DatasetInfo(
+        class_names=class_names,
+        num_classes=len(class_names),
+        image=ImageFormat(encoding="jpeg", channels=3, max_side=s.max_side, jpeg_quality=s.jpeg_quality),
+        features={name: desc for name, (_, desc) in tfr.SCHEMA.items()},
+        split_fractions=s.split.as_dict(),
+        counts=counts_table(examples, class_names),
+    )
 
 
 def missing_thumbs(kept: pd.DataFrame, cache_dir: Path, fp: str) -> list[tuple[str, str]]:
@@ -263,11 +258,11 @@ class Planned:
     arrival: int
     part: pd.DataFrame
     contents: str
-    files: list[dict] | None = None
+    files: list[ShardFile] | None = None
 
 
-def _intact(path: Path, entry: dict) -> bool:
-    return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+def _intact(path: Path, entry: ShardFile) -> bool:
+    return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
 
 
 def plan(
@@ -281,15 +276,14 @@ def plan(
         for split in SPLITS
         for arrival, part in arrivals(examples, split, salt)
     ]
-    old: dict[str, list[dict]] = {}
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads((processed / "dataset_info.json").read_text())
-        for split in info["splits"].values():
-            for f in split["shards"]:
-                old.setdefault(f.get("contents", ""), []).append(f)
+    old: dict[str, list[ShardFile]] = {}
+    with contextlib.suppress(OSError, ValueError):  # none yet, or unreadable: nothing is reused
+        for split in DatasetInfo.read(processed).splits.values():
+            for f in split.shards:
+                old.setdefault(f.contents, []).append(f)
     for p in plans:
         files = old.get(p.contents)
-        if files and all(_intact(processed / f["file"], f) for f in files):
+        if files and all(_intact(processed / f.file, f) for f in files):
             p.files = files
     return plans
 
@@ -301,20 +295,20 @@ def write_shards(
     cache_dir: Path,
     shard_bytes: int,
     fp: str,
-    info: dict,
-) -> dict:
+    info: DatasetInfo,
+) -> DatasetInfo:
     """Write the shards that are not reused into a fresh folder beside the reused ones (hard links to the
-    same files), then swap it in with dataset_info.json."""
-    index = {c: i for i, c in enumerate(info["class_names"])}
-    info["splits"] = {split: {"examples": 0, "shards": []} for split in SPLITS}
+    same files), then swap it in with dataset_info.json; returns it with its splits."""
+    index = {c: i for i, c in enumerate(info.class_names)}
+    shards: dict[str, list[ShardFile]] = {split: [] for split in SPLITS}
     todo = sum(len(p.part) for p in plans if p.files is None)
     with store.connect(cache_dir) as con, atomic_dir(processed) as out:
         bar = tqdm(total=todo, desc="shard", unit="photo", leave=False)
         for p in plans:
-            entries = info["splits"][p.split]["shards"]
+            entries = shards[p.split]
             if p.files is not None:
                 for f in p.files:
-                    _link_or_copy(processed / f["file"], out / f["file"])
+                    _link_or_copy(processed / f.file, out / f.file)
                     entries.append(f)
                 continue
             part = p.part.assign(jpeg_bytes=[sizes[s_] for s_ in p.part["sha256"]])
@@ -333,19 +327,19 @@ def write_shards(
                     bar.update(len(batch))
                 n = tfr.write(out / name, records)
                 entries.append(
-                    {
-                        "file": name,
-                        "examples": n,
-                        "bytes": (out / name).stat().st_size,
-                        "sha256": sha256_file(out / name),
-                        "arrival": p.arrival,
-                        "contents": p.contents,
-                    }
+                    ShardFile(
+                        file=name,
+                        examples=n,
+                        bytes=(out / name).stat().st_size,
+                        sha256=sha256_file(out / name),
+                        arrival=p.arrival,
+                        contents=p.contents,
+                    )
                 )
-        for split in info["splits"].values():
-            split["examples"] = int(sum(f["examples"] for f in split["shards"]))
+        splits = {k: SplitFiles(examples=sum(f.examples for f in v), shards=v) for k, v in shards.items()}
+        info = info.model_copy(update={"splits": splits})
         bar.close()
-        write_json(out / "dataset_info.json", info)
+        info.write(out)
     return info
 
 
@@ -357,11 +351,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def report(info: dict) -> dict:
+def report(info: DatasetInfo) -> dict:
     """reports/shard.json: photos per split and class, examples and shard files per split."""
     return {
-        "counts": info["counts"],
-        "class_names": info["class_names"],
-        "examples": {k: v["examples"] for k, v in info["splits"].items()},
-        "shards": {k: len(v["shards"]) for k, v in info["splits"].items()},
+        "counts": info.counts,
+        "class_names": info.class_names,
+        "examples": {k: v.examples for k, v in info.splits.items()},
+        "shards": {k: len(v.shards) for k, v in info.splits.items()},
     }

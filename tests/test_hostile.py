@@ -17,6 +17,7 @@ from flows.clean import clean_flow
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
+from tasks.datasetinfo import DatasetInfo
 from tasks.images import check_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -137,7 +138,7 @@ def test_fuzz_2000_mutated_photos(tmp_path: Path, make_params):
     assert (clean[clean["status"] == "rejected"]["reason"] != "").all()
     kept = int((clean["status"] == "kept").sum())
     assert 0 < kept < 2000  # the mix really exercises both sides
-    info = json.loads((params.paths.processed / "dataset_info.json").read_text())
+    info = DatasetInfo.read(params.paths.processed)
     decoded = 0
     for split in ("train", "val", "test"):
         ds = train.make_dataset(

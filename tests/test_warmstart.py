@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from infos import dataset_info
 
 from tasks import warmstart
 from tasks.errors import PawflowError
@@ -13,11 +14,7 @@ from tasks.fileio import sha256_bytes
 from tasks.params import Finetune, Train
 from tasks.warmstart import Base
 
-INFO = {
-    "class_names": ["Cat", "Dog"],
-    "image": {"max_side": 224, "jpeg_quality": 90},
-    "splits": {"train": {"examples": 110}},
-}
+INFO = dataset_info(["Cat", "Dog"], {"train": [("train.tfrecord-00000-of-00001", 110)]})
 FINETUNE = Finetune(max_growth=0.25, max_warm_starts=3)
 DEFAULT = Train()
 
@@ -32,7 +29,7 @@ def test_shaping_follows_the_architecture_and_the_classes_not_the_schedule():
         Train(epochs=3, learning_rate=0.1, seed=1, finetune=Finetune(epochs=1)), INFO
     )
     assert now != warmstart.shaping(Train(width=8), INFO)
-    assert now != warmstart.shaping(Train(), {**INFO, "class_names": ["Cat", "Dog", "Fox"]})
+    assert now != warmstart.shaping(Train(), INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
     assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == 128
 
 
