@@ -34,7 +34,6 @@ def stage_flow(stage: str):
     return getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
 
 
-DATA_STAGES = ("ingest", "clean", "dedup", "shard")
 # One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
 CONCURRENCY_LIMIT = "pawflow-workspace"
 # A failed stage's error, from run_stage to the pipeline flow (tasks run in the flow's process).
@@ -59,7 +58,7 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
     elif upstream_changed:
         log.info("%s: its inputs were just rewritten upstream", stage)
     runnable = stage_flow(stage)
-    if stage in DATA_STAGES:
+    if stage in versioning.DATA_STAGES:
         runnable = runnable.with_options(task_runner=task_runner(params.runner))
     started = time.monotonic()
     state = runnable(params=params, refresh=force, return_state=True)

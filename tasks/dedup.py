@@ -23,8 +23,10 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
+from tasks.images import KEPT
 
-KEPT, DUPLICATE, CONFLICT = "kept", "duplicate", "conflict"
+# A photo's status: KEPT (clean's verdict, tasks/images.py) or one of these two.
+DUPLICATE, CONFLICT = "duplicate", "conflict"
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
 INDEX_FORMAT = 1  # bump when HashIndex's file layout changes: older files are then ignored
 

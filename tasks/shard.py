@@ -34,8 +34,10 @@ from tqdm import tqdm
 from tasks import clean, store
 from tasks import tfrecord as tfr
 from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
+from tasks.dedup import CONFLICT
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, fingerprint, parquet_metadata, read_parquet, sha256_file
+from tasks.images import KEPT
 
 if TYPE_CHECKING:
     from tasks.params import Shard
@@ -76,7 +78,7 @@ def assign(
 ) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
     """Split every non-conflict photo (dedup rows); returns (photos + split, new ledger, stats)."""
     stats = SplitStats()
-    rows = photos[photos["status"] != "conflict"].sort_values("path", kind="stable").reset_index(drop=True)
+    rows = photos[photos["status"] != CONFLICT].sort_values("path", kind="stable").reset_index(drop=True)
     if ledger is not None and "arrival" not in ledger:  # a ledger written before arrivals were recorded
         ledger = ledger.assign(arrival=0)
     known = dict(zip(ledger["sha256"], ledger["split"], strict=True)) if ledger is not None else {}
@@ -197,7 +199,7 @@ def assign_splits(
 
 def kept_examples(rows: pd.DataFrame, fractions: dict[str, float]) -> pd.DataFrame:
     """The kept photos with their split; refuses fewer than two labels or a split asked for left empty."""
-    examples = rows[rows["status"] == "kept"].copy()
+    examples = rows[rows["status"] == KEPT].copy()
     if examples["label"].nunique() < 2:
         raise PawflowError(
             "shard: fewer than two labels have photos left after clean and dedup.",

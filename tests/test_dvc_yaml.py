@@ -82,3 +82,20 @@ def test_closure_follows_lazy_imports():
 def test_evaluate_depends_on_the_training_report_it_reads():
     # evaluation.html shows reports/train.json's curves and settings: a new train.json is a new report.
     assert "${paths.reports}/train.json" in stages()["evaluate"]["deps"]
+
+
+def test_stages_are_listed_after_the_stages_they_read():
+    # tasks.versioning.STAGES (the run order of pawflow's pipeline) is dvc.yaml's order.
+    from tasks import versioning
+
+    spec = stages()
+    assert tuple(s for s in spec if s != versioning.CHECK_STAGE) == versioning.STAGES
+    assert versioning.DATA_STAGES == ("ingest", "clean", "dedup", "shard")
+    writer = {
+        (o if isinstance(o, str) else next(iter(o))): name for name, st in spec.items() for o in st["outs"]
+    }
+    order = list(spec)
+    for name, stage in spec.items():
+        for dep in stage["deps"]:
+            if dep in writer:
+                assert order.index(writer[dep]) < order.index(name), f"{name} reads {dep} of a later stage"

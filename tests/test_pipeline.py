@@ -19,9 +19,11 @@ import yaml
 from conftest import make_workspace, tool_env
 from test_entrypoints import FAST, dvc, py, sh, workspace
 
+from tasks import versioning
+
 pytestmark = pytest.mark.slow
 
-DATA_STAGES = ("check", "ingest", "clean", "dedup", "shard")
+DATA_STAGES = (versioning.CHECK_STAGE, *versioning.DATA_STAGES)
 
 
 def snapshot(ws: Path) -> dict[str, bytes]:
