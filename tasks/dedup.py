@@ -230,15 +230,6 @@ def near_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]
     return indexed_pairs(bits, max_distance)[0]
 
 
-def brute_force_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """The reference answer: every pair compared (tests and benchmarks only)."""
-    n = len(bits)
-    i, j = np.triu_indices(n, k=1)
-    d = distances(bits, i, j) if n > 1 else np.zeros(0, dtype=int)
-    keep = d <= max_distance
-    return [(int(a), int(b), int(x)) for a, b, x in zip(i[keep], j[keep], d[keep], strict=True)]
-
-
 def _components(df: pd.DataFrame, codes: np.ndarray, upairs: np.ndarray) -> np.ndarray:
     """Component label per row: same bytes (sha256), same hash or hashes within the distance,
     transitively (a graph over photos: each joins the first photo with its sha256 and with its hash)."""
