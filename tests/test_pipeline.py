@@ -16,8 +16,9 @@ from pathlib import Path
 import imagegen
 import pytest
 import yaml
+from commands import dvc, py, sh
 from conftest import make_workspace, tool_env
-from test_entrypoints import FAST, dvc, py, sh, workspace
+from test_entrypoints import FAST, workspace
 
 from tasks import versioning
 
