@@ -35,9 +35,10 @@ def train_once(ws: Path, epochs: int, out: Path) -> None:
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from flows.train import train_config
     from tasks import train
+    from tasks.datasetinfo import DatasetInfo
 
     cfg = dataclasses.replace(train_config(params), epochs=epochs, early_stopping_patience=epochs)
-    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    info = DatasetInfo.read(ws / "data/processed")
     result = train.train(
         ws / "data/processed",
         info,

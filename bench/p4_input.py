@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -25,9 +24,11 @@ def kept_photo_tree(ws: Path, dest: Path) -> int:
     """The cleaned, deduplicated train photos as <label>/<file> symlinks (what the baseline reads)."""
     import pandas as pd
 
+    from tasks.images import KEPT
+
     dd = pd.read_parquet(ws / "data/interim/dedup.parquet")
     split = pd.read_parquet(ws / "data/interim/split.parquet")
-    kept = dd[dd["status"] == "kept"].merge(split[["sha256", "split"]], on="sha256")
+    kept = dd[dd["status"] == KEPT].merge(split[["sha256", "split"]], on="sha256")
     kept = kept[kept["split"] == "train"]
     for path in kept["path"]:
         link = dest / path
@@ -43,15 +44,16 @@ def main(ws: Path) -> dict:
 
     from flows.train import train_config
     from tasks import train
+    from tasks.datasetinfo import DatasetInfo
     from tasks.params import load_params
 
     params = load_params(ws / "params.yaml")
     cfg = train_config(params)
-    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
-    n = info["splits"]["train"]["examples"]
+    info = DatasetInfo.read(ws / "data/processed")
+    n = info.examples("train")
     ours = train.make_dataset(
         train.split_files(ws / "data/processed", info, "train"),
-        info["num_classes"],
+        info.num_classes,
         cfg.image_size,
         cfg.batch_size,
         True,
@@ -75,7 +77,7 @@ def main(ws: Path) -> dict:
     plain_ips = throughput(base.prefetch(tf.data.AUTOTUNE))  # what the seed article fed its model
     augmented = base.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     base_ips = throughput(augmented.prefetch(tf.data.AUTOTUNE))
-    model = train.build_and_compile(cfg, info["num_classes"], steps_per_epoch=100)
+    model = train.build_and_compile(cfg, info.num_classes, steps_per_epoch=100)
     images, targets = next(iter(ours))
     model.train_on_batch(images, targets)
     steps, started = 20, time.monotonic()

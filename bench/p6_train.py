@@ -25,6 +25,7 @@ def main() -> None:
 
     from flows.train import train_config
     from tasks import evaluate, train
+    from tasks.datasetinfo import DatasetInfo
 
     cfg = dataclasses.replace(
         train_config(params),
@@ -33,14 +34,14 @@ def main() -> None:
         image_size=size,
         early_stopping_patience=epochs,
     )
-    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    info = DatasetInfo.read(ws / "data/processed")
     result = train.train(ws / "data/processed", info, cfg, out.with_suffix(".work"), progress=False)
     model_path = out.with_suffix(".keras")
     model_path.write_bytes(result.model_bytes)
     net = keras.saving.load_model(model_path, compile=False)
     test = train.make_dataset(
         train.split_files(ws / "data/processed", info, "test"),
-        info["num_classes"],
+        info.num_classes,
         cfg.image_size,
         64,
         training=False,

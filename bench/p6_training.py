@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.common import WORK, run, save
+from tasks.datasetinfo import DatasetInfo
 
 EPOCHS = 5  # with P2 (a full default run), make bench stays under 30 minutes here
 IMAGE_SIZE = (
@@ -25,7 +26,7 @@ def train_one(ws: Path, model: str) -> dict:
 
 def main(ws: Path) -> dict:
     results = {m: train_one(ws, m) for m in ("seed_cnn", "pawnet")}
-    chance = 1 / json.loads((ws / "data/processed/dataset_info.json").read_text())["num_classes"]
+    chance = 1 / DatasetInfo.read(ws / "data/processed").num_classes
     for r in results.values():
         # Accuracy above chance: a model that learned nothing scores 0 however fast it trained.
         r["accuracy_over_chance_per_minute"] = (r["test_accuracy"] - chance) / (r["train_wall_time_s"] / 60)

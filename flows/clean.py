@@ -25,22 +25,6 @@ from tasks.fileio import read_parquet, write_json, write_parquet
 from tasks.images import CheckSettings
 from tasks.params import Params
 
-
-def check_settings(params: Params) -> CheckSettings:
-    """Judging a photo depends on clean.*, and it also prepares the shard image and the dedup hash."""
-    c = params.clean
-    return CheckSettings(
-        min_side=c.min_side,
-        max_aspect_ratio=c.max_aspect_ratio,
-        max_pixels=c.max_pixels,
-        formats=c.formats,
-        max_side=params.shard.max_side,
-        jpeg_quality=params.shard.jpeg_quality,
-        hash_size=params.dedup.hash_size,
-        timeout_s=c.timeout_s,
-    )
-
-
 CHECK_TASK = "check-photos"
 
 
@@ -88,7 +72,7 @@ def clean_flow(params: Params, refresh: bool = False) -> dict:
     started = time.monotonic()
     manifest = read_parquet(params.paths.interim / "ingest.parquet")
     items = list(zip(manifest["path"], manifest["sha256"], strict=True))
-    settings = check_settings(params)
+    settings = clean.check_settings(params)
     checker = check_photos.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
     # One chunk is one task run: the bar and the progress artifact count photos, not chunk lines.
     quiet_task_runs(CHECK_TASK)

@@ -10,7 +10,6 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import friendly, publish, stage_main
 from tasks import datareport, dedup
-from tasks.errors import PawflowError
 from tasks.fileio import read_parquet, write_bytes, write_json, write_parquet
 from tasks.params import Params
 
@@ -18,15 +17,8 @@ from tasks.params import Params
 @task(name="find-duplicates")
 def find_duplicates(params: Params) -> dict:
     """Group kept photos by sha256 and perceptual-hash distance; write dedup.parquet and its report."""
-    df = read_parquet(params.paths.interim / "clean.parquet")
-    kept = df[df["status"] == "kept"]
-    if kept.empty:
-        raise PawflowError("dedup: clean kept no photos.", "Look at reports/clean.json for the reasons.")
-    # The index of hashes seen by the last run lives in the disposable cache: new photos are compared
-    # with it instead of every photo with every other; a missing or foreign index only costs time.
-    index_path = params.paths.cache / "dedup" / f"hash-index-d{params.dedup.max_distance}.npz"
-    nbytes = (params.dedup.hash_size**2 + 7) // 8
-    index = dedup.HashIndex.load(index_path, params.dedup.max_distance, nbytes)
+    kept = dedup.kept_photos(read_parquet(params.paths.interim / "clean.parquet"))
+    index = dedup.load_index(params.paths.cache, params.dedup.max_distance, params.dedup.hash_size)
     dd, new_index = dedup.find_duplicates_indexed(kept, params.dedup.max_distance, index)
     get_run_logger().info(
         "dedup: %d distinct hash(es), %d of them new (compared against an index of %d from the last run)",
@@ -37,8 +29,7 @@ def find_duplicates(params: Params) -> dict:
     rep = dedup.report(dd)
     write_parquet(params.paths.interim / "dedup.parquet", dd)
     write_json(params.paths.reports / "dedup.json", rep)
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    new_index.save(index_path)
+    dedup.save_index(new_index, params.paths.cache)
     return rep
 
 

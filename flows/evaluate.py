@@ -12,6 +12,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main
 from tasks import runtime
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
 from tasks.params import Params
@@ -49,11 +50,11 @@ def predict_test_split(
 
     from tasks import evaluate, train
 
-    info = json.loads((processed / "dataset_info.json").read_text())
+    info = DatasetInfo.read(processed)
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     ds = train.make_dataset(
         train.split_files(processed, info, "test"),
-        int(info["num_classes"]),
+        info.num_classes,
         image_size,
         batch_size,
         training=False,
@@ -92,7 +93,7 @@ def predict_robustness_slice(
 
     from tasks import evaluate, predict
 
-    info = json.loads((processed / "dataset_info.json").read_text())
+    info = DatasetInfo.read(processed)
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     return evaluate.predict_robust(
         model,
@@ -148,16 +149,16 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     started = time.monotonic()
     log = get_run_logger()
     e, models, reports = params.evaluate, params.paths.models, params.paths.reports
-    info_path = params.paths.processed / "dataset_info.json"
+    info_path = DatasetInfo.path(params.paths.processed)
     for needed in (info_path, models / "model.keras", models / "model.json"):
         if not needed.exists():
             raise PawflowError(f"{needed} not found.", "Run the earlier stages first (`dvc repro`).")
-    info = json.loads(info_path.read_text())
-    if int(info["splits"]["test"]["examples"]) == 0:
+    info = DatasetInfo.read(params.paths.processed)
+    if info.examples("test") == 0:
         raise PawflowError(
             "the test split is empty: nothing to evaluate on.", "Add photos or raise shard.split.test."
         )
-    class_names = info["class_names"]
+    class_names = info.class_names
     dataset_sha = sha256_file(info_path)
     pred, jpegs = _predictions(params, models, dataset_sha, refresh)
     robust = _robust_predictions(params, models, dataset_sha, refresh)

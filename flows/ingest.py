@@ -10,17 +10,18 @@ from prefect import flow, get_run_logger, task
 from flows.common import friendly, publish, record_stage_run, stage_main
 from tasks import ingest, store
 from tasks.fileio import write_json, write_parquet
+from tasks.listing import Listing
 from tasks.params import Params
 
 
 @task(name="resolve-source")
-def resolve_source(params: Params) -> ingest.Listing:
+def resolve_source(params: Params) -> Listing:
     """List the source's files by class (a URL is downloaded first, resuming and retrying)."""
     return ingest.resolve(params.ingest, params.paths.cache / "downloads")
 
 
 @task(name="copy-new-files")
-def copy_new_files(listing: ingest.Listing, params: Params, refresh: bool) -> ingest.SyncResult:
+def copy_new_files(listing: Listing, params: Params, refresh: bool) -> ingest.SyncResult:
     """Copy new or changed files into data/raw (each atomically); unchanged ones are not read."""
     ingest.remove_temporaries(params.paths.raw)
     with store.connect(params.paths.cache) as con:
@@ -33,7 +34,7 @@ def copy_new_files(listing: ingest.Listing, params: Params, refresh: bool) -> in
 
 @task(name="write-manifest")
 def write_manifest(
-    listing: ingest.Listing, result: ingest.SyncResult, params: Params, refresh: bool
+    listing: Listing, result: ingest.SyncResult, params: Params, refresh: bool
 ) -> tuple[dict, dict]:
     """Hash data/raw (reusing hashes of files whose size, mtime and inode are unchanged); returns the
     report and this run's figures."""

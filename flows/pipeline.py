@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed
 
 from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
 from tasks import versioning, warmstart
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 from tasks.preflight import check_source, write_checked
@@ -33,7 +34,6 @@ def stage_flow(stage: str):
     return getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
 
 
-DATA_STAGES = ("ingest", "clean", "dedup", "shard")
 # One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
 CONCURRENCY_LIMIT = "pawflow-workspace"
 # A failed stage's error, from run_stage to the pipeline flow (tasks run in the flow's process).
@@ -58,7 +58,7 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
     elif upstream_changed:
         log.info("%s: its inputs were just rewritten upstream", stage)
     runnable = stage_flow(stage)
-    if stage in DATA_STAGES:
+    if stage in versioning.DATA_STAGES:
         runnable = runnable.with_options(task_runner=task_runner(params.runner))
     started = time.monotonic()
     state = runnable(params=params, refresh=force, return_state=True)
@@ -114,11 +114,11 @@ def set_base(
     current = warmstart.ensure_base(folder)
     if base_changed:
         versioning.commit_stage(root, "base")
-    info_path = params.paths.processed / "dataset_info.json"
+    info_path = DatasetInfo.path(params.paths.processed)
     choice, why = "keep", f"{info_path} not found"
     champion = warmstart.base_from_champion(params.paths.models / "champion")
     if info_path.exists():
-        info = json.loads(info_path.read_text())
+        info = DatasetInfo.read(params.paths.processed)
         will_run = force or upstream_changed or bool(versioning.stage_status(root, "train"))
         choice, why = warmstart.choose_base(
             warm_start,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from flows.common import (
 )
 from tasks import runtime, warmstart
 from tasks.cluster import role
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
 from tasks.params import Params
@@ -69,7 +69,7 @@ def fit_model(
     changes with the kernels that compute the model."""
     from tasks import train
 
-    info = json.loads((processed / "dataset_info.json").read_text())
+    info = DatasetInfo.read(processed)
     log = get_run_logger()
     epochs = cfg.finetune.epochs if start is not None else cfg.epochs  # as train.train decides
     bar = progress_artifact("train-progress", f"train: 0 of {epochs} epochs", epochs)
@@ -92,11 +92,11 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
 
     started = time.monotonic()
     log = get_run_logger()
-    info_path = params.paths.processed / "dataset_info.json"
+    info_path = DatasetInfo.path(params.paths.processed)
     if not info_path.exists():
         raise PawflowError(f"{info_path} not found: the data stages have not run.", "Run `dvc repro` first.")
-    info = json.loads(info_path.read_text())
-    if int(info["splits"]["train"]["examples"]) == 0:
+    info = DatasetInfo.read(params.paths.processed)
+    if info.examples("train") == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
     cfg = train_config(params)
     # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.warmstart).

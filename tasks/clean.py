@@ -6,6 +6,7 @@ import inspect
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,6 +14,9 @@ from tasks import images, store
 from tasks.errors import PawflowError
 from tasks.fileio import fingerprint
 from tasks.images import KEPT, REASONS, REJECTED, CheckSettings, PhotoCheck
+
+if TYPE_CHECKING:
+    from tasks.params import Params
 
 COLUMNS = [
     "path",
@@ -31,6 +35,21 @@ COLUMNS = [
 ]
 # Verdicts that depend on the file system at this moment, not on the bytes: never cached.
 UNCACHEABLE = {"missing", "unreadable", "changed_since_ingest", "timeout"}
+
+
+def check_settings(params: Params) -> CheckSettings:
+    """Judging a photo depends on clean.*, and it also prepares the shard image and the dedup hash."""
+    c = params.clean
+    return CheckSettings(
+        min_side=c.min_side,
+        max_aspect_ratio=c.max_aspect_ratio,
+        max_pixels=c.max_pixels,
+        formats=c.formats,
+        max_side=params.shard.max_side,
+        jpeg_quality=params.shard.jpeg_quality,
+        hash_size=params.dedup.hash_size,
+        timeout_s=c.timeout_s,
+    )
 
 
 def settings_fingerprint(settings: CheckSettings) -> str:

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
-from tasks.dedup import CONFLICT, DUPLICATE, KEPT, distances, hash_bits
-from tasks.images import REASONS, REJECTED, encode_jpeg, to_rgb
+from tasks.dedup import CONFLICT, DUPLICATE, distances, hash_bits
+from tasks.images import KEPT, REASONS, REJECTED, encode_jpeg, to_rgb
 
 # Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
 # ~5.5 KB in base64 (measured: 1,000 duplicate groups + 1,000 rejected photos -> 200 thumbnails,

@@ -21,9 +21,12 @@ import pandas as pd
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
+from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
+from tasks.images import KEPT
 
-KEPT, DUPLICATE, CONFLICT = "kept", "duplicate", "conflict"
+# A photo's status: KEPT (clean's verdict, tasks/images.py) or one of these two.
+DUPLICATE, CONFLICT = "duplicate", "conflict"
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
 INDEX_FORMAT = 1  # bump when HashIndex's file layout changes: older files are then ignored
 
@@ -85,6 +88,32 @@ class HashIndex:
         if len(pairs) and (pairs[:, :2].min() < 0 or pairs[:, :2].max() >= len(packed)):
             return None
         return cls(max_distance, packed.astype(np.uint8), pairs.astype(np.int64))
+
+
+def index_path(cache_dir: Path, max_distance: int) -> Path:
+    """Where the last run's HashIndex lives: in the disposable cache, one per distance."""
+    return cache_dir / "dedup" / f"hash-index-d{max_distance}.npz"
+
+
+def load_index(cache_dir: Path, max_distance: int, hash_size: int) -> HashIndex | None:
+    """The index of hashes seen by the last run: new photos are compared with it instead of every photo
+    with every other; a missing or foreign index (None) only costs time."""
+    nbytes = (hash_size**2 + 7) // 8
+    return HashIndex.load(index_path(cache_dir, max_distance), max_distance, nbytes)
+
+
+def save_index(index: HashIndex, cache_dir: Path) -> None:
+    path = index_path(cache_dir, index.max_distance)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index.save(path)
+
+
+def kept_photos(clean_rows: pd.DataFrame) -> pd.DataFrame:
+    """The photos clean kept (clean.parquet rows); refuses none at all."""
+    kept = clean_rows[clean_rows["status"] == KEPT]
+    if kept.empty:
+        raise PawflowError("dedup: clean kept no photos.", "Look at reports/clean.json for the reasons.")
+    return kept
 
 
 def _pieces(nbits: int, max_distance: int) -> list[tuple[int, int]]:
@@ -199,15 +228,6 @@ def near_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]
     if len(bits) < 2:
         return []
     return indexed_pairs(bits, max_distance)[0]
-
-
-def brute_force_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """The reference answer: every pair compared (tests and benchmarks only)."""
-    n = len(bits)
-    i, j = np.triu_indices(n, k=1)
-    d = distances(bits, i, j) if n > 1 else np.zeros(0, dtype=int)
-    keep = d <= max_distance
-    return [(int(a), int(b), int(x)) for a, b, x in zip(i[keep], j[keep], d[keep], strict=True)]
 
 
 def _components(df: pd.DataFrame, codes: np.ndarray, upairs: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from tasks import images, inference
+from tasks.datasetinfo import DatasetInfo
 from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
 
 
@@ -123,11 +124,11 @@ def predict_robust(
     return Predictions(np.concatenate(probs), np.array(labels, dtype=int), paths)
 
 
-def split_records(processed: Path, info: dict, split: str) -> Iterable[tuple[str, int, bytes]]:
+def split_records(processed: Path, info: DatasetInfo, split: str) -> Iterable[tuple[str, int, bytes]]:
     """(path, label, JPEG) of every photo of a split, in shard order."""
     from tasks import tfrecord
 
-    files = [processed / s["file"] for s in info["splits"][split]["shards"]]
+    files = info.split_paths(processed, split)
     for ex in tfrecord.read(files):
         yield ex["path"].numpy().decode("utf-8"), int(ex["label"].numpy()), ex["image/encoded"].numpy()
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tasks.errors import PawflowError
 
@@ -22,13 +22,18 @@ if TYPE_CHECKING:
 HASH_BLOCK = 1 << 20
 
 
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex sha256 of what a reader holds from where it is to its end, read in blocks."""
+    h = hashlib.sha256()
+    while block := stream.read(HASH_BLOCK):
+        h.update(block)
+    return h.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in blocks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_stream(f)
 
 
 def sha256_bytes(data: bytes) -> str:

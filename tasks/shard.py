@@ -14,18 +14,39 @@ deterministic function of the ledger (its order of arrival), not of the final co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
+import io
 import math
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from tqdm import tqdm
 
-from tasks.fileio import fingerprint
+from tasks import clean, store
+from tasks import tfrecord as tfr
+from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
+from tasks.dedup import CONFLICT
+from tasks.errors import PawflowError
+from tasks.fileio import atomic_dir, fingerprint, parquet_metadata, read_parquet, sha256_file
+from tasks.images import KEPT
+
+if TYPE_CHECKING:
+    from tasks.params import Shard
 
 SPLITS = ("train", "val", "test")
 LEDGER_COLUMNS = ["sha256", "label", "split", "arrival"]
+LEDGER = "split.parquet"
+# Normalised JPEGs fetched from the cache per query while shards are written.
+FETCH_BATCH = 256
 
 
 def unit_hash(key: str, salt: str) -> float:
@@ -57,7 +78,7 @@ def assign(
 ) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
     """Split every non-conflict photo (dedup rows); returns (photos + split, new ledger, stats)."""
     stats = SplitStats()
-    rows = photos[photos["status"] != "conflict"].sort_values("path", kind="stable").reset_index(drop=True)
+    rows = photos[photos["status"] != CONFLICT].sort_values("path", kind="stable").reset_index(drop=True)
     if ledger is not None and "arrival" not in ledger:  # a ledger written before arrivals were recorded
         ledger = ledger.assign(arrival=0)
     known = dict(zip(ledger["sha256"], ledger["split"], strict=True)) if ledger is not None else {}
@@ -154,4 +175,189 @@ def counts_table(examples: pd.DataFrame, class_names: list[str]) -> dict[str, di
     return {
         split: {c: int(((examples["split"] == split) & (examples["label"] == c)).sum()) for c in class_names}
         for split in SPLITS
+    }
+
+
+def assign_splits(
+    interim: Path, fractions: dict[str, float], salt: str
+) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
+    """Every non-conflict photo of dedup.parquet gets a split; the ledger in interim keeps earlier
+    assignments stable (one made with other fractions or salt is dropped: ledger_reset)."""
+    dd = read_parquet(interim / "dedup.parquet")
+    path = interim / LEDGER
+    ledger = None
+    reset = False
+    if path.exists():
+        if ledger_matches(parquet_metadata(path), fractions, salt):
+            ledger = read_parquet(path)
+        else:
+            reset = True
+    rows, new_ledger, stats = assign(dd, ledger, fractions, salt)
+    stats.ledger_reset = reset
+    return rows, new_ledger, stats
+
+
+def kept_examples(rows: pd.DataFrame, fractions: dict[str, float]) -> pd.DataFrame:
+    """The kept photos with their split; refuses fewer than two labels or a split asked for left empty."""
+    examples = rows[rows["status"] == KEPT].copy()
+    if examples["label"].nunique() < 2:
+        raise PawflowError(
+            "shard: fewer than two labels have photos left after clean and dedup.",
+            "Look at reports/clean.json and reports/dedup.json.",
+        )
+    empty = empty_splits(examples, fractions)
+    if empty:
+        per_split = ", ".join(f"{k} {int((examples['split'] == k).sum())}" for k in SPLITS)
+        raise PawflowError(
+            f"shard: the {' and '.join(empty)} split got no photo ({per_split} photos over "
+            f"{examples['label'].nunique()} labels; each label is split on its own, so a label with few "
+            "photos fills train first). Nothing was written.",
+            "Add photos per label, or lower the number of labels; to go without a validation split, "
+            "set shard.split.val: 0 in params.yaml.",
+        )
+    return examples
+
+
+def dataset_info(examples: pd.DataFrame, class_names: list[str], s: Shard) -> DatasetInfo:
+    """dataset_info.json before its shards are written: classes, image settings, record schema, counts."""
+    return DatasetInfo(
+        class_names=class_names,
+        num_classes=len(class_names),
+        image=ImageFormat(encoding="jpeg", channels=3, max_side=s.max_side, jpeg_quality=s.jpeg_quality),
+        features={name: desc for name, (_, desc) in tfr.SCHEMA.items()},
+        split_fractions=s.split.as_dict(),
+        counts=counts_table(examples, class_names),
+    )
+
+
+def missing_thumbs(kept: pd.DataFrame, cache_dir: Path, fp: str) -> list[tuple[str, str]]:
+    """(path, sha256) of the photos whose normalised JPEG the cache lacks."""
+    keys = {clean.cache_key(s, fp): (p, s) for p, s in zip(kept["path"], kept["sha256"], strict=True)}
+    with store.connect(cache_dir) as con:
+        have = store.get_thumb_sizes(con, list(keys))
+    return [v for k, v in keys.items() if k not in have]
+
+
+def thumb_sizes(todo: pd.DataFrame, cache_dir: Path, fp: str) -> dict[str, int]:
+    """Bytes of each photo's normalised JPEG by sha256; refuses a photo the cache still lacks."""
+    with store.connect(cache_dir) as con:
+        found = store.get_thumb_sizes(con, [clean.cache_key(s, fp) for s in todo["sha256"]])
+    sizes = {s: found[clean.cache_key(s, fp)] for s in todo["sha256"] if clean.cache_key(s, fp) in found}
+    lost = [p for p, s in zip(todo["path"], todo["sha256"], strict=True) if s not in sizes]
+    if lost:
+        raise PawflowError(
+            f"shard: {len(lost)} kept photo(s) no longer decode, e.g. {lost[0]}.",
+            "data/raw changed after clean ran: run `dvc repro` (or the pipeline) again.",
+        )
+    return sizes
+
+
+@dataclass
+class Planned:
+    """The shards of one split and arrival: reused as they are, or (files None) to be written."""
+
+    split: str
+    arrival: int
+    part: pd.DataFrame
+    contents: str
+    files: list[ShardFile] | None = None
+
+
+def _intact(path: Path, entry: ShardFile) -> bool:
+    return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
+
+
+def plan(
+    examples: pd.DataFrame, processed: Path, salt: str, fp: str, class_names: list[str]
+) -> list[Planned]:
+    """Every split's arrivals; those whose files the last run wrote with the same contents are reused
+    (after checking their sha256), so a grown collection rewrites no old shard."""
+    code = fingerprint(inspect.getsource(tfr))
+    plans = [
+        Planned(split, arrival, part, contents_key(split, arrival, part, class_names, fp, code))
+        for split in SPLITS
+        for arrival, part in arrivals(examples, split, salt)
+    ]
+    old: dict[str, list[ShardFile]] = {}
+    with contextlib.suppress(OSError, ValueError):  # none yet, or unreadable: nothing is reused
+        for split in DatasetInfo.read(processed).splits.values():
+            for f in split.shards:
+                old.setdefault(f.contents, []).append(f)
+    for p in plans:
+        files = old.get(p.contents)
+        if files and all(_intact(processed / f.file, f) for f in files):
+            p.files = files
+    return plans
+
+
+def write_shards(
+    plans: list[Planned],
+    sizes: dict[str, int],
+    processed: Path,
+    cache_dir: Path,
+    shard_bytes: int,
+    fp: str,
+    info: DatasetInfo,
+) -> DatasetInfo:
+    """Write the shards that are not reused into a fresh folder beside the reused ones (hard links to the
+    same files), then swap it in with dataset_info.json; returns it with its splits."""
+    index = {c: i for i, c in enumerate(info.class_names)}
+    shards: dict[str, list[ShardFile]] = {split: [] for split in SPLITS}
+    todo = sum(len(p.part) for p in plans if p.files is None)
+    with store.connect(cache_dir) as con, atomic_dir(processed) as out:
+        bar = tqdm(total=todo, desc="shard", unit="photo", disable=None, leave=False)  # terminals only
+        for p in plans:
+            entries = shards[p.split]
+            if p.files is not None:
+                for f in p.files:
+                    _link_or_copy(processed / f.file, out / f.file)
+                    entries.append(f)
+                continue
+            part = p.part.assign(jpeg_bytes=[sizes[s_] for s_ in p.part["sha256"]])
+            parts = cut(part, shard_bytes)
+            for k, piece in enumerate(parts):
+                name = shard_name(p.split, k, len(parts), p.arrival)
+                records = []
+                for batch in iter_batches(list(piece.itertuples()), FETCH_BATCH):
+                    thumbs = store.get_thumbs(con, [clean.cache_key(r.sha256, fp) for r in batch])
+                    for r in batch:
+                        jpeg = thumbs[clean.cache_key(r.sha256, fp)]
+                        width, height = Image.open(io.BytesIO(jpeg)).size
+                        records.append(
+                            tfr.serialize(jpeg, height, width, index[r.label], r.label, r.sha256, r.path)
+                        )
+                    bar.update(len(batch))
+                n = tfr.write(out / name, records)
+                entries.append(
+                    ShardFile(
+                        file=name,
+                        examples=n,
+                        bytes=(out / name).stat().st_size,
+                        sha256=sha256_file(out / name),
+                        arrival=p.arrival,
+                        contents=p.contents,
+                    )
+                )
+        splits = {k: SplitFiles(examples=sum(f.examples for f in v), shards=v) for k, v in shards.items()}
+        info = info.model_copy(update={"splits": splits})
+        bar.close()
+        info.write(out)
+    return info
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """The same file under the new folder: a hard link (no bytes copied, DVC's state still knows it)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def report(info: DatasetInfo) -> dict:
+    """reports/shard.json: photos per split and class, examples and shard files per split."""
+    return {
+        "counts": info.counts,
+        "class_names": info.class_names,
+        "examples": {k: v.examples for k, v in info.splits.items()},
+        "shards": {k: len(v.shards) for k, v in info.splits.items()},
     }

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tasks import distributed, tfrecord
 from tasks.cluster import Role, role
+from tasks.datasetinfo import DatasetInfo
 from tasks.model import make_model, save_model
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,13 @@ class TrainConfig:
 # --------------------------------------------------------------------------- input pipeline
 
 
-def split_files(processed: Path, info: dict, split: str) -> list[Path]:
-    return [processed / s["file"] for s in info["splits"][split]["shards"]]
+def split_files(processed: Path, info: DatasetInfo, split: str) -> list[Path]:
+    return info.split_paths(processed, split)
 
 
-def split_sizes(info: dict, split: str) -> list[int]:
+def split_sizes(info: DatasetInfo, split: str) -> list[int]:
     """Records per shard file of a split, in split_files' order."""
-    return [int(s["examples"]) for s in info["splits"][split]["shards"]]
+    return [s.examples for s in info.splits[split].shards]
 
 
 def _records(files: list[Path], sizes: list[int] | None, training: bool, seed: int) -> tf.data.Dataset:
@@ -391,7 +392,7 @@ def collect_files(folder: Path) -> dict[str, bytes]:
 
 def train(
     processed: Path,
-    info: dict,
+    info: DatasetInfo,
     cfg: TrainConfig,
     workdir: Path,
     tf_config: str | None = None,
@@ -412,11 +413,11 @@ def train(
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
     keras.mixed_precision.set_global_policy(policy)
     log.info("training on %s, precision %s", devices.description, policy)
-    num_classes = int(info["num_classes"])
+    num_classes = info.num_classes
     global_batch = cfg.batch_size * devices.replicas
-    n_train = int(info["splits"]["train"]["examples"])
+    n_train = info.examples("train")
     steps = max(1, math.ceil(n_train / global_batch))
-    n_val = int(info["splits"]["val"]["examples"])
+    n_val = info.examples("val")
     train_files = split_files(processed, info, "train")
 
     def train_dataset(batch_size: int, seed: int, **kwargs: Any) -> tf.data.Dataset:
@@ -513,7 +514,7 @@ def train(
         "worker": me.index,
         "workers": me.workers,
         "global_batch_size": global_batch,
-        "examples": {s: int(info["splits"][s]["examples"]) for s in ("train", "val")},
+        "examples": {s: info.examples(s) for s in ("train", "val")},
     }
     logs = {f"dvclive/{k}": v for k, v in collect_files(live_dir).items()}
     logs.update({f"tensorboard/{k}": v for k, v in collect_files(tb_dir).items()})
@@ -527,12 +528,12 @@ def train(
     return result
 
 
-def model_card(info: dict, cfg: TrainConfig) -> dict:
+def model_card(info: DatasetInfo, cfg: TrainConfig) -> dict:
     """models/model.json: what a prediction needs besides the weights."""
     return {
-        "class_names": info["class_names"],
+        "class_names": info.class_names,
         "image_size": cfg.image_size,
-        "max_side": info["image"]["max_side"],
-        "jpeg_quality": info["image"]["jpeg_quality"],
+        "max_side": info.image.max_side,
+        "jpeg_quality": info.image.jpeg_quality,
         "model": cfg.backbone or cfg.model,
     }

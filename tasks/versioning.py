@@ -19,9 +19,22 @@ from tasks.errors import PawflowError
 from tasks.fileio import append_history
 from tasks.params import check_workspace_paths, load_params, parse_params
 
-STAGES = ("ingest", "clean", "dedup", "shard", "base", "train", "evaluate")
 # The first stage of dvc.yaml (flows/check.py): validates params.yaml and ingest.source.
 CHECK_STAGE = "check"
+DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
+
+
+def _stages_of_dvc_yaml() -> tuple[str, ...]:
+    """The stages after check, in dvc.yaml's order: the graph lists each stage after those it reads
+    (tests/test_dvc_yaml.py checks it), so this is the order they run in."""
+    names = tuple(yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"])
+    return tuple(n for n in names if n != CHECK_STAGE)
+
+
+# The stage order, read from dvc.yaml once: the one place it is written.
+STAGES = _stages_of_dvc_yaml()
+# The stages that make data/ (Prefect flows mapped over the photos, with params.runner's task runner).
+DATA_STAGES = STAGES[: STAGES.index("shard") + 1]
 # How long an entry point waits for DVC's repo lock held by a short command (`dvc status`) before it
 # says which process holds it; DVC itself retries for 3 s.
 DVC_LOCK_WAIT_S = 10.0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, dumps_json, sha256_bytes, sha256_file
 from tasks.params import Finetune, Train
@@ -68,18 +69,18 @@ class Plan:
     from_sha256: str | None
 
 
-def shaping(train: Train, info: dict) -> dict[str, Any]:
+def shaping(train: Train, info: DatasetInfo) -> dict[str, Any]:
     """What shapes a model trained with these params on these shards (see MODEL_SHAPING)."""
     return {
         **train.model_dump(mode="json", include=set(MODEL_SHAPING)),
-        "class_names": list(info["class_names"]),
-        "max_side": int(info["image"]["max_side"]),
-        "jpeg_quality": int(info["image"]["jpeg_quality"]),
+        "class_names": list(info.class_names),
+        "max_side": info.image.max_side,
+        "jpeg_quality": info.image.jpeg_quality,
     }
 
 
-def train_examples(info: dict) -> int:
-    return int(info["splits"]["train"]["examples"])
+def train_examples(info: DatasetInfo) -> int:
+    return info.examples("train")
 
 
 def plan(base: Base | None, now: dict[str, Any], n_train: int, finetune: Finetune) -> Plan:

@@ -116,3 +116,25 @@ def make_workspace(dest: Path, source: Path, **overrides: dict) -> Path:
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=dest, check=True
     )
     return dest
+
+
+@pytest.fixture
+def raw_with_history(tmp_path: Path) -> Path:
+    """data/raw after an earlier, good ingest: a refused archive must leave it byte for byte as it is."""
+    from sources import run_ingest
+
+    raw = tmp_path / "work" / "raw"
+    run_ingest(imagegen.make_dataset(tmp_path / "earlier", per_class=2), raw)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, prefect_server: str):
+    """The four data flows run once on a messy source (test_flows_clean, _dedup, _shard, _common read it)."""
+    from dataflows import messy_source, run_data_stages
+
+    root = tmp_path_factory.mktemp("flows")
+    source = messy_source(root / "source")
+    params = params_for(root / "work", source, clean={"max_reject_fraction": 0.5})
+    run_data_stages(params)
+    return params, source

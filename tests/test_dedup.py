@@ -12,7 +12,7 @@ from test_images import SETTINGS
 
 from tasks.dedup import (
     HashIndex,
-    brute_force_pairs,
+    distances,
     find_duplicates,
     find_duplicates_indexed,
     hash_bits,
@@ -21,6 +21,15 @@ from tasks.dedup import (
     report,
 )
 from tasks.images import check_bytes
+
+
+def brute_force_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    """The reference answer: every pair compared."""
+    n = len(bits)
+    i, j = np.triu_indices(n, k=1)
+    d = distances(bits, i, j) if n > 1 else np.zeros(0, dtype=int)
+    keep = d <= max_distance
+    return [(int(a), int(b), int(x)) for a, b, x in zip(i[keep], j[keep], d[keep], strict=True)]
 
 
 def photo_row(path: str, data: bytes) -> dict:

@@ -16,6 +16,7 @@ from conftest import make_workspace, tool_env
 
 from flows.server import free_ports
 from tasks.cluster import Role, role
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 
 FAST = {
@@ -92,7 +93,7 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Pa
 def test_worker_shares_are_disjoint_and_cover_the_split(sharded: Path):
     from tasks import train
 
-    info = json.loads((sharded / "data/processed/dataset_info.json").read_text())
+    info = DatasetInfo.read(sharded / "data/processed")
     files = train.split_files(sharded / "data/processed", info, "train")
     shares = [
         [

@@ -9,11 +9,14 @@ import counts as much as one at the top of a module.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from commands import dvc
+from conftest import make_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks")
@@ -82,3 +85,67 @@ def test_closure_follows_lazy_imports():
 def test_evaluate_depends_on_the_training_report_it_reads():
     # evaluation.html shows reports/train.json's curves and settings: a new train.json is a new report.
     assert "${paths.reports}/train.json" in stages()["evaluate"]["deps"]
+
+
+def test_stages_are_listed_after_the_stages_they_read():
+    # tasks.versioning.STAGES (the run order of pawflow's pipeline) is dvc.yaml's order.
+    from tasks import versioning
+
+    spec = stages()
+    assert tuple(s for s in spec if s != versioning.CHECK_STAGE) == versioning.STAGES
+    assert versioning.DATA_STAGES == ("ingest", "clean", "dedup", "shard")
+    writer = {
+        (o if isinstance(o, str) else next(iter(o))): name for name, st in spec.items() for o in st["outs"]
+    }
+    order = list(spec)
+    for name, stage in spec.items():
+        for dep in stage["deps"]:
+            if dep in writer:
+                assert order.index(writer[dep]) < order.index(name), f"{name} reads {dep} of a later stage"
+
+
+@pytest.mark.slow
+def test_dvc_views_show_the_model_metrics_in_one_screen_and_each_plot_once(tmp_path: Path):
+    """`dvc metrics show` / `dvc plots show` on the files the stages write (made up here, not trained)."""
+    ws = make_workspace(tmp_path / "ws", tmp_path / "source")
+    reports = ws / "reports"
+    counts = {"files": 4007, "kept": 4002, "per_reason": {"not_an_image": 5}, "source": "a long string " * 9}
+    for name in ("ingest", "clean", "dedup", "shard", "train"):
+        (reports / f"{name}.json").parent.mkdir(parents=True, exist_ok=True)
+        (reports / f"{name}.json").write_text(json.dumps(counts))
+    per_class = {c: {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 300} for c in ("Cat", "Dog")}
+    metrics = {"accuracy": 0.8433, "f1_macro": 0.84, "roc_auc": 0.92, "ece": 0.04, "per_class": per_class}
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    (reports / "gate.json").write_text(json.dumps({"decision": "promoted", "reason": "no champion yet " * 5}))
+    (reports / "scores.json").write_text(json.dumps({**metrics, "per_class": None, "gate": "promoted"}))
+    for split in ("train", "eval"):
+        for m in ("loss", "accuracy"):
+            tsv = reports / "train/plots/metrics" / split / f"{m}.tsv"
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            tsv.write_text(f"step\t{m}\n0\t0.7\n1\t0.5\n")
+    (reports / "train/metrics.json").write_text(json.dumps({"train": {"loss": 0.5}, "step": 1}))
+    (reports / "plots").mkdir()
+    (reports / "plots/confusion.csv").write_text("actual,predicted\nCat,Cat\nCat,Dog\nDog,Dog\n")
+    (reports / "plots/roc.csv").write_text("fpr,tpr,threshold\n0,0,1\n0.5,1,0.5\n1,1,0\n")
+    (reports / "plots/precision_recall.csv").write_text("recall,precision,threshold\n1,0.5,0.1\n0.5,1,0.9\n")
+    (reports / "plots/calibration.csv").write_text("bin,confidence,accuracy,count\n5,0.5,0.5,2\n9,1,1,1\n")
+
+    shown = dvc(ws, "metrics", "show", api=None)
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.strip().splitlines()
+    assert header.split() == ["Path", "accuracy", "ece", "f1_macro", "gate", "roc_auc"]
+    assert row.split()[0] == "reports/scores.json" and "promoted" in row
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+
+    plots = dvc(ws, "plots", "show", "--json", api=None)
+    assert plots.returncode == 0, plots.stderr
+    drawn = json.loads(plots.stdout)["data"]
+    curves = "reports/train/plots/metrics"
+    training = [f"{curves}/{s}/{m}.tsv" for s in ("eval", "train") for m in ("accuracy", "loss")]
+    tests = ["Confusion matrix (test)", "ROC (test)", "Precision-recall (test)", "Calibration (test)"]
+    assert sorted(drawn) == sorted(training + tests)  # once each; no CSV drawn as its own line plot
+    assert all(len(v) == 1 for v in drawn.values())
+    # The confusion matrix as a matrix (DVC's confusion template: rect marks), every other plot as lines.
+    marks = {name: json.dumps(v[0]["content"]) for name, v in drawn.items()}
+    assert '"rect"' in marks["Confusion matrix (test)"] and '"line"' not in marks["Confusion matrix (test)"]
+    assert all('"line"' in m for name, m in marks.items() if name != "Confusion matrix (test)")

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import imagegen
 import pytest
+import yaml
+from commands import dvc, py, ran, sh
 from conftest import make_workspace, tool_env
+from PIL import Image, ImageEnhance
 
 pytestmark = pytest.mark.slow
 
@@ -35,21 +38,6 @@ def workspace(tmp_path: Path, per_class: int = 20, **overrides: dict) -> tuple[P
     config = f"[core]\n    analytics = false\n    remote = local\n['remote \"local\"']\n    url = {remote}\n"
     (ws / ".dvc" / "config").write_text(config)
     return ws, source
-
-
-def sh(ws: Path, *args: str, api: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        list(args), cwd=ws, env=tool_env(api), capture_output=True, text=True, timeout=timeout
-    )
-    return out
-
-
-def py(ws: Path, *args: str, api: str) -> subprocess.CompletedProcess:
-    return sh(ws, sys.executable, *args, api=api)
-
-
-def dvc(ws: Path, *args: str, api: str) -> subprocess.CompletedProcess:
-    return py(ws, "-m", "dvc", *args, api=api)
 
 
 def history(ws: Path) -> list[dict]:
@@ -299,3 +287,47 @@ def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server:
     assert not nightly.paused
     assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"]
     assert all(s.active for s in nightly.schedules)
+
+
+def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
+    source = imagegen.make_dataset(tmp_path / "source", per_class=20)
+    (source / "Cat" / "Thumbs.db").write_bytes(imagegen.OLE2_MAGIC + bytes(512))
+    # A near duplicate at perceptual distance 2 of dog.2 (lower contrast, recompressed).
+    near = ImageEnhance.Contrast(Image.open(source / "Dog" / "dog.2.jpg")).enhance(0.9)
+    (source / "Dog" / "dog.2 edited.jpg").write_bytes(imagegen.encode(near, "JPEG", quality=60))
+    ws = make_workspace(tmp_path / "ws", source)
+
+    first = dvc(ws, "repro", "shard", api=prefect_server)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert ran(first.stdout) == ["check", "ingest", "clean", "dedup", "shard"]
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 40
+    assert json.loads((ws / "reports/dedup.json").read_text())["near_duplicates"] == 1
+    clean = json.loads((ws / "reports/clean.json").read_text())
+    assert clean["per_reason"] == {"not_an_image": 1}
+
+    again = dvc(ws, "repro", "shard", api=prefect_server)
+    assert again.returncode == 0 and ran(again.stdout) == [], again.stdout
+    # The data stages are up to date; train and evaluate were never asked for.
+    status = dvc(ws, "status", "shard", api=prefect_server)
+    assert "up to date" in status.stdout, status.stdout
+
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["dedup"]["max_distance"] = 0  # the edited copy is no longer a duplicate
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = dvc(ws, "repro", "shard", api=prefect_server)
+    assert changed.returncode == 0, changed.stderr
+    assert ran(changed.stdout) == ["check", "dedup", "shard"]  # check: params.yaml changed
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 41
+
+    for i in range(3):
+        (source / "Dog" / f"new.{i}.jpg").write_bytes(imagegen.jpeg(50_000 + i))
+    grown = dvc(ws, "repro", "shard", api=prefect_server)
+    assert ran(grown.stdout) == ["ingest", "clean", "dedup", "shard"]
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 44
+    # What a run copied is run history, not a tracked output (reports/ingest.json lists what raw holds).
+    runs = [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
+    assert [r for r in runs if r.get("stage") == "ingest"][-1]["copied"] == 3
+    assert "copied" not in json.loads((ws / "reports/ingest.json").read_text())

@@ -18,9 +18,11 @@ import pytest
 import yaml
 from conftest import make_workspace, tool_env
 
+from tasks import versioning
+
 pytestmark = pytest.mark.slow
 
-STAGES = ("ingest", "clean", "dedup", "shard", "train")
+STAGES = (*versioning.DATA_STAGES, "train")
 PARAMS = {
     "runner": {"chunk_size": 25, "workers": 2},
     "train": {"epochs": 3, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0},

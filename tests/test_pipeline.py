@@ -16,12 +16,15 @@ from pathlib import Path
 import imagegen
 import pytest
 import yaml
+from commands import dvc, py, sh
 from conftest import make_workspace, tool_env
-from test_entrypoints import FAST, dvc, py, sh, workspace
+from test_entrypoints import FAST, workspace
+
+from tasks import versioning
 
 pytestmark = pytest.mark.slow
 
-DATA_STAGES = ("check", "ingest", "clean", "dedup", "shard")
+DATA_STAGES = (versioning.CHECK_STAGE, *versioning.DATA_STAGES)
 
 
 def snapshot(ws: Path) -> dict[str, bytes]:

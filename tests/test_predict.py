@@ -13,6 +13,7 @@ from pathlib import Path
 import imagegen
 import numpy as np
 import pytest
+from infos import dataset_info
 from PIL import Image
 
 from flows.cli import main as pawflow
@@ -56,12 +57,7 @@ def model_and_shard(tmp_path_factory: pytest.TempPathFactory):
     processed = root / "processed"
     processed.mkdir()
     tfrecord.write(processed / "test-0.tfrecord", records)
-    info = {
-        "class_names": CARD["class_names"],
-        "num_classes": 2,
-        "splits": {"test": {"examples": PHOTOS, "shards": [{"file": "test-0.tfrecord"}]}},
-    }
-    (processed / "dataset_info.json").write_text(json.dumps(info))
+    dataset_info(CARD["class_names"], {"test": [("test-0.tfrecord", PHOTOS)]}).write(processed)
     return root, sorted(photos.iterdir(), key=lambda p: int(p.stem))
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from infos import dataset_info
 
 from tasks import warmstart
 from tasks.errors import PawflowError
@@ -13,11 +14,7 @@ from tasks.fileio import sha256_bytes
 from tasks.params import Finetune, Train
 from tasks.warmstart import Base
 
-INFO = {
-    "class_names": ["Cat", "Dog"],
-    "image": {"max_side": 224, "jpeg_quality": 90},
-    "splits": {"train": {"examples": 110}},
-}
+INFO = dataset_info(["Cat", "Dog"], {"train": [("train.tfrecord-00000-of-00001", 110)]})
 FINETUNE = Finetune(max_growth=0.25, max_warm_starts=3)
 DEFAULT = Train()
 
@@ -32,7 +29,7 @@ def test_shaping_follows_the_architecture_and_the_classes_not_the_schedule():
         Train(epochs=3, learning_rate=0.1, seed=1, finetune=Finetune(epochs=1)), INFO
     )
     assert now != warmstart.shaping(Train(width=8), INFO)
-    assert now != warmstart.shaping(Train(), {**INFO, "class_names": ["Cat", "Dog", "Fox"]})
+    assert now != warmstart.shaping(Train(), INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
     assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == 128
 
 
@@ -192,7 +189,8 @@ def test_nightly_warm_starts_from_the_champion_and_dvc_rebuilds_it(tmp_path: Pat
     import shutil
 
     import imagegen
-    from test_entrypoints import FAST, assert_up_to_date, dvc, history, py, workspace
+    from commands import dvc, py
+    from test_entrypoints import FAST, assert_up_to_date, history, workspace
 
     from tasks import versioning
     from tasks.fileio import sha256_file

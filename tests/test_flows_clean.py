@@ -1,0 +1,205 @@
+"""flows/clean.py in-process: every defect its reason, raw untouched, progress without log noise, the
+reject guard, photos that change after ingest, fuzzed photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import imagegen
+import numpy as np
+import pandas as pd
+import pytest
+from dataflows import run
+from test_images import SETTINGS
+
+from flows.clean import clean_flow, quiet_task_runs
+from flows.dedup import dedup_flow
+from flows.ingest import ingest_flow
+from flows.shard import shard_flow
+from tasks.datasetinfo import DatasetInfo
+from tasks.images import check_bytes
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_clean_gives_every_defect_its_reason(built):
+    params, _ = built
+    clean = pd.read_parquet(params.paths.interim / "clean.parquet").set_index("path")
+    for name, (_, reason) in imagegen.defects().items():
+        assert (clean.at[f"Cat/{name}", "status"], clean.at[f"Cat/{name}", "reason"]) == ("rejected", reason)
+    for name, (_, step) in imagegen.awkward_valid().items():
+        assert clean.at[f"Dog/{name}", "status"] == "kept"
+        assert step in clean.at[f"Dog/{name}", "normalised"]
+    report = json.loads((params.paths.reports / "clean.json").read_text())
+    assert report["rejected"] == len(imagegen.defects())
+    assert {r["path"] for r in report["rejected_files"]} == {f"Cat/{n}" for n in imagegen.defects()}
+
+
+def test_raw_files_are_never_modified(built):
+    params, source = built
+    for p in source.rglob("*"):
+        if p.is_file():
+            assert (params.paths.raw / p.relative_to(source)).read_bytes() == p.read_bytes()
+
+
+MESSAGE = "Finished in state Completed()"
+
+
+def record(level: int, task_name: str | None) -> logging.LogRecord:
+    rec = logging.LogRecord("prefect.task_runs", level, __file__, 1, MESSAGE, (), None)
+    if task_name is not None:
+        rec.task_name = task_name
+    return rec
+
+
+def test_quiet_task_runs_drops_only_the_named_tasks_info_lines():
+    logger = logging.getLogger("prefect.task_runs")
+    before = list(logger.filters)
+    try:
+        quiet_task_runs("chunky")
+        quiet_task_runs("chunky")  # idempotent: one filter for a name
+        mine = [f for f in logger.filters if f not in before]
+        assert len(mine) == 1
+        assert not logger.filter(record(logging.INFO, "chunky"))
+        assert logger.filter(record(logging.ERROR, "chunky"))  # a failed chunk is still reported
+        assert logger.filter(record(logging.WARNING, "chunky"))
+        assert logger.filter(record(logging.INFO, "other-task"))
+        assert logger.filter(record(logging.INFO, None))
+    finally:
+        logger.filters[:] = before
+
+
+def test_clean_shows_progress_without_a_log_line_per_chunk(built, monkeypatch: pytest.MonkeyPatch):
+    from conftest import drain_prefect_workers, params_for
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    import flows.clean
+
+    params, source = built
+    chunked = params_for(
+        params.paths.raw.parent.parent, source, clean={"max_reject_fraction": 0.5}, runner={"chunk_size": 5}
+    )
+    # The terminal bar (tqdm draws it on a terminal only): drawn here into a buffer, every update.
+    drawn = io.StringIO()
+    real_tqdm = flows.clean.tqdm
+    forced = {"disable": False, "file": drawn, "mininterval": 0, "miniters": 1}
+    monkeypatch.setattr(flows.clean, "tqdm", lambda *a, **kw: real_tqdm(*a, **{**kw, **forced}))
+    state = clean_flow(params=chunked, return_state=True)
+    assert state.is_completed(), state.message
+    run_id = state.state_details.flow_run_id
+    drain_prefect_workers()
+    with get_client(sync_client=True) as c:
+        logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        (progress,) = c.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["clean-progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            )
+        )
+    files = len(pd.read_parquet(params.paths.interim / "ingest.parquet"))
+    assert files > 10 * 5  # more than ten chunks
+    assert any("Beginning flow run" in log.message for log in logs)  # the run's logs did arrive
+    assert [log.message for log in logs if log.task_run_id is not None] == []  # none per chunk
+    assert float(progress.data) == 100.0
+    assert progress.description == f"clean: {files:,} of {files:,} files checked"
+    # Counts and an ETA as the chunks finish ("clean:  40%|████   | 20/50 [00:01<00:01, 15.2file/s]").
+    frames = re.findall(rf"clean: +\d+%\|[^|]*\| (\d+)/{files} \[\d\d:\d\d<\d\d:\d\d", drawn.getvalue())
+    assert len({int(n) for n in frames}) > 10 and int(frames[-1]) == files, drawn.getvalue()[-500:]
+
+
+def test_too_many_rejects_fail_clearly_without_outputs(tmp_path: Path, make_params):
+    src = tmp_path / "junk"
+    for cls in ("Cat", "Dog"):
+        (src / cls).mkdir(parents=True)
+        for i in range(5):
+            (src / cls / f"{i}.jpg").write_text("not a photo")
+        (src / cls / "ok.jpg").write_bytes(imagegen.jpeg(1 if cls == "Cat" else 2))
+    params = make_params(src)
+    assert ingest_flow(params=params, return_state=True).is_completed()
+    state = clean_flow(params=params, return_state=True)
+    assert state.is_failed()
+    assert "83% of 12 files were rejected" in state.message and "not_an_image (10)" in state.message
+    assert not (params.paths.interim / "clean.parquet").exists()
+    assert not (params.paths.reports / "clean.json").exists()
+
+
+def test_files_that_vanish_or_change_after_ingest(dataset: Path, make_params):
+    params = make_params(dataset)
+    run(params, ingest_flow)
+    (params.paths.raw / "Cat" / "cat.1.jpg").unlink()
+    (params.paths.raw / "Dog" / "dog.2.jpg").write_bytes(imagegen.jpeg(31337))
+    run(params, clean_flow)
+    clean = pd.read_parquet(params.paths.interim / "clean.parquet").set_index("path")
+    assert clean.at["Cat/cat.1.jpg", "reason"] == "missing"
+    assert clean.at["Dog/dog.2.jpg", "reason"] == "changed_since_ingest"
+
+
+def mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
+    """Random bit flips, truncations and inserted bytes of real JPEG and PNG encodings."""
+    rng = np.random.default_rng(seed)
+    bases = [imagegen.jpeg(i, (96, 72)) for i in range(4)]
+    bases += [imagegen.encode(imagegen.photo(10 + i, (80, 64)), "PNG") for i in range(3)]
+    bases += [imagegen.encode(imagegen.photo(20, (64, 64)), "WEBP", quality=80)]
+    out = []
+    for k in range(count):
+        data = bytearray(bases[k % len(bases)])
+        op = k % 3
+        if op == 0:
+            for pos in rng.integers(0, len(data), size=rng.integers(1, 24)):
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+        elif op == 1:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            pos = int(rng.integers(0, len(data)))
+            data[pos:pos] = rng.integers(0, 256, size=int(rng.integers(1, 120)), dtype=np.uint8).tobytes()
+        out.append((f"m{k:04d}.{'jpg' if k % len(bases) < 4 else 'png'}", bytes(data)))
+    return out
+
+
+@pytest.mark.slow
+def test_fuzz_2000_mutated_photos(tmp_path: Path, make_params):
+    """No crash, no hang (every file within the per-file limit), every file classified, and every kept
+    photo decodes with TensorFlow in the training input pipeline."""
+    from tasks import train
+
+    files = mutations(seed=2026, count=2000)
+    slowest = 0.0
+    for _, data in files:
+        started = time.monotonic()
+        check_bytes(data, SETTINGS)
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < SETTINGS.timeout_s
+
+    src = tmp_path / "fuzz"
+    for i, (name, data) in enumerate(files):
+        folder = src / ("Cat" if i % 2 else "Dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    params = make_params(src, clean={"max_reject_fraction": 1.0, "min_side": 8}, dedup={"max_distance": 0})
+    run(params, ingest_flow, clean_flow, dedup_flow, shard_flow)
+    clean = pd.read_parquet(params.paths.interim / "clean.parquet")
+    assert len(clean) == 2000 and set(clean["status"]) <= {"kept", "rejected"}
+    assert (clean[clean["status"] == "rejected"]["reason"] != "").all()
+    kept = int((clean["status"] == "kept").sum())
+    assert 0 < kept < 2000  # the mix really exercises both sides
+    info = DatasetInfo.read(params.paths.processed)
+    decoded = 0
+    for split in ("train", "val", "test"):
+        ds = train.make_dataset(
+            train.split_files(params.paths.processed, info, split), 2, 32, 64, training=False
+        )
+        decoded += sum(int(x.shape[0]) for x, _ in ds)
+    dedup = pd.read_parquet(params.paths.interim / "dedup.parquet")
+    assert decoded == int((dedup["status"] == "kept").sum()) > 0

@@ -1,0 +1,108 @@
+"""flows/ingest.py in-process and as `python -m flows.ingest`: awkward and hostile sources give reasons
+or one clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import imagegen
+import pandas as pd
+import pytest
+from commands import py
+from conftest import make_workspace
+from dataflows import run
+from sources import flip_byte, snapshot, ten_photos, zip_of
+
+from flows.clean import clean_flow
+from flows.dedup import dedup_flow
+from flows.ingest import ingest_flow
+from flows.shard import shard_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_awkward_names_labels_and_file_kinds(tmp_path: Path, make_params):
+    src = imagegen.make_dataset(tmp_path / "src", per_class=6, classes=("Cats & Kittens (big)", "Dog=1"))
+    cat, dog = src / "Cats & Kittens (big)", src / "Dog=1"
+    names = ["with space.jpg", "paren (1).jpg", "a=b.jpg", "ünïcödé.jpg", "x" * 251 + ".jpg"]
+    for i, name in enumerate(names):
+        (cat / name).write_bytes(imagegen.jpeg(500 + i))
+    (dog / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(100))
+    (dog / "._dog.0.jpg").write_bytes(b"\0\5\26\7" + bytes(200))  # AppleDouble
+    (dog / "folder.jpg").mkdir()  # a directory named like an image
+    (dog / "folder.jpg" / "inner.jpg").write_bytes(imagegen.jpeg(600))
+    (dog / "empty_dir.jpg").mkdir()
+    bad_name = os.fsencode(str(dog)) + b"/bad\xff\xfe.jpg"
+    with open(bad_name, "wb") as f:
+        f.write(imagegen.jpeg(601))
+    (src / "Empty").mkdir()
+    params = make_params(src)
+    run(params, ingest_flow, clean_flow, dedup_flow, shard_flow)
+
+    ingest = json.loads((params.paths.reports / "ingest.json").read_text())
+    skipped = {s["path"]: s["reason"] for s in ingest["skipped"]}
+    assert any("not valid UTF-8" in r for r in skipped.values())
+    assert skipped["Empty/"].startswith("empty class folder")
+    clean = pd.read_parquet(params.paths.interim / "clean.parquet").set_index("path")
+    for name in names:
+        assert clean.at[f"Cats & Kittens (big)/{name}", "status"] == "kept"
+    assert clean.at["Dog=1/folder.jpg/inner.jpg", "status"] == "kept"
+    for junk in (".DS_Store", "._dog.0.jpg"):
+        assert clean.at[f"Dog=1/{junk}", "reason"] == "not_an_image"
+    info = json.loads((params.paths.processed / "dataset_info.json").read_text())
+    assert info["class_names"] == ["Cats & Kittens (big)", "Dog=1"]
+    # the raw copies have exactly the source's bytes, 255-byte name included
+    assert (params.paths.raw / "Cats & Kittens (big)" / names[-1]).read_bytes() == (
+        cat / names[-1]
+    ).read_bytes()
+
+
+def test_unreadable_files_are_skipped_with_a_reason(dataset: Path, make_params, monkeypatch):
+    target = dataset / "Cat" / "cat.4.jpg"
+    target.chmod(0)
+    real_access = os.access
+    # root reads anything; pretend to be a user without the permission for this one file
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p) == target else real_access(p, mode)
+    )
+    params = make_params(dataset)
+    run(params, ingest_flow)
+    rep = json.loads((params.paths.reports / "ingest.json").read_text())
+    assert {"path": "Cat/cat.4.jpg", "reason": "unreadable: permission denied"} in rep["skipped"]
+
+
+@pytest.mark.slow
+def test_damaged_archive_through_the_entry_point_is_one_message(tmp_path: Path, prefect_server: str):
+    z = zip_of(ten_photos(tmp_path / "src"), tmp_path / "pets.zip")
+    info = zipfile.ZipFile(z).getinfo("Dog/dog.2.jpg")
+    flip_byte(z, info.header_offset + 30 + len(info.filename) + info.compress_size // 2)
+    ws = make_workspace(tmp_path / "ws", z)
+    earlier = ws / "data" / "raw" / "Cat" / "earlier.jpg"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(imagegen.jpeg(5))
+    out = py(ws, "-m", "flows.ingest", api=prefect_server)
+    assert out.returncode != 0, out.stdout
+    assert "entry 'Dog/dog.2.jpg': its data does not match its CRC-32" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert snapshot(ws / "data" / "raw") == {"Cat/earlier.jpg": imagegen.jpeg(5)}
+    assert (
+        not (ws / "data" / "interim" / "ingest.parquet").exists()
+        and not (ws / "reports" / "ingest.json").exists()
+    )
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_clear_error_without_traceback(tmp_path: Path, prefect_server: str):
+    ws = make_workspace(tmp_path / "ws", tmp_path / "does-not-exist")
+    out = py(ws, "-m", "flows.ingest", api=prefect_server)
+    assert out.returncode != 0
+    assert "does not exist" in out.stderr and "Set ingest.source" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (ws / "data" / "interim" / "ingest.parquet").exists()
+
+    (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "\nbogus: 1\n")
+    out = py(ws, "-m", "flows.clean", api=prefect_server)
+    assert out.returncode == 2 and "bogus: unknown key" in out.stderr and "Traceback" not in out.stderr
