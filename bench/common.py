@@ -74,12 +74,12 @@ def run_stamped(cmd: list[str], cwd: Path, user_env: bool = True) -> tuple[Timed
     then start, or reuse, the workspace's background Prefect server)."""
     logs = WORK / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    e = env()
+    e = {**env(), "PYTHONUNBUFFERED": "1"}  # each line when it is printed, so its time stamp is right
     if user_env:
         e.pop("PREFECT_API_URL", None)
     lines: list[tuple[float, str]] = []
     started = time.monotonic()
-    with open(logs / f"{cwd.name}.stamped", "w") as log:
+    with open(logs / f"{cwd.name}.stamped", "w", buffering=1) as log:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
