@@ -21,6 +21,7 @@ from tasks.params import override
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "../shared/datasets/petimages-sample").resolve()
+PETIMAGES_16K = (ROOT / "../shared/datasets/petimages-16k").resolve()  # real photos, disjoint from SAMPLE
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
 MACHINE = (
@@ -64,6 +65,51 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> Timed:
     if check and timed.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({timed.returncode}):\n{timed.stderr[-4000:]}")
     return timed
+
+
+def run_stamped(cmd: list[str], cwd: Path, user_env: bool = True) -> tuple[Timed, list[tuple[float, str]]]:
+    """Like run (check=True), stdout and stderr merged, each line with its second since the start.
+
+    user_env: without the benchmark's PREFECT_API_URL, as a user runs the command (the stage processes
+    then start, or reuse, the workspace's background Prefect server)."""
+    logs = WORK / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    e = {**env(), "PYTHONUNBUFFERED": "1"}  # each line when it is printed, so its time stamp is right
+    if user_env:
+        e.pop("PREFECT_API_URL", None)
+    lines: list[tuple[float, str]] = []
+    started = time.monotonic()
+    with open(logs / f"{cwd.name}.stamped", "w", buffering=1) as log:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((time.monotonic() - started, line.rstrip("\n")))
+            log.write(f"{lines[-1][0]:9.2f} {lines[-1][1]}\n")
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    text = "\n".join(line for _, line in lines)
+    timed = Timed(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), text, "")
+    if timed.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({timed.returncode}):\n{text[-4000:]}")
+    return timed, lines
+
+
+def link_files(files: list[Path], src: Path, dest: Path, prefix: str = "") -> list[Path]:
+    """Each file at dest/<its path under src> (name prefixed), as a hard link (a copy across file
+    systems): a source folder under bench/work without copying the shared photos."""
+    out = []
+    for f in files:
+        rel = f.relative_to(src)
+        target = dest / rel.parent / f"{prefix}{rel.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+        out.append(target)
+    return out
 
 
 def median_of(n: int, fn: Callable[[], float]) -> tuple[float, list[float]]:

@@ -1,57 +1,107 @@
-"""P3: after a full run of the data stages on 25,000 photos (P5), add 5% new photos and rerun them.
+"""P3: after P5's full run of the data stages on petimages-16k, 5 % new real photos (from the sample,
+which is disjoint from it) are added to the source folder and the data stages rerun, three times:
 
-Measured through both entry points, one after the other on P5's workspace: dvc repro (four stage
-processes), then the Prefect pipeline (one process, --until shard). The full run is P5's.
+1. `dvc repro shard` as a night runs it: no Prefect server running (P5 stopped it), so the first stage
+   process starts the background server (the issue's target is measured on this run);
+2. `dvc repro shard` again with the background server still up (left by run 1);
+3. the Prefect pipeline, `python -m flows.pipeline --until shard --no-push` (one process).
+
+Each run's seconds are split by stage and by where they go (bench/stagesplit.py for dvc repro; the
+pipeline's own per-stage seconds in reports/runs.jsonl for the pipeline).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
-from bench import synth
-from bench.common import SAMPLE, run, save
+from bench import stagesplit
+from bench.common import SAMPLE, image_files, link_files, run_stamped, save
+from bench.p5_scale import stop_background_server
 
 SHARE = 0.05
+TARGET = 0.10  # issue 13: +5 % photos -> data stages <= 10 % of the full data-stage run
+DATA_STAGES = ("ingest", "clean", "dedup", "shard")
 
 
-def grow(ws: Path, source: Path, cmd: list[str], seed: int) -> dict:
-    photos = sum(1 for p in source.rglob("*.jpg"))
-    new = synth.make(SAMPLE, source, round(photos * SHARE), seed=seed)
-    t = run(cmd, ws)
-    history = [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
-    ingest = [r for r in history if r.get("stage") == "ingest"][-1]  # this run's figures
-    shard = [r for r in history if r.get("stage") == "shard"][-1]
-    assert ingest["copied"] == len(new), ingest
+def history(ws: Path) -> list[dict]:
+    return [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
+
+
+def pipeline_split(record: dict, total_s: float) -> dict:
+    """The pipeline record's "ran (12.3s)" per stage, and the rest of the command's wall time."""
+    stages = {s: stagesplit.ran_seconds(record["stages"].get(s)) for s in DATA_STAGES}
     return {
+        "stages_s": stages,
+        "outside_stages_s": round(total_s - sum(v or 0 for v in stages.values()), 1),
+        "pipeline_inside_s": record["seconds"],
+    }
+
+
+def grow(ws: Path, source: Path, new_files: list[Path], cmd: list[str]) -> dict:
+    photos = len(image_files(source))
+    added = link_files(new_files, SAMPLE, source, prefix="sample-")
+    t, lines = run_stamped(cmd, ws)
+    runs = history(ws)
+    ingest = [r for r in runs if r.get("stage") == "ingest"][-1]  # this run's figures
+    shard = [r for r in runs if r.get("stage") == "shard"][-1]
+    assert ingest["copied"] == len(added), ingest
+    out = {
+        "command": " ".join(["python", *cmd[1:]]),
         "seconds": t.seconds,
-        "new_photos": len(new),
+        "new_photos": len(added),
         "photos_before": photos,
         "hashed": ingest["hashed"],
         "moved_photos": shard["split_stability"]["moved_photos"],
         "peak_rss_mb": t.peak_rss_mb,
     }
+    if cmd[2] == "dvc":
+        split = stagesplit.split(lines, t.seconds)
+        assert set(DATA_STAGES) <= split["stages"].keys(), split
+        out.update(where_the_seconds_went=stagesplit.summary(split), by_stage=split)
+    else:
+        record = [r for r in runs if r.get("entry") == "prefect"][-1]
+        out.update(by_stage=pipeline_split(record, t.seconds))
+    return out
 
 
 def main(ws: Path, source: Path, full_s: float) -> dict:
-    dvc = grow(ws, source, [sys.executable, "-m", "dvc", "repro", "shard"], seed=31)
+    pool = image_files(SAMPLE)
+    random.Random(3).shuffle(pool)  # a fixed mix of cats and dogs, different photos each run
+    taken = 0
+
+    def next_photos() -> list[Path]:
+        nonlocal taken
+        n = round(len(image_files(source)) * SHARE)
+        taken += n
+        return pool[taken - n : taken]
+
+    dvc = [sys.executable, "-m", "dvc", "repro", "shard"]
+    stop_background_server(ws)
+    cold = grow(ws, source, next_photos(), dvc)
+    warm = grow(ws, source, next_photos(), dvc)
     prefect = grow(
-        ws, source, [sys.executable, "-m", "flows.pipeline", "--until", "shard", "--no-push"], seed=32
+        ws, source, next_photos(), [sys.executable, "-m", "flows.pipeline", "--until", "shard", "--no-push"]
     )
-    for r in (dvc, prefect):
+    stop_background_server(ws)
+    runs = {"dvc_repro_no_server": cold, "dvc_repro_server_up": warm, "prefect_pipeline": prefect}
+    for r in runs.values():
         r["ratio"] = r["seconds"] / full_s
-    best = min(dvc["ratio"], prefect["ratio"])
     return save(
         3,
-        f"+5% photos on 25k: Prefect pipeline {prefect['seconds']:.0f}s = {prefect['ratio']:.1%}, dvc repro "
-        f"{dvc['seconds']:.0f}s = {dvc['ratio']:.1%} of the full run ({full_s:.0f}s); only new files hashed",
-        "<= 10% of the full data-stage time; unchanged files not re-hashed",
-        best <= 0.10
-        and all(r["hashed"] == r["new_photos"] and r["moved_photos"] == 0 for r in (dvc, prefect)),
+        f"+5% real photos on 16k: dvc repro {cold['seconds']:.0f}s = {cold['ratio']:.1%} (server up: "
+        f"{warm['seconds']:.0f}s = {warm['ratio']:.1%}), Prefect pipeline {prefect['seconds']:.0f}s = "
+        f"{prefect['ratio']:.1%} of the full run ({full_s:.0f}s); only new files hashed",
+        "dvc repro as a night runs it: <= 10% of the full data-stage time; unchanged files not re-hashed, "
+        "no photo changes split",
+        cold["ratio"] <= TARGET
+        and all(r["hashed"] == r["new_photos"] and r["moved_photos"] == 0 for r in runs.values()),
         full_data_stages_s=full_s,
-        dvc_repro=dvc,
-        prefect_pipeline=prefect,
-        notes="full run: P5's dvc repro shard of 25,000 photos (cold caches). Increments: 5% new photos "
-        "(crops, flips, colour shifts of sample photos); 'hashed' counts sha256 computations this run.",
+        **runs,
+        notes="full run: P5's dvc repro shard of petimages-16k (15,989 real photos, cold caches). Each "
+        "increment: 5% of the collection's photos as new real photos of petimages-sample (disjoint from "
+        "it), hard-linked into the source folder under bench/work; 'hashed' counts sha256 computations "
+        "this run. The machine was shared with other work during the measurement.",
     )
