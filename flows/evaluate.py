@@ -14,60 +14,20 @@ from flows.common import content_cache, friendly, publish, result_storage, stage
 from tasks import runtime
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
-from tasks.params import Params
+from tasks.params import Params, TensorFlow
 
 CHAMPION_CARD = "champion.json"
 
 
-# Keyed on the model file's and dataset_info.json's hashes: content, not paths.
+# Keyed on the model file's and dataset_info.json's hashes (content, not paths), the model card, how
+# the photos are predicted (and, for the robustness slice, re-rendered), and the code.
 @task(
-    name="predict-test-split",
+    name="predict-test-photos",
+    task_run_name="predict-test-photos-{slice_name}",
     cache_policy=content_cache(
         "tasks.evaluate",
         "tasks.inference",
         "tasks.train",
-        "tasks.tfrecord",
-        "tasks.runtime",
-        exclude=("model_path", "processed"),
-    ),
-    persist_result=True,
-)
-def predict_test_split(
-    model_sha256: str,
-    dataset_sha256: str,
-    image_size: int,
-    batch_size: int,
-    tta: bool,
-    tf_settings,
-    model_path: Path,
-    processed: Path,
-):
-    """Class probabilities for every test photo (and the JPEGs of the ones it gets wrong).
-
-    tf_settings (params.yaml tensorflow:, applied by the flow) is part of the cache key."""
-    import keras
-
-    from tasks import evaluate, train
-
-    info = json.loads((processed / "dataset_info.json").read_text())
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    ds = train.make_dataset(
-        train.split_files(processed, info, "test"),
-        int(info["num_classes"]),
-        image_size,
-        batch_size,
-        training=False,
-        with_meta=True,
-    )
-    return evaluate.predict(model, ds, tta)
-
-
-# Keyed like predict-test-split, plus how the photos are re-rendered and prepared.
-@task(
-    name="predict-robustness-slice",
-    cache_policy=content_cache(
-        "tasks.evaluate",
-        "tasks.inference",
         "tasks.predict",
         "tasks.images",
         "tasks.tfrecord",
@@ -76,65 +36,42 @@ def predict_test_split(
     ),
     persist_result=True,
 )
-def predict_robustness_slice(
+def predict_test_photos(
     model_sha256: str,
     dataset_sha256: str,
     card: dict,
     batch_size: int,
     tta: bool,
-    render: dict,
-    tf_settings,
+    robustness: dict | None,
+    tf_settings: TensorFlow,
     model_path: Path,
     processed: Path,
+    slice_name: str = "test",
 ):
-    """Class probabilities for every test photo re-rendered the way web photos arrive."""
-    import keras
-
-    from tasks import evaluate, predict
+    """tasks.evaluate.predict_test_photos; tf_settings (params.yaml tensorflow:, applied by the flow)
+    is part of the cache key."""
+    from tasks import evaluate
 
     info = json.loads((processed / "dataset_info.json").read_text())
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    return evaluate.predict_robust(
-        model,
-        evaluate.split_records(processed, info, "test"),
-        int(card["image_size"]),
-        batch_size,
-        tta,
-        render,
-        # the rendered photo has at most max_side**2 pixels: the size limit never applies to it
-        predict.settings_for(card, max_pixels=render["max_side"] ** 2),
+    return evaluate.predict_test_photos(model_path, processed, info, card, batch_size, tta, robustness)
+
+
+def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool, robust: bool = False):
+    """The test photos' predictions by the model in model_dir (robust: of the robustness slice)."""
+    run = predict_test_photos.with_options(
+        result_storage=result_storage(params), refresh_cache=refresh or None
     )
-
-
-def _cached(task_fn, params: Params, refresh: bool):
-    return task_fn.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
-
-
-def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool):
-    card = json.loads((model_dir / "model.json").read_text())
-    return _cached(predict_test_split, params, refresh)(
-        sha256_file(model_dir / "model.keras"),
-        dataset_sha,
-        int(card["image_size"]),
-        params.evaluate.batch_size,
-        params.evaluate.tta,
-        params.tensorflow,
-        model_dir / "model.keras",
-        params.paths.processed,
-    )
-
-
-def _robust_predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool):
-    return _cached(predict_robustness_slice, params, refresh)(
+    return run(
         sha256_file(model_dir / "model.keras"),
         dataset_sha,
         json.loads((model_dir / "model.json").read_text()),
         params.evaluate.batch_size,
         params.evaluate.tta,
-        params.evaluate.robustness.model_dump(mode="python"),
+        params.evaluate.robustness.model_dump(mode="python") if robust else None,
         params.tensorflow,
         model_dir / "model.keras",
         params.paths.processed,
+        "robust" if robust else "test",
     )
 
 
@@ -160,7 +97,7 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     class_names = info["class_names"]
     dataset_sha = sha256_file(info_path)
     pred, jpegs = _predictions(params, models, dataset_sha, refresh)
-    robust = _robust_predictions(params, models, dataset_sha, refresh)
+    robust, _ = _predictions(params, models, dataset_sha, refresh, robust=True)
     m = evaluate.compute_metrics(pred, class_names, e.calibration_bins, robust)
     champion_dir = models / "champion"
     champion_correct = None

@@ -132,6 +132,48 @@ def split_records(processed: Path, info: dict, split: str) -> Iterable[tuple[str
         yield ex["path"].numpy().decode("utf-8"), int(ex["label"].numpy()), ex["image/encoded"].numpy()
 
 
+def predict_test_photos(
+    model_path: Path,
+    processed: Path,
+    info: dict,
+    card: dict,
+    batch_size: int,
+    tta: bool,
+    robustness: dict | None = None,
+) -> tuple[Predictions, dict[str, bytes]]:
+    """The model's class probabilities for every test photo, with the JPEGs of the photos it gets
+    wrong. With `robustness` (evaluate.robustness): of the robustness slice instead (predict_robust;
+    no JPEGs). card: the model's model.json (its image size and how its shards were made)."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    image_size = int(card["image_size"])
+    if robustness is None:
+        from tasks import train
+
+        dataset = train.make_dataset(
+            train.split_files(processed, info, "test"),
+            num_classes=int(info["num_classes"]),
+            image_size=image_size,
+            batch_size=batch_size,
+            with_meta=True,
+        )
+        return predict(model, dataset, tta)
+    from tasks.predict import settings_for
+
+    robust = predict_robust(
+        model,
+        split_records(processed, info, "test"),
+        image_size,
+        batch_size,
+        tta,
+        robustness,
+        # the rendered photo has at most max_side**2 pixels: the size limit never applies to it
+        settings_for(card, max_pixels=robustness["max_side"] ** 2),
+    )
+    return robust, {}
+
+
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
     """Reliability diagram data: per confidence bin, mean confidence, accuracy and count."""
     edges = np.linspace(0, 1, bins + 1)

@@ -67,11 +67,11 @@ def model_and_shard(tmp_path_factory: pytest.TempPathFactory):
 
 def evaluate_probs(root: Path, tta: bool) -> np.ndarray:
     """Probabilities through evaluate's own task body (tf.data over the shard), batch of 4."""
-    from flows.evaluate import predict_test_split
-    from tasks.params import TensorFlow
+    from tasks import evaluate
 
-    pred, _ = predict_test_split.fn(
-        "sha", "sha", 32, 4, tta, TensorFlow(), root / "models" / "model.keras", root / "processed"
+    info = json.loads((root / "processed" / "dataset_info.json").read_text())
+    pred, _ = evaluate.predict_test_photos(
+        root / "models" / "model.keras", root / "processed", info, CARD, 4, tta
     )
     assert pred.paths == [f"{i}.jpg" for i in range(PHOTOS)]
     return pred.probs
