@@ -13,10 +13,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from flows.common import content_cache, friendly, publish, result_storage, stage_main
 from tasks import runtime
 from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
+from tasks.fileio import sha256_file, write_bytes, write_json
 from tasks.params import Params, TensorFlow
-
-CHAMPION_CARD = "champion.json"
 
 
 # Keyed on the model file's and dataset_info.json's hashes (content, not paths), the model card, how
@@ -101,17 +99,12 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     m = evaluate.compute_metrics(pred, class_names, e.calibration_bins, robust)
     champion_dir = models / "champion"
     champion_correct = None
-    if (champion_dir / "model.keras").exists():
-        champ_card = json.loads((champion_dir / "model.json").read_text())
-        if champ_card["class_names"] != class_names:
-            log.warning(
-                "the champion knows other classes (%s): it cannot be compared; the gate uses "
-                "min_accuracy only",
-                champ_card["class_names"],
-            )
-        else:
-            champ_pred, _ = _predictions(params, champion_dir, dataset_sha, refresh)
-            champion_correct = champ_pred.correct
+    comparable, why_not = evaluate.comparable_champion(champion_dir, class_names)
+    if comparable:
+        champ_pred, _ = _predictions(params, champion_dir, dataset_sha, refresh)
+        champion_correct = champ_pred.correct
+    elif (champion_dir / "model.keras").exists():
+        log.warning("%s; the gate uses min_accuracy only", why_not)
     decision = gate.decide(
         pred.correct, champion_correct, e.min_accuracy, e.alpha, robust.correct, e.min_robust_accuracy
     )
@@ -124,61 +117,23 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     page = evaluate.html_report(
         m, decision, pngs, mistakes, class_names, train_report, e.tta, e.robustness.model_dump(mode="json")
     )
-    with atomic_dir(reports / "plots") as tmp:
-        for name, df in tables.items():
-            df.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
+    evaluate.write_plot_tables(reports / "plots", tables)
     write_bytes(reports / "misclassified.png", mistakes)
     write_bytes(reports / "evaluation.html", page.encode("utf-8"))
     write_json(reports / "metrics.json", m)
     write_json(reports / "gate.json", decision)
     write_json(reports / "scores.json", evaluate.scores(m, decision))
+    evaluate.promote(models, champion_dir, m, decision, e.tta)
     if decision["promoted"]:
-        with atomic_dir(champion_dir) as tmp:
-            (tmp / "model.keras").write_bytes((models / "model.keras").read_bytes())
-            # + how it was evaluated and promoted, so `pawflow predict` repeats it (tasks.predict.load)
-            card = json.loads((models / "model.json").read_text())
-            write_json(tmp / "model.json", {**card, "tta": e.tta})
-            write_json(tmp / CHAMPION_CARD, {"metrics": m, "gate": decision})
         log.info("promoted: %s", decision["reason"])
     else:
-        if not champion_dir.exists():  # the folder is a DVC output: it exists even before a first champion
-            with atomic_dir(champion_dir) as tmp:
-                write_json(tmp / CHAMPION_CARD, {"champion": None, "why": decision["reason"]})
         log.warning("not promoted: %s", decision["reason"])
-    rows = [
-        [k, round(m[k], 4) if isinstance(m[k], float) else m[k]]
-        for k in (
-            "accuracy",
-            "f1_macro",
-            "roc_auc",
-            "log_loss",
-            "ece",
-            "examples",
-            "robust_accuracy",
-            "robust_examples",
-        )
-    ]
-    rows += [
-        ["tta (flip average)", e.tta],
-        ["gate", decision["decision"]],
-        ["gate p-value", decision.get("p_value")],
-        ["seconds", f"{time.monotonic() - started:.1f}"],
-    ]
+    rows = [*evaluate.summary_rows(m, decision, e.tta), ["seconds", f"{time.monotonic() - started:.1f}"]]
     publish("evaluate", "evaluate: test split", ["", "value"], rows)
     create_markdown_artifact(
         key="evaluation-report",
         description="evaluation and gate",
-        markdown=(
-            f"## Test accuracy {m['accuracy']:.2%} ({m['examples']} photos)\n\n"
-            f"Robustness slice (the test photos as web photos arrive): {m['robust_accuracy']:.2%}"
-            f"{' (flip-averaged)' if e.tta else ''}\n\n"
-            f"**Gate: {decision['decision']}** — {decision['reason']}\n\n"
-            "| class | precision | recall | f1 | support |\n|---|---|---|---|---|\n"
-            + "".join(
-                f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |\n"
-                for c, v in m["per_class"].items()
-            )
-        ),
+        markdown=evaluate.summary_markdown(m, decision, e.tta),
     )
     create_link_artifact(
         key="evaluation-html",

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import io
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from tasks import images, inference
+from tasks.fileio import atomic_dir, write_json
 from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
 
 
@@ -253,6 +255,86 @@ def scores(m: dict, gate: dict) -> dict:
     return {**{k: m[k] for k in SCORES}, "gate": gate["decision"]}
 
 
+# The headline numbers of reports/metrics.json, in the order the report and the run summary show them.
+HEADLINE = (
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "roc_auc",
+    "log_loss",
+    "ece",
+    "examples",
+    "robust_accuracy",
+    "robust_examples",
+)
+
+
+def summary_rows(m: dict, gate: dict, tta: bool) -> list[list]:
+    """The evaluate stage's table artifact: the headline metrics, how they were obtained, the gate."""
+    rows = [[k, round(m[k], 4) if isinstance(m[k], float) else m[k]] for k in HEADLINE if k in m]
+    return [
+        *rows,
+        ["tta (flip average)", tta],
+        ["gate", gate["decision"]],
+        ["gate p-value", gate.get("p_value")],
+    ]
+
+
+def summary_markdown(m: dict, gate: dict, tta: bool) -> str:
+    """The evaluate stage's markdown artifact: test and robustness accuracy, the gate, per-class scores."""
+    robust = f"{m['robust_accuracy']:.2%}" if "robust_accuracy" in m else "not measured"
+    return (
+        f"## Test accuracy {m['accuracy']:.2%} ({m['examples']} photos)\n\n"
+        f"Robustness slice (the test photos as web photos arrive): {robust}"
+        f"{' (flip-averaged)' if tta else ''}\n\n"
+        f"**Gate: {gate['decision']}** — {gate['reason']}\n\n"
+        "| class | precision | recall | f1 | support |\n|---|---|---|---|---|\n"
+        + "".join(
+            f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |\n"
+            for c, v in m["per_class"].items()
+        )
+    )
+
+
+# models/champion/: the promoted model.keras, its model.json (+ tta) and this card of why it was promoted.
+CHAMPION_CARD = "champion.json"
+
+
+def promote(models: Path, champion_dir: Path, m: dict, gate: dict, tta: bool) -> None:
+    """If the gate promoted models/model.keras: it becomes the champion, with its model.json (plus how
+    it was evaluated, so `pawflow predict` repeats it: tasks.predict.load) and the metrics and gate
+    that promoted it. If not, the champion stays; a first run leaves a card saying why there is none
+    (the folder is a DVC output: it must exist)."""
+    if gate["promoted"]:
+        with atomic_dir(champion_dir) as tmp:
+            (tmp / "model.keras").write_bytes((models / "model.keras").read_bytes())
+            card = json.loads((models / "model.json").read_text())
+            write_json(tmp / "model.json", {**card, "tta": tta})
+            write_json(tmp / CHAMPION_CARD, {"metrics": m, "gate": gate})
+    elif not champion_dir.exists():
+        with atomic_dir(champion_dir) as tmp:
+            write_json(tmp / CHAMPION_CARD, {"champion": None, "why": gate["reason"]})
+
+
+def comparable_champion(champion_dir: Path, class_names: list[str]) -> tuple[bool, str]:
+    """Whether the champion in champion_dir can be compared with a model of class_names (it exists and
+    knows the same classes), and if not, why."""
+    if not (champion_dir / "model.keras").exists():
+        return False, "no champion yet"
+    theirs = json.loads((champion_dir / "model.json").read_text())["class_names"]
+    if theirs != class_names:
+        return False, f"the champion knows other classes ({theirs}): it cannot be compared"
+    return True, ""
+
+
+def write_plot_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """reports/plots/<name>.csv for `dvc plots show`, replacing the folder atomically."""
+    with atomic_dir(folder) as tmp:
+        for name, df in tables.items():
+            df.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
+
+
 def plot_tables(pred: Predictions, class_names: list[str], bins: int) -> dict[str, pd.DataFrame]:
     """The data behind `dvc plots show` (CSV files under reports/plots/)."""
     names = np.array(class_names)
@@ -395,19 +477,7 @@ def html_report(
     """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline.
 
     tta and robustness (evaluate.tta, evaluate.robustness) say how the numbers were obtained."""
-    headline = [
-        "accuracy",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "roc_auc",
-        "log_loss",
-        "ece",
-        "examples",
-        "robust_accuracy",
-        "robust_examples",
-    ]
-    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in headline if k in m)
+    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in HEADLINE if k in m)
     per_class = "".join(
         f"<tr><th>{html.escape(c)}</th>"
         + "".join(f"<td>{_fmt(m['per_class'][c][k])}</td>" for k in ("precision", "recall", "f1", "support"))
