@@ -1,11 +1,13 @@
-"""Bad params, a bad source and a second run, through every entry point: one message, the right exit
-code, and nothing lost or half-recorded (byte comparisons, dvc status).
+"""flows.pipeline. Bad params, a bad source and a second run, through every entry point: one message,
+the right exit code, and nothing lost or half-recorded (byte comparisons, dvc status); the concurrency
+limit of a served run.
 
 One workspace for several cases (each `dvc repro` of the data stages costs ~1 min here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -17,9 +19,9 @@ import imagegen
 import pytest
 import yaml
 from conftest import make_workspace, tool_env
-from test_entrypoints import FAST, dvc, py, sh, workspace
+from workspace import FAST, dvc, py, sh, up_to_date, workspace
 
-pytestmark = pytest.mark.slow
+from flows.pipeline import workspace_limit
 
 DATA_STAGES = ("check", "ingest", "clean", "dedup", "shard")
 
@@ -39,17 +41,13 @@ def edit_params(ws: Path, section: str, **values: object) -> bytes:
     return old
 
 
-def up_to_date(ws: Path, api: str) -> bool:
-    out = dvc(ws, "status", *DATA_STAGES, api=api)
-    return out.returncode == 0 and "up to date" in out.stdout
-
-
 def one_message(text: str, says: str) -> None:
     assert says in text, text[-3000:]
     assert text.count(says) == 1 and text.count("What to do") == 1, text[-3000:]
     assert "\\n" not in text and "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.slow
 def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path: Path, prefect_server: str):
     api = prefect_server
     ws, source = workspace(tmp_path)
@@ -80,7 +78,7 @@ def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path
     assert out.returncode == 2 and "failed to reproduce" not in out.stderr  # refused before dvc repro
     one_message(out.stderr, "does not exist")
     (tmp_path / "moved").rename(source)
-    assert snapshot(ws) == before and up_to_date(ws, api)
+    assert snapshot(ws) == before and up_to_date(ws, api, *DATA_STAGES)
 
     # A named pipe in the source: DVC would block hashing it; pawflow's entry points refuse at once.
     os.mkfifo(source / "Dog" / "fifo.jpg")
@@ -113,6 +111,7 @@ def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path
     assert snapshot(ws) == before
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_and_never_breaks_the_first(tmp_path: Path, prefect_server: str):
     api = prefect_server
     ws, _ = workspace(tmp_path)
@@ -134,9 +133,10 @@ def test_a_second_run_is_refused_and_never_breaks_the_first(tmp_path: Path, pref
     assert first.returncode == 0, err[-3000:]
     assert second.returncode != 0 and "Unable to acquire lock" in second.stderr
     assert stage.returncode == 2 and "another pawflow run is using this workspace" in stage.stderr
-    assert up_to_date(ws, api)
+    assert up_to_date(ws, api, *DATA_STAGES)
 
 
+@pytest.mark.slow
 def test_an_empty_test_split_fails_shard_and_keeps_the_last_shards(tmp_path: Path, prefect_server: str):
     api = prefect_server
     many = tmp_path / "many"
@@ -157,3 +157,8 @@ def test_an_empty_test_split_fails_shard_and_keeps_the_last_shards(tmp_path: Pat
     assert {p.name: p.read_bytes() for p in (ws / "data/processed").iterdir()} == shards
     status = dvc(ws, "status", "shard", api=api).stdout
     assert "changed deps" in status and "changed outs" not in status  # not recorded, nothing removed
+
+
+def test_a_local_run_takes_no_global_concurrency_limit():
+    # Outside a deployment the limit `pawflow serve` creates does not exist: taking it would warn.
+    assert isinstance(workspace_limit(), contextlib.nullcontext)
