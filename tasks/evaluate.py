@@ -170,8 +170,8 @@ def predict_test_photos(
         batch_size,
         tta,
         robustness,
-        # the rendered photo has at most max_side**2 pixels: the size limit never applies to it
-        settings_for(card, max_pixels=robustness["max_side"] ** 2),
+        # the rendered photo is a JPEG of at most max_side**2 pixels: neither limit ever refuses it
+        settings_for(card, max_pixels=robustness["max_side"] ** 2, formats=("JPEG",)),
     )
     return robust, {}
 
