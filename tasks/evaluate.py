@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -464,6 +465,49 @@ def _fmt(v: object) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
+# reports/evaluation.html. Values are escaped where they are written (`esc`, `fmt`: html.escape, as the
+# report always was), so the environment does not autoescape.
+_ENV = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+_ENV.filters.update(esc=html.escape, fmt=_fmt, img=lambda png, alt: _img(png, alt))
+HTML_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;
+margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+img{margin:.3em;vertical-align:top;max-width:100%}.verdict{font-size:1.2em;font-weight:bold}</style>
+</head><body>
+<h1>pawflow evaluation (test split)</h1>
+<p class="verdict">Accuracy {{ "{:.2%}".format(m.accuracy) }} on {{ m.examples }} test photos: \
+{{ "promoted to champion" if gate.get("promoted") else "not promoted" }}.</p>
+<p>{{ gate.get("reason", "") | esc }}</p>
+<p>{% if tta %}Probabilities are the mean over each photo and its mirror image (evaluate.tta).\
+{% else %}Each photo is classified once (evaluate.tta is off).{% endif %}</p>
+<h2>Metrics</h2><table>{% for k in headline if k in m %}<tr><th>{{ k }}</th><td>{{ m[k] | fmt }}</td></tr>\
+{% endfor %}</table>
+{% if "robust_accuracy" in m and robustness %}<h2>Robustness slice</h2><p>Accuracy <b>\
+{{- "{:.2%}".format(m.robust_accuracy) }}</b> on the same {{ m.robust_examples }} test photos re-rendered \
+the way web photos arrive: up to {{ "{:.0%}".format(robustness.crop) }} of each side cropped away, \
+the longer side at most {{ robustness.max_side }} px (never enlarged), saved as JPEG at quality \
+{{ robustness.quality[0] }}-{{ robustness.quality[1] }} (evaluate.robustness; each photo's draws depend on \
+its path only), then prepared as <code>pawflow predict</code> prepares any photo. Test accuracy minus this: \
+{{ "{:+.2%}".format(m.accuracy - m.robust_accuracy) }}.</p>{% endif %}
+<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
+{% for c in class_names %}<tr><th>{{ c | esc }}</th>\
+{% for k in ("precision", "recall", "f1", "support") %}<td>{{ m.per_class[c][k] | fmt }}</td>{% endfor %}\
+</tr>{% endfor %}</table>
+<h2>Promotion gate</h2><table>{% for k, v in gate.items() %}<tr><th>{{ k | esc }}</th>\
+<td>{{ v | fmt }}</td></tr>{% endfor %}</table>
+{% if train_report %}<h2>Training</h2><table>{% for k in train_keys %}<tr><th>{{ k }}</th>\
+<td>{{ train_report.get(k) | fmt }}</td></tr>{% endfor %}</table>{% endif %}
+<h2>Plots</h2>{% for k in pictures if k in pngs %}{{ pngs[k] | img(k) }}{% endfor %}
+<h2>Most confident mistakes</h2>{{ mistakes_png | img("misclassified") }}
+</body></html>
+"""
+# The plots in the order the report shows them, and what of reports/train.json it shows: what the inputs
+# determine only (no timings, memory or host: those are in the run history).
+PICTURES = ("training", "confusion", "roc", "precision_recall", "calibration")
+TRAIN_KEYS = ("model", "parameters", "epochs_run", "best_epoch", "tensorflow")
+
+
 def html_report(
     m: dict,
     gate: dict,
@@ -477,63 +521,16 @@ def html_report(
     """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline.
 
     tta and robustness (evaluate.tta, evaluate.robustness) say how the numbers were obtained."""
-    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in HEADLINE if k in m)
-    per_class = "".join(
-        f"<tr><th>{html.escape(c)}</th>"
-        + "".join(f"<td>{_fmt(m['per_class'][c][k])}</td>" for k in ("precision", "recall", "f1", "support"))
-        + "</tr>"
-        for c in class_names
+    return _ENV.from_string(HTML_TEMPLATE).render(
+        m=m,
+        gate=gate,
+        pngs=pngs,
+        mistakes_png=mistakes_png,
+        class_names=class_names,
+        train_report=train_report,
+        tta=tta,
+        robustness=robustness,
+        headline=HEADLINE,
+        pictures=PICTURES,
+        train_keys=TRAIN_KEYS,
     )
-    gate_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in gate.items())
-    train = ""
-    if train_report:
-        # what the inputs determine only: no timings, memory or host (those are in reports/train.json)
-        keys = ["model", "parameters", "epochs_run", "best_epoch", "tensorflow"]
-        train = (
-            "<h2>Training</h2><table>"
-            + "".join(f"<tr><th>{k}</th><td>{_fmt(train_report.get(k))}</td></tr>" for k in keys)
-            + "</table>"
-        )
-    pictures = "".join(
-        _img(pngs[k], k)
-        for k in ("training", "confusion", "roc", "precision_recall", "calibration")
-        if k in pngs
-    )
-    verdict = "promoted to champion" if gate.get("promoted") else "not promoted"
-    how = (
-        "Probabilities are the mean over each photo and its mirror image (evaluate.tta)."
-        if tta
-        else "Each photo is classified once (evaluate.tta is off)."
-    )
-    robust = ""
-    if "robust_accuracy" in m and robustness:
-        low, high = robustness["quality"]
-        robust = (
-            f"<h2>Robustness slice</h2><p>Accuracy <b>{m['robust_accuracy']:.2%}</b> on the same "
-            f"{m['robust_examples']} test photos re-rendered the way web photos arrive: up to "
-            f"{robustness['crop']:.0%} of each side cropped away, the longer side at most "
-            f"{robustness['max_side']} px (never enlarged), saved as JPEG at quality {low}-{high} "
-            f"(evaluate.robustness; each photo's draws depend on its path only), then prepared as "
-            f"<code>pawflow predict</code> prepares any photo. Test accuracy minus this: "
-            f"{m['accuracy'] - m['robust_accuracy']:+.2%}.</p>"
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;
-margin:.5em 0 1.5em}}th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
-img{{margin:.3em;vertical-align:top;max-width:100%}}.verdict{{font-size:1.2em;font-weight:bold}}</style>
-</head><body>
-<h1>pawflow evaluation (test split)</h1>
-<p class="verdict">Accuracy {m["accuracy"]:.2%} on {m["examples"]} test photos: {verdict}.</p>
-<p>{html.escape(gate.get("reason", ""))}</p>
-<p>{how}</p>
-<h2>Metrics</h2><table>{rows}</table>
-{robust}
-<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
-{per_class}</table>
-<h2>Promotion gate</h2><table>{gate_rows}</table>
-{train}
-<h2>Plots</h2>{pictures}
-<h2>Most confident mistakes</h2>{_img(mistakes_png, "misclassified")}
-</body></html>
-"""
