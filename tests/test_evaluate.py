@@ -5,6 +5,7 @@ rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -13,10 +14,12 @@ import browser
 import imagegen
 import numpy as np
 import pytest
+from conftest import run_flows, workspace_of
 from PIL import Image
 
 from tasks import evaluate, gate, images, predict
 from tasks.evaluate import Predictions, render_web
+from tasks.params import Params
 
 WEB = {"max_side": 250, "quality": (50, 60), "crop": 0.1}
 
@@ -329,3 +332,67 @@ def test_plot_tables_are_written_as_csv_and_replace_the_folder(tmp_path: Path):
     evaluate.write_plot_tables(tmp_path / "plots", {"roc": pd.DataFrame({"fpr": [0.0, 1 / 3]})})
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["roc.csv"]
     assert (tmp_path / "plots" / "roc.csv").read_text() == "fpr\n0\n0.333333\n"
+
+
+# --------------------------------------------------------------------------- the evaluate flow
+
+
+def test_metrics_and_report(trained: Params):
+    m = json.loads((workspace_of(trained) / "reports/metrics.json").read_text())
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "log_loss", "ece"):
+        assert isinstance(m[key], float), key
+    assert set(m["per_class"]) == {"Cat", "Dog"}
+    info = json.loads((workspace_of(trained) / "data/processed/dataset_info.json").read_text())
+    assert m["examples"] == info["splits"]["test"]["examples"]
+    assert sum(map(sum, m["confusion_matrix"])) == m["examples"]
+    assert m["robust_examples"] == m["examples"] and 0 <= m["robust_accuracy"] <= 1
+    # `dvc metrics show` reads this one: the headline numbers of metrics.json and the gate's decision
+    scores = json.loads((workspace_of(trained) / "reports/scores.json").read_text())
+    gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
+    headline = {k: m[k] for k in ("accuracy", "f1_macro", "roc_auc", "ece")}
+    assert scores == {**headline, "gate": gate["decision"]}
+    page = (workspace_of(trained) / "reports/evaluation.html").read_text()
+    assert "Robustness slice" in page and "mirror image" in page  # evaluate.tta is on by default
+    assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, opens offline
+    images = [s.split('"')[0] for s in page.split('src="data:image/png;base64,')[1:]]
+    assert len(images) >= 5
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+
+
+def test_first_model_is_promoted_and_gate_recorded(trained: Params):
+    gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
+    assert gate["promoted"] and gate["p_value"] is None and "no champion yet" in gate["reason"]
+    champion = workspace_of(trained) / "models/champion"
+    assert (champion / "model.keras").read_bytes() == (
+        workspace_of(trained) / "models/model.keras"
+    ).read_bytes()
+    card = json.loads((workspace_of(trained) / "models/model.json").read_text())
+    assert json.loads((champion / "model.json").read_text()) == {**card, "tta": trained.evaluate.tta}
+    assert "challenger_robust_accuracy" in gate and gate["min_robust_accuracy"] == 0.0
+
+
+def test_second_evaluation_compares_with_the_champion(trained: Params):
+    from flows.evaluate import evaluate_flow
+
+    (gate,) = run_flows(trained, evaluate_flow)
+    assert gate["gate"]["p_value"] == 1.0  # the same model: no disagreements
+    assert gate["gate"]["challenger_wins"] == gate["gate"]["challenger_losses"] == 0
+
+
+def test_five_classes_train_and_evaluate(tmp_path: Path, prefect_server: str):
+    from conftest import FAST_TRAIN, params_for
+
+    from flows.clean import clean_flow
+    from flows.dedup import dedup_flow
+    from flows.evaluate import evaluate_flow
+    from flows.ingest import ingest_flow
+    from flows.shard import shard_flow
+    from flows.train import train_flow
+
+    source = imagegen.make_dataset(
+        tmp_path / "five", per_class=8, classes=("ant", "bee", "cow", "doe", "elk")
+    )
+    params = params_for(tmp_path / "work", source, train=FAST_TRAIN, evaluate={"min_accuracy": 0.0})
+    *_, result = run_flows(params, ingest_flow, clean_flow, dedup_flow, shard_flow, train_flow, evaluate_flow)
+    assert set(result["metrics"]["per_class"]) == {"ant", "bee", "cow", "doe", "elk"}
+    assert len(result["metrics"]["confusion_matrix"]) == 5
