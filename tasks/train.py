@@ -404,6 +404,12 @@ def train(
 
     start: a warm start's starting model (models/base/model.keras): fine-tuned for train.finetune.epochs
     instead of a new model trained for train.epochs."""
+    # Imported before the seed is set (used in _train and _callbacks): an import takes seconds, during
+    # which the Prefect client's threads may draw from Python's global random generator, from which
+    # Keras seeds each new layer. Measured: importing them after the seed gave other model bytes when
+    # train ran inside the train flow (not when called directly).
+    import dvclive.keras  # noqa: F401
+
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
