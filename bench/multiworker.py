@@ -33,11 +33,10 @@ def train_once(ws: Path, epochs: int, out: Path) -> None:
 
     params = load_params(ws / "params.yaml")
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
-    from flows.train import train_config
     from tasks import train
     from tasks.datasetinfo import DatasetInfo
 
-    cfg = dataclasses.replace(train_config(params), epochs=epochs, early_stopping_patience=epochs)
+    cfg = params.train.model_copy(update={"epochs": epochs, "early_stopping_patience": epochs})
     info = DatasetInfo.read(ws / "data/processed")
     result = train.train(
         ws / "data/processed",
@@ -47,10 +46,10 @@ def train_once(ws: Path, epochs: int, out: Path) -> None:
         os.environ.get("TF_CONFIG"),
         progress=False,
     )
-    keep = {"device": result.report["device"], **result.run}
-    keep["model_sha256"] = hashlib.sha256(result.model_bytes).hexdigest()
+    keep = {"device": result.report["device"], **dataclasses.asdict(result.run)}
+    keep["model_sha256"] = hashlib.sha256(result.model).hexdigest()
     model = out.with_suffix(".keras")
-    model.write_bytes(result.model_bytes)
+    model.write_bytes(result.model)
     import keras
 
     weights = keras.saving.load_model(model, compile=False).get_weights()

@@ -42,24 +42,20 @@ def main(ws: Path) -> dict:
     import keras
     import tensorflow as tf
 
-    from flows.train import train_config
     from tasks import train
     from tasks.datasetinfo import DatasetInfo
     from tasks.params import load_params
 
     params = load_params(ws / "params.yaml")
-    cfg = train_config(params)
+    cfg = params.train
     info = DatasetInfo.read(ws / "data/processed")
     n = info.examples("train")
     ours = train.make_dataset(
         train.split_files(ws / "data/processed", info, "train"),
-        info.num_classes,
-        cfg.image_size,
-        cfg.batch_size,
-        True,
-        cfg.augment,
-        cfg.shuffle_buffer,
-        cfg.seed,
+        num_classes=info.num_classes,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        shuffled=train.Shuffled(cfg.seed, cfg.shuffle_buffer, cfg.augment),
         examples=n,
     )
     ours_ips = throughput(ours)

@@ -5,7 +5,6 @@ TENSORFLOW_JSON overrides params.yaml `tensorflow:` keys for this run (P7 compar
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
@@ -23,28 +22,22 @@ def main() -> None:
     runtime.configure(settings)  # before TensorFlow is imported
     import keras
 
-    from flows.train import train_config
     from tasks import evaluate, train
     from tasks.datasetinfo import DatasetInfo
 
-    cfg = dataclasses.replace(
-        train_config(params),
-        model=model,
-        epochs=epochs,
-        image_size=size,
-        early_stopping_patience=epochs,
+    cfg = params.train.model_copy(
+        update={"model": model, "epochs": epochs, "image_size": size, "early_stopping_patience": epochs}
     )
     info = DatasetInfo.read(ws / "data/processed")
     result = train.train(ws / "data/processed", info, cfg, out.with_suffix(".work"), progress=False)
     model_path = out.with_suffix(".keras")
-    model_path.write_bytes(result.model_bytes)
+    model_path.write_bytes(result.model)
     net = keras.saving.load_model(model_path, compile=False)
     test = train.make_dataset(
         train.split_files(ws / "data/processed", info, "test"),
-        info.num_classes,
-        cfg.image_size,
-        64,
-        training=False,
+        num_classes=info.num_classes,
+        image_size=cfg.image_size,
+        batch_size=64,
         with_meta=True,
     )
     pred, _ = evaluate.predict(net, test)
@@ -56,9 +49,9 @@ def main() -> None:
                 "parameters": r["parameters"],
                 "epochs_run": r["epochs_run"],
                 "tensorflow": runtime.describe(settings),
-                "train_wall_time_s": run["wall_time_s"],
-                "images_per_s": run["train_images_per_s"],
-                "peak_rss_mb": run["peak_rss_mb"],
+                "train_wall_time_s": run.wall_time_s,
+                "images_per_s": run.train_images_per_s,
+                "peak_rss_mb": run.peak_rss_mb,
                 "model_md5": hashlib.md5(model_path.read_bytes()).hexdigest(),
                 "test_accuracy": float(pred.correct.mean()),
             },

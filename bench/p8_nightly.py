@@ -80,23 +80,15 @@ def predict(ws: Path, model: Path, out: Path) -> None:
 
     params = load_params(ws / "params.yaml")
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
-    import keras
-
-    from tasks import evaluate, train
+    from tasks import evaluate
+    from tasks.datasetinfo import DatasetInfo
 
     processed = ws / params.paths.processed
-    info = json.loads((processed / "dataset_info.json").read_text())
+    info = DatasetInfo.read(processed)
     card = json.loads(model.with_name("model.json").read_text())
-    net = keras.saving.load_model(model, compile=False, safe_mode=True)
-    ds = train.make_dataset(
-        train.split_files(processed, info, "test"),
-        int(info["num_classes"]),
-        int(card["image_size"]),
-        params.evaluate.batch_size,
-        training=False,
-        with_meta=True,
+    pred, _ = evaluate.predict_test_photos(
+        model, processed, info, card, params.evaluate.batch_size, params.evaluate.tta
     )
-    pred, _ = evaluate.predict(net, ds, params.evaluate.tta)
     out.write_text(json.dumps(dict(zip(pred.paths, map(bool, pred.correct), strict=True))))
 
 

@@ -150,8 +150,8 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
     from tasks.params import Params
 
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
-    defaults = Params.model_fields
-    max_pixels = params.clean.max_pixels if params else defaults["clean"].default.max_pixels
+    defaults = Params.model_fields  # outside a project (no params.yaml): tasks.params' defaults
+    clean = params.clean if params else defaults["clean"].default
     missing = [str(t) for t in targets if not t.exists() and not t.is_symlink()]
     if missing:
         raise PawflowError(
@@ -171,7 +171,7 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
     with quiet_native_stderr():
         runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
         import keras  # noqa: F401  (imported here, with its start-up lines silenced)
-    predictor = predict.load(model, max_pixels)
+    predictor = predict.load(model, clean.max_pixels, clean.formats)
     failed = 0
     writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
     if writer:

@@ -14,61 +14,19 @@ from flows.common import content_cache, friendly, publish, result_storage, stage
 from tasks import runtime
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
-from tasks.params import Params
-
-CHAMPION_CARD = "champion.json"
+from tasks.fileio import sha256_file, write_bytes, write_json
+from tasks.params import Params, TensorFlow
 
 
-# Keyed on the model file's and dataset_info.json's hashes: content, not paths.
+# Keyed on the model file's and dataset_info.json's hashes (content, not paths), the model card, how
+# the photos are predicted (and, for the robustness slice, re-rendered), and the code.
 @task(
-    name="predict-test-split",
+    name="predict-test-photos",
+    task_run_name="predict-test-photos-{slice_name}",
     cache_policy=content_cache(
         "tasks.evaluate",
         "tasks.inference",
         "tasks.train",
-        "tasks.tfrecord",
-        "tasks.runtime",
-        exclude=("model_path", "processed"),
-    ),
-    persist_result=True,
-)
-def predict_test_split(
-    model_sha256: str,
-    dataset_sha256: str,
-    image_size: int,
-    batch_size: int,
-    tta: bool,
-    tf_settings,
-    model_path: Path,
-    processed: Path,
-):
-    """Class probabilities for every test photo (and the JPEGs of the ones it gets wrong).
-
-    tf_settings (params.yaml tensorflow:, applied by the flow) is part of the cache key."""
-    import keras
-
-    from tasks import evaluate, train
-
-    info = DatasetInfo.read(processed)
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    ds = train.make_dataset(
-        train.split_files(processed, info, "test"),
-        info.num_classes,
-        image_size,
-        batch_size,
-        training=False,
-        with_meta=True,
-    )
-    return evaluate.predict(model, ds, tta)
-
-
-# Keyed like predict-test-split, plus how the photos are re-rendered and prepared.
-@task(
-    name="predict-robustness-slice",
-    cache_policy=content_cache(
-        "tasks.evaluate",
-        "tasks.inference",
         "tasks.predict",
         "tasks.images",
         "tasks.tfrecord",
@@ -77,65 +35,42 @@ def predict_test_split(
     ),
     persist_result=True,
 )
-def predict_robustness_slice(
+def predict_test_photos(
     model_sha256: str,
     dataset_sha256: str,
     card: dict,
     batch_size: int,
     tta: bool,
-    render: dict,
-    tf_settings,
+    robustness: dict | None,
+    tf_settings: TensorFlow,
     model_path: Path,
     processed: Path,
+    slice_name: str = "test",
 ):
-    """Class probabilities for every test photo re-rendered the way web photos arrive."""
-    import keras
-
-    from tasks import evaluate, predict
+    """tasks.evaluate.predict_test_photos; tf_settings (params.yaml tensorflow:, applied by the flow)
+    is part of the cache key."""
+    from tasks import evaluate
 
     info = DatasetInfo.read(processed)
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    return evaluate.predict_robust(
-        model,
-        evaluate.split_records(processed, info, "test"),
-        int(card["image_size"]),
-        batch_size,
-        tta,
-        render,
-        # the rendered photo has at most max_side**2 pixels: the size limit never applies to it
-        predict.settings_for(card, max_pixels=render["max_side"] ** 2),
+    return evaluate.predict_test_photos(model_path, processed, info, card, batch_size, tta, robustness)
+
+
+def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool, robust: bool = False):
+    """The test photos' predictions by the model in model_dir (robust: of the robustness slice)."""
+    run = predict_test_photos.with_options(
+        result_storage=result_storage(params), refresh_cache=refresh or None
     )
-
-
-def _cached(task_fn, params: Params, refresh: bool):
-    return task_fn.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
-
-
-def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool):
-    card = json.loads((model_dir / "model.json").read_text())
-    return _cached(predict_test_split, params, refresh)(
-        sha256_file(model_dir / "model.keras"),
-        dataset_sha,
-        int(card["image_size"]),
-        params.evaluate.batch_size,
-        params.evaluate.tta,
-        params.tensorflow,
-        model_dir / "model.keras",
-        params.paths.processed,
-    )
-
-
-def _robust_predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool):
-    return _cached(predict_robustness_slice, params, refresh)(
+    return run(
         sha256_file(model_dir / "model.keras"),
         dataset_sha,
         json.loads((model_dir / "model.json").read_text()),
         params.evaluate.batch_size,
         params.evaluate.tta,
-        params.evaluate.robustness.model_dump(mode="python"),
+        params.evaluate.robustness.model_dump(mode="python") if robust else None,
         params.tensorflow,
         model_dir / "model.keras",
         params.paths.processed,
+        "robust" if robust else "test",
     )
 
 
@@ -161,21 +96,16 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     class_names = info.class_names
     dataset_sha = sha256_file(info_path)
     pred, jpegs = _predictions(params, models, dataset_sha, refresh)
-    robust = _robust_predictions(params, models, dataset_sha, refresh)
+    robust, _ = _predictions(params, models, dataset_sha, refresh, robust=True)
     m = evaluate.compute_metrics(pred, class_names, e.calibration_bins, robust)
     champion_dir = models / "champion"
     champion_correct = None
-    if (champion_dir / "model.keras").exists():
-        champ_card = json.loads((champion_dir / "model.json").read_text())
-        if champ_card["class_names"] != class_names:
-            log.warning(
-                "the champion knows other classes (%s): it cannot be compared; the gate uses "
-                "min_accuracy only",
-                champ_card["class_names"],
-            )
-        else:
-            champ_pred, _ = _predictions(params, champion_dir, dataset_sha, refresh)
-            champion_correct = champ_pred.correct
+    comparable, why_not = evaluate.comparable_champion(champion_dir, class_names)
+    if comparable:
+        champ_pred, _ = _predictions(params, champion_dir, dataset_sha, refresh)
+        champion_correct = champ_pred.correct
+    elif (champion_dir / "model.keras").exists():
+        log.warning("%s; the gate uses min_accuracy only", why_not)
     decision = gate.decide(
         pred.correct, champion_correct, e.min_accuracy, e.alpha, robust.correct, e.min_robust_accuracy
     )
@@ -188,61 +118,23 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     page = evaluate.html_report(
         m, decision, pngs, mistakes, class_names, train_report, e.tta, e.robustness.model_dump(mode="json")
     )
-    with atomic_dir(reports / "plots") as tmp:
-        for name, df in tables.items():
-            df.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
+    evaluate.write_plot_tables(reports / "plots", tables)
     write_bytes(reports / "misclassified.png", mistakes)
     write_bytes(reports / "evaluation.html", page.encode("utf-8"))
     write_json(reports / "metrics.json", m)
     write_json(reports / "gate.json", decision)
     write_json(reports / "scores.json", evaluate.scores(m, decision))
+    evaluate.promote(models, champion_dir, m, decision, e.tta)
     if decision["promoted"]:
-        with atomic_dir(champion_dir) as tmp:
-            (tmp / "model.keras").write_bytes((models / "model.keras").read_bytes())
-            # + how it was evaluated and promoted, so `pawflow predict` repeats it (tasks.predict.load)
-            card = json.loads((models / "model.json").read_text())
-            write_json(tmp / "model.json", {**card, "tta": e.tta})
-            write_json(tmp / CHAMPION_CARD, {"metrics": m, "gate": decision})
         log.info("promoted: %s", decision["reason"])
     else:
-        if not champion_dir.exists():  # the folder is a DVC output: it exists even before a first champion
-            with atomic_dir(champion_dir) as tmp:
-                write_json(tmp / CHAMPION_CARD, {"champion": None, "why": decision["reason"]})
         log.warning("not promoted: %s", decision["reason"])
-    rows = [
-        [k, round(m[k], 4) if isinstance(m[k], float) else m[k]]
-        for k in (
-            "accuracy",
-            "f1_macro",
-            "roc_auc",
-            "log_loss",
-            "ece",
-            "examples",
-            "robust_accuracy",
-            "robust_examples",
-        )
-    ]
-    rows += [
-        ["tta (flip average)", e.tta],
-        ["gate", decision["decision"]],
-        ["gate p-value", decision.get("p_value")],
-        ["seconds", f"{time.monotonic() - started:.1f}"],
-    ]
+    rows = [*evaluate.summary_rows(m, decision, e.tta), ["seconds", f"{time.monotonic() - started:.1f}"]]
     publish("evaluate", "evaluate: test split", ["", "value"], rows)
     create_markdown_artifact(
         key="evaluation-report",
         description="evaluation and gate",
-        markdown=(
-            f"## Test accuracy {m['accuracy']:.2%} ({m['examples']} photos)\n\n"
-            f"Robustness slice (the test photos as web photos arrive): {m['robust_accuracy']:.2%}"
-            f"{' (flip-averaged)' if e.tta else ''}\n\n"
-            f"**Gate: {decision['decision']}** — {decision['reason']}\n\n"
-            "| class | precision | recall | f1 | support |\n|---|---|---|---|---|\n"
-            + "".join(
-                f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |\n"
-                for c, v in m["per_class"].items()
-            )
-        ),
+        markdown=evaluate.summary_markdown(m, decision, e.tta),
     )
     create_link_artifact(
         key="evaluation-html",

@@ -22,7 +22,7 @@ from prefect.runtime import deployment
 from prefect.states import Completed, Failed
 
 from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
-from tasks import versioning, warmstart
+from tasks import summary, versioning, warmstart
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
@@ -150,85 +150,6 @@ def set_base(
     }
 
 
-def warm_start_markdown(params: Params, origin: str = "") -> list[str]:
-    """The pipeline summary's line on how the current model started (reports/train.json); origin says
-    which run trained it when it was not this one."""
-    p = params.paths.reports / "train.json"
-    if not p.exists():
-        return []
-    rep = json.loads(p.read_text())
-    warm = rep.get("warm_start")
-    if warm:
-        start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
-    else:
-        start = "trained from scratch"
-    return ["", f"**train**{origin}: {start}: {rep.get('start_reason', '')}"]
-
-
-def _summary_markdown(params: Params, stages: dict[str, str], no_new_data: bool) -> str:
-    """The run's summary. A stage's numbers appear only when the stage is in this run, and are marked
-    as an earlier run's when DVC found it up to date; stages outside the run (--until) show none."""
-    r = params.paths.reports
-
-    def read(stage: str, name: str | None = None) -> dict:
-        """The stage's report file (name, default <stage>.json) if the stage is part of this run."""
-        p = r / (name or f"{stage}.json")
-        return json.loads(p.read_text()) if stage in stages and p.exists() else {}
-
-    def origin(stage: str) -> str:
-        return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
-
-    clean, dedup, shard = read("clean"), read("dedup"), read("shard")
-    metrics, gate = read("evaluate", "metrics.json"), read("evaluate", "gate.json")
-    lines = ["## pawflow pipeline", ""]
-    if no_new_data:
-        lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
-    lines += ["| stage | this run |", "|---|---|"] + [f"| {s} | {v} |" for s, v in stages.items()]
-    left_out = [s for s in versioning.STAGES if s not in stages]
-    if left_out:
-        lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
-    if clean:
-        lines += [
-            "",
-            f"**clean**{origin('clean')}: {clean['files']} files, {clean['kept']} kept, "
-            f"{clean['rejected']} rejected " + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
-        ]
-    if dedup:
-        lines += [
-            f"**dedup**{origin('dedup')}: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} "
-            f"near duplicates, {dedup['conflict']} photos in label conflicts"
-        ]
-    if shard:
-        lines += [
-            "",
-            f"**shard**{origin('shard')}:",
-            "",
-            "| split | " + " | ".join(shard["class_names"]) + " |",
-            "|---|" + "---|" * len(shard["class_names"]),
-        ]
-        lines += [
-            f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
-            for s, c in shard["counts"].items()
-        ]
-    if "train" in stages:
-        lines += warm_start_markdown(params, origin("train"))
-    if metrics:
-        lines += [
-            "",
-            f"**test accuracy**{origin('evaluate')} {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
-            f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
-        ]
-        if "robust_accuracy" in metrics:
-            lines += [
-                f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
-            ]
-    if gate:
-        lines += [
-            f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"
-        ]
-    return "\n".join(lines)
-
-
 def workspace_limit():
     """The global concurrency limit `pawflow serve` creates, taken only by a deployment's run (it does not
     exist for a plain local run, where the workspace lock is what keeps runs apart)."""
@@ -301,11 +222,16 @@ def pipeline(
             params,
             "prefect",
             stages,
-            {"seconds": seconds, "pushed": pushed, "no_new_data": no_new_data, **train_start(params)},
+            {
+                "seconds": seconds,
+                "pushed": pushed,
+                "no_new_data": no_new_data,
+                **summary.train_start(params.paths.reports),
+            },
         )
     create_markdown_artifact(
         key="pipeline-summary",
-        markdown=_summary_markdown(params, stages, no_new_data),
+        markdown=summary.pipeline_markdown(params.paths.reports, stages, no_new_data, versioning.STAGES),
         description="what this pipeline run did",
     )
     create_table_artifact(
@@ -319,12 +245,6 @@ def pipeline(
             key="evaluation-html", link=html.resolve().as_uri(), link_text="reports/evaluation.html"
         )
     return record
-
-
-def train_start(params: Params) -> dict:
-    """The run history's record of how the current model started: reports/train.json's warm_start."""
-    p = params.paths.reports / "train.json"
-    return {"warm_start": json.loads(p.read_text()).get("warm_start") if p.exists() else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 
@@ -22,24 +24,16 @@ from tasks import runtime, warmstart
 from tasks.cluster import role
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, sha256_file, write_bytes, write_json
-from tasks.params import Params
+from tasks.fileio import sha256_file, write_json
+from tasks.params import Params, TensorFlow, Train
 
-
-def train_config(params: Params):
-    from tasks.train import Augment, Finetune, TrainConfig
-
-    t = params.train
-    return TrainConfig(
-        **t.model_dump(exclude={"augment", "finetune"}),
-        augment=Augment(**t.augment.model_dump()),
-        finetune=Finetune(**t.finetune.model_dump()),
-    )
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 
 # Keyed on dataset_info.json's hash (it lists every shard's sha256), the starting model's sha256 (None
-# from scratch), the config and the code. The result carries the model and every log file, so a cache
-# hit rewrites all of train's outputs.
+# from scratch), the config and the code. The result (tasks.train.TrainResult) carries the model and
+# every log file, so a cache hit rewrites all of train's outputs.
 @task(
     name="fit-model",
     cache_policy=content_cache(
@@ -55,15 +49,15 @@ def train_config(params: Params):
 )
 def fit_model(
     dataset_sha256: str,
-    cfg,
-    tf_settings,
+    cfg: Train,
+    tf_settings: TensorFlow,
     processed: Path,
     workdir: Path,
     tf_config: str | None,
     start_sha256: str | None = None,
     start: Path | None = None,
-):
-    """Fit on the train split, early-stop on val; returns the model bytes, logs and report.
+) -> TrainResult:
+    """Fit on the train split, early-stop on val; the model file, the logs and the report as values.
 
     tf_settings (params.yaml tensorflow:, applied by the flow) is an input so that the cache key
     changes with the kernels that compute the model."""
@@ -98,7 +92,7 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
     info = DatasetInfo.read(params.paths.processed)
     if info.examples("train") == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
-    cfg = train_config(params)
+    cfg = params.train
     # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.warmstart).
     base_dir = params.paths.models / "base"
     now = warmstart.shaping(params.train, info)
@@ -140,21 +134,13 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         log.info("worker %d of %d: worker 0 writes the model and reports", me.index, me.workers)
         return rep
     models, reports = params.paths.models, params.paths.reports
-    write_bytes(models / "model.keras", result.model_bytes)
+    train.write_outputs(result, models / "model.keras", reports / "train", reports / "tensorboard")
     write_json(
         models / "model.json",
         {**train.model_card(info, cfg), warmstart.LINEAGE_KEY: warmstart.lineage(plan, now)},
     )
-    for folder in ("dvclive", "tensorboard"):
-        target = reports / ("train" if folder == "dvclive" else "tensorboard")
-        with atomic_dir(target) as tmp:
-            for rel, data in result.logs.items():
-                if rel.startswith(folder + "/"):
-                    out = tmp / rel.split("/", 1)[1]
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(data)
     write_json(reports / "train.json", rep)
-    record_stage_run(params, "train", {**result.run, "warm_start": rep["warm_start"]})
+    record_stage_run(params, "train", {**asdict(result.run), "warm_start": rep["warm_start"]})
     best = rep["best"]
     rows = [
         ["model", f"{rep['model']} ({rep['parameters']:,} parameters)"],
@@ -162,9 +148,9 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         ["start", f"warm start #{plan.count} from {plan.from_sha256[:12]}" if plan.warm else "from scratch"],
         ["epochs run (best)", f"{rep['epochs_run']} ({rep['best_epoch']})"],
         ["val accuracy (best epoch)", f"{best.get('val_accuracy', float('nan')):.4f}"],
-        ["train images/s", result.run["train_images_per_s"]],
-        ["training wall time (s)", result.run["wall_time_s"]],
-        ["peak RSS (MB)", result.run["peak_rss_mb"]],
+        ["train images/s", result.run.train_images_per_s],
+        ["training wall time (s)", result.run.wall_time_s],
+        ["peak RSS (MB)", result.run.peak_rss_mb],
         ["seconds", f"{time.monotonic() - started:.1f}"],
     ]
     publish("train", "train: fitted model", ["", "value"], rows)

@@ -6,10 +6,12 @@ import base64
 import hashlib
 import html
 import io
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -17,6 +19,7 @@ from sklearn import metrics as skm
 
 from tasks import images, inference
 from tasks.datasetinfo import DatasetInfo
+from tasks.fileio import atomic_dir, write_json
 from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
 
 
@@ -133,6 +136,48 @@ def split_records(processed: Path, info: DatasetInfo, split: str) -> Iterable[tu
         yield ex["path"].numpy().decode("utf-8"), int(ex["label"].numpy()), ex["image/encoded"].numpy()
 
 
+def predict_test_photos(
+    model_path: Path,
+    processed: Path,
+    info: DatasetInfo,
+    card: dict,
+    batch_size: int,
+    tta: bool,
+    robustness: dict | None = None,
+) -> tuple[Predictions, dict[str, bytes]]:
+    """The model's class probabilities for every test photo, with the JPEGs of the photos it gets
+    wrong. With `robustness` (evaluate.robustness): of the robustness slice instead (predict_robust;
+    no JPEGs). card: the model's model.json (its image size and how its shards were made)."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    image_size = int(card["image_size"])
+    if robustness is None:
+        from tasks import train
+
+        dataset = train.make_dataset(
+            train.split_files(processed, info, "test"),
+            num_classes=info.num_classes,
+            image_size=image_size,
+            batch_size=batch_size,
+            with_meta=True,
+        )
+        return predict(model, dataset, tta)
+    from tasks.predict import settings_for
+
+    robust = predict_robust(
+        model,
+        split_records(processed, info, "test"),
+        image_size,
+        batch_size,
+        tta,
+        robustness,
+        # the rendered photo is a JPEG of at most max_side**2 pixels: neither limit ever refuses it
+        settings_for(card, max_pixels=robustness["max_side"] ** 2, formats=("JPEG",)),
+    )
+    return robust, {}
+
+
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
     """Reliability diagram data: per confidence bin, mean confidence, accuracy and count."""
     edges = np.linspace(0, 1, bins + 1)
@@ -210,6 +255,86 @@ SCORES = ("accuracy", "f1_macro", "roc_auc", "ece")
 def scores(m: dict, gate: dict) -> dict:
     """reports/scores.json: a few numbers and the gate's decision, narrow enough for one screen."""
     return {**{k: m[k] for k in SCORES}, "gate": gate["decision"]}
+
+
+# The headline numbers of reports/metrics.json, in the order the report and the run summary show them.
+HEADLINE = (
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "roc_auc",
+    "log_loss",
+    "ece",
+    "examples",
+    "robust_accuracy",
+    "robust_examples",
+)
+
+
+def summary_rows(m: dict, gate: dict, tta: bool) -> list[list]:
+    """The evaluate stage's table artifact: the headline metrics, how they were obtained, the gate."""
+    rows = [[k, round(m[k], 4) if isinstance(m[k], float) else m[k]] for k in HEADLINE if k in m]
+    return [
+        *rows,
+        ["tta (flip average)", tta],
+        ["gate", gate["decision"]],
+        ["gate p-value", gate.get("p_value")],
+    ]
+
+
+def summary_markdown(m: dict, gate: dict, tta: bool) -> str:
+    """The evaluate stage's markdown artifact: test and robustness accuracy, the gate, per-class scores."""
+    robust = f"{m['robust_accuracy']:.2%}" if "robust_accuracy" in m else "not measured"
+    return (
+        f"## Test accuracy {m['accuracy']:.2%} ({m['examples']} photos)\n\n"
+        f"Robustness slice (the test photos as web photos arrive): {robust}"
+        f"{' (flip-averaged)' if tta else ''}\n\n"
+        f"**Gate: {gate['decision']}** — {gate['reason']}\n\n"
+        "| class | precision | recall | f1 | support |\n|---|---|---|---|---|\n"
+        + "".join(
+            f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |\n"
+            for c, v in m["per_class"].items()
+        )
+    )
+
+
+# models/champion/: the promoted model.keras, its model.json (+ tta) and this card of why it was promoted.
+CHAMPION_CARD = "champion.json"
+
+
+def promote(models: Path, champion_dir: Path, m: dict, gate: dict, tta: bool) -> None:
+    """If the gate promoted models/model.keras: it becomes the champion, with its model.json (plus how
+    it was evaluated, so `pawflow predict` repeats it: tasks.predict.load) and the metrics and gate
+    that promoted it. If not, the champion stays; a first run leaves a card saying why there is none
+    (the folder is a DVC output: it must exist)."""
+    if gate["promoted"]:
+        with atomic_dir(champion_dir) as tmp:
+            (tmp / "model.keras").write_bytes((models / "model.keras").read_bytes())
+            card = json.loads((models / "model.json").read_text())
+            write_json(tmp / "model.json", {**card, "tta": tta})
+            write_json(tmp / CHAMPION_CARD, {"metrics": m, "gate": gate})
+    elif not champion_dir.exists():
+        with atomic_dir(champion_dir) as tmp:
+            write_json(tmp / CHAMPION_CARD, {"champion": None, "why": gate["reason"]})
+
+
+def comparable_champion(champion_dir: Path, class_names: list[str]) -> tuple[bool, str]:
+    """Whether the champion in champion_dir can be compared with a model of class_names (it exists and
+    knows the same classes), and if not, why."""
+    if not (champion_dir / "model.keras").exists():
+        return False, "no champion yet"
+    theirs = json.loads((champion_dir / "model.json").read_text())["class_names"]
+    if theirs != class_names:
+        return False, f"the champion knows other classes ({theirs}): it cannot be compared"
+    return True, ""
+
+
+def write_plot_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """reports/plots/<name>.csv for `dvc plots show`, replacing the folder atomically."""
+    with atomic_dir(folder) as tmp:
+        for name, df in tables.items():
+            df.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
 
 
 def plot_tables(pred: Predictions, class_names: list[str], bins: int) -> dict[str, pd.DataFrame]:
@@ -341,6 +466,49 @@ def _fmt(v: object) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
+# reports/evaluation.html. Values are escaped where they are written (`esc`, `fmt`: html.escape, as the
+# report always was), so the environment does not autoescape.
+_ENV = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+_ENV.filters.update(esc=html.escape, fmt=_fmt, img=lambda png, alt: _img(png, alt))
+HTML_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;
+margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+img{margin:.3em;vertical-align:top;max-width:100%}.verdict{font-size:1.2em;font-weight:bold}</style>
+</head><body>
+<h1>pawflow evaluation (test split)</h1>
+<p class="verdict">Accuracy {{ "{:.2%}".format(m.accuracy) }} on {{ m.examples }} test photos: \
+{{ "promoted to champion" if gate.get("promoted") else "not promoted" }}.</p>
+<p>{{ gate.get("reason", "") | esc }}</p>
+<p>{% if tta %}Probabilities are the mean over each photo and its mirror image (evaluate.tta).\
+{% else %}Each photo is classified once (evaluate.tta is off).{% endif %}</p>
+<h2>Metrics</h2><table>{% for k in headline if k in m %}<tr><th>{{ k }}</th><td>{{ m[k] | fmt }}</td></tr>\
+{% endfor %}</table>
+{% if "robust_accuracy" in m and robustness %}<h2>Robustness slice</h2><p>Accuracy <b>\
+{{- "{:.2%}".format(m.robust_accuracy) }}</b> on the same {{ m.robust_examples }} test photos re-rendered \
+the way web photos arrive: up to {{ "{:.0%}".format(robustness.crop) }} of each side cropped away, \
+the longer side at most {{ robustness.max_side }} px (never enlarged), saved as JPEG at quality \
+{{ robustness.quality[0] }}-{{ robustness.quality[1] }} (evaluate.robustness; each photo's draws depend on \
+its path only), then prepared as <code>pawflow predict</code> prepares any photo. Test accuracy minus this: \
+{{ "{:+.2%}".format(m.accuracy - m.robust_accuracy) }}.</p>{% endif %}
+<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
+{% for c in class_names %}<tr><th>{{ c | esc }}</th>\
+{% for k in ("precision", "recall", "f1", "support") %}<td>{{ m.per_class[c][k] | fmt }}</td>{% endfor %}\
+</tr>{% endfor %}</table>
+<h2>Promotion gate</h2><table>{% for k, v in gate.items() %}<tr><th>{{ k | esc }}</th>\
+<td>{{ v | fmt }}</td></tr>{% endfor %}</table>
+{% if train_report %}<h2>Training</h2><table>{% for k in train_keys %}<tr><th>{{ k }}</th>\
+<td>{{ train_report.get(k) | fmt }}</td></tr>{% endfor %}</table>{% endif %}
+<h2>Plots</h2>{% for k in pictures if k in pngs %}{{ pngs[k] | img(k) }}{% endfor %}
+<h2>Most confident mistakes</h2>{{ mistakes_png | img("misclassified") }}
+</body></html>
+"""
+# The plots in the order the report shows them, and what of reports/train.json it shows: what the inputs
+# determine only (no timings, memory or host: those are in the run history).
+PICTURES = ("training", "confusion", "roc", "precision_recall", "calibration")
+TRAIN_KEYS = ("model", "parameters", "epochs_run", "best_epoch", "tensorflow")
+
+
 def html_report(
     m: dict,
     gate: dict,
@@ -354,75 +522,16 @@ def html_report(
     """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline.
 
     tta and robustness (evaluate.tta, evaluate.robustness) say how the numbers were obtained."""
-    headline = [
-        "accuracy",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "roc_auc",
-        "log_loss",
-        "ece",
-        "examples",
-        "robust_accuracy",
-        "robust_examples",
-    ]
-    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in headline if k in m)
-    per_class = "".join(
-        f"<tr><th>{html.escape(c)}</th>"
-        + "".join(f"<td>{_fmt(m['per_class'][c][k])}</td>" for k in ("precision", "recall", "f1", "support"))
-        + "</tr>"
-        for c in class_names
+    return _ENV.from_string(HTML_TEMPLATE).render(
+        m=m,
+        gate=gate,
+        pngs=pngs,
+        mistakes_png=mistakes_png,
+        class_names=class_names,
+        train_report=train_report,
+        tta=tta,
+        robustness=robustness,
+        headline=HEADLINE,
+        pictures=PICTURES,
+        train_keys=TRAIN_KEYS,
     )
-    gate_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in gate.items())
-    train = ""
-    if train_report:
-        # what the inputs determine only: no timings, memory or host (those are in reports/train.json)
-        keys = ["model", "parameters", "epochs_run", "best_epoch", "tensorflow"]
-        train = (
-            "<h2>Training</h2><table>"
-            + "".join(f"<tr><th>{k}</th><td>{_fmt(train_report.get(k))}</td></tr>" for k in keys)
-            + "</table>"
-        )
-    pictures = "".join(
-        _img(pngs[k], k)
-        for k in ("training", "confusion", "roc", "precision_recall", "calibration")
-        if k in pngs
-    )
-    verdict = "promoted to champion" if gate.get("promoted") else "not promoted"
-    how = (
-        "Probabilities are the mean over each photo and its mirror image (evaluate.tta)."
-        if tta
-        else "Each photo is classified once (evaluate.tta is off)."
-    )
-    robust = ""
-    if "robust_accuracy" in m and robustness:
-        low, high = robustness["quality"]
-        robust = (
-            f"<h2>Robustness slice</h2><p>Accuracy <b>{m['robust_accuracy']:.2%}</b> on the same "
-            f"{m['robust_examples']} test photos re-rendered the way web photos arrive: up to "
-            f"{robustness['crop']:.0%} of each side cropped away, the longer side at most "
-            f"{robustness['max_side']} px (never enlarged), saved as JPEG at quality {low}-{high} "
-            f"(evaluate.robustness; each photo's draws depend on its path only), then prepared as "
-            f"<code>pawflow predict</code> prepares any photo. Test accuracy minus this: "
-            f"{m['accuracy'] - m['robust_accuracy']:+.2%}.</p>"
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;
-margin:.5em 0 1.5em}}th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
-img{{margin:.3em;vertical-align:top;max-width:100%}}.verdict{{font-size:1.2em;font-weight:bold}}</style>
-</head><body>
-<h1>pawflow evaluation (test split)</h1>
-<p class="verdict">Accuracy {m["accuracy"]:.2%} on {m["examples"]} test photos: {verdict}.</p>
-<p>{html.escape(gate.get("reason", ""))}</p>
-<p>{how}</p>
-<h2>Metrics</h2><table>{rows}</table>
-{robust}
-<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
-{per_class}</table>
-<h2>Promotion gate</h2><table>{gate_rows}</table>
-{train}
-<h2>Plots</h2>{pictures}
-<h2>Most confident mistakes</h2>{_img(mistakes_png, "misclassified")}
-</body></html>
-"""

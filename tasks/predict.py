@@ -14,13 +14,9 @@ from tasks.errors import PawflowError
 from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
 
 BATCH = 32
-# Prediction judges nothing but decodability and size safety: any real photo gets a label.
-PERMISSIVE = {
-    "min_side": 1,
-    "max_aspect_ratio": 1e9,
-    "formats": ("BMP", "GIF", "JPEG", "MPO", "PNG", "TIFF", "WEBP"),
-    "hash_size": 8,
-}
+# Prediction judges nothing but decodability, format and size safety (clean.formats and
+# clean.max_pixels, given by the caller): any real photo of a format clean accepts gets a label.
+PERMISSIVE = {"min_side": 1, "max_aspect_ratio": 1e9, "hash_size": 8}
 # What model.json must hold for a prediction (written by train's model_card), and of which type.
 CARD_KEYS: dict[str, type] = {"class_names": list, "image_size": int, "max_side": int, "jpeg_quality": int}
 NOT_REGULAR = "not a regular file (named pipe, socket or device): skipped"
@@ -43,11 +39,13 @@ class Predictor:
     tta: bool = False
 
 
-def settings_for(card: dict, max_pixels: int) -> CheckSettings:
+def settings_for(card: dict, max_pixels: int, formats: tuple[str, ...]) -> CheckSettings:
     """How a photo is prepared for the model described by `card` (its model.json): normalised as the
-    shards it was trained on were (max_side, jpeg_quality), judged only on decodability and size."""
+    shards it was trained on were (max_side, jpeg_quality), judged only on decodability, its format
+    (one of `formats`, clean.formats) and size (max_pixels, clean.max_pixels)."""
     return CheckSettings(
         max_pixels=max_pixels,
+        formats=formats,
         max_side=int(card["max_side"]),
         jpeg_quality=int(card["jpeg_quality"]),
         **PERMISSIVE,
@@ -68,7 +66,7 @@ def model_files(model_path: Path) -> tuple[Path, dict]:
     return file, read_card(card_path)
 
 
-def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predictor:
+def load(model_path: Path, max_pixels: int, formats: tuple[str, ...], tta: bool | None = None) -> Predictor:
     """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
 
     tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
@@ -88,7 +86,7 @@ def load(model_path: Path, max_pixels: int, tta: bool | None = None) -> Predicto
         model,
         list(card["class_names"]),
         int(card["image_size"]),
-        settings_for(card, max_pixels),
+        settings_for(card, max_pixels, formats),
         bool(card.get("tta", False)) if tta is None else tta,
     )
 

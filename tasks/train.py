@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import resource
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import tensorflow as tf
 from tasks import distributed, tfrecord
 from tasks.cluster import Role, role
 from tasks.datasetinfo import DatasetInfo
+from tasks.fileio import atomic_dir, write_bytes
 from tasks.model import make_model, save_model
+from tasks.params import Augment, Train
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -28,57 +31,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 COSINE_FLOOR = 0.01
 # make_dataset draws from seed, seed + 1 and seed + 2; each worker of a cluster starts this far apart.
 SEEDS_PER_DATASET = 3
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Train-only augmentation; all zero/False turns it off (defaults: params.yaml train.augment)."""
-
-    flip: bool
-    rotation: float  # fraction of a full turn, either way
-    zoom: float  # +- fraction
-    translation: float  # +- fraction of the side
-    contrast: float  # factor in [1 - c, 1 + c]
-
-
-@dataclass(frozen=True)
-class Finetune:
-    """How a warm start fine-tunes its starting model (params.yaml train.finetune; tasks.warmstart
-    decides when)."""
-
-    epochs: int
-    learning_rate: float
-    schedule: str  # cosine: from learning_rate down to COSINE_FLOOR of it; constant
-    max_growth: float
-    max_warm_starts: int | None
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything training depends on, built from params.yaml train: (validated and defaulted there,
-    in tasks.params.Train) by flows.train.train_config."""
-
-    model: str
-    backbone: str | None
-    backbone_weights: str | None
-    width: int
-    blocks: tuple[int, ...]
-    separable: bool
-    dropout: float
-    image_size: int
-    batch_size: int
-    epochs: int
-    learning_rate: float
-    weight_decay: float
-    warmup_epochs: int
-    label_smoothing: float
-    early_stopping_patience: int
-    shuffle_buffer: int
-    seed: int
-    augment: Augment
-    mixed_precision: str  # auto: mixed_float16 on GPUs only; on; off
-    jit_compile: bool
-    finetune: Finetune
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -179,31 +131,44 @@ def _decode_augment(
     return out, _target(example["label"], num_classes)
 
 
+@dataclass(frozen=True)
+class Shuffled:
+    """How the train split is read: records drawn in a seeded random order (from seed, seed + 1 and
+    seed + 2), and augmented when `augment` turns anything on. The val and test splits take None."""
+
+    seed: int
+    shuffle_buffer: int
+    augment: Augment | None = None
+    sizes: list[int] | None = None  # records per file (split_sizes), to draw from each in proportion
+
+
 def make_dataset(
     files: list[Path],
+    *,
     num_classes: int,
     image_size: int,
     batch_size: int,
-    training: bool,
-    augment: Augment | None = None,
-    shuffle_buffer: int = 4096,
-    seed: int = 0,
+    shuffled: Shuffled | None = None,
     with_meta: bool = False,
     examples: int | None = None,
     part: tuple[int, int] | None = None,
     repeat: bool = False,
-    sizes: list[int] | None = None,
 ) -> tf.data.Dataset:
-    """Shards -> records (_records; sizes: records per file) -> (part: every n-th record from the
-    i-th) -> (train: shuffle) -> parallel parse, decode, resize (train: augmented in the same pass) ->
-    (repeat: endless) -> batch -> prefetch. Nothing is held in memory beyond the buffer."""
+    """Shards -> records (_records) -> (part: every n-th record from the i-th) -> (shuffled: shuffle)
+    -> parallel parse, decode, resize (shuffled with augment: augmented in the same pass; with_meta:
+    each photo's path and JPEG too) -> (repeat: endless) -> batch -> prefetch. Nothing is held in
+    memory beyond the buffer."""
+    training = shuffled is not None
+    seed = shuffled.seed if shuffled else 0
+    sizes = shuffled.sizes if shuffled else None
+    augment = shuffled.augment if shuffled else None
     ds = _records(files, sizes, training, seed)
     if part is not None:  # one worker's share, by record: a small split may be a single shard file
         ds = ds.shard(*part)
     if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffled.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     ds = ds.map(tfrecord.parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if training and augment is not None and any(asdict(augment).values()):
+    if augment is not None and any(augment.model_dump().values()):
         # Each photo gets its own stateless seed from a seeded stream that differs every epoch.
         seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
@@ -277,7 +242,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> keras.Model:
+def build_and_compile(cfg: Train, num_classes: int, steps_per_epoch: int) -> keras.Model:
     """A new model, compiled with the from-scratch schedule: warmup, then cosine decay."""
     model = make_model(
         (cfg.image_size, cfg.image_size, 3),
@@ -302,7 +267,7 @@ def build_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) 
     return compile_model(cfg, num_classes, schedule, model)
 
 
-def load_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, start: Path) -> keras.Model:
+def load_and_compile(cfg: Train, num_classes: int, steps_per_epoch: int, start: Path) -> keras.Model:
     """The starting model of a warm start, compiled with the fine-tuning schedule (train.finetune): no
     warmup, the weights are already trained; cosine decay from its learning rate, or constant."""
     model = keras.models.load_model(start, compile=False)
@@ -317,7 +282,7 @@ def load_and_compile(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, s
     return compile_model(cfg, num_classes, schedule, model)
 
 
-def compile_model(cfg: TrainConfig, num_classes: int, schedule: Any, model: keras.Model) -> keras.Model:
+def compile_model(cfg: Train, num_classes: int, schedule: Any, model: keras.Model) -> keras.Model:
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     if num_classes == 2:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
@@ -350,10 +315,13 @@ class _Throughput(keras.callbacks.Callback):
         return round(self.images / self.seconds, 1) if self.seconds else None
 
 
-def epoch_line(epoch: int, epochs: int, logs: dict, images_per_s: float | None, elapsed: float) -> str:
-    """One line per epoch: its metrics, the throughput so far, elapsed time and an estimate of the rest."""
+def epoch_line(
+    epoch: int, epochs: int, logs: dict, images_per_s: float | None, elapsed: float, epoch_s: float
+) -> str:
+    """One line per epoch: its metrics, the throughput so far, elapsed time and an estimate of the rest
+    (the epochs left at this epoch's pace: the first epoch's start-up and tracing do not weigh on it)."""
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, int | float))
-    eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+    eta = epoch_s * (epochs - epoch - 1)
     speed = f"{images_per_s:.0f} img/s" if images_per_s else "- img/s"
     return f"epoch {epoch + 1}/{epochs}: {metrics} | {speed} | elapsed {elapsed:.0f}s, ETA {eta:.0f}s"
 
@@ -365,23 +333,37 @@ class EpochLog(keras.callbacks.Callback):
     def __init__(self, say: Callable[[int, str], None], epochs: int, speed: _Throughput) -> None:
         super().__init__()
         self.say, self.epochs, self.speed = say, epochs, speed
-        self.started = time.monotonic()
+        self.started = self.epoch_started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        elapsed = time.monotonic() - self.started
-        self.say(epoch + 1, epoch_line(epoch, self.epochs, logs or {}, self.speed.per_second(), elapsed))
+        now = time.monotonic()
+        elapsed, epoch_s = now - self.started, now - self.epoch_started
+        speed = self.speed.per_second()
+        self.say(epoch + 1, epoch_line(epoch, self.epochs, logs or {}, speed, elapsed, epoch_s))
 
 
-@dataclass
+@dataclass(frozen=True)
+class RunFigures:
+    """How this particular run went: it goes to the run history, never into a tracked file."""
+
+    wall_time_s: float
+    train_images_per_s: float | None
+    peak_rss_mb: float
+
+
+@dataclass(frozen=True)
 class TrainResult:
-    """What train produces: the model file's bytes, the logs written during training, the report
-    (a function of the inputs: it is a tracked output) and this run's figures (times, throughput,
-    memory: they go to the run history, never into a tracked file)."""
+    """What train produces, as values rather than files in its scratch folder, so that Prefect can
+    persist it and a cache hit rewrites every output of train without training (write_outputs)."""
 
-    model_bytes: bytes
-    logs: dict[str, bytes]
-    report: dict
-    run: dict
+    model: bytes  # models/model.keras
+    dvclive: dict[str, bytes]  # reports/train/: DVCLive's metrics and plots, by relative path
+    tensorboard: dict[str, bytes]  # reports/tensorboard/: the event files, by relative path
+    report: dict  # reports/train.json before the flow adds how the run started: what the inputs determine
+    run: RunFigures
 
 
 def collect_files(folder: Path) -> dict[str, bytes]:
@@ -390,10 +372,37 @@ def collect_files(folder: Path) -> dict[str, bytes]:
     }
 
 
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Replace `folder` with exactly `files` (relative path -> bytes), atomically."""
+    with atomic_dir(folder) as tmp:
+        for rel, data in files.items():
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+
+
+def write_outputs(result: TrainResult, model_path: Path, dvclive_dir: Path, tensorboard_dir: Path) -> None:
+    """The model file and the training logs of `result` at their places (models/, reports/)."""
+    write_bytes(model_path, result.model)
+    write_files(dvclive_dir, result.dvclive)
+    write_files(tensorboard_dir, result.tensorboard)
+
+
+@contextlib.contextmanager
+def global_precision(policy: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `policy` for the block, and back to float32 however it ends
+    (a model built later in the same process, e.g. by evaluate or a test, must not inherit it)."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def train(
     processed: Path,
     info: DatasetInfo,
-    cfg: TrainConfig,
+    cfg: Train,
     workdir: Path,
     tf_config: str | None = None,
     progress: bool = True,
@@ -404,104 +413,180 @@ def train(
 
     start: a warm start's starting model (models/base/model.keras): fine-tuned for train.finetune.epochs
     instead of a new model trained for train.epochs."""
-    from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
+    # Imported before the seed is set (used in _train and _callbacks): an import takes seconds, during
+    # which the Prefect client's threads may draw from Python's global random generator, from which
+    # Keras seeds each new layer. Measured: importing them after the seed gave other model bytes when
+    # train ran inside the train flow (not when called directly).
+    import dvclive.keras  # noqa: F401
 
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
-    me = devices.role
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
-    keras.mixed_precision.set_global_policy(policy)
-    log.info("training on %s, precision %s", devices.description, policy)
+    with global_precision(policy):
+        log.info("training on %s, precision %s", devices.description, policy)
+        return _train(processed, info, cfg, workdir, devices, policy, say if progress else None, start)
+
+
+def _train(
+    processed: Path,
+    info: DatasetInfo,
+    cfg: Train,
+    workdir: Path,
+    devices: Devices,
+    policy: str,
+    say: Callable[[int, str], None] | None,
+    start: Path | None,
+) -> TrainResult:
+    from dvclive import Live
+
+    me = devices.role
     num_classes = info.num_classes
     global_batch = cfg.batch_size * devices.replicas
     n_train = info.examples("train")
     steps = max(1, math.ceil(n_train / global_batch))
     n_val = info.examples("val")
-    train_files = split_files(processed, info, "train")
-
-    def train_dataset(batch_size: int, seed: int, **kwargs: Any) -> tf.data.Dataset:
-        return make_dataset(
-            train_files,
-            num_classes,
-            cfg.image_size,
-            batch_size,
-            True,
-            cfg.augment,
-            cfg.shuffle_buffer,
-            seed,
-            sizes=split_sizes(info, "train"),
-            **kwargs,
-        )
-
     val_ds = make_dataset(
-        split_files(processed, info, "val"), num_classes, cfg.image_size, global_batch, False, examples=n_val
+        split_files(processed, info, "val"),
+        num_classes=num_classes,
+        image_size=cfg.image_size,
+        batch_size=global_batch,
+        examples=n_val,
     )
-    has_val = n_val > 0
     if not me.chief:  # every worker keeps its own logs; only the chief's become the outputs
         workdir = workdir.with_name(f"{workdir.name}-worker{me.index}")
     if workdir.exists():
         shutil.rmtree(workdir)
-    live_dir, tb_dir, ckpt = workdir / "dvclive", workdir / "tensorboard", workdir / "best.keras"
+    live_dir, tb_dir = workdir / "dvclive", workdir / "tensorboard"
     epochs = cfg.finetune.epochs if start is not None else cfg.epochs
     with devices.strategy.scope():
         if start is None:
             model = build_and_compile(cfg, num_classes, steps)
         else:
             model = load_and_compile(cfg, num_classes, steps, start)
-    monitor = "val_loss" if has_val else "loss"
+    monitor = "val_loss" if n_val > 0 else "loss"
     speed = _Throughput()
     speed.batch_size = global_batch
     started = time.monotonic()
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, patience=cfg.early_stopping_patience, restore_best_weights=True
-            ),
-            keras.callbacks.ModelCheckpoint(str(ckpt), monitor=monitor, save_best_only=True),
-            keras.callbacks.TensorBoard(str(tb_dir), histogram_freq=0, write_graph=False, profile_batch=0),
-            DVCLiveCallback(live=live),
-            speed,
-        ]
-        if progress:
-            callbacks.append(EpochLog(say, epochs, speed))
-
-        if devices.kind == "multi-worker":
-
-            def worker_share(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-                return train_dataset(
-                    ctx.get_per_replica_batch_size(global_batch),
-                    cfg.seed + SEEDS_PER_DATASET * ctx.input_pipeline_id,
-                    part=(ctx.num_input_pipelines, ctx.input_pipeline_id),
-                    repeat=True,
-                )
-
-            history = distributed.fit(
-                model,
-                devices.strategy,
-                worker_share,
-                val_ds if has_val else None,
-                global_batch,
-                steps,
-                epochs,
-                callbacks,
-            )
-        else:
-            train_ds = train_dataset(global_batch, cfg.seed, examples=n_train)
-            history = model.fit(
-                train_ds,
-                validation_data=val_ds if has_val else None,
-                epochs=epochs,
-                callbacks=callbacks,
-                shuffle=False,
-                verbose=0,
-            ).history
+        callbacks = _callbacks(cfg, monitor, workdir / "best.keras", tb_dir, live, speed, say, epochs)
+        history = _fit(
+            model,
+            devices,
+            processed,
+            info,
+            cfg,
+            val_ds if n_val > 0 else None,
+            global_batch,
+            steps,
+            epochs,
+            callbacks,
+        )
     wall = time.monotonic() - started
-    losses = history[monitor]
-    best = int(np.argmin(losses))
     model_path = workdir / "model.keras"
     save_model(model, model_path)
-    report = {
+    return TrainResult(
+        model=model_path.read_bytes(),
+        dvclive=collect_files(live_dir),
+        tensorboard=collect_files(tb_dir),
+        report=_report(model, history, monitor, devices, policy, global_batch, info),
+        run=RunFigures(
+            wall_time_s=round(wall, 1),
+            train_images_per_s=speed.per_second(),
+            peak_rss_mb=round(peak_rss_mb(), 1),
+        ),
+    )
+
+
+def _callbacks(
+    cfg: Train,
+    monitor: str,
+    checkpoint: Path,
+    tensorboard_dir: Path,
+    live: Any,
+    speed: _Throughput,
+    say: Callable[[int, str], None] | None,
+    epochs: int,
+) -> list[keras.callbacks.Callback]:
+    """Early stopping (best weights kept), the best checkpoint, TensorBoard and DVCLive logs, the
+    throughput and (say) a line per epoch."""
+    from dvclive.keras import DVCLiveCallback
+
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=cfg.early_stopping_patience, restore_best_weights=True
+        ),
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=monitor, save_best_only=True),
+        keras.callbacks.TensorBoard(
+            str(tensorboard_dir), histogram_freq=0, write_graph=False, profile_batch=0
+        ),
+        DVCLiveCallback(live=live),
+        speed,
+    ]
+    if say is not None:
+        callbacks.append(EpochLog(say, epochs, speed))
+    return callbacks
+
+
+def _fit(
+    model: keras.Model,
+    devices: Devices,
+    processed: Path,
+    info: DatasetInfo,
+    cfg: Train,
+    val_ds: tf.data.Dataset | None,
+    global_batch: int,
+    steps: int,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> dict[str, list[float]]:
+    """model.fit on the train split (each worker of a cluster on its own share); the history."""
+    train_files = split_files(processed, info, "train")
+    sizes = split_sizes(info, "train")
+    num_classes = info.num_classes
+
+    def train_dataset(batch_size: int, seed: int, **kwargs: Any) -> tf.data.Dataset:
+        return make_dataset(
+            train_files,
+            num_classes=num_classes,
+            image_size=cfg.image_size,
+            batch_size=batch_size,
+            shuffled=Shuffled(seed, cfg.shuffle_buffer, cfg.augment, sizes),
+            **kwargs,
+        )
+
+    if devices.kind == "multi-worker":
+
+        def worker_share(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return train_dataset(
+                ctx.get_per_replica_batch_size(global_batch),
+                cfg.seed + SEEDS_PER_DATASET * ctx.input_pipeline_id,
+                part=(ctx.num_input_pipelines, ctx.input_pipeline_id),
+                repeat=True,
+            )
+
+        return distributed.fit(
+            model, devices.strategy, worker_share, val_ds, global_batch, steps, epochs, callbacks
+        )
+    train_ds = train_dataset(global_batch, cfg.seed, examples=info.examples("train"))
+    return model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0
+    ).history
+
+
+def _report(
+    model: keras.Model,
+    history: dict[str, list[float]],
+    monitor: str,
+    devices: Devices,
+    policy: str,
+    global_batch: int,
+    info: DatasetInfo,
+) -> dict:
+    """reports/train.json's part that training determines: the model, the epochs, the best epoch's
+    metrics and the whole history, and where it ran."""
+    losses = history[monitor]
+    best = int(np.argmin(losses))
+    return {
         "model": model.name,
         "parameters": int(model.count_params()),
         "epochs_run": len(losses),
@@ -511,24 +596,14 @@ def train(
         "device": devices.description,
         "precision": policy,
         "replicas": devices.replicas,
-        "worker": me.index,
-        "workers": me.workers,
+        "worker": devices.role.index,
+        "workers": devices.role.workers,
         "global_batch_size": global_batch,
         "examples": {s: info.examples(s) for s in ("train", "val")},
     }
-    logs = {f"dvclive/{k}": v for k, v in collect_files(live_dir).items()}
-    logs.update({f"tensorboard/{k}": v for k, v in collect_files(tb_dir).items()})
-    run = {
-        "wall_time_s": round(wall, 1),
-        "train_images_per_s": speed.per_second(),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
-    result = TrainResult(model_path.read_bytes(), logs, report, run)
-    keras.mixed_precision.set_global_policy("float32")
-    return result
 
 
-def model_card(info: DatasetInfo, cfg: TrainConfig) -> dict:
+def model_card(info: DatasetInfo, cfg: Train) -> dict:
     """models/model.json: what a prediction needs besides the weights."""
     return {
         "class_names": info.class_names,

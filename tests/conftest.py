@@ -138,3 +138,41 @@ def built(tmp_path_factory: pytest.TempPathFactory, prefect_server: str):
     params = params_for(root / "work", source, clean={"max_reject_fraction": 0.5})
     run_data_stages(params)
     return params, source
+
+
+# --------------------------------------------------------------------------- a trained model, in-process
+
+# One epoch of a tiny model: train and evaluate in seconds.
+FAST_TRAIN = {"epochs": 1, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0}
+
+
+def run_flows(params: Params, *flows, refresh: bool = False) -> list[dict]:
+    """Each flow in turn, in-process; their results (each must complete)."""
+    out = []
+    for flow in flows:
+        state = flow(params=params, refresh=refresh, return_state=True)
+        assert state.is_completed(), state.message
+        out.append(state.result())
+    return out
+
+
+def workspace_of(params: Params) -> Path:
+    return params.paths.raw.parent.parent
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Params:
+    """Every stage run in-process on 40 generated photos (a gate that promotes any model): the params
+    of that workspace. Shared by the train, evaluate and predict tests (training once)."""
+    from flows.clean import clean_flow
+    from flows.dedup import dedup_flow
+    from flows.evaluate import evaluate_flow
+    from flows.ingest import ingest_flow
+    from flows.shard import shard_flow
+    from flows.train import train_flow
+
+    root = tmp_path_factory.mktemp("model")
+    source = imagegen.make_dataset(root / "source", per_class=20)
+    params = params_for(root / "work", source, train=FAST_TRAIN, evaluate={"min_accuracy": 0.0})
+    run_flows(params, ingest_flow, clean_flow, dedup_flow, shard_flow, train_flow, evaluate_flow)
+    return params

@@ -4,18 +4,22 @@ three lines a finished run ends with."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import imagegen
 import pytest
-from conftest import params_for
+from conftest import params_for, workspace_of
 
 from flows import cli
 from flows.cli import RunFailed, closing_lines, main
 from tasks.errors import PawflowError
+from tasks.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,3 +211,38 @@ def test_predict_shows_no_tensorflow_start_up_lines(tmp_path: Path):
     assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr and "I0000" not in proc.stderr, (
         proc.stderr
     )
+
+
+def test_predict_good_corrupt_and_directory(trained: Params, tmp_path: Path, capsys, monkeypatch):
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(imagegen.jpeg(1, (120, 90)))
+    (photos / "nested" / "b.png").write_bytes(imagegen.encode(imagegen.photo(2, (80, 80)), "PNG"))
+    (photos / "nested" / "broken.jpg").write_bytes(imagegen.truncated_jpeg(3))
+    (photos / "bomb.png").write_bytes(imagegen.png_header_only(30_000, 30_000))
+    monkeypatch.chdir(workspace_of(trained))
+    code = main(
+        [
+            "predict",
+            str(photos),
+            str(photos / "a.jpg"),
+            "--csv",
+            "--model",
+            str(workspace_of(trained) / "models/champion"),
+        ]
+    )
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert code == 1  # some files could not be labelled
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert [Path(r["path"]).name for r in rows] == ["a.jpg", "bomb.png", "b.png", "broken.jpg", "a.jpg"]
+    for name in ("a.jpg", "b.png"):
+        assert by_name[name]["label"] in {"Cat", "Dog"} and 0.5 <= float(by_name[name]["confidence"]) <= 1
+        assert by_name[name]["error"] == ""
+    assert by_name["broken.jpg"]["label"] == "" and by_name["broken.jpg"]["error"].startswith("truncated")
+    assert by_name["bomb.png"]["error"].startswith("decompression_bomb")
+
+
+def test_predict_without_a_model_is_a_clear_error(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
+    assert "--model " + str(tmp_path / "none") + ": the path does not exist" in capsys.readouterr().err

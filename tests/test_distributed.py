@@ -98,13 +98,15 @@ def test_worker_shares_are_disjoint_and_cover_the_split(sharded: Path):
     shares = [
         [
             p.decode()
-            for _, _, paths, _ in train.make_dataset(files, 2, 16, 4, False, with_meta=True, part=(2, i))
+            for _, _, paths, _ in train.make_dataset(
+                files, num_classes=2, image_size=16, batch_size=4, with_meta=True, part=(2, i)
+            )
             for p in paths.numpy()
         ]
         for i in range(2)
     ]
     assert not set(shares[0]) & set(shares[1])
-    assert len(shares[0]) + len(shares[1]) == info["splits"]["train"]["examples"]
+    assert len(shares[0]) + len(shares[1]) == info.examples("train")
     assert abs(len(shares[0]) - len(shares[1])) <= 1
 
 

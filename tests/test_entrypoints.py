@@ -22,33 +22,9 @@ import yaml
 from commands import dvc, py, ran, sh
 from conftest import make_workspace, tool_env
 from PIL import Image, ImageEnhance
+from workspace import FAST, assert_up_to_date, history, workspace
 
 pytestmark = pytest.mark.slow
-
-FAST = {
-    "train": {"epochs": 1, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0},
-    "evaluate": {"min_accuracy": 0.0},
-}
-
-
-def workspace(tmp_path: Path, per_class: int = 20, **overrides: dict) -> tuple[Path, Path]:
-    source = imagegen.make_dataset(tmp_path / "source", per_class=per_class)
-    ws = make_workspace(tmp_path / "ws", source, **{**FAST, **overrides})
-    remote = tmp_path / "remote"
-    config = f"[core]\n    analytics = false\n    remote = local\n['remote \"local\"']\n    url = {remote}\n"
-    (ws / ".dvc" / "config").write_text(config)
-    return ws, source
-
-
-def history(ws: Path) -> list[dict]:
-    return [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
-
-
-def assert_up_to_date(ws: Path, api: str) -> None:
-    status = dvc(ws, "status", api=api)
-    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
-    repro = dvc(ws, "repro", api=api)
-    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
 
 
 def test_prefect_run_leaves_what_dvc_repro_leaves(tmp_path: Path, prefect_server: str):

@@ -5,6 +5,7 @@ rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -13,10 +14,12 @@ import browser
 import imagegen
 import numpy as np
 import pytest
+from conftest import run_flows, workspace_of
 from PIL import Image
 
 from tasks import evaluate, gate, images, predict
 from tasks.evaluate import Predictions, render_web
+from tasks.params import Params
 
 WEB = {"max_side": 250, "quality": (50, 60), "crop": 0.1}
 
@@ -99,7 +102,7 @@ CARD = {"class_names": ["Cat", "Dog"], "image_size": 32, "max_side": 224, "jpeg_
 
 def test_robust_predictions_are_what_predict_says_of_the_rendered_photo(tiny_model, tmp_path: Path):
     """predict_robust == `pawflow predict` (tasks.predict) run on the rendered files themselves."""
-    settings = predict.settings_for(CARD, max_pixels=10**8)
+    settings = predict.settings_for(CARD, max_pixels=10**8, formats=("JPEG",))
     records = []
     for i in range(5):
         _, thumb = images.check_bytes(imagegen.jpeg(10 + i, (300, 220)), settings)
@@ -182,3 +185,214 @@ def test_every_image_of_evaluation_html_loads_in_chromium(tmp_path: Path):
         "misclassified",
     ]
     assert [alt for alt, ok in seen if not ok] == []
+
+
+# --------------------------------------------------------------------------- known answers
+# Small examples worked out by hand, so a wrong formula (not just a wrong type) fails.
+
+
+def test_metrics_of_four_photos_worked_out_by_hand():
+    # labels  0    0    1    1 ; predicted 0 (0.9), 1 (0.4 for Cat), 1, 0 -> one error per class
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3]])
+    m = evaluate.compute_metrics(Predictions(probs, np.array([0, 0, 1, 1]), list("abcd")), CLASSES, bins=10)
+    assert m["accuracy"] == 0.5 and m["examples"] == 4
+    # Cat: predicted twice (a, d), right once -> precision 1/2; two Cats, one found -> recall 1/2
+    assert m["per_class"]["Cat"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert m["per_class"]["Dog"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert m["precision_macro"] == m["recall_macro"] == m["f1_macro"] == 0.5
+    assert m["confusion_matrix"] == [[1, 1], [1, 1]]
+    # ROC AUC on P(Dog) = 0.1, 0.6 | 0.8, 0.3: of the 4 (Dog, Cat) pairs, Dog scores higher in
+    # (0.8 > 0.1), (0.8 > 0.6), (0.3 > 0.1), not (0.3 < 0.6) -> 3/4
+    assert m["roc_auc"] == pytest.approx(0.75)
+    # log loss: mean of -ln(p of the true class) = -(ln 0.9 + ln 0.4 + ln 0.8 + ln 0.3) / 4
+    expected = -(np.log(0.9) + np.log(0.4) + np.log(0.8) + np.log(0.3)) / 4
+    assert m["log_loss"] == pytest.approx(expected)
+
+
+def test_ece_of_a_hand_computed_example():
+    # Two bins of width 0.5: confidences 0.3 and 0.4 fall in [0, 0.5], 0.8, 0.9, 0.9 and 1.0 in (0.5, 1].
+    confidence = np.array([0.3, 0.4, 0.8, 0.9, 0.9, 1.0])
+    correct = np.array([True, False, True, True, False, True])
+    cal = evaluate.calibration_bins(confidence, correct, bins=2)
+    assert cal["count"].tolist() == [2, 4]
+    assert cal["confidence"].tolist() == pytest.approx([0.35, 0.9])
+    assert cal["accuracy"].tolist() == pytest.approx([0.5, 0.75])
+    # ECE = 2/6 * |0.5 - 0.35| + 4/6 * |0.75 - 0.9| = 0.05 + 0.1
+    assert evaluate.expected_calibration_error(confidence, correct, bins=2) == pytest.approx(0.15)
+
+
+def test_a_perfectly_calibrated_model_has_ece_zero_and_empty_bins_count_nothing():
+    confidence = np.array([0.75, 0.75, 0.75, 0.75])
+    correct = np.array([True, True, True, False])
+    assert evaluate.expected_calibration_error(confidence, correct, bins=10) == pytest.approx(0.0)
+    assert len(evaluate.calibration_bins(confidence, correct, bins=10)) == 1  # the 9 empty bins: no row
+    assert evaluate.expected_calibration_error(np.array([]), np.array([], dtype=bool), bins=10) == 0.0
+
+
+def test_a_confidence_on_a_bin_edge_falls_in_the_lower_bin():
+    cal = evaluate.calibration_bins(np.array([0.5, 0.50001]), np.array([True, True]), bins=2)
+    assert cal["bin"].tolist() == [0, 1]
+
+
+# --------------------------------------------------------------------------- summary and promotion
+
+METRICS = {
+    "accuracy": 0.91234,
+    "precision_macro": 0.9,
+    "recall_macro": 0.8,
+    "f1_macro": 0.85,
+    "roc_auc": None,
+    "log_loss": 0.3,
+    "ece": 0.02,
+    "examples": 40,
+    "robust_accuracy": 0.875,
+    "robust_examples": 40,
+    "per_class": {"Cat": {"precision": 0.9, "recall": 0.8, "f1": 0.84706, "support": 20}},
+}
+DECISION = {"decision": "promoted", "promoted": True, "reason": "no champion yet", "p_value": None}
+
+
+def test_summary_rows_are_the_headline_metrics_then_how_and_the_gate():
+    rows = evaluate.summary_rows(METRICS, DECISION, tta=True)
+    assert [k for k, _ in rows] == [*evaluate.HEADLINE, "tta (flip average)", "gate", "gate p-value"]
+    assert dict(rows)["accuracy"] == 0.9123 and dict(rows)["roc_auc"] is None and dict(rows)["examples"] == 40
+    assert rows[-3:] == [["tta (flip average)", True], ["gate", "promoted"], ["gate p-value", None]]
+    without_robust = {k: v for k, v in METRICS.items() if not k.startswith("robust")}
+    assert "robust_accuracy" not in dict(evaluate.summary_rows(without_robust, DECISION, tta=False))
+
+
+def test_the_report_shows_the_same_headline_metrics_as_the_summary():
+    page = evaluate.html_report(METRICS, DECISION, {}, b"png", ["Cat"], None)
+    shown = [k for k in evaluate.HEADLINE if f"<tr><th>{k}</th>" in page]
+    assert shown == list(evaluate.HEADLINE)
+
+
+def test_summary_markdown():
+    md = evaluate.summary_markdown(METRICS, DECISION, tta=True)
+    assert md.startswith("## Test accuracy 91.23% (40 photos)\n")
+    assert "(the test photos as web photos arrive): 87.50% (flip-averaged)" in md
+    assert "**Gate: promoted** — no champion yet" in md
+    assert md.endswith("| Cat | 0.900 | 0.800 | 0.847 | 20 |\n")
+    assert "(flip-averaged)" not in evaluate.summary_markdown(METRICS, DECISION, tta=False)
+
+
+def model_folder(folder: Path, data: bytes, class_names: list[str] = CLASSES) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(data)
+    (folder / "model.json").write_text(json.dumps({"class_names": class_names, "image_size": 32}))
+    return folder
+
+
+def test_promote_makes_the_model_the_champion_with_its_card_and_why(tmp_path: Path):
+    models = model_folder(tmp_path / "models", b"new model")
+    model_folder(models / "champion", b"old champion")
+    evaluate.promote(models, models / "champion", METRICS, DECISION, tta=True)
+    champion = models / "champion"
+    assert (champion / "model.keras").read_bytes() == b"new model"
+    assert json.loads((champion / "model.json").read_text()) == {
+        "class_names": CLASSES,
+        "image_size": 32,
+        "tta": True,
+    }
+    assert json.loads((champion / evaluate.CHAMPION_CARD).read_text()) == {
+        "metrics": METRICS,
+        "gate": DECISION,
+    }
+
+
+def test_not_promoted_keeps_the_champion_or_says_why_there_is_none(tmp_path: Path):
+    refused = {**DECISION, "promoted": False, "decision": "rejected", "reason": "below min_accuracy"}
+    models = model_folder(tmp_path / "models", b"new model")
+    evaluate.promote(models, models / "champion", METRICS, refused, tta=True)
+    assert sorted(p.name for p in (models / "champion").iterdir()) == [evaluate.CHAMPION_CARD]
+    card = json.loads((models / "champion" / evaluate.CHAMPION_CARD).read_text())
+    assert card == {"champion": None, "why": "below min_accuracy"}
+
+    other = model_folder(tmp_path / "other", b"new model")
+    model_folder(other / "champion", b"old champion")
+    evaluate.promote(other, other / "champion", METRICS, refused, tta=True)
+    assert (other / "champion" / "model.keras").read_bytes() == b"old champion"
+    assert not (other / "champion" / evaluate.CHAMPION_CARD).exists()
+
+
+def test_a_champion_of_other_classes_is_not_comparable(tmp_path: Path):
+    assert evaluate.comparable_champion(tmp_path / "none", CLASSES) == (False, "no champion yet")
+    same = model_folder(tmp_path / "same", b"m")
+    assert evaluate.comparable_champion(same, CLASSES) == (True, "")
+    other = model_folder(tmp_path / "other", b"m", ["ant", "bee"])
+    comparable, why = evaluate.comparable_champion(other, CLASSES)
+    assert not comparable and "other classes (['ant', 'bee'])" in why
+
+
+def test_plot_tables_are_written_as_csv_and_replace_the_folder(tmp_path: Path):
+    import pandas as pd
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "stale.csv").write_text("old")
+    evaluate.write_plot_tables(tmp_path / "plots", {"roc": pd.DataFrame({"fpr": [0.0, 1 / 3]})})
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["roc.csv"]
+    assert (tmp_path / "plots" / "roc.csv").read_text() == "fpr\n0\n0.333333\n"
+
+
+# --------------------------------------------------------------------------- the evaluate flow
+
+
+def test_metrics_and_report(trained: Params):
+    m = json.loads((workspace_of(trained) / "reports/metrics.json").read_text())
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "log_loss", "ece"):
+        assert isinstance(m[key], float), key
+    assert set(m["per_class"]) == {"Cat", "Dog"}
+    info = json.loads((workspace_of(trained) / "data/processed/dataset_info.json").read_text())
+    assert m["examples"] == info["splits"]["test"]["examples"]
+    assert sum(map(sum, m["confusion_matrix"])) == m["examples"]
+    assert m["robust_examples"] == m["examples"] and 0 <= m["robust_accuracy"] <= 1
+    # `dvc metrics show` reads this one: the headline numbers of metrics.json and the gate's decision
+    scores = json.loads((workspace_of(trained) / "reports/scores.json").read_text())
+    gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
+    headline = {k: m[k] for k in ("accuracy", "f1_macro", "roc_auc", "ece")}
+    assert scores == {**headline, "gate": gate["decision"]}
+    page = (workspace_of(trained) / "reports/evaluation.html").read_text()
+    assert "Robustness slice" in page and "mirror image" in page  # evaluate.tta is on by default
+    assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, opens offline
+    images = [s.split('"')[0] for s in page.split('src="data:image/png;base64,')[1:]]
+    assert len(images) >= 5
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+
+
+def test_first_model_is_promoted_and_gate_recorded(trained: Params):
+    gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
+    assert gate["promoted"] and gate["p_value"] is None and "no champion yet" in gate["reason"]
+    champion = workspace_of(trained) / "models/champion"
+    assert (champion / "model.keras").read_bytes() == (
+        workspace_of(trained) / "models/model.keras"
+    ).read_bytes()
+    card = json.loads((workspace_of(trained) / "models/model.json").read_text())
+    assert json.loads((champion / "model.json").read_text()) == {**card, "tta": trained.evaluate.tta}
+    assert "challenger_robust_accuracy" in gate and gate["min_robust_accuracy"] == 0.0
+
+
+def test_second_evaluation_compares_with_the_champion(trained: Params):
+    from flows.evaluate import evaluate_flow
+
+    (gate,) = run_flows(trained, evaluate_flow)
+    assert gate["gate"]["p_value"] == 1.0  # the same model: no disagreements
+    assert gate["gate"]["challenger_wins"] == gate["gate"]["challenger_losses"] == 0
+
+
+def test_five_classes_train_and_evaluate(tmp_path: Path, prefect_server: str):
+    from conftest import FAST_TRAIN, params_for
+
+    from flows.clean import clean_flow
+    from flows.dedup import dedup_flow
+    from flows.evaluate import evaluate_flow
+    from flows.ingest import ingest_flow
+    from flows.shard import shard_flow
+    from flows.train import train_flow
+
+    source = imagegen.make_dataset(
+        tmp_path / "five", per_class=8, classes=("ant", "bee", "cow", "doe", "elk")
+    )
+    params = params_for(tmp_path / "work", source, train=FAST_TRAIN, evaluate={"min_accuracy": 0.0})
+    *_, result = run_flows(params, ingest_flow, clean_flow, dedup_flow, shard_flow, train_flow, evaluate_flow)
+    assert set(result["metrics"]["per_class"]) == {"ant", "bee", "cow", "doe", "elk"}
+    assert len(result["metrics"]["confusion_matrix"]) == 5

@@ -198,7 +198,10 @@ def test_fuzz_2000_mutated_photos(tmp_path: Path, make_params):
     decoded = 0
     for split in ("train", "val", "test"):
         ds = train.make_dataset(
-            train.split_files(params.paths.processed, info, split), 2, 32, 64, training=False
+            train.split_files(params.paths.processed, info, split),
+            num_classes=2,
+            image_size=32,
+            batch_size=64,
         )
         decoded += sum(int(x.shape[0]) for x, _ in ds)
     dedup = pd.read_parquet(params.paths.interim / "dedup.parquet")

@@ -1,5 +1,6 @@
-"""Bad params, a bad source and a second run, through every entry point: one message, the right exit
-code, and nothing lost or half-recorded (byte comparisons, dvc status).
+"""flows.pipeline. Bad params, a bad source and a second run, through every entry point: one message,
+the right exit code, and nothing lost or half-recorded (byte comparisons, dvc status); the concurrency
+limit of a served run.
 
 One workspace for several cases (each `dvc repro` of the data stages costs ~1 min here).
 """
@@ -18,11 +19,9 @@ import pytest
 import yaml
 from commands import dvc, py, sh
 from conftest import make_workspace, tool_env
-from test_entrypoints import FAST, workspace
+from workspace import FAST, up_to_date, workspace
 
 from tasks import versioning
-
-pytestmark = pytest.mark.slow
 
 DATA_STAGES = (versioning.CHECK_STAGE, *versioning.DATA_STAGES)
 
@@ -42,17 +41,13 @@ def edit_params(ws: Path, section: str, **values: object) -> bytes:
     return old
 
 
-def up_to_date(ws: Path, api: str) -> bool:
-    out = dvc(ws, "status", *DATA_STAGES, api=api)
-    return out.returncode == 0 and "up to date" in out.stdout
-
-
 def one_message(text: str, says: str) -> None:
     assert says in text, text[-3000:]
     assert text.count(says) == 1 and text.count("What to do") == 1, text[-3000:]
     assert "\\n" not in text and "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.slow
 def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path: Path, prefect_server: str):
     api = prefect_server
     ws, source = workspace(tmp_path)
@@ -83,7 +78,7 @@ def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path
     assert out.returncode == 2 and "failed to reproduce" not in out.stderr  # refused before dvc repro
     one_message(out.stderr, "does not exist")
     (tmp_path / "moved").rename(source)
-    assert snapshot(ws) == before and up_to_date(ws, api)
+    assert snapshot(ws) == before and up_to_date(ws, api, *DATA_STAGES)
 
     # A named pipe in the source: DVC would block hashing it; pawflow's entry points refuse at once.
     os.mkfifo(source / "Dog" / "fifo.jpg")
@@ -116,6 +111,7 @@ def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path
     assert snapshot(ws) == before
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_and_never_breaks_the_first(tmp_path: Path, prefect_server: str):
     api = prefect_server
     ws, _ = workspace(tmp_path)
@@ -137,9 +133,10 @@ def test_a_second_run_is_refused_and_never_breaks_the_first(tmp_path: Path, pref
     assert first.returncode == 0, err[-3000:]
     assert second.returncode != 0 and "Unable to acquire lock" in second.stderr
     assert stage.returncode == 2 and "another pawflow run is using this workspace" in stage.stderr
-    assert up_to_date(ws, api)
+    assert up_to_date(ws, api, *DATA_STAGES)
 
 
+@pytest.mark.slow
 def test_an_empty_test_split_fails_shard_and_keeps_the_last_shards(tmp_path: Path, prefect_server: str):
     api = prefect_server
     many = tmp_path / "many"

@@ -18,9 +18,13 @@ from PIL import Image
 
 from flows.cli import main as pawflow
 from tasks import images, predict, tfrecord
+from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.images import CheckSettings
+from tasks.params import load_params
 
+# The formats `pawflow predict` accepts are the shipped params.yaml's clean.formats.
+FORMATS = load_params(Path(__file__).resolve().parents[1] / "params.yaml").clean.formats
 CARD = {"class_names": ["Cat", "Dog"], "image_size": 32, "max_side": 224, "jpeg_quality": 90}
 PHOTOS = 6
 
@@ -41,7 +45,7 @@ def model_and_shard(tmp_path_factory: pytest.TempPathFactory):
     (root / "models").mkdir()
     model.save(root / "models" / "model.keras")
     (root / "models" / "model.json").write_text(json.dumps(CARD))
-    settings = predict.settings_for(CARD, max_pixels=10**8)
+    settings = predict.settings_for(CARD, max_pixels=10**8, formats=FORMATS)
     photos, records = root / "photos", []
     photos.mkdir()
     for i in range(PHOTOS):
@@ -63,18 +67,18 @@ def model_and_shard(tmp_path_factory: pytest.TempPathFactory):
 
 def evaluate_probs(root: Path, tta: bool) -> np.ndarray:
     """Probabilities through evaluate's own task body (tf.data over the shard), batch of 4."""
-    from flows.evaluate import predict_test_split
-    from tasks.params import TensorFlow
+    from tasks import evaluate
 
-    pred, _ = predict_test_split.fn(
-        "sha", "sha", 32, 4, tta, TensorFlow(), root / "models" / "model.keras", root / "processed"
+    info = DatasetInfo.read(root / "processed")
+    pred, _ = evaluate.predict_test_photos(
+        root / "models" / "model.keras", root / "processed", info, CARD, 4, tta
     )
     assert pred.paths == [f"{i}.jpg" for i in range(PHOTOS)]
     return pred.probs
 
 
 def predict_probs(root: Path, files: list[Path], tta: bool | None) -> tuple[list[str], np.ndarray]:
-    p = predict.load(root / "models", max_pixels=10**8, tta=tta)
+    p = predict.load(root / "models", max_pixels=10**8, formats=FORMATS, tta=tta)
     rows = list(predict.predict(p, iter(files)))
     assert all(not r.error for r in rows)
     return [r.label for r in rows], np.array([r.confidence for r in rows])
@@ -124,16 +128,18 @@ def test_tta_is_the_mean_over_the_photo_and_its_mirror(model_and_shard):
 
 def test_tta_setting_comes_from_the_card_unless_given(model_and_shard, tmp_path: Path):
     root, _ = model_and_shard
-    assert predict.load(root / "models", 10**8).tta is False  # a card without it: plain prediction
+    assert predict.load(root / "models", 10**8, FORMATS).tta is False  # a card without it: plain prediction
     champion = tmp_path / "champion"
     champion.mkdir()
     (champion / "model.keras").write_bytes((root / "models" / "model.keras").read_bytes())
     (champion / "model.json").write_text(json.dumps({**CARD, "tta": True}))  # as evaluate writes it
-    assert predict.load(champion, 10**8).tta is True
-    assert predict.load(champion, 10**8, tta=False).tta is False
+    assert predict.load(champion, 10**8, FORMATS).tta is True
+    assert predict.load(champion, 10**8, FORMATS, tta=False).tta is False
 
 
-SETTINGS = CheckSettings(max_pixels=89_478_485, max_side=64, jpeg_quality=90, **predict.PERMISSIVE)
+SETTINGS = CheckSettings(
+    max_pixels=89_478_485, max_side=64, jpeg_quality=90, formats=FORMATS, **predict.PERMISSIVE
+)
 SMALL_CARD = {"class_names": ["Cat", "Dog"], "image_size": 16, "max_side": 64, "jpeg_quality": 90}
 
 
@@ -181,6 +187,18 @@ def test_predict_labels_the_photos_beside_a_named_pipe(tmp_path: Path, capsys, m
     assert lines[0].split("\t")[1] in {"Cat", "Dog"}
     assert lines[1].endswith(f"error: {predict.NOT_REGULAR}")
     assert "error: truncated" in lines[2]
+
+
+def test_a_format_clean_does_not_accept_is_refused_and_a_size_above_its_limit_too(tmp_path: Path):
+    (tmp_path / "a.png").write_bytes(imagegen.encode(imagegen.photo(2, (80, 80)), "PNG"))
+    (tmp_path / "b.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
+    jpeg_only = predict.settings_for(SMALL_CARD, max_pixels=10**8, formats=("JPEG",))
+    thumb, error = predict._prepare(tmp_path / "a.png", jpeg_only)
+    assert thumb is None and error.startswith("unsupported_format"), error
+    assert predict._prepare(tmp_path / "b.jpg", jpeg_only)[1] == ""
+    assert predict._prepare(tmp_path / "a.png", predict.settings_for(SMALL_CARD, 10**8, FORMATS))[1] == ""
+    small = predict.settings_for(SMALL_CARD, max_pixels=80 * 60 - 1, formats=FORMATS)
+    assert predict._prepare(tmp_path / "b.jpg", small)[1].startswith("decompression_bomb")
 
 
 def test_an_empty_folder_is_an_error(tmp_path: Path, capsys, monkeypatch):

@@ -1,13 +1,20 @@
-"""The training input pipeline: records drawn from shard files in proportion to their size."""
+"""tasks/train.py and flows/train.py: records drawn from shard files in proportion to their size, the
+projective augmentation's geometry (known answers), and the train flow in-process (every output, a
+cache hit rewriting them)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import imagegen
 import numpy as np
+import pytest
+from conftest import workspace_of
 
 from tasks import tfrecord, train
+from tasks.params import Augment, Params
 
 
 def shard(path: Path, name: str, count: int) -> Path:
@@ -39,3 +46,143 @@ def test_a_small_new_shard_is_spread_over_the_epoch(tmp_path: Path):
 def test_a_single_shard_is_read_in_file_order(tmp_path: Path):
     files = [shard(tmp_path / "only.tfrecord", "only", 30)]
     assert epoch_order(files, [30], seed=3) == [f"only/{i}" for i in range(30)]
+
+
+# --------------------------------------------------------------------------- the projective augmentation
+
+NONE = Augment(flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0)
+
+
+def transform(a: Augment, seed: int, size: int = 4, in_h: int = 8, in_w: int = 8) -> np.ndarray:
+    import tensorflow as tf
+
+    return train.augment_transform(tf.constant([seed, 0], tf.int64), a, size, in_h, in_w).numpy()
+
+
+def resample(image: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.constant(image[None], tf.float32),
+        transforms=tf.constant(t[None], tf.float32),
+        output_shape=[size, size],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )[0].numpy()
+
+
+def test_without_augmentation_the_map_is_tf_image_resize():
+    # Output pixel x of 4 maps to (x + 0.5) * 8/4 - 0.5 = 2x + 0.5 of the 8-pixel photo (half-pixel
+    # centres), on both axes: [a0 a1 a2; b0 b1 b2] = [2 0 0.5; 0 2 0.5].
+    np.testing.assert_allclose(transform(NONE, seed=1), [2, 0, 0.5, 0, 2, 0.5, 0, 0], atol=1e-6)
+    # A 12 x 6 photo (h x w) to 4 x 4: x -> 1.5x + 0.25, y -> 3y + 1.
+    np.testing.assert_allclose(transform(NONE, 1, 4, 12, 6), [1.5, 0, 0.25, 0, 3, 1, 0, 0], atol=1e-6)
+    import tensorflow as tf
+
+    image = np.random.default_rng(0).uniform(0, 255, (8, 8, 3))
+    expected = tf.image.resize(image, (4, 4)).numpy()
+    np.testing.assert_allclose(resample(image, transform(NONE, 1), 4), expected, atol=1e-3)
+
+
+def test_a_flip_mirrors_the_photo_for_about_half_of_the_seeds():
+    import tensorflow as tf
+
+    flip = NONE.model_copy(update={"flip": True})
+    image = np.random.default_rng(1).uniform(0, 255, (8, 8, 3))
+    plain = tf.image.resize(image, (4, 4)).numpy()
+    flipped = 0
+    for seed in range(40):
+        t = transform(flip, seed)
+        if t[0] < 0:  # x -> -2x + 6.5: output 0 samples the photo at 8 - 1 - 0.5, its mirror image
+            np.testing.assert_allclose(t, [-2, 0, 6.5, 0, 2, 0.5, 0, 0], atol=1e-6)
+            np.testing.assert_allclose(resample(image, t, 4), plain[:, ::-1], atol=1e-3)
+            flipped += 1
+        else:
+            np.testing.assert_allclose(t, [2, 0, 0.5, 0, 2, 0.5, 0, 0], atol=1e-6)
+    assert 10 < flipped < 30
+
+
+def test_rotation_and_zoom_turn_and_scale_about_the_centre():
+    a = NONE.model_copy(update={"rotation": 0.1, "zoom": 0.2})
+    for seed in range(10):
+        t = transform(a, seed, size=4, in_h=4, in_w=4)  # no resize: the augmentation alone
+        m = np.array([[t[0], t[1]], [t[3], t[4]]])
+        scale = np.sqrt(abs(np.linalg.det(m)))
+        assert 0.8 - 1e-6 <= scale <= 1.2 + 1e-6
+        np.testing.assert_allclose(m / scale @ (m / scale).T, np.eye(2), atol=1e-5)  # a pure rotation
+        angle = np.arctan2(t[3], t[0])
+        assert abs(angle) <= 0.1 * 2 * np.pi + 1e-6
+        centre = m @ [1.5, 1.5] + [t[2], t[5]]
+        np.testing.assert_allclose(centre, [1.5, 1.5], atol=1e-5)  # the centre stays (no translation)
+    assert len({tuple(transform(a, s)) for s in range(10)}) == 10  # the seed decides the draw
+    np.testing.assert_array_equal(transform(a, 3), transform(a, 3))  # stateless: same seed, same map
+
+
+def test_translation_shifts_by_at_most_its_fraction_of_the_side():
+    a = NONE.model_copy(update={"translation": 0.25})
+    shifts = np.array([transform(a, s, size=8, in_h=8, in_w=8)[[2, 5]] for s in range(20)])
+    assert np.abs(shifts).max() <= 0.25 * 8 + 1e-6 and np.abs(shifts).max() > 0.5
+
+
+# --------------------------------------------------------------------------- the train flow
+
+TRAIN_OUTPUTS = [
+    "models/model.keras",
+    "models/model.json",
+    "reports/train.json",
+    "reports/train/metrics.json",
+    "reports/train/plots/metrics/train/loss.tsv",
+    "reports/tensorboard",
+]
+EVAL_OUTPUTS = [
+    "reports/metrics.json",
+    "reports/gate.json",
+    "reports/scores.json",
+    "reports/evaluation.html",
+    "reports/misclassified.png",
+    "reports/plots/confusion.csv",
+    "reports/plots/roc.csv",
+    "reports/plots/precision_recall.csv",
+    "reports/plots/calibration.csv",
+    "models/champion/champion.json",
+]
+
+
+def test_every_output_is_written(trained: Params):
+    for rel in TRAIN_OUTPUTS + EVAL_OUTPUTS:
+        assert (workspace_of(trained) / rel).exists(), rel
+    card = json.loads((workspace_of(trained) / "models/model.json").read_text())
+    assert card["class_names"] == ["Cat", "Dog"] and card["image_size"] == 32
+    report = json.loads((workspace_of(trained) / "reports/train.json").read_text())
+    assert report["epochs_run"] == 1 and report["best_epoch"] == 1
+    assert report["device"].startswith("cpu") and report["tensorflow"]["onednn_max_isa"] == "AVX2"
+    # This run's figures are in the run history, not in the tracked report.
+    assert not {"train_images_per_s", "peak_rss_mb", "wall_time_s"} & set(report)
+    runs = [json.loads(line) for line in trained.pipeline.history.read_text().splitlines()]
+    figures = [r for r in runs if r.get("stage") == "train"][-1]
+    assert figures["train_images_per_s"] > 0 and 0 < figures["peak_rss_mb"] < 4096
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cached_training_rewrites_every_output(trained: Params):
+    """A Prefect cache hit must not stand in for files that are gone (DVC deletes outputs first)."""
+    before = (workspace_of(trained) / "models/model.keras").read_bytes()
+    for rel in TRAIN_OUTPUTS:
+        p = workspace_of(trained) / rel
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    from flows.train import train_flow
+
+    state = train_flow(params=trained, return_state=True)
+    assert state.is_completed()
+    for rel in TRAIN_OUTPUTS:
+        assert (workspace_of(trained) / rel).exists(), rel
+    assert (workspace_of(trained) / "models/model.keras").read_bytes() == before
+
+
+def test_the_epoch_lines_eta_follows_the_last_epochs_pace():
+    # A slow first epoch (start-up, tracing) does not inflate the estimate of the epochs left.
+    line = train.epoch_line(0, 6, {"accuracy": 0.5, "loss": 0.7}, 100.0, elapsed=96.0, epoch_s=96.0)
+    assert line == "epoch 1/6: accuracy 0.5000 loss 0.7000 | 100 img/s | elapsed 96s, ETA 480s"
+    line = train.epoch_line(1, 6, {"accuracy": 0.6}, None, elapsed=101.0, epoch_s=5.0)
+    assert line.endswith("| - img/s | elapsed 101s, ETA 20s")

@@ -190,7 +190,7 @@ def test_nightly_warm_starts_from_the_champion_and_dvc_rebuilds_it(tmp_path: Pat
 
     import imagegen
     from commands import dvc, py
-    from test_entrypoints import FAST, assert_up_to_date, history, workspace
+    from workspace import FAST, assert_up_to_date, history, workspace
 
     from tasks import versioning
     from tasks.fileio import sha256_file

@@ -1,0 +1,93 @@
+"""The pipeline run's summary (a Prefect markdown artifact), from the stage reports in reports/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def train_start(reports: Path) -> dict:
+    """The run history's record of how the current model started: reports/train.json's warm_start."""
+    p = reports / "train.json"
+    return {"warm_start": json.loads(p.read_text()).get("warm_start") if p.exists() else None}
+
+
+def warm_start_markdown(reports: Path, origin: str = "") -> list[str]:
+    """The summary's line on how the current model started (reports/train.json); origin says which run
+    trained it when it was not this one."""
+    p = reports / "train.json"
+    if not p.exists():
+        return []
+    rep = json.loads(p.read_text())
+    warm = rep.get("warm_start")
+    if warm:
+        start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
+    else:
+        start = "trained from scratch"
+    return ["", f"**train**{origin}: {start}: {rep.get('start_reason', '')}"]
+
+
+def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, order: Sequence[str]) -> str:
+    """The run's summary: what each stage of this run did (stages: stage -> "ran (…)" or "skipped …",
+    order: every stage of the pipeline). A stage's numbers appear only when the stage is in this run,
+    and are marked as an earlier run's when DVC found it up to date; stages outside the run (--until)
+    show none."""
+
+    def read(stage: str, name: str | None = None) -> dict:
+        """The stage's report file (name, default <stage>.json) if the stage is part of this run."""
+        p = reports / (name or f"{stage}.json")
+        return json.loads(p.read_text()) if stage in stages and p.exists() else {}
+
+    def origin(stage: str) -> str:
+        return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
+
+    clean, dedup, shard = read("clean"), read("dedup"), read("shard")
+    metrics, gate = read("evaluate", "metrics.json"), read("evaluate", "gate.json")
+    lines = ["## pawflow pipeline", ""]
+    if no_new_data:
+        lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
+    lines += ["| stage | this run |", "|---|---|"] + [f"| {s} | {v} |" for s, v in stages.items()]
+    left_out = [s for s in order if s not in stages]
+    if left_out:
+        lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
+    if clean:
+        lines += [
+            "",
+            f"**clean**{origin('clean')}: {clean['files']} files, {clean['kept']} kept, "
+            f"{clean['rejected']} rejected " + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
+        ]
+    if dedup:
+        lines += [
+            f"**dedup**{origin('dedup')}: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} "
+            f"near duplicates, {dedup['conflict']} photos in label conflicts"
+        ]
+    if shard:
+        lines += [
+            "",
+            f"**shard**{origin('shard')}:",
+            "",
+            "| split | " + " | ".join(shard["class_names"]) + " |",
+            "|---|" + "---|" * len(shard["class_names"]),
+        ]
+        lines += [
+            f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
+            for s, c in shard["counts"].items()
+        ]
+    if "train" in stages:
+        lines += warm_start_markdown(reports, origin("train"))
+    if metrics:
+        lines += [
+            "",
+            f"**test accuracy**{origin('evaluate')} {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
+            f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
+        ]
+        if "robust_accuracy" in metrics:
+            lines += [
+                f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
+            ]
+    if gate:
+        lines += [
+            f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"
+        ]
+    return "\n".join(lines)

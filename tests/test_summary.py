@@ -1,0 +1,70 @@
+"""tasks.summary: the pipeline run's summary artifact, from the stage reports (no flow run, no server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import params_for
+
+from tasks import summary, versioning
+
+
+def reports(tmp_path: Path):
+    params = params_for(tmp_path, tmp_path / "photos")
+    r = params.paths.reports
+    r.mkdir(parents=True)
+    files = {
+        "clean.json": {"files": 40, "kept": 38, "rejected": 2, "per_reason": {"truncated": 2}},
+        "dedup.json": {"exact_duplicates": 1, "near_duplicates": 0, "conflict": 0},
+        "shard.json": {"class_names": ["Cat", "Dog"], "counts": {"train": {"Cat": 15, "Dog": 15}}},
+        "metrics.json": {"accuracy": 0.8433, "f1_macro": 0.84, "roc_auc": 0.9, "ece": 0.01, "examples": 600},
+        "gate.json": {"decision": "promoted", "p_value": 1.0, "reason": "first model"},
+        "train.json": {"warm_start": None, "start_reason": "no champion"},
+    }
+    for name, data in files.items():
+        (r / name).write_text(json.dumps(data))
+    return params
+
+
+def test_after_until_shard_no_model_numbers_from_committed_reports(tmp_path: Path):
+    params = reports(tmp_path)
+    stages = {"ingest": "ran (1.0s)", "clean": "ran (2.0s)", "dedup": "ran (1.0s)", "shard": "ran (1.0s)"}
+    md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    assert "test accuracy" not in md and "gate" not in md and "0.8433" not in md
+    assert "Not part of this run: " in md and "train, evaluate (nothing of theirs is shown)" in md
+    assert "**train**" not in md
+    assert "**clean**: 40 files, 38 kept" in md and "earlier run" not in md
+
+
+def test_numbers_of_a_skipped_stage_are_marked_as_an_earlier_runs(tmp_path: Path):
+    params = reports(tmp_path)
+    stages = dict.fromkeys(("ingest", "clean", "dedup", "shard", "base", "train"), "skipped (up to date)")
+    stages["evaluate"] = "ran (3.0s)"
+    md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    assert "**clean** (from an earlier run: up to date in dvc.lock): 40 files" in md
+    assert "**train** (from an earlier run: up to date in dvc.lock): trained from scratch" in md
+    assert "**test accuracy** 0.8433" in md and "**gate**: promoted" in md
+    assert "Not part of this run" not in md
+
+
+def test_a_warm_started_model_and_the_run_history_record(tmp_path: Path):
+    params = reports(tmp_path)
+    warm = {"count": 2, "from_sha256": "ab" * 32}
+    (params.paths.reports / "train.json").write_text(
+        json.dumps({"warm_start": warm, "start_reason": "7 new photos"})
+    )
+    assert summary.warm_start_markdown(params.paths.reports) == [
+        "",
+        f"**train**: warm start #2 from {'ab' * 6} (the champion then): 7 new photos",
+    ]
+    assert summary.train_start(params.paths.reports) == {"warm_start": warm}
+    (params.paths.reports / "train.json").unlink()
+    assert summary.warm_start_markdown(params.paths.reports) == []
+    assert summary.train_start(params.paths.reports) == {"warm_start": None}
+
+
+def test_no_new_data_is_said_first():
+    md = summary.pipeline_markdown(Path("/nonexistent"), {"ingest": "ran (1.0s)"}, True, ("ingest", "clean"))
+    assert md.splitlines()[2] == "**No new data**: the source has not changed, nothing was retrained."
+    assert "Not part of this run: clean (nothing of theirs is shown)." in md
