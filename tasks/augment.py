@@ -36,11 +36,6 @@ class Augment:
     downsample: float  # shrink to a side in [1 - downsample, 1] x image_size and back; 0: off
     jpeg_quality: tuple[int, int] | None  # re-encode at a JPEG quality drawn in [low, high]; None: off
 
-    def active(self) -> bool:
-        return any(
-            (self.flip, self.rotation, self.zoom, self.translation, self.contrast, self.crop, self.downsample)
-        ) or (self.jpeg_quality is not None)
-
 
 def _fold(seed: tf.Tensor, k: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, k)
