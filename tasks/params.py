@@ -129,12 +129,27 @@ class Shard(Section):
     shard_bytes: Annotated[int, Field(ge=1_000)] = 100_000_000
 
 
+JpegQuality = Annotated[int, Field(ge=1, le=100)]
+
+
 class Augment(Section):
+    """train.augment (tasks/augment.py): the train split only; 0/false/null turns each one off."""
+
     flip: bool = True
     rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     zoom: Annotated[float, Field(ge=0, lt=1)] = 0.1
     translation: Annotated[float, Field(ge=0, lt=1)] = 0.1
     contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    crop: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    downsample: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    jpeg_quality: tuple[JpegQuality, JpegQuality] | None = None
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"[low, high] with low <= high, e.g. [40, 95] (got {list(v)})")
+        return v
 
 
 class Finetune(Section):
@@ -178,9 +193,6 @@ class TensorFlow(Section):
     ] = "AVX2"
     threads: Annotated[int, Field(ge=1, le=1024)] = 2
     deterministic_ops: bool = True
-
-
-JpegQuality = Annotated[int, Field(ge=1, le=100)]
 
 
 class Robustness(Section):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import workspace_of
 
-from tasks import tfrecord, train
+from tasks import augment, tfrecord, train
 from tasks.params import Augment, Params
 
 
@@ -56,7 +56,7 @@ NONE = Augment(flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0
 def transform(a: Augment, seed: int, size: int = 4, in_h: int = 8, in_w: int = 8) -> np.ndarray:
     import tensorflow as tf
 
-    return train.augment_transform(tf.constant([seed, 0], tf.int64), a, size, in_h, in_w).numpy()
+    return augment.augment_transform(tf.constant([seed, 0], tf.int64), a, size, in_h, in_w).numpy()
 
 
 def resample(image: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
