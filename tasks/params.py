@@ -170,9 +170,9 @@ class Train(Section):
     blocks: tuple[Annotated[int, Field(ge=1, le=8)], ...] = (1, 1, 1, 1)
     separable: bool = False
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 128
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 160
     batch_size: PositiveInt = 32
-    epochs: PositiveInt = 40
+    epochs: PositiveInt = 32
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.05
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
