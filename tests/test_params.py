@@ -126,10 +126,10 @@ def test_a_format_pillow_does_not_name_is_refused_with_the_valid_names():
 
 def test_a_duplicate_key_is_refused_with_its_lines(tmp_path: Path):
     text = (ROOT / "params.yaml").read_text()
-    assert "  epochs: 40" in text
+    assert "  epochs: 32" in text
     p = tmp_path / "params.yaml"
-    p.write_text(text.replace("  epochs: 40", "  epochs: 40\n  epochs: 3"))
-    line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if t.startswith("  epochs: 40"))
+    p.write_text(text.replace("  epochs: 32", "  epochs: 32\n  epochs: 3"))
+    line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if t.startswith("  epochs: 32"))
     with pytest.raises(PawflowError) as info:
         load_params(p)
     assert f"train.epochs: set twice, at lines {line} and {line + 1}" in str(info.value)

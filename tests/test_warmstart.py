@@ -30,7 +30,7 @@ def test_shaping_follows_the_architecture_and_the_classes_not_the_schedule():
     )
     assert now != warmstart.shaping(Train(width=8), INFO)
     assert now != warmstart.shaping(Train(), INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
-    assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == 128
+    assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == Train().image_size == 160
 
 
 def test_plan_warm_starts_a_compatible_base_and_counts():
