@@ -54,7 +54,7 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
             name="Skipped", message="up to date in dvc.lock", data={"stage": stage, "ran": False}
         )
     if changed:
-        log.info("%s: %s", stage, json.dumps(changed))
+        log.info("%s: %s", stage, summary.why_stage_runs(changed))
     elif upstream_changed:
         log.info("%s: its inputs were just rewritten upstream", stage)
     runnable = stage_flow(stage)

@@ -91,3 +91,25 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
             f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"
         ]
     return "\n".join(lines)
+
+
+def why_stage_runs(changed: list | dict, most: int = 4) -> str:
+    """`dvc status` of one stage as one readable line: "changed deps: params.yaml (ingest.source
+    modified), ../photos (modified); changed outs: data/raw (deleted)", at most `most` paths per kind."""
+    items = changed if isinstance(changed, list) else [changed]
+    parts = []
+    for item in items:
+        if isinstance(item, str):  # "always changed"
+            parts.append(item)
+            continue
+        for kind, entries in item.items():
+            shown = []
+            for path, state in entries.items():
+                if isinstance(state, dict):  # params: {key: state}
+                    keys = ", ".join(f"{k} {v}" for k, v in state.items())
+                    shown.append(f"{path} ({keys})")
+                else:
+                    shown.append(f"{path} ({state})")
+            more = f" and {len(shown) - most} more" if len(shown) > most else ""
+            parts.append(f"{kind}: {', '.join(shown[:most])}{more}")
+    return "; ".join(parts)

@@ -68,3 +68,19 @@ def test_no_new_data_is_said_first():
     md = summary.pipeline_markdown(Path("/nonexistent"), {"ingest": "ran (1.0s)"}, True, ("ingest", "clean"))
     assert md.splitlines()[2] == "**No new data**: the source has not changed, nothing was retrained."
     assert "Not part of this run: clean (nothing of theirs is shown)." in md
+
+
+def test_why_a_stage_runs_is_one_readable_line():
+    changed = [
+        {"changed deps": {"params.yaml": {"ingest.source": "modified"}, "../photos": "modified"}},
+        {"changed outs": {f"data/raw/{i}.jpg": "deleted" for i in range(6)}},
+        "always changed",
+    ]
+    assert summary.why_stage_runs(changed, most=4) == (
+        "changed deps: params.yaml (ingest.source modified), ../photos (modified); "
+        "changed outs: data/raw/0.jpg (deleted), data/raw/1.jpg (deleted), data/raw/2.jpg (deleted), "
+        "data/raw/3.jpg (deleted) and 2 more; always changed"
+    )
+    assert summary.why_stage_runs({"changed deps": {"flows/ingest.py": "modified"}}) == (
+        "changed deps: flows/ingest.py (modified)"
+    )
