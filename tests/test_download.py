@@ -38,29 +38,23 @@ def test_url_download_retries_with_backoff_and_resumes(dataset: Path, tmp_path: 
     with FileServer() as srv:
         srv.files["/pets.zip"] = body
         srv.fail_next = 2
-        d = download.download(
-            srv.url + "/pets.zip",
-            tmp_path / "dl",
-            retries=4,
-            timeout_s=5,
-            expected_sha256=None,
-            progress=False,
-            sleep=sleeps.append,
-        )
-        assert d.path.read_bytes() == body and sleeps == [0.5, 1.0]
+
+        def fetch(name: str) -> download.Downloaded:
+            return download.download(
+                srv.url + name,
+                tmp_path / "dl",
+                retries=4,
+                timeout_s=5,
+                expected_sha256=None,
+                progress=False,
+                sleep=sleeps.append,
+            )
+
+        assert fetch("/pets.zip").path.read_bytes() == body and sleeps == [0.5, 1.0]
         big = os.urandom(1_000_000)
         srv.files["/big.zip"] = big
         srv.cut_next = 400_000
-        d2 = download.download(
-            srv.url + "/big.zip",
-            tmp_path / "dl",
-            retries=4,
-            timeout_s=5,
-            expected_sha256=None,
-            progress=False,
-            sleep=sleeps.append,
-        )
-        assert d2.path.read_bytes() == big
+        assert fetch("/big.zip").path.read_bytes() == big
         resumed_at = int(srv.requests[-1]["Range"].removeprefix("bytes=").rstrip("-"))
         assert 0 < resumed_at <= 400_000
 
