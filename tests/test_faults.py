@@ -170,8 +170,12 @@ def test_kill_9_mid_training_restarts_cleanly(
 
 
 def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefect_server: str):
+    import re
     import sqlite3
     import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     ws = make_workspace(tmp_path / "ws", source, **PARAMS)
     stage(ws, "ingest", prefect_server)
@@ -189,17 +193,31 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
     )
     lines: list[str] = []
     started = threading.Event()
+    run_id: list[str] = []
 
     def read_stderr() -> None:
         for line in proc.stderr:
             lines.append(line)
-            if "Beginning flow run" in line:
+            if found := re.search(r"/runs/flow-run/([0-9a-f-]{36})", line):
+                run_id.append(found.group(1))
                 started.set()
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     try:
         assert started.wait(300), "".join(lines)[-3000:]
+        # Wait until the flow's own code runs (its progress artifact exists): a SIGINT that lands while
+        # Prefect's engine is still starting the run can be swallowed by the engine. From here on the
+        # main thread waits for the chunks, which cannot finish while the cache is locked.
+        with get_client(sync_client=True) as client:
+            wanted = ArtifactFilter(
+                key=ArtifactFilterKey(any_=["clean-progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id[0]]),
+            )
+            deadline = time.monotonic() + 120
+            while not client.read_artifacts(artifact_filter=wanted) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert proc.poll() is None, "".join(lines)[-3000:]
         proc.send_signal(signal.SIGINT)
     finally:
         db.execute("ROLLBACK")
