@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from dataflows import DATA_FILES
 from prefect import flow
 
@@ -111,11 +112,6 @@ def test_a_refused_progress_update_warns_once_and_the_run_goes_on(
 def test_a_missing_source_stops_the_ingest_stage_before_any_flow_or_server(tmp_path):
     """`python -m flows.ingest` (a stage as dvc repro runs it, or by hand): a wrong ingest.source is bad
     usage, exit 2 with one message, before Prefect starts a server or a flow run."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     text = (ROOT / "params.yaml").read_text()
     assert "../shared/datasets/petimages-sample" in text
     typo = text.replace("../shared/datasets/petimages-sample", "petimages-smaple")
@@ -133,9 +129,6 @@ def test_a_missing_source_stops_the_ingest_stage_before_any_flow_or_server(tmp_p
     assert out.stderr.count("ingest.source 'petimages-smaple' does not exist") == 1, out.stderr[-2000:]
     assert out.stderr.count("What to do") == 1 and "\\n" not in out.stderr
     assert "server" not in out.stdout + out.stderr and "Flow run" not in out.stdout + out.stderr
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 DVC_YAML = "stages:\n  a:\n    cmd: echo a > a.txt\n    outs:\n      - a.txt\n"
@@ -239,8 +232,6 @@ def test_every_task_runner_gives_the_same_outputs(built, tmp_path: Path, kind: s
 
 def test_code_cache_key_imports_a_module_not_loaded_yet():
     """A stage process may compute a cache key before the task has imported the module it names."""
-    import sys
-
     from flows.common import CodeOf
 
     sys.modules.pop("tabnanny", None)
