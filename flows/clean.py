@@ -77,22 +77,28 @@ def clean_flow(params: Params, refresh: bool = False) -> dict:
     # One chunk is one task run: the bar and the progress artifact count photos, not chunk lines.
     quiet_task_runs(CHECK_TASK)
     progress = progress_artifact("clean-progress", "clean: files checked", len(items))
+    # Verdicts the cache holds are read in one look-up; only the other files go to task runs (one per
+    # chunk), so a night with a few new photos pays a task run per chunk of them, not per chunk of all.
+    stored, todo = ([], items) if refresh else clean.stored_verdicts(items, settings, params.paths.cache)
+    if stored:
+        print(f"clean: {len(stored):,} verdict(s) from the cache, {len(todo):,} file(s) to decode")
     futures = checker.map(
-        chunks(items, params.runner.chunk_size),
+        chunks(todo, params.runner.chunk_size),
         settings=settings,
         raw=params.paths.raw,
         cache_dir=params.paths.cache,
         refresh=refresh,
     )
-    done = 0
-    with tqdm(total=len(items), desc="clean", unit="file", disable=None, leave=False) as bar:
+    done = len(stored)
+    progress(done)
+    with tqdm(total=len(items), initial=done, desc="clean", unit="file", disable=None, leave=False) as bar:
         for finished in as_completed(futures):
             n = len(finished.result())
             done += n
             bar.update(n)
             progress(done)
     progress(done, description=f"clean: {done:,} of {len(items):,} files checked")
-    rows = [row for f in futures for row in f.result()]
+    rows = stored + [row for f in futures for row in f.result()]
     df = clean.table(rows)
     clean.guard(df, params.clean.max_reject_fraction)
     rep = clean.report(df)

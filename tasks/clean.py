@@ -61,6 +61,25 @@ def cache_key(sha256: str, settings_fp: str) -> str:
     return f"{sha256}:{settings_fp}"
 
 
+def stored_verdicts(
+    items: list[tuple[str, str]], settings: CheckSettings, cache_dir: Path
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The rows of the (path, sha256) pairs whose verdict the cache holds (one look-up for all), and
+    the pairs still to judge. A night with new photos judges only them: the rest costs no task run."""
+    fp = settings_fingerprint(settings)
+    keys = {sha: cache_key(sha, fp) for _, sha in items}
+    with store.connect(cache_dir) as con:
+        cached = store.get_checks(con, set(keys.values()))
+    rows, todo = [], []
+    for path, sha in items:
+        record = cached.get(keys[sha])
+        if record is None:
+            todo.append((path, sha))
+        else:
+            rows.append({"path": path, "label": path.split("/", 1)[0], **record})
+    return rows, todo
+
+
 def check_items(
     raw: Path,
     items: list[tuple[str, str]],
@@ -148,4 +167,4 @@ def summary_rows(rep: dict) -> list[list]:
     return rows
 
 
-__all__ = ["COLUMNS", "PhotoCheck", "check_items", "guard", "report", "table"]
+__all__ = ["COLUMNS", "PhotoCheck", "check_items", "guard", "report", "stored_verdicts", "table"]

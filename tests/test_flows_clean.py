@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def test_clean_shows_progress_without_a_log_line_per_chunk(built, monkeypatch: p
     real_tqdm = flows.clean.tqdm
     forced = {"disable": False, "file": drawn, "mininterval": 0, "miniters": 1}
     monkeypatch.setattr(flows.clean, "tqdm", lambda *a, **kw: real_tqdm(*a, **{**kw, **forced}))
-    state = clean_flow(params=chunked, return_state=True)
+    # refresh: every photo decoded again (the workspace's verdicts are cached: see the next test)
+    state = clean_flow(params=chunked, refresh=True, return_state=True)
     assert state.is_completed(), state.message
     run_id = state.state_details.flow_run_id
     drain_prefect_workers()
@@ -117,6 +119,44 @@ def test_clean_shows_progress_without_a_log_line_per_chunk(built, monkeypatch: p
     # Counts and an ETA as the chunks finish ("clean:  40%|████   | 20/50 [00:01<00:01, 15.2file/s]").
     frames = re.findall(rf"clean: +\d+%\|[^|]*\| (\d+)/{files} \[\d\d:\d\d<\d\d:\d\d", drawn.getvalue())
     assert len({int(n) for n in frames}) > 10 and int(frames[-1]) == files, drawn.getvalue()[-500:]
+
+
+def test_cached_verdicts_cost_no_task_run_and_new_photos_only_theirs(built, tmp_path: Path):
+    """A night with new photos: the verdicts in the cache are read in one look-up, the new photos alone
+    go to task runs (one per chunk of them), and the result is what a run with nothing cached gives."""
+    from conftest import drain_prefect_workers, params_for
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    params, source = built
+    work, grown = tmp_path / "work", tmp_path / "grown"
+    shutil.copytree(params.paths.raw.parent.parent, work)  # its cache holds every verdict of source
+    shutil.copytree(source, grown)
+    for i in range(7):
+        (grown / "Dog" / f"new-{i}.jpg").write_bytes(imagegen.jpeg(4242 + i))
+    p = params_for(
+        params.paths.raw.parent.parent, grown, clean={"max_reject_fraction": 0.5}, runner={"chunk_size": 5}
+    )
+    assert ingest_flow(params=p, return_state=True).is_completed()
+
+    def chunk_runs(refresh: bool) -> tuple[int, bytes]:
+        state = clean_flow(params=p, refresh=refresh, return_state=True)
+        assert state.is_completed(), state.message
+        drain_prefect_workers()
+        with get_client(sync_client=True) as c:
+            runs = c.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+        return sum(r.name.startswith("check-photos") for r in runs), (
+            p.paths.interim / "clean.parquet"
+        ).read_bytes()
+
+    assert chunk_runs(refresh=False)[0] == 2  # 7 new photos, chunks of 5
+    again, table = chunk_runs(refresh=False)
+    assert again == 0
+    everything, from_scratch = chunk_runs(refresh=True)
+    assert everything == -(-len(pd.read_parquet(p.paths.interim / "ingest.parquet")) // 5)
+    assert table == from_scratch
 
 
 def test_too_many_rejects_fail_clearly_without_outputs(tmp_path: Path, make_params):
