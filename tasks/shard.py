@@ -84,23 +84,27 @@ def assign(
     known = dict(zip(ledger["sha256"], ledger["split"], strict=True)) if ledger is not None else {}
     arrived = dict(zip(ledger["sha256"], ledger["arrival"], strict=True)) if ledger is not None else {}
     this_arrival = max(arrived.values()) + 1 if arrived else 0
-    group_split: dict[str, str] = {}
-    counts: dict[str, dict[str, int]] = {}
-    new_groups: list[tuple[str, float, str]] = []
-    for gid, g in rows.groupby("group", sort=True):
-        label = str(g["label"].iloc[0])
-        counts.setdefault(label, dict.fromkeys(SPLITS, 0))
-        pinned = [known[s] for s in g["sha256"] if s in known]
-        if pinned:
-            # Old photos keep their split; if old groups merged, the majority wins.
-            tally = {s: pinned.count(s) for s in SPLITS}
-            chosen = max(SPLITS, key=lambda s: (tally[s], -SPLITS.index(s)))
-            stats.moved_photos += sum(1 for p in pinned if p != chosen)
-            group_split[gid] = chosen
-            counts[label][chosen] += 1
-            stats.pinned_groups += 1
-        else:
-            new_groups.append((label, unit_hash(min(g["sha256"]), salt), str(gid)))
+    # Per group (whole-table operations: a night costs no Python loop over the old groups): its label
+    # (its first photo's, by path), and for groups with photos in the ledger, their split tally.
+    labels = rows.groupby("group", sort=True)["label"].first().astype(str)
+    counts: dict[str, dict[str, int]] = {label: dict.fromkeys(SPLITS, 0) for label in labels.unique()}
+    ledgered = rows.assign(pinned=rows["sha256"].map(known)).dropna(subset=["pinned"])
+    tally = (
+        ledgered.groupby(["group", "pinned"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS))
+    ).fillna(0)
+    # Old photos keep their split; if old groups merged, the majority wins (ties: the first of SPLITS).
+    chosen_old = tally.idxmax(axis=1)
+    stats.moved_photos = int((tally.sum(axis=1) - tally.max(axis=1)).sum())
+    stats.pinned_groups = len(chosen_old)
+    group_split: dict[str, str] = dict(zip(chosen_old.index, chosen_old, strict=True))
+    for (label, split), n in (
+        pd.DataFrame({"label": labels[chosen_old.index], "split": chosen_old})
+        .value_counts(sort=False)
+        .items()
+    ):
+        counts[label][split] += int(n)
+    fresh_groups = rows[~rows["group"].isin(group_split)].groupby("group", sort=True)["sha256"].min()
+    new_groups = [(labels[gid], unit_hash(sha, salt), str(gid)) for gid, sha in fresh_groups.items()]
     for label, _, gid in sorted(new_groups):
         c = counts[label]
         n = sum(c.values()) + 1

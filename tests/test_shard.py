@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.shard import SPLITS, assign, plan_shards, shard_name
+from tasks.shard import SPLITS, assign, plan_shards, shard_name, unit_hash
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -113,6 +113,57 @@ def test_growth_stability_property(n_old: int, n_new: int, removed: list[int]):
     moved = [sha for sha, split in split_of(grown).items() if sha in before and before[sha] != split]
     assert len(moved) == stats.moved_photos == 0
     assert (grown.groupby("group")["split"].nunique() == 1).all()
+
+
+def reference_assign(photos_: pd.DataFrame, ledger: pd.DataFrame, fractions: dict, salt: str) -> dict:
+    """The split rules, group by group, as the README states them: a group with photos in the ledger
+    goes where most of them are (ties: the first of SPLITS); new groups, in order of (label, salted hash
+    of the group's smallest sha256), go to their label's split furthest below its share."""
+    rows = photos_[photos_["status"] != "conflict"].sort_values("path", kind="stable")
+    known = dict(zip(ledger["sha256"], ledger["split"], strict=True))
+    counts: dict[str, dict[str, int]] = {}
+    chosen: dict[str, str] = {}
+    new = []
+    for gid, g in rows.groupby("group", sort=True):
+        label = str(g["label"].iloc[0])
+        counts.setdefault(label, dict.fromkeys(SPLITS, 0))
+        pinned = [known[s] for s in g["sha256"] if s in known]
+        if pinned:
+            chosen[gid] = max(SPLITS, key=lambda s: (pinned.count(s), -SPLITS.index(s)))
+            counts[label][chosen[gid]] += 1
+        else:
+            new.append((label, unit_hash(min(g["sha256"]), salt), gid))
+    for label, _, gid in sorted(new):
+        c, n = counts[label], sum(counts[label].values()) + 1
+        chosen[gid] = max(SPLITS, key=lambda s: (fractions[s] * n - c[s], -SPLITS.index(s)))
+        c[chosen[gid]] += 1
+    return {sha: chosen[g] for sha, g in zip(rows["sha256"], rows["group"], strict=True)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 80),
+    st.lists(st.integers(0, 79), max_size=40),
+    st.lists(st.tuples(st.integers(0, 79), st.sampled_from(SPLITS)), max_size=60),
+)
+def test_assign_equals_the_group_by_group_rules(n: int, leaders: list[int], pins: list[tuple[int, str]]):
+    """assign works on whole tables; its splits are the rules applied one group at a time, also when a
+    new photo merges old groups whose photos the ledger put in different splits (majority, then ties)."""
+    groups = {i: leader for i, leader in enumerate(leaders) if leader < i < n}
+    df = photos(n, groups=groups, label_of=lambda i: "Cat" if i % 3 else "Dog")
+    sha = list(df["sha256"])
+    ledger = pd.DataFrame(
+        {"sha256": [sha[i] for i, _ in pins if i < n], "split": [s for i, s in pins if i < n]}
+    ).drop_duplicates("sha256")
+    ledger = ledger.assign(label="Cat", arrival=0)
+    rows, _, stats = assign(df, ledger, FRACTIONS, "s")
+    assert split_of(rows) == reference_assign(df, ledger, FRACTIONS, "s")
+    pinned = rows["sha256"].isin(ledger["sha256"])
+    moved = (
+        rows[pinned]["sha256"].map(dict(zip(ledger["sha256"], ledger["split"], strict=True)))
+        != rows[pinned]["split"]
+    )
+    assert stats.moved_photos == int(moved.sum())
 
 
 def test_shards_are_cut_near_the_target_size_with_stable_order():
