@@ -6,7 +6,6 @@ import argparse
 import fcntl
 import functools
 import importlib
-import inspect
 import io
 import logging
 import os
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.errors import PawflowError
-from tasks.fileio import append_history, remove_leftovers
+from tasks.fileio import append_history, code_fingerprint, remove_leftovers
 from tasks.params import Params, Runner, load_params
 
 LOCK_FILE = Path(".pawflow/workspace.lock")
@@ -44,8 +43,8 @@ class CodeOf(CachePolicy):
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         # import_module, not sys.modules: a module the task imports lazily may not be loaded yet.
-        sources = [inspect.getsource(importlib.import_module(m)) for m in self.modules]
-        return hash_objects(*sources)
+        # What the code computes (tasks.fileio.code_fingerprint): a comment or docstring edit keeps the key.
+        return hash_objects(*(code_fingerprint(importlib.import_module(m)) for m in self.modules))
 
 
 def content_cache(*modules: str, exclude: tuple[str, ...] = ()) -> CachePolicy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +11,7 @@ import pandas as pd
 
 from tasks import images, store
 from tasks.errors import PawflowError
-from tasks.fileio import fingerprint
+from tasks.fileio import code_fingerprint, fingerprint
 from tasks.images import KEPT, REASONS, REJECTED, CheckSettings, PhotoCheck
 
 if TYPE_CHECKING:
@@ -53,8 +52,9 @@ def check_settings(params: Params) -> CheckSettings:
 
 
 def settings_fingerprint(settings: CheckSettings) -> str:
-    """Verdicts depend on the bytes, the settings and the code that judges them."""
-    return fingerprint(asdict(settings), inspect.getsource(images))
+    """Verdicts depend on the bytes, the settings and the code that judges them (its syntax tree:
+    tasks/images.py's comments and docstrings can change without invalidating a verdict)."""
+    return fingerprint(asdict(settings), code_fingerprint(images))
 
 
 def cache_key(sha256: str, settings_fp: str) -> str:

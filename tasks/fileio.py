@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import hashlib
+import inspect
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tasks.errors import PawflowError
@@ -43,6 +47,52 @@ def sha256_bytes(data: bytes) -> str:
 def fingerprint(*parts: object) -> str:
     """A short stable hash of JSON-serialisable parts (cache keys, salts)."""
     return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:16]
+
+
+def _canonical(node: object) -> object:
+    """A syntax tree as plain data: node types and fields, no positions; None and empty fields left out
+    (Python 3.12 added empty fields, e.g. type_params, that 3.11's trees lack)."""
+    if isinstance(node, ast.AST):
+        fields = [(k, _canonical(v)) for k, v in ast.iter_fields(node) if v is not None and v != []]
+        return [type(node).__name__, fields]
+    if isinstance(node, list):
+        return [_canonical(x) for x in node]
+    return repr(node)
+
+
+_CODE_LOCK = threading.Lock()
+_CODE_FINGERPRINTS: dict[str, str] = {}  # sha256 of a module's source -> code_fingerprint
+
+
+def code_fingerprint(module: ModuleType) -> str:
+    """What a module's code computes, as a short hash: its syntax tree without docstrings. Comments,
+    docstrings and formatting can change without changing it (so without invalidating the results the
+    code produced: cached verdicts, shard contents keys); any change to the code itself changes it.
+
+    Computed once per source text, under a lock: task threads call it at once, and CPython 3.11's ast
+    module fails when two threads build trees concurrently ("AST constructor recursion depth mismatch").
+    """
+    source = inspect.getsource(module)
+    key = sha256_bytes(source.encode())
+    with _CODE_LOCK:
+        if key not in _CODE_FINGERPRINTS:
+            _CODE_FINGERPRINTS[key] = _tree_fingerprint(source)
+        return _CODE_FINGERPRINTS[key]
+
+
+def _tree_fingerprint(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return fingerprint(_canonical(tree))
 
 
 def _current_umask() -> int:

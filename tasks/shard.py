@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import io
 import math
 import os
@@ -36,7 +35,14 @@ from tasks import tfrecord as tfr
 from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
 from tasks.dedup import CONFLICT
 from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, fingerprint, parquet_metadata, read_parquet, sha256_file
+from tasks.fileio import (
+    atomic_dir,
+    code_fingerprint,
+    fingerprint,
+    parquet_metadata,
+    read_parquet,
+    sha256_file,
+)
 from tasks.images import KEPT
 
 if TYPE_CHECKING:
@@ -276,7 +282,7 @@ def plan(
 ) -> list[Planned]:
     """Every split's arrivals; those whose files the last run wrote with the same contents are reused
     (after checking their sha256), so a grown collection rewrites no old shard."""
-    code = fingerprint(inspect.getsource(tfr))
+    code = code_fingerprint(tfr)
     plans = [
         Planned(split, arrival, part, contents_key(split, arrival, part, class_names, fp, code))
         for split in SPLITS

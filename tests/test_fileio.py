@@ -11,6 +11,7 @@ import pytest
 from tasks.fileio import (
     HASH_BLOCK,
     atomic_path,
+    code_fingerprint,
     dumps_json,
     remove_leftovers,
     sha256_file,
@@ -54,3 +55,46 @@ def test_leftovers_are_removed_and_final_names_kept(tmp_path: Path):
     removed = sorted(p.name for p in remove_leftovers(tmp_path))
     assert removed == [".data.old-4242", ".data.tmp-x1y2z3w4", ".tmp-abcd1234"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-short", "data", "keep.json"]
+
+
+def _module(tmp_path: Path, name: str, source: str):
+    import importlib.util
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CODE = '''"""A module."""
+
+LIMIT = 3  # photos
+
+
+def judge(x: int) -> bool:
+    """Docstring."""
+    return x > LIMIT
+'''
+
+
+@pytest.mark.parametrize(
+    ("edited", "same"),
+    [
+        (CODE.replace("# photos", "# photos per side, see README"), True),
+        (CODE.replace('"""Docstring."""', '"""Another docstring,\n    on two lines."""'), True),
+        (CODE.replace('"""A module."""\n', ""), True),
+        (CODE.replace("return x > LIMIT", "return (\n        x > LIMIT\n    )"), True),
+        (CODE.replace("x > LIMIT", "x >= LIMIT"), False),
+        (CODE.replace("LIMIT = 3", "LIMIT = 4"), False),
+        (CODE.replace('    """Docstring."""\n', '    """Docstring."""\n    print("judging")\n'), False),
+        (CODE.replace('    """Docstring."""\n    return x > LIMIT', "    return x > LIMIT"), True),
+    ],
+)
+def test_code_fingerprint_follows_the_code_not_its_comments(tmp_path: Path, edited: str, same: bool):
+    """Shard contents keys and cached verdicts hold it: editing a comment of tasks/images.py must not
+    invalidate them (nor rewrite dataset_info.json), editing what the code does must."""
+    a = code_fingerprint(_module(tmp_path, "a", CODE))
+    b = code_fingerprint(_module(tmp_path, "b", edited))
+    assert (a == b) is same
