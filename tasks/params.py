@@ -155,7 +155,7 @@ class Augment(Section):
 class Finetune(Section):
     """train.finetune: how a warm start fine-tunes the champion (tasks/warmstart.py decides when)."""
 
-    epochs: PositiveInt = 5
+    epochs: PositiveInt = 3
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
     schedule: Literal["cosine", "constant"] = "cosine"
     max_growth: Annotated[float, Field(ge=0)] = 0.25
