@@ -134,9 +134,7 @@ def test_cached_verdicts_cost_no_task_run_and_new_photos_only_theirs(built, tmp_
     shutil.copytree(source, grown)
     for i in range(7):
         (grown / "Dog" / f"new-{i}.jpg").write_bytes(imagegen.jpeg(4242 + i))
-    p = params_for(
-        params.paths.raw.parent.parent, grown, clean={"max_reject_fraction": 0.5}, runner={"chunk_size": 5}
-    )
+    p = params_for(work, grown, clean={"max_reject_fraction": 0.5}, runner={"chunk_size": 5})
     assert ingest_flow(params=p, return_state=True).is_completed()
 
     def chunk_runs(refresh: bool) -> tuple[int, bytes]:
