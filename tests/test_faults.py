@@ -175,7 +175,16 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
     import threading
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
 
     ws = make_workspace(tmp_path / "ws", source, **PARAMS)
     stage(ws, "ingest", prefect_server)
@@ -217,6 +226,16 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
             deadline = time.monotonic() + 120
             while not client.read_artifacts(artifact_filter=wanted) and time.monotonic() < deadline:
                 time.sleep(0.2)
+            # ... and a chunk's task run is running (blocked on the cache): the flow's main thread then
+            # waits for the chunks, where a SIGINT is always delivered (under CI load one sent while the
+            # chunks were being submitted was lost, the lock released and clean completed).
+            running = TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[run_id[0]]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+            )
+            while not client.read_task_runs(task_run_filter=running) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)  # the main thread reaches its wait for the chunks
         assert proc.poll() is None, "".join(lines)[-3000:]
         proc.send_signal(signal.SIGINT)
     finally:
