@@ -76,8 +76,12 @@ def stored_verdicts(
         if record is None:
             todo.append((path, sha))
         else:
-            rows.append({"path": path, "label": path.split("/", 1)[0], **record})
+            rows.append(_row(path, record))
     return rows, todo
+
+
+def _row(path: str, record: dict) -> dict:
+    return {"path": path, "label": path.split("/", 1)[0], **record}
 
 
 def check_items(
@@ -87,24 +91,19 @@ def check_items(
     cache_dir: Path | None,
     refresh: bool = False,
 ) -> list[dict]:
-    """Verdicts for (path, sha256) pairs under raw; cached ones are not decoded again."""
+    """Verdicts for (path, sha256) pairs under raw: those the cache holds (stored_verdicts), then the
+    others, decoded now and cached."""
     fp = settings_fingerprint(settings)
-    keys = {sha: cache_key(sha, fp) for _, sha in items}
-    cached: dict[str, dict] = {}
-    if cache_dir is not None and not refresh:
-        with store.connect(cache_dir) as con:
-            cached = store.get_checks(con, set(keys.values()))
-    rows, new_checks, new_thumbs = [], {}, {}
-    for path, sha in items:
-        record = cached.get(keys[sha])
-        if record is None:
-            check, thumb = images.check_file(raw / path, sha, settings)
-            record = check.record()
-            if check.reason not in UNCACHEABLE:
-                new_checks[keys[sha]] = record
-                if thumb is not None:
-                    new_thumbs[keys[sha]] = thumb
-        rows.append({"path": path, "label": path.split("/", 1)[0], **record})
+    rows, todo = ([], items) if cache_dir is None or refresh else stored_verdicts(items, settings, cache_dir)
+    new_checks, new_thumbs = {}, {}
+    for path, sha in todo:
+        check, thumb = images.check_file(raw / path, sha, settings)
+        record = check.record()
+        if check.reason not in UNCACHEABLE:
+            new_checks[cache_key(sha, fp)] = record
+            if thumb is not None:
+                new_thumbs[cache_key(sha, fp)] = thumb
+        rows.append(_row(path, record))
     if cache_dir is not None and new_checks:
         with store.connect(cache_dir) as con:
             store.put_checks(con, new_checks)
