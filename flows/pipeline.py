@@ -21,7 +21,15 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment
 from prefect.states import Completed, Failed
 
-from flows.common import error_of, friendly, quiet_user_errors, run_lock, task_runner, tidy_workspace
+from flows.common import (
+    ctrl_c_remembered,
+    error_of,
+    friendly,
+    quiet_user_errors,
+    run_lock,
+    task_runner,
+    tidy_workspace,
+)
 from tasks import summary, versioning, warmstart
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
@@ -282,16 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npawflow pipeline: {err}", file=sys.stderr)
         return 2
     try:
-        state = pipeline(
-            source=args.source,
-            epochs=args.epochs,
-            force=args.force,
-            push=args.push,
-            until=args.until,
-            warm_start=args.warm_start,
-            full_retrain=args.full_retrain,
-            return_state=True,
-        )
+        with ctrl_c_remembered() as interrupted:
+            state = pipeline(
+                source=args.source,
+                epochs=args.epochs,
+                force=args.force,
+                push=args.push,
+                until=args.until,
+                warm_start=args.warm_start,
+                full_retrain=args.full_retrain,
+                return_state=True,
+            )
+        if interrupted:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         print(
             "\npawflow pipeline: interrupted. Finished stages are recorded in dvc.lock and nothing "

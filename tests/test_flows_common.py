@@ -238,3 +238,45 @@ def test_code_cache_key_imports_a_module_not_loaded_yet():
     key = CodeOf(modules=("tabnanny",)).compute_key(None, {}, {})
     assert key and "tabnanny" in sys.modules
     assert CodeOf(modules=("tabnanny",)).compute_key(None, {}, {}) == key
+
+
+def test_ctrl_c_is_remembered_even_when_the_interrupt_is_swallowed():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with common.ctrl_c_remembered() as interrupted:
+        assert not interrupted
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes of the main thread
+                pass
+        # Swallowed here (as an engine's `except BaseException` can): the interrupt is still on record.
+        assert interrupted
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_stage_interrupted_where_the_interrupt_was_swallowed_exits_130(
+    prefect_server: str, monkeypatch, capsys
+):
+    import signal
+
+    @flow
+    def swallows(params, refresh: bool = False) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            pass  # as Prefect's engine does under load: the run goes on and completes
+
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    monkeypatch.setattr(common, "run_lock", nullcontext)
+    monkeypatch.setattr(common, "tidy_workspace", lambda params: [])
+    monkeypatch.setattr(common, "task_runner", lambda runner: ThreadPoolTaskRunner())
+    code = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
+    assert code == 130
+    assert "pawflow clean: interrupted" in capsys.readouterr().err
