@@ -27,8 +27,8 @@ SETTINGS = {
 
 def train_one(ws: Path, index: int, name: str, overrides: dict) -> dict:
     out = WORK / f"p7-{index}.json"
-    cmd = [sys.executable, "-m", "bench.p6_train", str(ws), "pawnet", str(EPOCHS), str(IMAGE_SIZE), str(out)]
-    t = run([*cmd, json.dumps(overrides)], Path.cwd(), check=False)
+    cmd = [sys.executable, "-m", "bench.p6_train", str(ws), "pawnet", str(out), "--epochs", str(EPOCHS)]
+    t = run([*cmd, "--size", str(IMAGE_SIZE), "--tensorflow", json.dumps(overrides)], Path.cwd(), check=False)
     if t.returncode != 0:  # a native crash is a result here, not a benchmark failure
         return {"setting": name, "exit": t.returncode, "images_per_s": None, "model_md5": None}
     return {"setting": name, "exit": 0, **json.loads(out.read_text())}

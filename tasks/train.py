@@ -8,7 +8,7 @@ import math
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,11 +364,13 @@ def train(
     progress: bool = True,
     say: Callable[[int, str], None] = lambda done, line: print(line, flush=True),
     start: Path | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Fit a model on the train split with early stopping on the val split (never the test split).
 
     start: a warm start's starting model (models/base/model.keras): fine-tuned for train.finetune.epochs
-    instead of a new model trained for train.epochs."""
+    instead of a new model trained for train.epochs. callbacks: more Keras callbacks, after pawflow's
+    (the benchmarks measure test accuracy per epoch with one)."""
     # Imported before the seed is set (used in _train and _callbacks): an import takes seconds, during
     # which the Prefect client's threads may draw from Python's global random generator, from which
     # Keras seeds each new layer. Measured: importing them after the seed gave other model bytes when
@@ -380,7 +382,9 @@ def train(
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
     with global_precision(policy):
         log.info("training on %s, precision %s", devices.description, policy)
-        return _train(processed, info, cfg, workdir, devices, policy, say if progress else None, start)
+        return _train(
+            processed, info, cfg, workdir, devices, policy, say if progress else None, start, callbacks
+        )
 
 
 def _train(
@@ -392,6 +396,7 @@ def _train(
     policy: str,
     say: Callable[[int, str], None] | None,
     start: Path | None,
+    extra: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     from dvclive import Live
 
@@ -424,7 +429,10 @@ def _train(
     speed.batch_size = global_batch
     started = time.monotonic()
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        callbacks = _callbacks(cfg, monitor, workdir / "best.keras", tb_dir, live, speed, say, epochs)
+        callbacks = [
+            *_callbacks(cfg, monitor, workdir / "best.keras", tb_dir, live, speed, say, epochs),
+            *extra,
+        ]
         history = _fit(
             model,
             devices,

@@ -186,3 +186,29 @@ def test_the_epoch_lines_eta_follows_the_last_epochs_pace():
     assert line == "epoch 1/6: accuracy 0.5000 loss 0.7000 | 100 img/s | elapsed 96s, ETA 480s"
     line = train.epoch_line(1, 6, {"accuracy": 0.6}, None, elapsed=101.0, epoch_s=5.0)
     assert line.endswith("| - img/s | elapsed 101s, ETA 20s")
+
+
+def test_extra_callbacks_see_every_epoch_and_leave_the_model_unchanged(trained: Params, tmp_path: Path):
+    import keras
+
+    from tasks.datasetinfo import DatasetInfo
+
+    processed = trained.paths.processed
+    info = DatasetInfo.read(processed)
+    cfg = trained.train.model_copy(update={"epochs": 2})
+    seen: list[int] = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            seen.append(epoch)
+
+    watched = train.train(processed, info, cfg, tmp_path / "a", progress=False, callbacks=[Count()])
+    plain = train.train(processed, info, cfg, tmp_path / "b", progress=False)
+    assert seen == [0, 1]
+    # Watching a run does not change what it learns (weights compared: a second model built in the same
+    # process gets other automatic layer names, so the files differ).
+    nets = []
+    for name, result in (("watched", watched), ("plain", plain)):
+        (tmp_path / f"{name}.keras").write_bytes(result.model)
+        nets.append(keras.saving.load_model(tmp_path / f"{name}.keras", compile=False).get_weights())
+    assert len(nets[0]) == len(nets[1]) and all(np.array_equal(a, b) for a, b in zip(*nets, strict=True))
