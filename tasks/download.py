@@ -38,6 +38,23 @@ def _filename_for(url: str) -> str:
     return name if name.lower().endswith(ARCHIVE_SUFFIXES) else name + ".archive"
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a URL's download lives in the cache: the file, its partial download, and what the server
+    said of the complete file (ETag, Last-Modified, sha256) for revalidating it later."""
+
+    final: Path
+    part: Path
+    meta: Path
+
+    @classmethod
+    def of(cls, url: str, folder: Path) -> _Target:
+        folder = folder / hashlib.sha256(url.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / _filename_for(url)
+        return cls(final, final.with_name(final.name + ".part"), final.with_name(final.name + ".meta.json"))
+
+
 def download(
     url: str,
     folder: Path,
@@ -51,12 +68,8 @@ def download(
 
     A complete earlier download is revalidated with If-Modified-Since/If-None-Match, not fetched again.
     """
-    folder = folder / hashlib.sha256(url.encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / _filename_for(url)
-    part = final.with_name(final.name + ".part")
-    meta_path = final.with_name(final.name + ".meta.json")
-    meta = _read_meta(meta_path) if final.exists() else {}
+    target = _Target.of(url, folder)
+    meta = _read_meta(target.meta) if target.final.exists() else {}
     last_error: Exception | None = None
     for attempt in range(retries):
         if attempt:
@@ -71,71 +84,92 @@ def download(
             )
             sleep(delay)
         try:
-            headers = {}
-            if meta and final.exists():
-                if meta.get("etag"):
-                    headers["If-None-Match"] = meta["etag"]
-                if meta.get("last_modified"):
-                    headers["If-Modified-Since"] = meta["last_modified"]
-            elif part.exists() and part.stat().st_size:
-                headers["Range"] = f"bytes={part.stat().st_size}-"
-            with requests.get(url, headers=headers, stream=True, timeout=timeout_s) as resp:
-                if resp.status_code == 304:
-                    digest = meta.get("sha256") or sha256_file(final)
-                    return _verified(
-                        Downloaded(final, digest, final.stat().st_size, True), expected_sha256, url
-                    )
-                if resp.status_code == 416 and part.exists():
-                    part.unlink()  # the server has less than we have: start over
-                    raise OSError("range not satisfiable; restarting")
-                if resp.status_code >= 500 or resp.status_code == 429:
-                    raise OSError(f"HTTP {resp.status_code}")
-                if resp.status_code >= 400:
-                    raise PawflowError(
-                        f"{url}: HTTP {resp.status_code} {resp.reason}.",
-                        "Check ingest.source: the URL must point to a .zip or .tar(.gz) file.",
-                    )
-                append = resp.status_code == 206
-                done = part.stat().st_size if append and part.exists() else 0
-                size = resp.headers.get("Content-Length")
-                total = done + int(size) if size is not None else None
-                with (
-                    open(part, "ab" if append else "wb") as out,
-                    tqdm(
-                        total=total,
-                        initial=done,
-                        unit="B",
-                        unit_scale=True,
-                        desc=f"download {final.name}",
-                        disable=None if progress else True,
-                        leave=False,
-                    ) as bar,
-                ):
-                    for block in resp.iter_content(DOWNLOAD_BLOCK):
-                        out.write(block)
-                        bar.update(len(block))
-                got = part.stat().st_size
-                if total is not None and got != total:
-                    raise OSError(f"connection closed after {got} of {total} bytes")
-                digest = sha256_file(part)
-                os.replace(part, final)
-                _write_meta(
-                    meta_path,
-                    {
-                        "url": url,
-                        "etag": resp.headers.get("ETag"),
-                        "last_modified": resp.headers.get("Last-Modified"),
-                        "sha256": digest,
-                        "bytes": got,
-                    },
-                )
-                return _verified(Downloaded(final, digest, got, False), expected_sha256, url)
-        except (requests.RequestException, OSError) as err:
+            return _verified(_attempt(url, target, meta, timeout_s, progress), expected_sha256, url)
+        except (requests.RequestException, OSError) as err:  # worth another attempt
             last_error = err
     raise PawflowError(
         f"{url}: download failed after {retries} attempts ({last_error}).",
         "Check the URL and the network, or download it yourself and set ingest.source to the local file.",
     )
+
+
+def _request_headers(target: _Target, meta: dict) -> dict[str, str]:
+    """Revalidate a complete earlier download, or ask for the rest of a partial one."""
+    headers = {}
+    if meta and target.final.exists():
+        if meta.get("etag"):
+            headers["If-None-Match"] = meta["etag"]
+        if meta.get("last_modified"):
+            headers["If-Modified-Since"] = meta["last_modified"]
+    elif target.part.exists() and target.part.stat().st_size:
+        headers["Range"] = f"bytes={target.part.stat().st_size}-"
+    return headers
+
+
+def _attempt(url: str, target: _Target, meta: dict, timeout_s: float, progress: bool) -> Downloaded:
+    """One request: the cached file if the server says it is unchanged, else the body saved to the
+    partial file (appended to it on 206) and renamed once complete. Raises OSError when another attempt
+    may succeed, PawflowError when it cannot."""
+    with requests.get(url, headers=_request_headers(target, meta), stream=True, timeout=timeout_s) as resp:
+        if resp.status_code == 304:
+            digest = meta.get("sha256") or sha256_file(target.final)
+            return Downloaded(target.final, digest, target.final.stat().st_size, True)
+        _check_status(url, resp, target)
+        got = _receive(resp, target, progress)
+    digest = sha256_file(target.part)
+    os.replace(target.part, target.final)
+    _write_meta(
+        target.meta,
+        {
+            "url": url,
+            "etag": resp.headers.get("ETag"),
+            "last_modified": resp.headers.get("Last-Modified"),
+            "sha256": digest,
+            "bytes": got,
+        },
+    )
+    return Downloaded(target.final, digest, got, False)
+
+
+def _check_status(url: str, resp: requests.Response, target: _Target) -> None:
+    if resp.status_code == 416 and target.part.exists():
+        target.part.unlink()  # the server has less than we have: start over
+        raise OSError("range not satisfiable; restarting")
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise OSError(f"HTTP {resp.status_code}")
+    if resp.status_code >= 400:
+        raise PawflowError(
+            f"{url}: HTTP {resp.status_code} {resp.reason}.",
+            "Check ingest.source: the URL must point to a .zip or .tar(.gz) file.",
+        )
+
+
+def _receive(resp: requests.Response, target: _Target, progress: bool) -> int:
+    """The response body into the partial file (after what it holds, on 206), with a progress bar; the
+    partial file's size. Raises OSError when the body ends before its Content-Length."""
+    append = resp.status_code == 206
+    done = target.part.stat().st_size if append and target.part.exists() else 0
+    size = resp.headers.get("Content-Length")
+    total = done + int(size) if size is not None else None
+    with (
+        open(target.part, "ab" if append else "wb") as out,
+        tqdm(
+            total=total,
+            initial=done,
+            unit="B",
+            unit_scale=True,
+            desc=f"download {target.final.name}",
+            disable=None if progress else True,
+            leave=False,
+        ) as bar,
+    ):
+        for block in resp.iter_content(DOWNLOAD_BLOCK):
+            out.write(block)
+            bar.update(len(block))
+    got = target.part.stat().st_size
+    if total is not None and got != total:
+        raise OSError(f"connection closed after {got} of {total} bytes")
+    return got
 
 
 def _verified(d: Downloaded, expected: str | None, url: str) -> Downloaded:

@@ -69,3 +69,16 @@ def test_url_checksum_mismatch_and_unreachable_are_clear_errors(dataset: Path, t
         port = srv.url.rsplit(":", 1)[1]
     with pytest.raises(PawflowError, match="download failed after 2 attempts"):
         run_ingest(f"http://127.0.0.1:{port}/pets.zip", tmp_path / "w3" / "raw", download_retries=2)
+
+
+def test_a_partial_file_longer_than_the_servers_is_dropped_and_fetched_again(tmp_path: Path):
+    body = os.urandom(50_000)
+    sleeps: list[float] = []
+    with FileServer() as srv:
+        srv.files["/pets.zip"] = body
+        url = srv.url + "/pets.zip"
+        part = download._Target.of(url, tmp_path / "dl").part
+        part.write_bytes(os.urandom(80_000))  # left by a download of a file since replaced by a smaller one
+        got = download.download(url, tmp_path / "dl", 3, 5, None, progress=False, sleep=sleeps.append)
+        assert got.path.read_bytes() == body and not got.from_cache and not part.exists()
+        assert [r.get("Range") for r in srv.requests] == ["bytes=80000-", None] and sleeps == [0.5]
