@@ -12,7 +12,8 @@ import pandas as pd
 from tasks import images, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
-from tasks.images import KEPT, REASONS, REJECTED, CheckSettings, PhotoCheck
+from tasks.images import REASONS, CheckSettings, PhotoCheck
+from tasks.status import Status
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -119,13 +120,13 @@ def table(rows: list[dict]) -> pd.DataFrame:
 
 def report(df: pd.DataFrame) -> dict:
     """reports/clean.json: counts per reason and label, normalisations, and every rejected file."""
-    rejected = df[df["status"] == REJECTED]
-    kept = df[df["status"] == KEPT]
+    rejected = df[df["status"] == Status.REJECTED]
+    kept = df[df["status"] == Status.KEPT]
     steps = Counter(s.split(":", 1)[0] for n in kept["normalised"] for s in n.split(";") if s)
     per_label = {
         str(label): {
-            "kept": int((g["status"] == KEPT).sum()),
-            "rejected": int((g["status"] == REJECTED).sum()),
+            "kept": int((g["status"] == Status.KEPT).sum()),
+            "rejected": int((g["status"] == Status.REJECTED).sum()),
         }
         for label, g in df.groupby("label")
     }
@@ -148,9 +149,9 @@ def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
             "clean: the ingest manifest lists no files.",
             "Check ingest.source: it should hold one folder of photos per label.",
         )
-    fraction = float((df["status"] == REJECTED).mean())
+    fraction = float((df["status"] == Status.REJECTED).mean())
     if fraction > max_reject_fraction:
-        top = df[df["status"] == REJECTED]["reason"].value_counts().head(3)
+        top = df[df["status"] == Status.REJECTED]["reason"].value_counts().head(3)
         reasons = ", ".join(f"{r} ({n})" for r, n in top.items())
         raise PawflowError(
             f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
