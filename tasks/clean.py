@@ -13,6 +13,7 @@ from tasks import images, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
 from tasks.images import REASONS, CheckSettings, PhotoCheck
+from tasks.reports import CleanReport
 from tasks.status import Status
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return df.astype({"bytes": "int64", "width": "int64", "height": "int64"})
 
 
-def report(df: pd.DataFrame) -> dict:
+def report(df: pd.DataFrame) -> CleanReport:
     """reports/clean.json: counts per reason and label, normalisations, and every rejected file."""
     rejected = df[df["status"] == Status.REJECTED]
     kept = df[df["status"] == Status.KEPT]
@@ -160,7 +161,7 @@ def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
         )
 
 
-def summary_rows(rep: dict) -> list[list]:
+def summary_rows(rep: CleanReport) -> list[list]:
     rows = [["files", rep["files"]], ["kept", rep["kept"]], ["rejected", rep["rejected"]]]
     rows += [[f"  {reason}", n] for reason, n in rep["per_reason"].items()]
     rows += [[f"normalised: {step}", n] for step, n in rep["normalised"].items()]

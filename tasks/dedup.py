@@ -23,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
+from tasks.reports import DedupReport
 from tasks.status import Status
 
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
@@ -308,7 +309,7 @@ def find_duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     return find_duplicates_indexed(photos, max_distance)[0]
 
 
-def report(dd: pd.DataFrame) -> dict:
+def report(dd: pd.DataFrame) -> DedupReport:
     """reports/dedup.json: counts, every duplicate group and every label conflict."""
     groups = []
     for gid, g in dd[dd["status"] == Status.DUPLICATE].groupby("group"):

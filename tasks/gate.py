@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binomtest
 
+from tasks.reports import GateDecision
 from tasks.status import Decision
 
 
@@ -45,7 +46,7 @@ def decide(
     alpha: float,
     robust_correct: np.ndarray | None = None,
     min_robust_accuracy: float = 0.0,
-) -> dict:
+) -> GateDecision:
     """The gate's decision and the numbers behind it (reports/gate.json).
 
     robust_correct: the challenger's right/wrong on the robustness slice; its accuracy must be at least

@@ -42,6 +42,7 @@ from tasks.fileio import (
     read_parquet,
     sha256_file,
 )
+from tasks.reports import ShardReport
 from tasks.status import Status
 
 if TYPE_CHECKING:
@@ -363,7 +364,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def report(info: DatasetInfo) -> dict:
+def report(info: DatasetInfo) -> ShardReport:
     """reports/shard.json: photos per split and class, examples and shard files per split."""
     return {
         "counts": info.counts,
