@@ -16,6 +16,7 @@ from reportsamples import SAMPLES, sample
 from tasks import clean, dedup, evaluate, gate, ingest, shard
 from tasks.errors import PawflowError
 from tasks.fileio import dumps_json
+from tasks.params import Params
 from tasks.reports import CLEAN, DEDUP, GATE, INGEST, METRICS, REPORTS, SCORES, SHARD, TRAIN, Report
 from tasks.status import Decision
 
@@ -159,3 +160,15 @@ def test_evaluate_reports_match_their_contracts_and_validation_changes_nothing(t
         assert SCORES.read(tmp_path) == evaluate.scores(m, decision)
     with pytest.raises(PawflowError, match="missing key 'model_sha256'"):
         GATE.check(gate.decide(right, None, 0.5, 0.05))  # the flow adds which model it is about
+
+
+def test_train_and_evaluate_reports_of_a_real_run_read_back_equal(trained: Params):
+    """train.json, metrics.json, gate.json and scores.json as the flows wrote them (through their
+    contracts): read typed, each equals the plain JSON, and the bytes are json.dumps's of it."""
+    reports = trained.paths.reports
+    for report in (TRAIN, METRICS, GATE, SCORES):
+        data = report.path(reports).read_bytes()
+        plain = json.loads(data)
+        assert report.read(reports) == plain
+        assert dumps_json(plain).encode() == data
+    assert GATE.read(reports)["decision"] is Decision.PROMOTED  # min_accuracy 0: the first model passes
