@@ -6,6 +6,7 @@ import json
 import sys
 
 from bench.common import SAMPLE, median_of, run, save, workspace
+from tasks.reports import METRICS, TRAIN
 
 REPS = 3
 
@@ -30,10 +31,10 @@ def main() -> tuple[dict, object]:
     pf_s, pf_runs = median_of(REPS, prefect_noop)
     worst = max(dvc_s, pf_s)
     share = worst / first.seconds
-    train = json.loads((ws / "reports/train.json").read_text())
+    train = TRAIN.read(ws / "reports")
     history = [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
     train_run = [r for r in history if r.get("stage") == "train"][-1]  # the first run's figures
-    metrics = json.loads((ws / "reports/metrics.json").read_text())
+    metrics = METRICS.read(ws / "reports")
     result = save(
         2,
         f"no-change rerun: dvc repro {dvc_s:.1f}s, Prefect pipeline {pf_s:.1f}s = {share:.2%} of the "

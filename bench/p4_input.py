@@ -24,11 +24,11 @@ def kept_photo_tree(ws: Path, dest: Path) -> int:
     """The cleaned, deduplicated train photos as <label>/<file> symlinks (what the baseline reads)."""
     import pandas as pd
 
-    from tasks.images import KEPT
+    from tasks.status import Status
 
     dd = pd.read_parquet(ws / "data/interim/dedup.parquet")
     split = pd.read_parquet(ws / "data/interim/split.parquet")
-    kept = dd[dd["status"] == KEPT].merge(split[["sha256", "split"]], on="sha256")
+    kept = dd[dd["status"] == Status.KEPT].merge(split[["sha256", "split"]], on="sha256")
     kept = kept[kept["split"] == "train"]
     for path in kept["path"]:
         link = dest / path

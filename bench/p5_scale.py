@@ -3,12 +3,12 @@ scratch (a fresh workspace: cold caches, no Prefect server running), as a user r
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from bench import stagesplit
 from bench.common import PETIMAGES_16K, WORK, image_files, link_files, run, run_stamped, save, workspace
+from tasks.reports import DEDUP, SHARD
 
 MAX_SECONDS = 300
 MAX_RSS_MB = 1536
@@ -31,8 +31,7 @@ def main() -> tuple[dict, Path, Path]:
     stop_background_server(ws)
     split = stagesplit.split(lines, t.seconds)
     assert {"ingest", "clean", "dedup", "shard"} <= split["stages"].keys(), split
-    dedup = json.loads((ws / "reports/dedup.json").read_text())
-    shard = json.loads((ws / "reports/shard.json").read_text())
+    dedup, shard = DEDUP.read(ws / "reports"), SHARD.read(ws / "reports")
     ok = t.seconds <= MAX_SECONDS and t.peak_rss_mb <= MAX_RSS_MB
     result = save(
         5,

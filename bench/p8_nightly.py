@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import stagesplit
 from bench.common import PETIMAGES_16K, SAMPLE, WORK, link_files, run, save, workspace
+from tasks.reports import TRAIN
 
 SHARE = 0.05
 NIGHTLY_TARGET = 0.20  # issue 13: a +5 % night <= 20 % of the first full run's wall time
@@ -121,7 +122,7 @@ def nightly(ws: Path, source: Path) -> dict:
     added = link_files(new_photos(round(photos * SHARE)), PETIMAGES_16K, source, prefix="p16k-")
     night = pipeline_run(ws, "--warm-start")
     after = json.loads((ws / "data/processed/dataset_info.json").read_text())
-    warm = json.loads((ws / "reports/train.json").read_text())["warm_start"]
+    warm = TRAIN.read(ws / "reports")["warm_start"]
     night.update(
         new_photos=len(added),
         photos_before=photos,

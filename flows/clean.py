@@ -21,9 +21,10 @@ from flows.common import (
     stage_main,
 )
 from tasks import clean
-from tasks.fileio import read_parquet, write_json, write_parquet
+from tasks.fileio import read_parquet, write_parquet
 from tasks.images import CheckSettings
 from tasks.params import Params
+from tasks.reports import CLEAN, CleanReport
 
 CHECK_TASK = "check-photos"
 
@@ -67,7 +68,7 @@ def check_photos(
 
 @flow(name="clean", log_prints=True)
 @friendly
-def clean_flow(params: Params, refresh: bool = False) -> dict:
+def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     """A verdict for every ingested file: clean.parquet and reports/clean.json."""
     started = time.monotonic()
     manifest = read_parquet(params.paths.interim / "ingest.parquet")
@@ -103,7 +104,7 @@ def clean_flow(params: Params, refresh: bool = False) -> dict:
     clean.guard(df, params.clean.max_reject_fraction)
     rep = clean.report(df)
     write_parquet(params.paths.interim / "clean.parquet", df)
-    write_json(params.paths.reports / "clean.json", rep)
+    CLEAN.write(params.paths.reports, rep)
     rows_out = [*clean.summary_rows(rep), ["seconds", f"{time.monotonic() - started:.1f}"]]
     publish("clean", "clean: verdicts per file", ["", "count"], rows_out)
     return rep

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import typer
 
 from tasks.errors import PawflowError
 from tasks.params import load_params
+from tasks.reports import GATE, METRICS
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -101,10 +101,7 @@ def closing_lines(root: Path, params: Params) -> str:
     """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
     and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
     reports = root / params.paths.reports
-    metrics, gate = (
-        json.loads(p.read_text()) if p.exists() else {}
-        for p in (reports / "metrics.json", reports / "gate.json")
-    )
+    metrics, gate = METRICS.read_if_written(reports), GATE.read_if_written(reports)
     if metrics:
         line = f"test accuracy {metrics['accuracy']:.4f} on {metrics['examples']} photos"
         line += f"; gate: {gate['decision']} ({gate['reason']})" if gate else "; no gate decision yet"

@@ -10,12 +10,13 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import friendly, publish, stage_main
 from tasks import datareport, dedup
-from tasks.fileio import read_parquet, write_bytes, write_json, write_parquet
+from tasks.fileio import read_parquet, write_bytes, write_parquet
 from tasks.params import Params
+from tasks.reports import DEDUP, DedupReport
 
 
 @task(name="find-duplicates")
-def find_duplicates(params: Params) -> dict:
+def find_duplicates(params: Params) -> DedupReport:
     """Group kept photos by sha256 and perceptual-hash distance; write dedup.parquet and its report."""
     kept = dedup.kept_photos(read_parquet(params.paths.interim / "clean.parquet"))
     index = dedup.load_index(params.paths.cache, params.dedup.max_distance, params.dedup.hash_size)
@@ -28,7 +29,7 @@ def find_duplicates(params: Params) -> dict:
     )
     rep = dedup.report(dd)
     write_parquet(params.paths.interim / "dedup.parquet", dd)
-    write_json(params.paths.reports / "dedup.json", rep)
+    DEDUP.write(params.paths.reports, rep)
     dedup.save_index(new_index, params.paths.cache)
     return rep
 
@@ -51,7 +52,7 @@ def data_report(params: Params) -> str:
 
 @flow(name="dedup", log_prints=True)
 @friendly
-def dedup_flow(params: Params, refresh: bool = False) -> dict:
+def dedup_flow(params: Params, refresh: bool = False) -> DedupReport:
     """Exact and near duplicates collapse to one kept photo; label conflicts are dropped and reported."""
     started = time.monotonic()
     rep = find_duplicates(params)

@@ -14,8 +14,9 @@ from flows.common import content_cache, friendly, publish, result_storage, stage
 from tasks import runtime
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
-from tasks.fileio import sha256_file, write_bytes, write_json
+from tasks.fileio import sha256_file, write_bytes
 from tasks.params import Params, TensorFlow
+from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
 
 
 # Keyed on the model file's and dataset_info.json's hashes (content, not paths), the model card, how
@@ -106,13 +107,12 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
         champion_correct = champ_pred.correct
     elif (champion_dir / "model.keras").exists():
         log.warning("%s; the gate uses min_accuracy only", why_not)
-    decision = gate.decide(
+    verdict = gate.decide(
         pred.correct, champion_correct, e.min_accuracy, e.alpha, robust.correct, e.min_robust_accuracy
     )
-    decision["model_sha256"] = sha256_file(models / "model.keras")
+    decision: GateReport = {**verdict, "model_sha256": sha256_file(models / "model.keras")}
     tables = evaluate.plot_tables(pred, class_names, e.calibration_bins)
-    train_report_path = reports / "train.json"
-    train_report = json.loads(train_report_path.read_text()) if train_report_path.exists() else None
+    train_report = TRAIN.read_if_written(reports)
     pngs = evaluate.render_plots(m, tables, class_names, (train_report or {}).get("history"))
     mistakes = evaluate.worst_mistakes(pred, jpegs, class_names, e.misclassified)
     page = evaluate.html_report(
@@ -121,9 +121,9 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     evaluate.write_plot_tables(reports / "plots", tables)
     write_bytes(reports / "misclassified.png", mistakes)
     write_bytes(reports / "evaluation.html", page.encode("utf-8"))
-    write_json(reports / "metrics.json", m)
-    write_json(reports / "gate.json", decision)
-    write_json(reports / "scores.json", evaluate.scores(m, decision))
+    METRICS.write(reports, m)
+    GATE.write(reports, decision)
+    SCORES.write(reports, evaluate.scores(m, decision))
     evaluate.promote(models, champion_dir, m, decision, e.tta)
     if decision["promoted"]:
         log.info("promoted: %s", decision["reason"])

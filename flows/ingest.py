@@ -11,9 +11,10 @@ from prefect.utilities.annotations import quote
 
 from flows.common import friendly, publish, record_stage_run, stage_main
 from tasks import ingest, store
-from tasks.fileio import write_json, write_parquet
+from tasks.fileio import write_parquet
 from tasks.listing import Listing
 from tasks.params import Params
+from tasks.reports import INGEST, IngestReport
 
 # Ingest looks at the source on every run: its tasks are never cached, so Prefect need not hash their
 # inputs. The listing (one entry per source file) is passed quoted: Prefect would otherwise walk it
@@ -41,7 +42,7 @@ def copy_new_files(listing: Listing, params: Params, refresh: bool) -> ingest.Sy
 @task(name="write-manifest", cache_policy=NO_CACHE)
 def write_manifest(
     listing: Listing, result: ingest.SyncResult, params: Params, refresh: bool
-) -> tuple[dict, dict]:
+) -> tuple[IngestReport, dict]:
     """Hash data/raw (reusing hashes of files whose size, mtime and inode are unchanged); returns the
     report and this run's figures."""
     with store.connect(params.paths.cache) as con:
@@ -50,13 +51,13 @@ def write_manifest(
         store.put_stats(con, fresh)
     rep = ingest.report(listing, result, df)
     write_parquet(params.paths.interim / "ingest.parquet", df)
-    write_json(params.paths.reports / "ingest.json", rep)
+    INGEST.write(params.paths.reports, rep)
     return rep, ingest.run_figures(result, hashed=len(result.hashes) + len(fresh))
 
 
 @flow(name="ingest", log_prints=True)
 @friendly
-def ingest_flow(params: Params, refresh: bool = False) -> dict:
+def ingest_flow(params: Params, refresh: bool = False) -> IngestReport:
     """Copy a labelled photo collection into data/raw and list every file with its sha256."""
     started = time.monotonic()
     listing = resolve_source(params)

@@ -13,9 +13,10 @@ from prefect import flow, get_run_logger, task
 from flows.common import chunks, friendly, publish, record_stage_run, stage_main
 from tasks import clean, shard
 from tasks.datasetinfo import DatasetInfo
-from tasks.fileio import write_json, write_parquet
+from tasks.fileio import write_parquet
 from tasks.images import CheckSettings
 from tasks.params import Params
+from tasks.reports import SHARD, ShardReport
 
 
 @task(name="assign-splits")
@@ -42,7 +43,7 @@ def write_shards(
 
 @flow(name="shard", log_prints=True)
 @friendly
-def shard_flow(params: Params, refresh: bool = False) -> dict:
+def shard_flow(params: Params, refresh: bool = False) -> ShardReport:
     """Split, then write TFRecord shards and data/processed/dataset_info.json."""
     started = time.monotonic()
     log = get_run_logger()
@@ -86,7 +87,7 @@ def shard_flow(params: Params, refresh: bool = False) -> dict:
         metadata=shard.ledger_meta(params.shard.split.as_dict(), params.shard.salt),
     )
     rep = shard.report(info)
-    write_json(params.paths.reports / "shard.json", rep)
+    SHARD.write(params.paths.reports, rep)
     # How this run met the ledger depends on the runs before it: run history, not a tracked output.
     record_stage_run(params, "shard", {"split_stability": asdict(stats)})
     table = [

@@ -26,6 +26,7 @@ from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file, write_json
 from tasks.params import Params, TensorFlow, Train
+from tasks.reports import TRAIN, TrainReport
 
 if TYPE_CHECKING:
     from tasks.train import TrainResult
@@ -79,7 +80,7 @@ def fit_model(
 
 @flow(name="train", log_prints=True)
 @friendly
-def train_flow(params: Params, refresh: bool = False) -> dict:
+def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     """Train a Keras model from the shards; write models/model.keras, model.json and reports/train*."""
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from tasks import train
@@ -117,7 +118,7 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         plan.from_sha256,
         base_dir / warmstart.BASE_MODEL if plan.warm else None,
     )
-    rep = {
+    rep: TrainReport = {
         **result.report,
         "tensorflow": runtime.describe(params.tensorflow),
         "warm_start": warmstart.warm_start_report(plan),
@@ -139,7 +140,7 @@ def train_flow(params: Params, refresh: bool = False) -> dict:
         models / "model.json",
         {**train.model_card(info, cfg), warmstart.LINEAGE_KEY: warmstart.lineage(plan, now)},
     )
-    write_json(reports / "train.json", rep)
+    TRAIN.write(reports, rep)
     record_stage_run(params, "train", {**asdict(result.run), "warm_start": rep["warm_start"]})
     best = rep["best"]
     rows = [

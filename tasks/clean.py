@@ -12,7 +12,9 @@ import pandas as pd
 from tasks import images, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
-from tasks.images import KEPT, REASONS, REJECTED, CheckSettings, PhotoCheck
+from tasks.images import REASONS, CheckSettings, PhotoCheck
+from tasks.reports import CleanReport
+from tasks.status import Status
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -117,15 +119,15 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return df.astype({"bytes": "int64", "width": "int64", "height": "int64"})
 
 
-def report(df: pd.DataFrame) -> dict:
+def report(df: pd.DataFrame) -> CleanReport:
     """reports/clean.json: counts per reason and label, normalisations, and every rejected file."""
-    rejected = df[df["status"] == REJECTED]
-    kept = df[df["status"] == KEPT]
+    rejected = df[df["status"] == Status.REJECTED]
+    kept = df[df["status"] == Status.KEPT]
     steps = Counter(s.split(":", 1)[0] for n in kept["normalised"] for s in n.split(";") if s)
     per_label = {
         str(label): {
-            "kept": int((g["status"] == KEPT).sum()),
-            "rejected": int((g["status"] == REJECTED).sum()),
+            "kept": int((g["status"] == Status.KEPT).sum()),
+            "rejected": int((g["status"] == Status.REJECTED).sum()),
         }
         for label, g in df.groupby("label")
     }
@@ -148,9 +150,9 @@ def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
             "clean: the ingest manifest lists no files.",
             "Check ingest.source: it should hold one folder of photos per label.",
         )
-    fraction = float((df["status"] == REJECTED).mean())
+    fraction = float((df["status"] == Status.REJECTED).mean())
     if fraction > max_reject_fraction:
-        top = df[df["status"] == REJECTED]["reason"].value_counts().head(3)
+        top = df[df["status"] == Status.REJECTED]["reason"].value_counts().head(3)
         reasons = ", ".join(f"{r} ({n})" for r, n in top.items())
         raise PawflowError(
             f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
@@ -159,7 +161,7 @@ def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
         )
 
 
-def summary_rows(rep: dict) -> list[list]:
+def summary_rows(rep: CleanReport) -> list[list]:
     rows = [["files", rep["files"]], ["kept", rep["kept"]], ["rejected", rep["rejected"]]]
     rows += [[f"  {reason}", n] for reason, n in rep["per_reason"].items()]
     rows += [[f"normalised: {step}", n] for step, n in rep["normalised"].items()]

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
-from tasks.dedup import CONFLICT, DUPLICATE, distances, hash_bits
-from tasks.images import KEPT, REASONS, REJECTED, encode_jpeg, to_rgb
+from tasks.dedup import distances, hash_bits
+from tasks.images import REASONS, encode_jpeg, to_rgb
+from tasks.status import Status
 
 # Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
 # ~5.5 KB in base64 (measured: 1,000 duplicate groups + 1,000 rejected photos -> 200 thumbnails,
@@ -168,7 +169,7 @@ def _draw(path: str, raw: Path, formats: tuple[str, ...], max_pixels: int) -> tu
 def _groups(
     dd: pd.DataFrame,
     photos: pd.DataFrame,
-    status: str,
+    status: Status,
     raw: Path,
     formats: tuple[str, ...],
     max_pixels: int,
@@ -180,9 +181,9 @@ def _groups(
     drawn = 0
     for gid in group_ids:
         g = dd[dd["group"] == gid]
-        if status == DUPLICATE:
-            keeper = g[g["status"] == KEPT].iloc[0]
-            copies = g[g["status"] == DUPLICATE].sort_values(["distance", "path"], kind="stable")
+        if status == Status.DUPLICATE:
+            keeper = g[g["status"] == Status.KEPT].iloc[0]
+            copies = g[g["status"] == Status.DUPLICATE].sort_values(["distance", "path"], kind="stable")
             ordered = [keeper.path, *copies["path"]]
         else:
             ordered = sorted(g["path"])
@@ -197,7 +198,7 @@ def _groups(
         for k, path in enumerate(shown):
             row = info.loc[path]
             image, why = _draw(path, raw, formats, max_pixels)
-            if status == DUPLICATE:
+            if status == Status.DUPLICATE:
                 badge = "kept" if k == 0 else "removed"
                 first = "the largest copy" if k == 0 else f"{kind[path]} copy, pHash distance {int(dist[k])}"
             else:
@@ -210,13 +211,13 @@ def _groups(
                     image=image,
                     why_not=why,
                     badge=badge,
-                    badge_class=badge if status == DUPLICATE else "label",
+                    badge_class=badge if status == Status.DUPLICATE else "label",
                 )
             )
         drawn += len(shown)
         title = (
             f"{g['label'].iloc[0]}: {len(ordered)} copies, 1 kept"
-            if status == DUPLICATE
+            if status == Status.DUPLICATE
             else f"{len(ordered)} copies under {', '.join(sorted(g['label'].unique()))}: all dropped"
         )
         groups.append(Group(title=title, tiles=tuple(tiles), more=len(ordered) - len(shown)))
@@ -235,7 +236,7 @@ def build(
 
     clean_df is clean.parquet (every ingested file and its verdict), dedup_df is dedup.parquet.
     """
-    rejected = clean_df[clean_df["status"] == REJECTED]
+    rejected = clean_df[clean_df["status"] == Status.REJECTED]
     photos = clean_df.set_index("path")
     rejected_section, undrawn = _rejected(rejected, raw, formats, max_pixels)
     per_reason = rejected["reason"].value_counts()
@@ -246,8 +247,8 @@ def build(
         ("rejected by clean", len(rejected)),
         ("exact duplicates removed", int((dedup_df["kind"] == "exact").sum())),
         ("near duplicates removed", int((dedup_df["kind"] == "near").sum())),
-        ("photos in label conflicts (dropped)", int((status == CONFLICT).sum())),
-        ("photos kept for training", int((status == KEPT).sum())),
+        ("photos in label conflicts (dropped)", int((status == Status.CONFLICT).sum())),
+        ("photos kept for training", int((status == Status.KEPT).sum())),
     )
     return DataReport(
         counts=counts,
@@ -255,8 +256,8 @@ def build(
         rejected=rejected_section,
         undrawn=tuple(undrawn[:MAX_LISTED]),
         undrawn_more=max(0, len(undrawn) - MAX_LISTED),
-        duplicates=_groups(dedup_df, photos, DUPLICATE, raw, formats, max_pixels),
-        conflicts=_groups(dedup_df, photos, CONFLICT, raw, formats, max_pixels),
+        duplicates=_groups(dedup_df, photos, Status.DUPLICATE, raw, formats, max_pixels),
+        conflicts=_groups(dedup_df, photos, Status.CONFLICT, raw, formats, max_pixels),
         max_distance=max_distance,
         limits={"thumbnails": MAX_THUMBNAILS, "copies": MAX_COPIES, "listed": MAX_LISTED},
     )

@@ -23,10 +23,9 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
-from tasks.images import KEPT
+from tasks.reports import DedupReport
+from tasks.status import Status
 
-# A photo's status: KEPT (clean's verdict, tasks/images.py) or one of these two.
-DUPLICATE, CONFLICT = "duplicate", "conflict"
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
 INDEX_FORMAT = 1  # bump when HashIndex's file layout changes: older files are then ignored
 
@@ -110,7 +109,7 @@ def save_index(index: HashIndex, cache_dir: Path) -> None:
 
 def kept_photos(clean_rows: pd.DataFrame) -> pd.DataFrame:
     """The photos clean kept (clean.parquet rows); refuses none at all."""
-    kept = clean_rows[clean_rows["status"] == KEPT]
+    kept = clean_rows[clean_rows["status"] == Status.KEPT]
     if kept.empty:
         raise PawflowError("dedup: clean kept no photos.", "Look at reports/clean.json for the reasons.")
     return kept
@@ -261,7 +260,7 @@ def find_duplicates_indexed(
             "label": df["label"],
             "sha256": df["sha256"],
             "group": df["sha256"].str[:16],
-            "status": KEPT,
+            "status": str(Status.KEPT),
             "duplicate_of": "",
             "kind": "",
             "distance": 0,
@@ -284,7 +283,7 @@ def find_duplicates_indexed(
         out.loc[multi, "group"] = w.groupby("comp")["sha256"].transform("min").str[:16].to_numpy()
         conflict = np.zeros(n, bool)
         conflict[np.flatnonzero(multi)] = w.groupby("comp")["label"].transform("nunique").to_numpy() > 1
-        out.loc[conflict, ["status", "kind", "distance"]] = [CONFLICT, "conflict", -1]
+        out.loc[conflict, ["status", "kind", "distance"]] = [str(Status.CONFLICT), "conflict", -1]
         # In a group the largest photo (pixels, then bytes, then path) is kept.
         ranked = work[multi & ~conflict].sort_values(["comp", "pixels", "neg_bytes", "path"], kind="stable")
         keeper_row = ranked.groupby("comp").head(1)
@@ -292,7 +291,7 @@ def find_duplicates_indexed(
         keeper_of = pd.Series(keeper_row.index.to_numpy(), index=keeper_row["comp"].to_numpy())
         k = keeper_of.loc[dup["comp"].to_numpy()].to_numpy()
         i = dup.index.to_numpy()
-        out.loc[i, "status"] = DUPLICATE
+        out.loc[i, "status"] = str(Status.DUPLICATE)
         out.loc[i, "duplicate_of"] = df["path"].to_numpy()[k]
         out.loc[i, "kind"] = np.where(
             df["sha256"].to_numpy()[i] == df["sha256"].to_numpy()[k], "exact", "near"
@@ -310,11 +309,11 @@ def find_duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     return find_duplicates_indexed(photos, max_distance)[0]
 
 
-def report(dd: pd.DataFrame) -> dict:
+def report(dd: pd.DataFrame) -> DedupReport:
     """reports/dedup.json: counts, every duplicate group and every label conflict."""
     groups = []
-    for gid, g in dd[dd["status"] == DUPLICATE].groupby("group"):
-        kept = dd[(dd["group"] == gid) & (dd["status"] == KEPT)].iloc[0]
+    for gid, g in dd[dd["status"] == Status.DUPLICATE].groupby("group"):
+        kept = dd[(dd["group"] == gid) & (dd["status"] == Status.KEPT)].iloc[0]
         groups.append(
             {
                 "group": str(gid),
@@ -328,9 +327,10 @@ def report(dd: pd.DataFrame) -> dict:
         )
     conflicts = [
         {"group": str(gid), "files": [{"path": str(r.path), "label": str(r.label)} for r in g.itertuples()]}
-        for gid, g in dd[dd["status"] == CONFLICT].groupby("group")
+        for gid, g in dd[dd["status"] == Status.CONFLICT].groupby("group")
     ]
-    counts = {s: int((dd["status"] == s).sum()) for s in (KEPT, DUPLICATE, CONFLICT)}
+    after_dedup = (Status.KEPT, Status.DUPLICATE, Status.CONFLICT)
+    counts = {str(s): int((dd["status"] == s).sum()) for s in after_dedup}
     return {
         "photos": len(dd),
         **counts,
@@ -339,7 +339,7 @@ def report(dd: pd.DataFrame) -> dict:
         "duplicate_groups": len(groups),
         "conflict_groups": len(conflicts),
         "kept_per_label": {
-            str(k): int(v) for k, v in dd[dd["status"] == KEPT].groupby("label").size().items()
+            str(k): int(v) for k, v in dd[dd["status"] == Status.KEPT].groupby("label").size().items()
         },
         "groups": groups,
         "conflicts": conflicts,

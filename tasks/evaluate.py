@@ -21,6 +21,7 @@ from tasks import images, inference
 from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import atomic_dir, write_json
 from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
+from tasks.reports import GateDecision, MetricsReport, ScoresReport, TrainReport
 
 
 @dataclass
@@ -206,7 +207,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 def compute_metrics(
     pred: Predictions, class_names: list[str], bins: int, robust: Predictions | None = None
-) -> dict:
+) -> MetricsReport:
     """reports/metrics.json: accuracy, per-class and macro precision/recall/F1, ROC AUC, log loss, ECE;
     with `robust` (the robustness slice's predictions) also its accuracy and photo count."""
     y, yhat, k = pred.labels, pred.predicted, len(class_names)
@@ -252,7 +253,7 @@ def compute_metrics(
 SCORES = ("accuracy", "f1_macro", "roc_auc", "ece")
 
 
-def scores(m: dict, gate: dict) -> dict:
+def scores(m: MetricsReport, gate: GateDecision) -> ScoresReport:
     """reports/scores.json: a few numbers and the gate's decision, narrow enough for one screen."""
     return {**{k: m[k] for k in SCORES}, "gate": gate["decision"]}
 
@@ -272,7 +273,7 @@ HEADLINE = (
 )
 
 
-def summary_rows(m: dict, gate: dict, tta: bool) -> list[list]:
+def summary_rows(m: MetricsReport, gate: GateDecision, tta: bool) -> list[list]:
     """The evaluate stage's table artifact: the headline metrics, how they were obtained, the gate."""
     rows = [[k, round(m[k], 4) if isinstance(m[k], float) else m[k]] for k in HEADLINE if k in m]
     return [
@@ -283,7 +284,7 @@ def summary_rows(m: dict, gate: dict, tta: bool) -> list[list]:
     ]
 
 
-def summary_markdown(m: dict, gate: dict, tta: bool) -> str:
+def summary_markdown(m: MetricsReport, gate: GateDecision, tta: bool) -> str:
     """The evaluate stage's markdown artifact: test and robustness accuracy, the gate, per-class scores."""
     robust = f"{m['robust_accuracy']:.2%}" if "robust_accuracy" in m else "not measured"
     return (
@@ -303,7 +304,7 @@ def summary_markdown(m: dict, gate: dict, tta: bool) -> str:
 CHAMPION_CARD = "champion.json"
 
 
-def promote(models: Path, champion_dir: Path, m: dict, gate: dict, tta: bool) -> None:
+def promote(models: Path, champion_dir: Path, m: MetricsReport, gate: GateDecision, tta: bool) -> None:
     """If the gate promoted models/model.keras: it becomes the champion, with its model.json (plus how
     it was evaluated, so `pawflow predict` repeats it: tasks.predict.load) and the metrics and gate
     that promoted it. If not, the champion stays; a first run leaves a card saying why there is none
@@ -515,7 +516,7 @@ def html_report(
     pngs: dict[str, bytes],
     mistakes_png: bytes,
     class_names: list[str],
-    train_report: dict | None,
+    train_report: TrainReport | None,
     tta: bool = False,
     robustness: dict | None = None,
 ) -> str:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binomtest
 
+from tasks.reports import GateDecision
+from tasks.status import Decision
+
 
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> dict:
     """Disagreement counts and exact p-values for paired right/wrong vectors of the same photos."""
@@ -43,7 +46,7 @@ def decide(
     alpha: float,
     robust_correct: np.ndarray | None = None,
     min_robust_accuracy: float = 0.0,
-) -> dict:
+) -> GateDecision:
     """The gate's decision and the numbers behind it (reports/gate.json).
 
     robust_correct: the challenger's right/wrong on the robustness slice; its accuracy must be at least
@@ -69,7 +72,7 @@ def decide(
         out.update(champion_accuracy=None, p_value=None)
         out.update(
             promoted=floor is None,
-            decision="promoted" if floor is None else "rejected",
+            decision=Decision.PROMOTED if floor is None else Decision.REJECTED,
             reason="no champion yet; "
             + (f"accuracy {acc:.4f} >= {min_accuracy}" if floor is None else floor),
         )
@@ -77,18 +80,18 @@ def decide(
     stats = mcnemar(champion_correct, challenger_correct)
     out.update(stats, champion_accuracy=float(np.mean(champion_correct)), p_value=stats["p_worse"])
     if floor is not None:
-        out.update(promoted=False, decision="rejected", reason=floor)
+        out.update(promoted=False, decision=Decision.REJECTED, reason=floor)
     elif stats["p_worse"] < alpha:
         out.update(
             promoted=False,
-            decision="rejected",
+            decision=Decision.REJECTED,
             reason=f"significantly worse than the champion (p={stats['p_worse']:.4g} < alpha={alpha}; "
             f"lost {stats['challenger_losses']}, won {stats['challenger_wins']} of the disagreements)",
         )
     else:
         out.update(
             promoted=True,
-            decision="promoted",
+            decision=Decision.PROMOTED,
             reason=f"not significantly worse than the champion (p={stats['p_worse']:.4g} >= "
             f"alpha={alpha}; won {stats['challenger_wins']}, lost {stats['challenger_losses']})",
         )

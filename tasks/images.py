@@ -21,6 +21,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tasks.status import Status
+
 # Why each file was rejected; the keys are what clean.parquet's `reason` column holds.
 REASONS: dict[str, str] = {
     "missing": "the file vanished after ingest",
@@ -38,8 +40,6 @@ REASONS: dict[str, str] = {
     "timeout": "decoding took longer than clean.timeout_s",
 }
 
-KEPT = "kept"
-REJECTED = "rejected"
 # White is what a viewer shows behind a transparent PNG on a page.
 ALPHA_BACKGROUND = (255, 255, 255)
 HIGH_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
@@ -91,7 +91,7 @@ class PhotoCheck:
 
     sha256: str
     bytes: int
-    status: str = KEPT
+    status: Status = Status.KEPT
     reason: str = ""
     detail: str = ""
     format: str = ""
@@ -105,11 +105,12 @@ class PhotoCheck:
     def record(self) -> dict:
         row = asdict(self)
         row.pop("extra")
+        row["status"] = str(self.status)  # the plain string, as the cache and clean.parquet hold it
         return row
 
 
 def _reject(check: PhotoCheck, reason: str, detail: str = "") -> PhotoCheck:
-    check.status, check.reason, check.detail = REJECTED, reason, detail
+    check.status, check.reason, check.detail = Status.REJECTED, reason, detail
     return check
 
 

@@ -26,6 +26,7 @@ from tasks.download import download
 from tasks.errors import PawflowError
 from tasks.fileio import HASH_BLOCK, NO_SPACE, no_space_is_a_clear_error, sha256_file, sha256_stream
 from tasks.listing import Entry, Listing, list_directory, refuse_case_twins, same_but_for_case
+from tasks.reports import IngestReport
 
 if TYPE_CHECKING:
     from tasks.params import Ingest
@@ -199,7 +200,7 @@ def manifest(
     return df, fresh
 
 
-def report(listing: Listing, result: SyncResult, df: pd.DataFrame) -> dict:
+def report(listing: Listing, result: SyncResult, df: pd.DataFrame) -> IngestReport:
     """reports/ingest.json: the source, what data/raw holds, what was skipped (a function of the
     source and data/raw: what this run copied is in run_figures)."""
     in_source = {e.path for e in listing.entries}

@@ -33,7 +33,6 @@ from tqdm import tqdm
 from tasks import clean, store
 from tasks import tfrecord as tfr
 from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
-from tasks.dedup import CONFLICT
 from tasks.errors import PawflowError
 from tasks.fileio import (
     atomic_dir,
@@ -43,7 +42,8 @@ from tasks.fileio import (
     read_parquet,
     sha256_file,
 )
-from tasks.images import KEPT
+from tasks.reports import ShardReport
+from tasks.status import Status
 
 if TYPE_CHECKING:
     from tasks.params import Shard
@@ -84,7 +84,8 @@ def assign(
 ) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
     """Split every non-conflict photo (dedup rows); returns (photos + split, new ledger, stats)."""
     stats = SplitStats()
-    rows = photos[photos["status"] != CONFLICT].sort_values("path", kind="stable").reset_index(drop=True)
+    rows = photos[photos["status"] != Status.CONFLICT]
+    rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
     if ledger is not None and "arrival" not in ledger:  # a ledger written before arrivals were recorded
         ledger = ledger.assign(arrival=0)
     known = dict(zip(ledger["sha256"], ledger["split"], strict=True)) if ledger is not None else {}
@@ -209,7 +210,7 @@ def assign_splits(
 
 def kept_examples(rows: pd.DataFrame, fractions: dict[str, float]) -> pd.DataFrame:
     """The kept photos with their split; refuses fewer than two labels or a split asked for left empty."""
-    examples = rows[rows["status"] == KEPT].copy()
+    examples = rows[rows["status"] == Status.KEPT].copy()
     if examples["label"].nunique() < 2:
         raise PawflowError(
             "shard: fewer than two labels have photos left after clean and dedup.",
@@ -363,7 +364,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def report(info: DatasetInfo) -> dict:
+def report(info: DatasetInfo) -> ShardReport:
     """reports/shard.json: photos per split and class, examples and shard files per split."""
     return {
         "counts": info.counts,

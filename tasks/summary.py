@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
+
+from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
+
+T = TypeVar("T")
 
 
 def train_start(reports: Path) -> dict:
     """The run history's record of how the current model started: reports/train.json's warm_start."""
-    p = reports / "train.json"
-    return {"warm_start": json.loads(p.read_text()).get("warm_start") if p.exists() else None}
+    rep = TRAIN.read_if_written(reports)
+    return {"warm_start": rep["warm_start"] if rep else None}
 
 
 def warm_start_markdown(reports: Path, origin: str = "") -> list[str]:
     """The summary's line on how the current model started (reports/train.json); origin says which run
     trained it when it was not this one."""
-    p = reports / "train.json"
-    if not p.exists():
+    rep = TRAIN.read_if_written(reports)
+    if rep is None:
         return []
-    rep = json.loads(p.read_text())
-    warm = rep.get("warm_start")
+    warm = rep["warm_start"]
     if warm:
         start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
     else:
         start = "trained from scratch"
-    return ["", f"**train**{origin}: {start}: {rep.get('start_reason', '')}"]
+    return ["", f"**train**{origin}: {start}: {rep['start_reason']}"]
 
 
 def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, order: Sequence[str]) -> str:
@@ -34,16 +37,14 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     and are marked as an earlier run's when DVC found it up to date; stages outside the run (--until)
     show none."""
 
-    def read(stage: str, name: str | None = None) -> dict:
-        """The stage's report file (name, default <stage>.json) if the stage is part of this run."""
-        p = reports / (name or f"{stage}.json")
-        return json.loads(p.read_text()) if stage in stages and p.exists() else {}
+    def read(report: Report[T]) -> T | None:
+        """The stage's report if the stage is part of this run and has written it."""
+        return report.read_if_written(reports) if report.stage in stages else None
 
     def origin(stage: str) -> str:
         return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
 
-    clean, dedup, shard = read("clean"), read("dedup"), read("shard")
-    metrics, gate = read("evaluate", "metrics.json"), read("evaluate", "gate.json")
+    clean, dedup, shard, metrics, gate = read(CLEAN), read(DEDUP), read(SHARD), read(METRICS), read(GATE)
     lines = ["## pawflow pipeline", ""]
     if no_new_data:
         lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
@@ -87,9 +88,7 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
                 f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
             ]
     if gate:
-        lines += [
-            f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate.get('p_value')}): {gate['reason']}"
-        ]
+        lines += [f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate['p_value']}): {gate['reason']}"]
     return "\n".join(lines)
 
 

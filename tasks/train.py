@@ -24,6 +24,7 @@ from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import atomic_dir, write_bytes
 from tasks.model import make_model, save_model
 from tasks.params import Augment, Train
+from tasks.reports import Trained
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -318,7 +319,7 @@ class TrainResult:
     model: bytes  # models/model.keras
     dvclive: dict[str, bytes]  # reports/train/: DVCLive's metrics and plots, by relative path
     tensorboard: dict[str, bytes]  # reports/tensorboard/: the event files, by relative path
-    report: dict  # reports/train.json before the flow adds how the run started: what the inputs determine
+    report: Trained  # reports/train.json before the flow adds how the run started: what the inputs determine
     run: RunFigures
 
 
@@ -545,7 +546,7 @@ def _report(
     policy: str,
     global_batch: int,
     info: DatasetInfo,
-) -> dict:
+) -> Trained:
     """reports/train.json's part that training determines: the model, the epochs, the best epoch's
     metrics and the whole history, and where it ran."""
     losses = history[monitor]

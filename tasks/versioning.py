@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from tasks.errors import PawflowError
 from tasks.fileio import append_history
 from tasks.params import check_workspace_paths, load_params, parse_params
+from tasks.reports import GATE, METRICS
 
 # The first stage of dvc.yaml (flows/check.py): validates params.yaml and ingest.source.
 CHECK_STAGE = "check"
@@ -217,11 +218,8 @@ def history_record(
 ) -> dict:
     """One line of reports/runs.jsonl."""
 
-    def read(name: str) -> Any:
-        p = reports / name
-        return json.loads(p.read_text()) if p.exists() else None
-
-    metrics = read("metrics.json") or {}
+    metrics = METRICS.read_if_written(reports) or {}
+    gate = GATE.read_if_written(reports) or {}
     return {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "entry": entry,
@@ -233,7 +231,7 @@ def history_record(
             k: metrics.get(k)
             for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "examples", "robust_accuracy")
         },
-        "gate": {k: (read("gate.json") or {}).get(k) for k in ("decision", "p_value", "reason")},
+        "gate": {k: gate.get(k) for k in ("decision", "p_value", "reason")},
         **(extra or {}),
     }
 

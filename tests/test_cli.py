@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import subprocess
 import sys
 from importlib.metadata import version
@@ -15,6 +14,7 @@ from pathlib import Path
 import imagegen
 import pytest
 from conftest import params_for, workspace_of
+from reportsamples import write_samples
 
 from flows import cli
 from flows.cli import RunFailed, closing_lines, main
@@ -153,9 +153,9 @@ def test_server_status_outside_a_project_is_one_message(tmp_path: Path, monkeypa
 
 def write_reports(params, accuracy: float = 0.84331, decision: str = "promoted") -> None:
     reports = params.paths.reports
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "examples": 600}))
-    (reports / "gate.json").write_text(json.dumps({"decision": decision, "reason": "better than 0.8"}))
+    write_samples(
+        reports, metrics={"accuracy": accuracy}, gate={"decision": decision, "reason": "better than 0.8"}
+    )
     (reports / "evaluation.html").write_text("<html></html>")
 
 

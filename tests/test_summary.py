@@ -6,24 +6,14 @@ import json
 from pathlib import Path
 
 from conftest import params_for
+from reportsamples import sample, write_samples
 
 from tasks import summary, versioning
 
 
 def reports(tmp_path: Path):
     params = params_for(tmp_path, tmp_path / "photos")
-    r = params.paths.reports
-    r.mkdir(parents=True)
-    files = {
-        "clean.json": {"files": 40, "kept": 38, "rejected": 2, "per_reason": {"truncated": 2}},
-        "dedup.json": {"exact_duplicates": 1, "near_duplicates": 0, "conflict": 0},
-        "shard.json": {"class_names": ["Cat", "Dog"], "counts": {"train": {"Cat": 15, "Dog": 15}}},
-        "metrics.json": {"accuracy": 0.8433, "f1_macro": 0.84, "roc_auc": 0.9, "ece": 0.01, "examples": 600},
-        "gate.json": {"decision": "promoted", "p_value": 1.0, "reason": "first model"},
-        "train.json": {"warm_start": None, "start_reason": "no champion"},
-    }
-    for name, data in files.items():
-        (r / name).write_text(json.dumps(data))
+    write_samples(params.paths.reports)  # clean: 40 files, 38 kept; metrics: accuracy 0.8433; promoted
     return params
 
 
@@ -52,7 +42,7 @@ def test_a_warm_started_model_and_the_run_history_record(tmp_path: Path):
     params = reports(tmp_path)
     warm = {"count": 2, "from_sha256": "ab" * 32}
     (params.paths.reports / "train.json").write_text(
-        json.dumps({"warm_start": warm, "start_reason": "7 new photos"})
+        json.dumps(sample("train.json", warm_start=warm, start_reason="7 new photos"))
     )
     assert summary.warm_start_markdown(params.paths.reports) == [
         "",
