@@ -11,7 +11,7 @@ from pathlib import Path
 import imagegen
 import numpy as np
 import pytest
-from conftest import workspace_of
+from conftest import shipped, workspace_of
 
 from tasks import augment, tfrecord, train
 from tasks.params import Augment, Params
@@ -50,7 +50,7 @@ def test_a_single_shard_is_read_in_file_order(tmp_path: Path):
 
 # --------------------------------------------------------------------------- the projective augmentation
 
-NONE = Augment(flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0)
+NONE = shipped("train.augment", flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0)
 
 
 def transform(a: Augment, seed: int, size: int = 4, in_h: int = 8, in_w: int = 8) -> np.ndarray:
