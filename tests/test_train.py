@@ -154,6 +154,9 @@ def test_every_output_is_written(trained: Params):
         assert (workspace_of(trained) / rel).exists(), rel
     card = json.loads((workspace_of(trained) / "models/model.json").read_text())
     assert card["class_names"] == ["Cat", "Dog"] and card["image_size"] == 32
+    # What `pawflow predict` runs the model with, from the card alone: the params it was trained under.
+    assert (card["formats"], card["max_pixels"]) == (list(trained.clean.formats), trained.clean.max_pixels)
+    assert card["tensorflow"] == trained.tensorflow.model_dump()
     report = json.loads((workspace_of(trained) / "reports/train.json").read_text())
     assert report["epochs_run"] == 1 and report["best_epoch"] == 1
     assert report["device"].startswith("cpu") and report["tensorflow"]["onednn_max_isa"] == "AVX2"
