@@ -140,6 +140,16 @@ def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
     assert p.train.epochs == 2 and p.train.image_size == load_params(ROOT / "params.yaml").train.image_size
 
 
+def test_params_in_names_a_missing_key_too(tmp_path: Path):
+    from tasks.params import params_in
+
+    data = base()
+    del data["pipeline"]["history"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(PawflowError, match=r"pipeline\.history: missing"):
+        params_in(tmp_path / "params.yaml", tmp_path / "work", "/photos")
+
+
 def test_robustness_quality_range_must_be_ordered():
     data = base()
     data["evaluate"]["robustness"]["quality"] = [60, 50]
