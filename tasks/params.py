@@ -389,13 +389,20 @@ def load_params(path: Path = Path("params.yaml"), light: bool = False) -> Params
     return params
 
 
+def merged(data: dict, changes: dict) -> dict:
+    """data updated from changes key by key; a mapping given for a mapping updates it, at any depth
+    (train={"finetune": {"epochs": 1}} keeps the other train.finetune keys: the model has no defaults)."""
+    out = dict(data)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if nested else value
+    return out
+
+
 def override(data: dict, source: Path | str, overrides: dict[str, dict]) -> dict:
     """A params mapping with ingest.source set to `source` and each named section updated from
-    `overrides` (keys not named keep their values)."""
-    data = {**data, "ingest": {**data.get("ingest", {}), "source": str(source)}}
-    for section, values in overrides.items():
-        data[section] = {**data.get(section, {}), **values}
-    return data
+    `overrides` (keys not named keep their values, in nested sections too: merged)."""
+    return merged(merged(data, {"ingest": {"source": str(source)}}), overrides)
 
 
 def params_in(path: Path, workdir: Path, source: Path | str, **overrides: dict) -> Params:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import imagegen
 
 from flows.server import free_port, start_server, stop_server
-from tasks.params import Params, Section, load_params, override, params_in
+from tasks.params import Params, Section, load_params, merged, override, params_in
 from tasks.runtime import tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,16 +69,6 @@ def dataset(tmp_path: Path) -> Path:
 def params_for(workdir: Path, source: Path | str, **overrides: dict) -> Params:
     """The project's params with every path inside workdir; sections can be overridden by dict."""
     return params_in(ROOT / "params.yaml", workdir, source, **overrides)
-
-
-def merged(base: dict, changes: dict) -> dict:
-    """base with changes applied key by key; a mapping given for a mapping updates it, not replaces it."""
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = (
-            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
 
 
 def shipped(section: str, **changes: object) -> Section:

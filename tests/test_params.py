@@ -140,6 +140,15 @@ def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
     assert p.train.epochs == 2 and p.train.image_size == load_params(ROOT / "params.yaml").train.image_size
 
 
+def test_overrides_update_nested_sections_key_by_key(tmp_path: Path):
+    from tasks.params import params_in
+
+    p = params_in(ROOT / "params.yaml", tmp_path, "/photos", train={"finetune": {"epochs": 1}})
+    shipped = load_params(ROOT / "params.yaml").train
+    assert p.train.finetune == shipped.finetune.model_copy(update={"epochs": 1}) != shipped.finetune
+    assert p.train.model_copy(update={"finetune": shipped.finetune}) == shipped
+
+
 def test_params_in_names_a_missing_key_too(tmp_path: Path):
     from tasks.params import params_in
 
