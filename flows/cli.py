@@ -140,15 +140,15 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = False) -> int:
-    """Label photos with the champion (or --model); exit 1 if any file could not be labelled."""
+    """Label photos with the champion (or --model); exit 1 if any file could not be labelled.
+
+    The model's model.json says how: photos are decoded and prepared, and TensorFlow configured, as for
+    the model's own training and evaluation, wherever this runs (params.yaml only names the champion)."""
     import csv
 
     from tasks import predict, runtime
-    from tasks.params import Params
 
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
-    defaults = Params.model_fields  # outside a project (no params.yaml): tasks.params' defaults
-    clean = params.clean if params else defaults["clean"].default
     missing = [str(t) for t in targets if not t.exists() and not t.is_symlink()]
     if missing:
         raise PawflowError(
@@ -162,13 +162,13 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
             "Pass the path of a .keras file or of a folder holding model.keras + model.json.",
         )
     model = model or champion
-    predict.model_files(model)  # the model and the photos are checked before TensorFlow is imported
+    _, card = predict.model_files(model)  # the model and the photos are checked before TensorFlow starts
     files = predict.list_files(targets)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read at import: no C++ info/warning lines
     with quiet_native_stderr():
-        runtime.configure(params.tensorflow if params else defaults["tensorflow"].default)
+        runtime.configure(predict.tensorflow_settings(card))
         import keras  # noqa: F401  (imported here, with its start-up lines silenced)
-    predictor = predict.load(model, clean.max_pixels, clean.formats)
+    predictor = predict.load(model)
     failed = 0
     writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
     if writer:

@@ -138,7 +138,10 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     train.write_outputs(result, models / "model.keras", reports / "train", reports / "tensorboard")
     write_json(
         models / "model.json",
-        {**train.model_card(info, cfg), warmstart.LINEAGE_KEY: warmstart.lineage(plan, now)},
+        {
+            **train.model_card(info, cfg, params.clean, params.tensorflow),
+            warmstart.LINEAGE_KEY: warmstart.lineage(plan, now),
+        },
     )
     TRAIN.write(reports, rep)
     record_stage_run(params, "train", {**asdict(result.run), "warm_start": rep["warm_start"]})

@@ -1,4 +1,6 @@
-"""params.yaml: the pydantic model that validates it (unknown keys refused) and its one reader."""
+"""params.yaml: the pydantic model that validates it (unknown and missing keys refused) and its one reader.
+
+The model holds types and limits, never values: params.yaml lists every key with its value."""
 
 from __future__ import annotations
 
@@ -25,35 +27,38 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class Section(BaseModel):
+    """A params.yaml section: types and limits only. No field has a default: every value is in
+    params.yaml (the one copy), and a missing key is refused with its name (parse_params)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Paths(Section):
-    raw: Path = Path("data/raw")
-    interim: Path = Path("data/interim")
-    processed: Path = Path("data/processed")
-    models: Path = Path("models")
-    reports: Path = Path("reports")
-    cache: Path = Path(".pawflow/cache")
+    raw: Path
+    interim: Path
+    processed: Path
+    models: Path
+    reports: Path
+    cache: Path
 
 
 class Runner(Section):
-    kind: Literal["threads", "processes", "dask"] = "threads"
-    workers: PositiveInt = 2
-    chunk_size: PositiveInt = 250
-    dask_address: str | None = None
+    kind: Literal["threads", "processes", "dask"]
+    workers: PositiveInt
+    chunk_size: PositiveInt
+    dask_address: str | None
 
 
 class Ingest(Section):
     source: str = Field(min_length=1)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    max_archive_bytes: PositiveInt = 20_000_000_000
-    max_archive_files: PositiveInt = 1_000_000
-    max_member_ratio: Annotated[float, Field(ge=1)] = 100.0
-    max_archive_ratio: Annotated[float, Field(ge=1)] = 100.0
-    ratio_grace_bytes: Annotated[int, Field(ge=0)] = 1_000_000
-    download_retries: PositiveInt = 4
-    download_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")
+    max_archive_bytes: PositiveInt
+    max_archive_files: PositiveInt
+    max_member_ratio: Annotated[float, Field(ge=1)]
+    max_archive_ratio: Annotated[float, Field(ge=1)]
+    ratio_grace_bytes: Annotated[int, Field(ge=0)]
+    download_retries: PositiveInt
+    download_timeout_s: Annotated[float, Field(gt=0)]
 
     @field_validator("source")
     @classmethod
@@ -67,12 +72,12 @@ class Ingest(Section):
 
 
 class Clean(Section):
-    min_side: PositiveInt = 32
-    max_aspect_ratio: Annotated[float, Field(ge=1.0)] = 4.0
-    max_pixels: PositiveInt = 89_478_485
-    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
-    max_reject_fraction: Fraction = 0.25
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    min_side: PositiveInt
+    max_aspect_ratio: Annotated[float, Field(ge=1.0)]
+    max_pixels: PositiveInt
+    formats: tuple[str, ...]
+    max_reject_fraction: Fraction
+    timeout_s: Annotated[float, Field(gt=0)]
 
     @field_validator("formats")
     @classmethod
@@ -99,8 +104,8 @@ def image_formats() -> set[str]:
 
 
 class Dedup(Section):
-    hash_size: Annotated[int, Field(ge=4, le=16)] = 8
-    max_distance: Annotated[int, Field(ge=0, le=32)] = 4
+    hash_size: Annotated[int, Field(ge=4, le=16)]
+    max_distance: Annotated[int, Field(ge=0, le=32)]
 
 
 class Split(Section):
@@ -122,11 +127,11 @@ class Split(Section):
 
 
 class Shard(Section):
-    split: Split = Split(train=0.7, val=0.15, test=0.15)
-    salt: str = "pawflow-v1"
-    max_side: Annotated[int, Field(ge=16, le=4096)] = 224
-    jpeg_quality: Annotated[int, Field(ge=50, le=100)] = 90
-    shard_bytes: Annotated[int, Field(ge=1_000)] = 100_000_000
+    split: Split
+    salt: str
+    max_side: Annotated[int, Field(ge=16, le=4096)]
+    jpeg_quality: Annotated[int, Field(ge=50, le=100)]
+    shard_bytes: Annotated[int, Field(ge=1_000)]
 
 
 JpegQuality = Annotated[int, Field(ge=1, le=100)]
@@ -135,14 +140,14 @@ JpegQuality = Annotated[int, Field(ge=1, le=100)]
 class Augment(Section):
     """train.augment (tasks/augment.py): the train split only; 0/false/null turns each one off."""
 
-    flip: bool = True
-    rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.05
-    zoom: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    translation: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
-    crop: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    downsample: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    jpeg_quality: tuple[JpegQuality, JpegQuality] | None = None
+    flip: bool
+    rotation: Annotated[float, Field(ge=0, le=0.5)]
+    zoom: Annotated[float, Field(ge=0, lt=1)]
+    translation: Annotated[float, Field(ge=0, lt=1)]
+    contrast: Annotated[float, Field(ge=0, lt=1)]
+    crop: Annotated[float, Field(ge=0, lt=1)]
+    downsample: Annotated[float, Field(ge=0, lt=1)]
+    jpeg_quality: tuple[JpegQuality, JpegQuality] | None
 
     @field_validator("jpeg_quality")
     @classmethod
@@ -155,52 +160,52 @@ class Augment(Section):
 class Finetune(Section):
     """train.finetune: how a warm start fine-tunes the champion (tasks/warmstart.py decides when)."""
 
-    epochs: PositiveInt = 3
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
-    schedule: Literal["cosine", "constant"] = "cosine"
-    max_growth: Annotated[float, Field(ge=0)] = 0.25
-    max_warm_starts: PositiveInt | None = 7
+    epochs: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0, le=1)]
+    schedule: Literal["cosine", "constant"]
+    max_growth: Annotated[float, Field(ge=0)]
+    max_warm_starts: PositiveInt | None
 
 
 class Train(Section):
-    model: Literal["pawnet", "seed_cnn", "keras_xception"] = "pawnet"
-    backbone: Literal["mobilenet_v2"] | None = None
-    backbone_weights: str | None = "imagenet"
-    width: Annotated[int, Field(ge=4, le=512)] = 24
-    blocks: tuple[Annotated[int, Field(ge=1, le=8)], ...] = (1, 1, 1, 1)
-    separable: bool = False
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 160
-    batch_size: PositiveInt = 32
-    epochs: PositiveInt = 32
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-3
-    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.05
-    warmup_epochs: Annotated[int, Field(ge=0)] = 1
-    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
-    early_stopping_patience: PositiveInt = 15
-    shuffle_buffer: PositiveInt = 4096
-    seed: int = 1337
-    augment: Augment = Augment()
-    mixed_precision: Literal["auto", "on", "off"] = "auto"
-    jit_compile: bool = False
-    finetune: Finetune = Finetune()
+    model: Literal["pawnet", "seed_cnn", "keras_xception"]
+    backbone: Literal["mobilenet_v2"] | None
+    backbone_weights: str | None
+    width: Annotated[int, Field(ge=4, le=512)]
+    blocks: tuple[Annotated[int, Field(ge=1, le=8)], ...]
+    separable: bool
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    image_size: Annotated[int, Field(ge=16, le=1024)]
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0, le=1)]
+    weight_decay: Annotated[float, Field(ge=0, le=1)]
+    warmup_epochs: Annotated[int, Field(ge=0)]
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)]
+    early_stopping_patience: PositiveInt
+    shuffle_buffer: PositiveInt
+    seed: int
+    augment: Augment
+    mixed_precision: Literal["auto", "on", "off"]
+    jit_compile: bool
+    finetune: Finetune
 
 
 class TensorFlow(Section):
-    onednn: bool = True
+    onednn: bool
     onednn_max_isa: Literal[
         "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "ALL"
-    ] = "AVX2"
-    threads: Annotated[int, Field(ge=1, le=1024)] = 2
-    deterministic_ops: bool = True
+    ]
+    threads: Annotated[int, Field(ge=1, le=1024)]
+    deterministic_ops: bool
 
 
 class Robustness(Section):
     """How the test split is re-rendered the way web photos arrive (evaluate's robustness slice)."""
 
-    max_side: Annotated[int, Field(ge=16, le=4096)] = 250
-    quality: tuple[JpegQuality, JpegQuality] = (50, 60)
-    crop: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    max_side: Annotated[int, Field(ge=16, le=4096)]
+    quality: tuple[JpegQuality, JpegQuality]
+    crop: Annotated[float, Field(ge=0, lt=0.5)]
 
     @field_validator("quality")
     @classmethod
@@ -211,22 +216,22 @@ class Robustness(Section):
 
 
 class Evaluate(Section):
-    min_accuracy: Fraction = 0.8
-    min_robust_accuracy: Fraction = 0.0
-    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
-    misclassified: Annotated[int, Field(ge=0, le=100)] = 16
-    batch_size: PositiveInt = 64
-    tta: bool = True
-    robustness: Robustness = Robustness()
+    min_accuracy: Fraction
+    min_robust_accuracy: Fraction
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
+    misclassified: Annotated[int, Field(ge=0, le=100)]
+    batch_size: PositiveInt
+    tta: bool
+    robustness: Robustness
 
 
 class Pipeline(Section):
-    schedule: str = "0 3 * * *"
-    full_schedule: str = "0 4 * * 0"
-    timezone: str = "UTC"
-    push: bool = True
-    history: Path = Path("reports/runs.jsonl")
+    schedule: str
+    full_schedule: str
+    timezone: str
+    push: bool
+    history: Path
 
     @field_validator("schedule", "full_schedule")
     @classmethod
@@ -254,16 +259,16 @@ class Pipeline(Section):
 
 
 class Params(Section):
-    paths: Paths = Paths()
-    runner: Runner = Runner()
+    paths: Paths
+    runner: Runner
     ingest: Ingest
-    clean: Clean = Clean()
-    dedup: Dedup = Dedup()
-    shard: Shard = Shard()
-    train: Train = Train()
-    tensorflow: TensorFlow = TensorFlow()
-    evaluate: Evaluate = Evaluate()
-    pipeline: Pipeline = Pipeline()
+    clean: Clean
+    dedup: Dedup
+    shard: Shard
+    train: Train
+    tensorflow: TensorFlow
+    evaluate: Evaluate
+    pipeline: Pipeline
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -277,7 +282,10 @@ def _describe(err: ValidationError, path: Path) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (a typo? see README 'Parameters' for the valid keys)")
         elif e["type"] == "missing":
-            lines.append(f"  {key}: missing (add it to {path.name})")
+            lines.append(
+                f"  {key}: missing (add it to {path.name}: "
+                "README 'Parameters' lists every key with its default value)"
+            )
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -381,13 +389,20 @@ def load_params(path: Path = Path("params.yaml"), light: bool = False) -> Params
     return params
 
 
+def merged(data: dict, changes: dict) -> dict:
+    """data updated from changes key by key; a mapping given for a mapping updates it, at any depth
+    (train={"finetune": {"epochs": 1}} keeps the other train.finetune keys: the model has no defaults)."""
+    out = dict(data)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if nested else value
+    return out
+
+
 def override(data: dict, source: Path | str, overrides: dict[str, dict]) -> dict:
     """A params mapping with ingest.source set to `source` and each named section updated from
-    `overrides` (keys not named keep their values)."""
-    data = {**data, "ingest": {**data.get("ingest", {}), "source": str(source)}}
-    for section, values in overrides.items():
-        data[section] = {**data.get(section, {}), **values}
-    return data
+    `overrides` (keys not named keep their values, in nested sections too: merged)."""
+    return merged(merged(data, {"ingest": {"source": str(source)}}), overrides)
 
 
 def params_in(path: Path, workdir: Path, source: Path | str, **overrides: dict) -> Params:
@@ -395,6 +410,7 @@ def params_in(path: Path, workdir: Path, source: Path | str, **overrides: dict) 
     history inside `workdir`, then override() (flows run in-process by the tests and the benchmarks)."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["paths"] = {k: str(workdir / v) for k, v in data["paths"].items()}
-    pipeline = data.setdefault("pipeline", {})
-    pipeline["history"] = str(workdir / pipeline.get("history", Pipeline().history))
+    pipeline = data.get("pipeline", {})
+    if "history" in pipeline:  # else parse_params names it missing
+        pipeline["history"] = str(workdir / pipeline["history"])
     return parse_params(override(data, source, overrides), path)

@@ -9,16 +9,30 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from tasks import inference
 from tasks.errors import PawflowError
 from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
+from tasks.params import TensorFlow
 
 BATCH = 32
-# Prediction judges nothing but decodability, format and size safety (clean.formats and
-# clean.max_pixels, given by the caller): any real photo of a format clean accepts gets a label.
+# Prediction judges nothing but decodability, format and size safety (the clean.formats and
+# clean.max_pixels the model's card records): any real photo of a format clean accepted gets a label.
 PERMISSIVE = {"min_side": 1, "max_aspect_ratio": 1e9, "hash_size": 8}
 # What model.json must hold for a prediction (written by train's model_card), and of which type.
-CARD_KEYS: dict[str, type] = {"class_names": list, "image_size": int, "max_side": int, "jpeg_quality": int}
+CARD_KEYS: dict[str, type] = {
+    "class_names": list,
+    "image_size": int,
+    "max_side": int,
+    "jpeg_quality": int,
+    "formats": list,
+    "max_pixels": int,
+    "tensorflow": dict,
+}
+# The keys train's card gained when `pawflow predict` stopped reading params (issue 12): a card without
+# them comes from a model trained before.
+RUN_KEYS = ("formats", "max_pixels", "tensorflow")
 NOT_REGULAR = "not a regular file (named pipe, socket or device): skipped"
 
 
@@ -66,8 +80,15 @@ def model_files(model_path: Path) -> tuple[Path, dict]:
     return file, read_card(card_path)
 
 
-def load(model_path: Path, max_pixels: int, formats: tuple[str, ...], tta: bool | None = None) -> Predictor:
+def tensorflow_settings(card: dict) -> TensorFlow:
+    """The TensorFlow settings the model was trained with (its card's, checked by read_card): predict
+    applies them (tasks.runtime.configure), so it computes as evaluate did, wherever it runs."""
+    return TensorFlow.model_validate(card["tensorflow"])
+
+
+def load(model_path: Path, tta: bool | None = None) -> Predictor:
     """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
+    Photos are prepared as the card says (settings_for with its formats and max_pixels).
 
     tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
     records there the setting the champion was evaluated and promoted with), else off.
@@ -86,7 +107,7 @@ def load(model_path: Path, max_pixels: int, formats: tuple[str, ...], tta: bool 
         model,
         list(card["class_names"]),
         int(card["image_size"]),
-        settings_for(card, max_pixels, formats),
+        settings_for(card, card["max_pixels"], tuple(card["formats"])),
         bool(card.get("tta", False)) if tta is None else tta,
     )
 
@@ -101,23 +122,44 @@ def read_card(card_path: Path) -> dict:
     if not isinstance(card, dict):
         raise PawflowError(f"{card_path} holds a {type(card).__name__}, not an object.", what_to_do)
     missing = [k for k in CARD_KEYS if k not in card]
+    if missing and set(missing) <= set(RUN_KEYS):
+        raise PawflowError(
+            f"{card_path} was written by an older pawflow: it lacks {', '.join(missing)} (the formats, "
+            "pixel limit and TensorFlow settings `pawflow predict` now takes from the model, not from "
+            "params.yaml).",
+            "Re-run the pipeline (`pawflow run`): train rewrites the model's model.json and evaluate the "
+            "champion's; or use a model trained since.",
+        )
     wrong = [
         f"{k} (a {t.__name__} expected)"
         for k, t in CARD_KEYS.items()
         if k in card and (not isinstance(card[k], t) or isinstance(card[k], bool))
     ]
-    if (
-        not missing
-        and not wrong
-        and not (card["class_names"] and all(isinstance(c, str) for c in card["class_names"]))
-    ):
-        wrong.append("class_names (a non-empty list of names expected)")
+    if not missing and not wrong:
+        wrong += _wrong_values(card)
     if missing or wrong:
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"wrong {', '.join(wrong)}"] if wrong else []
         )
         raise PawflowError(f"{card_path} is incomplete: {'; '.join(problems)}.", what_to_do)
     return card
+
+
+def _wrong_values(card: dict) -> list[str]:
+    """What in a card of the right types cannot be used (names of classes and formats, settings)."""
+    wrong = []
+    if not (card["class_names"] and all(isinstance(c, str) for c in card["class_names"])):
+        wrong.append("class_names (a non-empty list of names expected)")
+    if not (card["formats"] and all(isinstance(f, str) for f in card["formats"])):
+        wrong.append("formats (a non-empty list of image format names expected)")
+    if card["max_pixels"] <= 0:
+        wrong.append("max_pixels (a positive number expected)")
+    try:
+        tensorflow_settings(card)
+    except ValidationError as err:
+        keys = ", ".join(".".join(str(p) for p in e["loc"]) for e in err.errors())
+        wrong.append(f"tensorflow ({keys}: not as params.yaml tensorflow: allows)")
+    return wrong
 
 
 def list_files(targets: list[Path]) -> list[Path]:

@@ -23,7 +23,7 @@ from tasks.cluster import Role, role
 from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import atomic_dir, write_bytes
 from tasks.model import make_model, save_model
-from tasks.params import Augment, Train
+from tasks.params import Augment, Clean, TensorFlow, Train
 from tasks.reports import Trained
 
 log = logging.getLogger(__name__)
@@ -568,12 +568,18 @@ def _report(
     }
 
 
-def model_card(info: DatasetInfo, cfg: Train) -> dict:
-    """models/model.json: what a prediction needs besides the weights."""
+def model_card(info: DatasetInfo, cfg: Train, clean: Clean, tf_settings: TensorFlow) -> dict:
+    """models/model.json: what a prediction needs besides the weights, so that `pawflow predict` runs
+    the model from it alone (no params.yaml): its classes and input size; how its photos were prepared
+    (the shards' max_side and jpeg_quality, the formats and pixel limit clean decoded them under); the
+    TensorFlow settings that computed it (params.yaml tensorflow:, as evaluate runs it too)."""
     return {
         "class_names": info.class_names,
         "image_size": cfg.image_size,
         "max_side": info.image.max_side,
         "jpeg_quality": info.image.jpeg_quality,
+        "formats": list(clean.formats),
+        "max_pixels": clean.max_pixels,
+        "tensorflow": tf_settings.model_dump(mode="json"),
         "model": cfg.backbone or cfg.model,
     }

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import imagegen
 
 from flows.server import free_port, start_server, stop_server
-from tasks.params import Params, load_params, override, params_in
+from tasks.params import Params, Section, load_params, merged, override, params_in
 from tasks.runtime import tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,17 @@ def dataset(tmp_path: Path) -> Path:
 def params_for(workdir: Path, source: Path | str, **overrides: dict) -> Params:
     """The project's params with every path inside workdir; sections can be overridden by dict."""
     return params_in(ROOT / "params.yaml", workdir, source, **overrides)
+
+
+def shipped(section: str, **changes: object) -> Section:
+    """One section of the repository's params.yaml (a dotted name: "train", "train.augment"), validated by
+    its model, with `changes` applied (nested mappings merged): what tests build sections from, as the
+    models hold no values of their own."""
+    data: object = yaml.safe_load((ROOT / "params.yaml").read_text())
+    model: type = Params
+    for part in section.split("."):
+        data, model = data[part], model.model_fields[part].annotation
+    return model.model_validate(merged(data, changes))
 
 
 @pytest.fixture

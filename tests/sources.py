@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import imagegen
+from conftest import shipped
 
 from tasks import ingest
 from tasks.params import Ingest
@@ -18,7 +19,7 @@ MAX = 10**9
 def limits(source: str | Path = "unused", **kw) -> Ingest:
     """The ingest section with generous limits, and any of them overridden by keyword."""
     values = {"max_archive_bytes": MAX, "download_retries": 3, "download_timeout_s": 5.0, **kw}
-    return Ingest(source=str(source), **values)
+    return shipped("ingest", source=str(source), **values)
 
 
 def run_ingest(source: str | Path, raw: Path, known: dict | None = None, **kw):

@@ -68,6 +68,39 @@ def test_missing_required_section():
     assert "ingest: missing" in error_for(data)
 
 
+@pytest.mark.parametrize(
+    ("section", "key"), [("train", "epochs"), ("ingest", "sha256"), ("evaluate.robustness", "crop")]
+)
+def test_a_missing_key_is_refused_with_its_name_and_what_to_do(section: str, key: str):
+    """No key has a default in the model: one left out of params.yaml (even one whose value is null)
+    is named, with where to find its value."""
+    data = base()
+    parent = data
+    for part in section.split("."):
+        parent = parent[part]
+    del parent[key]
+    msg = error_for(data)
+    assert f"  {section}.{key}: missing (add it to params.yaml: README 'Parameters' lists" in msg
+    assert msg.count("missing") == 1, msg
+
+
+def test_the_params_model_holds_no_values():
+    """params.yaml is the one copy of every value: no field of any section has a default."""
+    from pydantic import BaseModel
+
+    from tasks.params import Params
+
+    todo, with_default = [Params], []
+    while todo:
+        model = todo.pop()
+        for name, field in model.model_fields.items():
+            if not field.is_required():
+                with_default.append(f"{model.__name__}.{name}")
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                todo.append(field.annotation)
+    assert with_default == []
+
+
 def test_every_problem_is_listed_at_once():
     data = base()
     data["clean"]["bogus"] = 1
@@ -107,11 +140,30 @@ def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
     assert p.train.epochs == 2 and p.train.image_size == load_params(ROOT / "params.yaml").train.image_size
 
 
+def test_overrides_update_nested_sections_key_by_key(tmp_path: Path):
+    from tasks.params import params_in
+
+    p = params_in(ROOT / "params.yaml", tmp_path, "/photos", train={"finetune": {"epochs": 1}})
+    shipped = load_params(ROOT / "params.yaml").train
+    assert p.train.finetune == shipped.finetune.model_copy(update={"epochs": 1}) != shipped.finetune
+    assert p.train.model_copy(update={"finetune": shipped.finetune}) == shipped
+
+
+def test_params_in_names_a_missing_key_too(tmp_path: Path):
+    from tasks.params import params_in
+
+    data = base()
+    del data["pipeline"]["history"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(PawflowError, match=r"pipeline\.history: missing"):
+        params_in(tmp_path / "params.yaml", tmp_path / "work", "/photos")
+
+
 def test_robustness_quality_range_must_be_ordered():
     data = base()
     data["evaluate"]["robustness"]["quality"] = [60, 50]
     assert "evaluate.robustness.quality" in error_for(data)
-    data["evaluate"]["robustness"] = {"quality": [50, 60], "crop": 0.7}
+    data["evaluate"]["robustness"] = {**data["evaluate"]["robustness"], "quality": [50, 60], "crop": 0.7}
     assert "evaluate.robustness.crop" in error_for(data)
 
 

@@ -1,6 +1,7 @@
 """`pawflow predict`: the same probabilities as evaluate for the same photo, with and without test-time
-augmentation (one shared path, tasks.inference; the champion's card carries the setting); pipes and
-devices skipped unopened; empty folders and bad model cards refused."""
+augmentation (one shared path, tasks.inference; the champion's card carries the setting); formats, pixel
+limit and TensorFlow settings from the model's card alone (no params.yaml needed); pipes and devices
+skipped unopened; empty folders and bad or old model cards refused."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import imagegen
 import numpy as np
 import pytest
+from conftest import shipped
 from infos import dataset_info
 from PIL import Image
 
 from flows.cli import main as pawflow
-from tasks import images, predict, tfrecord
+from tasks import images, predict, tfrecord, train
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.images import CheckSettings
@@ -25,7 +27,18 @@ from tasks.params import load_params
 
 # The formats `pawflow predict` accepts are the shipped params.yaml's clean.formats.
 FORMATS = load_params(Path(__file__).resolve().parents[1] / "params.yaml").clean.formats
-CARD = {"class_names": ["Cat", "Dog"], "image_size": 32, "max_side": 224, "jpeg_quality": 90}
+
+
+def card_of(image_size: int, max_side: int, **clean: object) -> dict:
+    """model.json as train writes it (train.model_card) for a model of this input size, trained on shards
+    of this max_side, under the shipped params.yaml (clean: overrides of its clean: section)."""
+    info = dataset_info(["Cat", "Dog"], {}, max_side=max_side)
+    return train.model_card(
+        info, shipped("train", image_size=image_size), shipped("clean", **clean), shipped("tensorflow")
+    )
+
+
+CARD = card_of(32, 224, max_pixels=10**8)
 PHOTOS = 6
 
 
@@ -78,7 +91,7 @@ def evaluate_probs(root: Path, tta: bool) -> np.ndarray:
 
 
 def predict_probs(root: Path, files: list[Path], tta: bool | None) -> tuple[list[str], np.ndarray]:
-    p = predict.load(root / "models", max_pixels=10**8, formats=FORMATS, tta=tta)
+    p = predict.load(root / "models", tta=tta)
     rows = list(predict.predict(p, iter(files)))
     assert all(not r.error for r in rows)
     return [r.label for r in rows], np.array([r.confidence for r in rows])
@@ -128,19 +141,19 @@ def test_tta_is_the_mean_over_the_photo_and_its_mirror(model_and_shard):
 
 def test_tta_setting_comes_from_the_card_unless_given(model_and_shard, tmp_path: Path):
     root, _ = model_and_shard
-    assert predict.load(root / "models", 10**8, FORMATS).tta is False  # a card without it: plain prediction
+    assert predict.load(root / "models").tta is False  # a card without it: plain prediction
     champion = tmp_path / "champion"
     champion.mkdir()
     (champion / "model.keras").write_bytes((root / "models" / "model.keras").read_bytes())
     (champion / "model.json").write_text(json.dumps({**CARD, "tta": True}))  # as evaluate writes it
-    assert predict.load(champion, 10**8, FORMATS).tta is True
-    assert predict.load(champion, 10**8, FORMATS, tta=False).tta is False
+    assert predict.load(champion).tta is True
+    assert predict.load(champion, tta=False).tta is False
 
 
 SETTINGS = CheckSettings(
     max_pixels=89_478_485, max_side=64, jpeg_quality=90, formats=FORMATS, **predict.PERMISSIVE
 )
-SMALL_CARD = {"class_names": ["Cat", "Dog"], "image_size": 16, "max_side": 64, "jpeg_quality": 90}
+SMALL_CARD = card_of(16, 64)
 
 
 def write_model(folder: Path, card: dict) -> Path:
@@ -219,6 +232,12 @@ def test_an_empty_folder_is_an_error(tmp_path: Path, capsys, monkeypatch):
         ({"class_names": ["Cat", "Dog"], "image_size": 16}, "missing max_side, jpeg_quality"),
         ({**SMALL_CARD, "image_size": "16"}, "wrong image_size (a int expected)"),
         ({**SMALL_CARD, "class_names": []}, "class_names (a non-empty list of names expected)"),
+        ({**SMALL_CARD, "formats": []}, "formats (a non-empty list of image format names expected)"),
+        ({**SMALL_CARD, "tensorflow": {**SMALL_CARD["tensorflow"], "threads": 0}}, "tensorflow (threads: "),
+        (
+            {k: v for k, v in SMALL_CARD.items() if k not in predict.RUN_KEYS},  # trained before they were
+            "was written by an older pawflow: it lacks formats, max_pixels, tensorflow",
+        ),
         ([1, 2], "holds a list, not an object"),
     ],
 )
@@ -237,3 +256,32 @@ def test_a_model_card_that_is_not_json_is_one_clear_error(tmp_path: Path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(PawflowError, match="cannot be read as JSON"):
         predict.read_card(tmp_path / "model.json")
+
+
+@pytest.mark.timeout(120)
+def test_outside_a_project_the_card_alone_says_how_to_predict(tmp_path: Path, capsys, monkeypatch):
+    """No params.yaml: the formats, pixel limit and TensorFlow settings are the model card's."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
+    (photos / "b.png").write_bytes(imagegen.encode(imagegen.photo(2, (80, 80)), "PNG"))
+    monkeypatch.chdir(tmp_path)
+    assert not Path("params.yaml").exists()
+
+    def run(**clean: object) -> tuple[int, list[str], str]:
+        write_model(tmp_path / "model", card_of(16, 64, **clean))
+        code = pawflow(["predict", str(photos), "--model", str(tmp_path / "model")])
+        out, err = capsys.readouterr()
+        return code, [line.split("\t", 1)[1] for line in out.splitlines()], err
+
+    code, (a, b), _ = run()  # the shipped clean: section: both formats
+    assert code == 0 and a.split("\t")[0] in {"Cat", "Dog"} and b.split("\t")[0] in {"Cat", "Dog"}
+    code, (a, b), _ = run(formats=["JPEG"])
+    assert code == 1 and a.split("\t")[0] in {"Cat", "Dog"} and b.startswith("error: unsupported_format")
+    code, (a, b), _ = run(max_pixels=80 * 60)
+    assert code == 1 and a.split("\t")[0] in {"Cat", "Dog"} and b.startswith("error: decompression_bomb")
+    # The card's TensorFlow settings are applied: this process started TensorFlow with the shipped ones.
+    card = card_of(16, 64)
+    write_model(tmp_path / "model", {**card, "tensorflow": {**card["tensorflow"], "threads": 3}})
+    assert pawflow(["predict", str(photos), "--model", str(tmp_path / "model")]) == 2
+    assert "TF_NUM_INTRAOP_THREADS=3" in capsys.readouterr().err

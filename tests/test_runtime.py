@@ -16,10 +16,9 @@ from pathlib import Path
 
 import imagegen
 import pytest
-from conftest import make_workspace, tool_env
+from conftest import make_workspace, shipped, tool_env
 
 from tasks.errors import PawflowError
-from tasks.params import TensorFlow
 from tasks.runtime import configure, tensorflow_env
 
 SMALL = {"epochs": 2, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0}
@@ -126,21 +125,21 @@ def test_default_model_shape_trains_without_a_crash(sharded: Path, prefect_serve
 def test_settings_cannot_change_after_tensorflow_started():
     import tensorflow as tf
 
-    configure(TensorFlow())  # the same settings: fine, and idempotent
+    configure(shipped("tensorflow"))  # the same settings: fine, and idempotent
     tf.constant(1.0) + 1.0  # TensorFlow's runtime has started: its thread pools are fixed now
     assert tf.config.threading.get_intra_op_parallelism_threads() in (0, 2)  # 0: from TF_NUM_*_THREADS
     with pytest.raises(PawflowError, match="ONEDNN_MAX_CPU_ISA=AVX512_CORE"):
-        configure(TensorFlow(onednn_max_isa="AVX512_CORE"))
+        configure(shipped("tensorflow", onednn_max_isa="AVX512_CORE"))
     with pytest.raises(PawflowError, match="TF_NUM_INTRAOP_THREADS=3"):
-        configure(TensorFlow(threads=3))
+        configure(shipped("tensorflow", threads=3))
 
 
 def test_environment_follows_params():
-    assert tensorflow_env(TensorFlow()) == {
+    assert tensorflow_env(shipped("tensorflow")) == {
         "TF_ENABLE_ONEDNN_OPTS": "1",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
         "TF_NUM_INTRAOP_THREADS": "2",
         "TF_NUM_INTEROP_THREADS": "2",
     }
-    assert tensorflow_env(TensorFlow(onednn=False))["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert tensorflow_env(shipped("tensorflow", onednn=False))["TF_ENABLE_ONEDNN_OPTS"] == "0"
     assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # conftest applied params.yaml before TensorFlow

@@ -11,7 +11,7 @@ from pathlib import Path
 import imagegen
 import numpy as np
 import pytest
-from conftest import workspace_of
+from conftest import shipped, workspace_of
 
 from tasks import augment, tfrecord, train
 from tasks.params import Augment, Params
@@ -50,7 +50,7 @@ def test_a_single_shard_is_read_in_file_order(tmp_path: Path):
 
 # --------------------------------------------------------------------------- the projective augmentation
 
-NONE = Augment(flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0)
+NONE = shipped("train.augment", flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0)
 
 
 def transform(a: Augment, seed: int, size: int = 4, in_h: int = 8, in_w: int = 8) -> np.ndarray:
@@ -154,6 +154,9 @@ def test_every_output_is_written(trained: Params):
         assert (workspace_of(trained) / rel).exists(), rel
     card = json.loads((workspace_of(trained) / "models/model.json").read_text())
     assert card["class_names"] == ["Cat", "Dog"] and card["image_size"] == 32
+    # What `pawflow predict` runs the model with, from the card alone: the params it was trained under.
+    assert (card["formats"], card["max_pixels"]) == (list(trained.clean.formats), trained.clean.max_pixels)
+    assert card["tensorflow"] == trained.tensorflow.model_dump()
     report = json.loads((workspace_of(trained) / "reports/train.json").read_text())
     assert report["epochs_run"] == 1 and report["best_epoch"] == 1
     assert report["device"].startswith("cpu") and report["tensorflow"]["onednn_max_isa"] == "AVX2"

@@ -6,17 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shipped
 from infos import dataset_info
 
 from tasks import warmstart
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_bytes
-from tasks.params import Finetune, Train
+from tasks.params import Train
 from tasks.warmstart import Base
 
 INFO = dataset_info(["Cat", "Dog"], {"train": [("train.tfrecord-00000-of-00001", 110)]})
-FINETUNE = Finetune(max_growth=0.25, max_warm_starts=3)
-DEFAULT = Train()
+FINETUNE = shipped("train.finetune", max_growth=0.25, max_warm_starts=3)
+DEFAULT = shipped("train")  # the shipped params.yaml train: section
 
 
 def base(count: int = 0, full: int = 100, train: Train = DEFAULT, data: bytes = b"weights") -> Base:
@@ -24,18 +25,18 @@ def base(count: int = 0, full: int = 100, train: Train = DEFAULT, data: bytes = 
 
 
 def test_shaping_follows_the_architecture_and_the_classes_not_the_schedule():
-    now = warmstart.shaping(Train(), INFO)
+    now = warmstart.shaping(DEFAULT, INFO)
     assert now == warmstart.shaping(
-        Train(epochs=3, learning_rate=0.1, seed=1, finetune=Finetune(epochs=1)), INFO
+        shipped("train", epochs=3, learning_rate=0.1, seed=1, finetune={"epochs": 1}), INFO
     )
-    assert now != warmstart.shaping(Train(width=8), INFO)
-    assert now != warmstart.shaping(Train(), INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
-    assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == Train().image_size == 160
+    assert now != warmstart.shaping(shipped("train", width=8), INFO)
+    assert now != warmstart.shaping(DEFAULT, INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
+    assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == DEFAULT.image_size == 160
 
 
 def test_plan_warm_starts_a_compatible_base_and_counts():
     b = base(count=1)
-    p = warmstart.plan(b, warmstart.shaping(Train(), INFO), 110, FINETUNE)
+    p = warmstart.plan(b, warmstart.shaping(DEFAULT, INFO), 110, FINETUNE)
     assert p.warm and p.count == 2 and p.from_sha256 == b.sha256 and p.full_retrain_examples == 100
     assert "10.0% more train photos" in p.reason
     assert warmstart.warm_start_report(p) == {"from_sha256": b.sha256, "count": 2}
@@ -44,17 +45,22 @@ def test_plan_warm_starts_a_compatible_base_and_counts():
 @pytest.mark.parametrize(
     ("b", "train", "n_train", "reason"),
     [
-        (None, Train(), 110, "no starting model"),
-        (base(), Train(width=8), 110, "model-shaping settings changed since the starting model: width"),
-        (base(), Train(image_size=64, augment={"flip": False}), 110, "augment, image_size"),
-        (base(count=3), Train(), 110, "3 warm starts in a row"),
+        (None, DEFAULT, 110, "no starting model"),
         (
             base(),
-            Train(),
+            shipped("train", width=8),
+            110,
+            "model-shaping settings changed since the starting model: width",
+        ),
+        (base(), shipped("train", image_size=64, augment={"flip": False}), 110, "augment, image_size"),
+        (base(count=3), DEFAULT, 110, "3 warm starts in a row"),
+        (
+            base(),
+            DEFAULT,
             126,
             "grew by 26.0% since the last full retrain (> train.finetune.max_growth 25.0%)",
         ),
-        (base(), Train(), 99, "the train split shrank (100 -> 99 photos)"),
+        (base(), DEFAULT, 99, "the train split shrank (100 -> 99 photos)"),
     ],
 )
 def test_plan_retrains_from_scratch(b: Base | None, train: Train, n_train: int, reason: str):
@@ -70,7 +76,9 @@ def test_plan_retrains_from_scratch(b: Base | None, train: Train, n_train: int, 
 
 
 def test_no_limit_on_warm_starts_when_max_warm_starts_is_null():
-    p = warmstart.plan(base(count=50), warmstart.shaping(Train(), INFO), 100, Finetune(max_warm_starts=None))
+    p = warmstart.plan(
+        base(count=50), warmstart.shaping(DEFAULT, INFO), 100, shipped("train.finetune", max_warm_starts=None)
+    )
     assert p.warm and p.count == 51
 
 
@@ -116,7 +124,7 @@ def champion(tmp_path: Path, training: dict | None) -> Path:
 
 def test_base_from_champion_reads_its_lineage(tmp_path: Path):
     assert warmstart.base_from_champion(tmp_path / "none") is None
-    now = warmstart.shaping(Train(), INFO)
+    now = warmstart.shaping(DEFAULT, INFO)
     lineage = {
         "shaping": now,
         "warm_start": {"from_sha256": "a" * 64, "count": 2},
@@ -133,22 +141,22 @@ def test_a_champion_from_before_warm_starts_is_not_a_starting_model(tmp_path: Pa
 @pytest.mark.parametrize(
     ("warm", "full", "will_run", "current", "champ", "train", "choice", "why"),
     [
-        (True, True, False, base(), base(data=b"c"), Train(), "scratch", "full retrain was asked"),
-        (True, False, False, None, base(data=b"c"), Train(), "keep", "up to date"),
-        (False, False, True, base(), base(data=b"c"), Train(), "scratch", "no warm start asked"),
-        (True, False, True, None, None, Train(), "scratch", "no champion"),
+        (True, True, False, base(), base(data=b"c"), DEFAULT, "scratch", "full retrain was asked"),
+        (True, False, False, None, base(data=b"c"), DEFAULT, "keep", "up to date"),
+        (False, False, True, base(), base(data=b"c"), DEFAULT, "scratch", "no warm start asked"),
+        (True, False, True, None, None, DEFAULT, "scratch", "no champion"),
         (
             True,
             False,
             True,
             None,
             base(data=b"c"),
-            Train(width=8),
+            shipped("train", width=8),
             "scratch",
             "model-shaping settings changed",
         ),
-        (True, False, True, base(data=b"c"), base(data=b"c"), Train(), "keep", "already holds the champion"),
-        (True, False, True, base(), base(data=b"c"), Train(), "champion", "fine-tuning"),
+        (True, False, True, base(data=b"c"), base(data=b"c"), DEFAULT, "keep", "already holds the champion"),
+        (True, False, True, base(), base(data=b"c"), DEFAULT, "champion", "fine-tuning"),
     ],
 )
 def test_choose_base(warm, full, will_run, current, champ, train, choice, why):
