@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import resource
 import shutil
 import time
@@ -356,6 +357,24 @@ def global_precision(policy: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy("float32")
 
 
+@contextlib.contextmanager
+def keras_draws_privately(seed: int) -> Iterator[None]:
+    """Keras seeds every initializer and seed generator built without a seed (each layer's weights,
+    dropout) with a draw from Python's global `random` generator (keras.src.random.seed_generator.
+    make_default_seed). Other threads of the process draw from that generator too, at moments that
+    depend on load: Prefect's log and event delivery and its retry jitter. One of their draws between two
+    of Keras's gave another model (seen as a flaky byte-equality test under load). In the block, Keras
+    draws from a generator of its own, seeded with `seed`; the global one is left to everyone else."""
+    from keras.src.random import seed_generator
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
+
+
 def train(
     processed: Path,
     info: DatasetInfo,
@@ -372,16 +391,12 @@ def train(
     start: a warm start's starting model (models/base/model.keras): fine-tuned for train.finetune.epochs
     instead of a new model trained for train.epochs. callbacks: more Keras callbacks, after pawflow's
     (the benchmarks measure test accuracy per epoch with one)."""
-    # Imported before the seed is set (used in _train and _callbacks): an import takes seconds, during
-    # which the Prefect client's threads may draw from Python's global random generator, from which
-    # Keras seeds each new layer. Measured: importing them after the seed gave other model bytes when
-    # train ran inside the train flow (not when called directly).
-    import dvclive.keras  # noqa: F401
+    import dvclive.keras  # noqa: F401  (used in _train and _callbacks: imported once, up front)
 
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
-    with global_precision(policy):
+    with global_precision(policy), keras_draws_privately(cfg.seed):
         log.info("training on %s, precision %s", devices.description, policy)
         return _train(
             processed, info, cfg, workdir, devices, policy, say if progress else None, start, callbacks

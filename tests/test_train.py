@@ -215,3 +215,36 @@ def test_extra_callbacks_see_every_epoch_and_leave_the_model_unchanged(trained: 
         (tmp_path / f"{name}.keras").write_bytes(result.model)
         nets.append(keras.saving.load_model(tmp_path / f"{name}.keras", compile=False).get_weights())
     assert len(nets[0]) == len(nets[1]) and all(np.array_equal(a, b) for a, b in zip(*nets, strict=True))
+
+
+def test_keras_draws_ignore_other_threads_drawing_from_pythons_random():
+    """Prefect's background threads draw from Python's global random generator at moments that depend on
+    load; the weights a seed gives must not depend on them."""
+    import random
+    import threading
+
+    import keras
+
+    from tasks.model import make_model
+
+    def build(seed: int) -> list[np.ndarray]:
+        keras.utils.set_random_seed(seed)
+        with train.keras_draws_privately(seed):
+            return make_model((32, 32, 3), 2, width=8, blocks=(1, 1)).get_weights()
+
+    quiet = build(7)
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+
+    busy = threading.Thread(target=draw)
+    busy.start()
+    try:
+        noisy = build(7)
+    finally:
+        stop.set()
+        busy.join()
+    assert len(quiet) == len(noisy) and all(np.array_equal(a, b) for a, b in zip(quiet, noisy, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(quiet, build(8), strict=True))  # the seed matters
