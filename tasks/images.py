@@ -390,13 +390,3 @@ def check_file(path: Path, expected_sha256: str | None, s: CheckSettings) -> tup
             "unreadable",
             f"{type(err).__name__}: {err.strerror or err}",
         ), None
-
-
-def thumbnail_from_bytes(data: bytes, s: CheckSettings) -> bytes:
-    """The normalised JPEG for a photo already known to be good (used when the cache lacks it)."""
-    check, thumb = check_bytes(data, s)
-    if thumb is None:
-        raise ValueError(
-            f"photo {check.sha256[:12]} no longer passes the check: {check.reason} {check.detail}"
-        )
-    return thumb
