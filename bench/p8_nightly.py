@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import stagesplit
 from bench.common import PETIMAGES_16K, SAMPLE, WORK, link_files, run, save, workspace
+from tasks.datasetinfo import DatasetInfo
 from tasks.reports import TRAIN
 
 SHARE = 0.05
@@ -116,18 +117,18 @@ def nightly(ws: Path, source: Path) -> dict:
     from tasks.fileio import sha256_file
 
     champion_sha = sha256_file(champion)
-    before = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    before = DatasetInfo.read(ws / "data/processed")
     photos = sum(1 for p in source.rglob("*.jpg"))
     # petimages-16k's names (<N>.jpg) are prefixed: a user's folder could hold the same names
     added = link_files(new_photos(round(photos * SHARE)), PETIMAGES_16K, source, prefix="p16k-")
     night = pipeline_run(ws, "--warm-start")
-    after = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    after = DatasetInfo.read(ws / "data/processed")
     warm = TRAIN.read(ws / "reports")["warm_start"]
     night.update(
         new_photos=len(added),
         photos_before=photos,
-        train_examples_before=before["splits"]["train"]["examples"],
-        train_examples_after=after["splits"]["train"]["examples"],
+        train_examples_before=before.examples("train"),
+        train_examples_after=after.examples("train"),
         champion_sha256_before=champion_sha,
         train_json_warm_start=warm,
         warm_start_names_champion=bool(warm) and warm["from_sha256"] == champion_sha,
