@@ -1,4 +1,4 @@
-"""make bench: P1-P8 on this machine; prints one table and writes bench/results/P<n>.json.
+"""make bench: P1-P9 on this machine; prints one table and writes bench/results/P<n>.json.
 
 python -m bench.run [--only P1,P4]
 """
@@ -36,6 +36,7 @@ def main() -> int:
             p6_training,
             p7_runtime,
             p8_nightly,
+            p9_full,
         )
 
         steps = {
@@ -47,6 +48,7 @@ def main() -> int:
             "P5": lambda: p5_scale.main(),
             "P3": lambda: p3_incremental.main(WORK / "p5", WORK / "p5-source", p5_full_seconds()),
             "P8": lambda: p8_nightly.main(),
+            "P9": lambda: p9_full.main(),
         }
         for name, step in steps.items():  # P4, P6 and P7 use P2's workspace, P3 uses P5's
             if only and name not in only:
