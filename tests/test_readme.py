@@ -37,3 +37,19 @@ def test_every_picture_is_shown_and_every_picture_shown_exists():
     assert shown == {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.png")}
     assert {"docs/training-progress.png", "docs/evaluation-report.png"} <= shown
     assert all((ROOT / p).stat().st_size < 300_000 for p in shown)
+
+
+def test_the_full_collection_recipes_are_valid_params():
+    """README 'Full-collection recipe': each YAML block, merged into params.yaml as the README says to,
+    is a valid params file (a renamed or misspelt key in the documentation fails here)."""
+    from tasks.params import merged, parse_params
+
+    section = README.split("### Full-collection recipe", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2  # this machine, one GPU
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for block in blocks:
+        recipe = yaml.safe_load(block)
+        assert recipe and set(recipe) <= set(shipped), recipe
+        params = parse_params(merged(shipped, recipe))
+        assert params.model_dump(mode="json") != parse_params(shipped).model_dump(mode="json")
