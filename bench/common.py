@@ -164,6 +164,11 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+def source_files(folder: Path) -> list[Path]:
+    """Every file of a dataset folder (the sample's non-images too, as a user's folder has them)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SOURCE.md")
+
+
 def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict:
     """bench/results/P<n>.json: the figure, its target, whether it is met, and the raw numbers."""
     result = {"benchmark": f"P{n}", "figure": figure, "target": target, "met": met, "machine": MACHINE, **raw}

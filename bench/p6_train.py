@@ -111,6 +111,15 @@ def main() -> None:
             with_meta=True,
         )
 
+    def test_accuracy(model: Any) -> dict:
+        pred, _ = evaluate.predict(model, test_set(), tta)
+        out = {"test_accuracy": round(float(pred.correct.mean()), 4)}
+        if args.apart:
+            kept = np.array([not p.rsplit("/", 1)[-1].startswith(args.apart) for p in pred.paths])
+            out["test_accuracy_apart"] = round(float(pred.correct[kept].mean()), 4)
+            out["test_photos_apart"] = int(kept.sum())
+        return out
+
     class TestEachEpoch(keras.callbacks.Callback):
         """Test accuracy after every epoch; the seconds it takes are kept apart from training's."""
 
@@ -125,25 +134,15 @@ def main() -> None:
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             t = time.monotonic()
-            pred, _ = evaluate.predict(self.model, test_set(), tta)
             self.curve.append(
                 {
                     "epoch": epoch + 1,
                     "train_s": round(t - self.started - self.eval_s, 1),
-                    "test_accuracy": round(float(pred.correct.mean()), 4),
+                    **test_accuracy(self.model),
                     "val_accuracy": round(float((logs or {}).get("val_accuracy", float("nan"))), 4),
                 }
             )
             self.eval_s += time.monotonic() - t
-
-    def test_accuracy(model: Any) -> dict:
-        pred, _ = evaluate.predict(model, test_set(), tta)
-        out = {"test_accuracy": round(float(pred.correct.mean()), 4)}
-        if args.apart:
-            kept = np.array([not p.rsplit("/", 1)[-1].startswith(args.apart) for p in pred.paths])
-            out["test_accuracy_apart"] = round(float(pred.correct[kept].mean()), 4)
-            out["test_photos_apart"] = int(kept.sum())
-        return out
 
     class TestAtMarks(keras.callbacks.Callback):
         """Test accuracy when the training clock (test time left out) passes each mark; training stops

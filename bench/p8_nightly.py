@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bench import stagesplit
-from bench.common import PETIMAGES_16K, SAMPLE, WORK, link_files, run, save, workspace
+from bench.common import PETIMAGES_16K, SAMPLE, WORK, link_files, run, save, source_files, workspace
 from tasks.datasetinfo import DatasetInfo
 from tasks.reports import TRAIN
 
@@ -28,11 +28,6 @@ NIGHTLY_TARGET = 0.20  # issue 13: a +5 % night <= 20 % of the first full run's 
 MAX_ACCURACY_GAP = 0.01  # ... and the warm start within 1 point of the from-scratch model
 STAGES = ("ingest", "clean", "dedup", "shard", "base", "train", "evaluate")
 PIPELINE = [sys.executable, "-m", "flows.pipeline", "--no-push"]
-
-
-def source_files(folder: Path) -> list[Path]:
-    """Every file of a dataset folder (the sample's non-images too, as a user's folder has them)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SOURCE.md")
 
 
 def new_photos(count: int) -> list[Path]:

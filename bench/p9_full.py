@@ -21,7 +21,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.common import PETIMAGES_16K, SAMPLE, WORK, image_files, link_files, run, save, workspace
+from bench.common import (
+    PETIMAGES_16K,
+    SAMPLE,
+    WORK,
+    image_files,
+    link_files,
+    run,
+    save,
+    source_files,
+    workspace,
+)
 from tasks.datasetinfo import DatasetInfo
 
 PREFIX = "p16k-"  # petimages-16k's names (<N>.jpg) are prefixed: the sample holds the same names
@@ -37,8 +47,7 @@ RUNS = (  # (model, budget): the default first; the slowest last
 def build(source: Path) -> Path:
     """The grown collection's shards: the sample, then the sample plus petimages-16k."""
     shutil.rmtree(source, ignore_errors=True)
-    sample = sorted(p for p in SAMPLE.rglob("*") if p.is_file() and p.name != "SOURCE.md")
-    link_files(sample, SAMPLE, source)
+    link_files(source_files(SAMPLE), SAMPLE, source)
     ws = workspace("p9", source)
     run([sys.executable, "-m", "dvc", "repro", "shard"], ws)
     link_files(image_files(PETIMAGES_16K), PETIMAGES_16K, source, prefix=PREFIX)
