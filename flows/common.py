@@ -225,39 +225,32 @@ def state_message(state: State) -> str:
     return state.message or state.name or "failed"
 
 
-class Interrupted:
-    """Whether Ctrl-C (SIGINT) came while the block ran.
-
-    The first SIGINT raises KeyboardInterrupt as usual, and is also remembered: Prefect's engine can
-    swallow a KeyboardInterrupt raised while the main thread is inside one of its own calls (measured
-    under load: the run went on and completed). A remembered interrupt still ends the command with 130.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __bool__(self) -> bool:
-        return self.event.is_set()
-
-
 @contextmanager
-def ctrl_c_remembered() -> Iterator[Interrupted]:
-    """SIGINT raises KeyboardInterrupt and is recorded in the yielded Interrupted; the previous handler
-    is restored on exit (main thread only: elsewhere Python cannot set handlers, and nothing changes)."""
-    seen = Interrupted()
+def ctrl_c_is_final() -> Iterator[None]:
+    """Ctrl-C (SIGINT) ends the block with KeyboardInterrupt, even where the code inside swallowed it.
+
+    The first SIGINT raises KeyboardInterrupt as usual and is also remembered: Prefect's engine can
+    swallow a KeyboardInterrupt raised while the main thread is inside one of its own calls (measured
+    under load: the run went on and completed). A block that then ends normally raises it again on exit,
+    so the command still ends with 130. The previous handler is restored on exit (main thread only:
+    elsewhere Python cannot set handlers, and nothing changes).
+    """
     if threading.current_thread() is not threading.main_thread():
-        yield seen
+        yield
         return
+    seen = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        seen.event.set()
+        seen.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
-        yield seen
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
+    if seen.is_set():
+        raise KeyboardInterrupt
 
 
 def stage_main(
@@ -274,13 +267,11 @@ def stage_main(
     quiet_user_errors()
     try:
         params = load(args.params)
-        with run_lock(), ctrl_c_remembered() as interrupted:
+        with run_lock(), ctrl_c_is_final():
             for leftover in tidy_workspace(params):
                 print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
             runnable = flow.with_options(task_runner=task_runner(params.runner))
             state = runnable(params=params, refresh=args.refresh, return_state=True)
-        if interrupted:
-            raise KeyboardInterrupt
     except PawflowError as err:
         print(f"\npawflow {stage}: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from prefect.runtime import deployment
 from prefect.states import Completed, Failed
 
 from flows.common import (
-    ctrl_c_remembered,
+    ctrl_c_is_final,
     error_of,
     friendly,
     quiet_user_errors,
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npawflow pipeline: {err}", file=sys.stderr)
         return 2
     try:
-        with ctrl_c_remembered() as interrupted:
+        with ctrl_c_is_final():
             state = pipeline(
                 source=args.source,
                 epochs=args.epochs,
@@ -301,8 +301,6 @@ def main(argv: list[str] | None = None) -> int:
                 full_retrain=args.full_retrain,
                 return_state=True,
             )
-        if interrupted:
-            raise KeyboardInterrupt
     except KeyboardInterrupt:
         print(
             "\npawflow pipeline: interrupted. Finished stages are recorded in dvc.lock and nothing "

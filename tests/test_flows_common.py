@@ -240,18 +240,29 @@ def test_code_cache_key_imports_a_module_not_loaded_yet():
     assert CodeOf(modules=("tabnanny",)).compute_key(None, {}, {}) == key
 
 
-def test_ctrl_c_is_remembered_even_when_the_interrupt_is_swallowed():
+def test_a_swallowed_ctrl_c_still_ends_the_block_with_keyboard_interrupt():
     import signal
 
     before = signal.getsignal(signal.SIGINT)
-    with common.ctrl_c_remembered() as interrupted:
-        assert not interrupted
-        with pytest.raises(KeyboardInterrupt):
+    ended = False
+    with pytest.raises(KeyboardInterrupt), common.ctrl_c_is_final():
+        try:
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):  # the handler runs between bytecodes of the main thread
                 pass
-        # Swallowed here (as an engine's `except BaseException` can): the interrupt is still on record.
-        assert interrupted
+        except KeyboardInterrupt:
+            pass  # swallowed here, as an engine's `except BaseException` can
+        ended = True  # the block itself runs to its end
+    assert ended
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_block_without_ctrl_c_ends_normally_and_restores_the_handler():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with common.ctrl_c_is_final():
+        assert signal.getsignal(signal.SIGINT) is not before
     assert signal.getsignal(signal.SIGINT) is before
 
 
