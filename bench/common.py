@@ -171,7 +171,15 @@ def source_files(folder: Path) -> list[Path]:
 
 def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict:
     """bench/results/P<n>.json: the figure, its target, whether it is met, and the raw numbers."""
-    result = {"benchmark": f"P{n}", "figure": figure, "target": target, "met": met, "machine": MACHINE, **raw}
+    result = {
+        "benchmark": f"P{n}",
+        "figure": figure,
+        "target": target,
+        "met": met,
+        "machine": MACHINE,
+        "load_average_1_5_15_min_at_save": [round(x, 2) for x in os.getloadavg()],  # its own work included
+        **raw,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"P{n}.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     return result

@@ -51,6 +51,6 @@ def main() -> tuple[dict, Path, Path]:
         notes="dvc repro shard in a fresh workspace (cold caches, the background Prefect server started by "
         "the first stage process); source: hard links to ../shared/datasets/petimages-16k under "
         "bench/work. Peak memory is the largest process of the tree (wait4 ru_maxrss). by_stage: from the "
-        "time-stamped output lines (bench/stagesplit.py). The machine was shared with other work.",
+        "time-stamped output lines (bench/stagesplit.py).",
     )
     return result, ws, source

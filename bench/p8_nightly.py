@@ -196,7 +196,7 @@ def main() -> dict:
         notes="workspace copied from the repo as the other benches build it; source: the sample's files "
         "(hard links), +5 % = photos of petimages-16k (disjoint from the sample). Seconds per stage are "
         "the pipeline's own (reports/runs.jsonl); outside_stages_s is the rest of the command's wall "
-        "time. The machine was shared with other work during the measurement.",
+        "time.",
     )
 
 
