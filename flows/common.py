@@ -231,9 +231,10 @@ def ctrl_c_is_final() -> Iterator[None]:
 
     The first SIGINT raises KeyboardInterrupt as usual and is also remembered: Prefect's engine can
     swallow a KeyboardInterrupt raised while the main thread is inside one of its own calls (measured
-    under load: the run went on and completed). A block that then ends normally raises it again on exit,
-    so the command still ends with 130. The previous handler is restored on exit (main thread only:
-    elsewhere Python cannot set handlers, and nothing changes).
+    under load: the run went on and completed). A block that then ends, normally or with another
+    exception, ends with KeyboardInterrupt instead, so the command still ends with 130. The previous
+    handler is restored on exit (main thread only: elsewhere Python cannot set handlers, and nothing
+    changes; a handler not set from Python comes back as the default one).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -247,8 +248,12 @@ def ctrl_c_is_final() -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
+    except BaseException as err:
+        if seen.is_set() and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     if seen.is_set():
         raise KeyboardInterrupt
 

@@ -257,6 +257,20 @@ def test_a_swallowed_ctrl_c_still_ends_the_block_with_keyboard_interrupt():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_swallowed_ctrl_c_wins_over_a_later_error_in_the_block():
+    import signal
+
+    with pytest.raises(KeyboardInterrupt) as caught, common.ctrl_c_is_final():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            pass
+        raise PawflowError("the run failed after the interrupt", "-")
+    assert isinstance(caught.value.__cause__, PawflowError)
+
+
 def test_a_block_without_ctrl_c_ends_normally_and_restores_the_handler():
     import signal
 
