@@ -9,9 +9,12 @@ which is disjoint from it) are added to the source folder and the data stages re
 Each run's seconds are split by stage and by where they go (bench/stagesplit.py for dvc repro; the
 pipeline's own per-stage seconds in reports/runs.jsonl for the pipeline).
 
-Then the same first run and night 1 on a quarter and a half of petimages-16k (fresh workspaces): a
-straight line through the three sizes separates what a night pays once from what it pays per photo
-already in the collection, part by part, and so gives the ratio a collection of any size would reach.
+Then the same first run and night 1 on every 8th, 4th and 2nd photo of petimages-16k (fresh
+workspaces), each followed by a second night whose new photos are petimages-16k photos the collection
+lacks (180 px like the collection's; the sample's are full size). Straight lines through the sizes
+separate what a night pays once from what it pays per photo already in the collection, part by part,
+and so estimate the ratio a larger collection would reach. `python -m bench.p3_incremental --refit
+FILE` recomputes the lines and the figure of a results file from the seconds it holds.
 """
 
 from __future__ import annotations
@@ -139,9 +142,10 @@ def by_size(sizes: list[dict], night_key: str) -> dict:
     once + per 1,000 photos already in the collection; and the ratio they give as the collection grows:
     the night's per-photo slope of DVC's bookkeeping and the stages' work over the first run's. Process
     start-ups are left out of it: they are per process (Python, Prefect, the server start), not per
-    photo, and their fitted slopes are run-to-run noise of a few seconds around zero."""
-    firsts = [s for s in sizes if "first_run" in s]
-    nights = [s[night_key] for s in sizes if night_key in s]
+    photo, and their fitted slopes are run-to-run noise of a few seconds around zero. Both lines go
+    through the sizes that had this night."""
+    firsts = [s for s in sizes if night_key in s]  # the same sizes for both lines
+    nights = [s[night_key] for s in firsts]
     n_first, n_night = [s["photos"] for s in firsts], [r["photos_before"] for r in nights]
     first = fit(n_first, [s["first_run_s"] for s in firsts])
     night = fit(n_night, [r["seconds"] for r in nights])
@@ -170,6 +174,43 @@ def by_size(sizes: list[dict], night_key: str) -> dict:
     }
 
 
+TARGET_TEXT = (
+    "dvc repro as a night runs it: <= 10% of the full data-stage time; unchanged files not re-hashed, "
+    "no photo changes split"
+)
+
+
+def growth_lines(sizes: list[dict]) -> dict:
+    return {
+        "sample_photos_arrive": by_size(sizes, "night"),
+        "same_kind_arrive": by_size(sizes, "night_same_kind"),
+        "sizes": sizes,
+    }
+
+
+def figure(runs: dict, full_s: float, growth: dict) -> str:
+    cold, warm, prefect = runs["dvc_repro_no_server"], runs["dvc_repro_server_up"], runs["prefect_pipeline"]
+    limit = growth["sample_photos_arrive"]["ratio_as_the_collection_grows"]
+    limit_same = growth["same_kind_arrive"]["ratio_as_the_collection_grows"]
+    return (
+        f"+5% real photos on 16k: dvc repro {cold['seconds']:.0f}s = {cold['ratio']:.1%} (server up: "
+        f"{warm['seconds']:.0f}s = {warm['ratio']:.1%}), Prefect pipeline {prefect['seconds']:.0f}s = "
+        f"{prefect['ratio']:.1%} of the full run ({full_s:.0f}s); only new files hashed; per photo already "
+        f"in the collection, DVC + the stages' work cost a night {limit:.1%} of a first run's "
+        f"({limit_same:.1%} when the new photos are 180 px like the collection's)"
+    )
+
+
+def refit(path: Path) -> None:
+    """Recompute a P3 results file's lines and figure from the seconds it holds (no new measurement)."""
+    result = json.loads(path.read_text())
+    growth = growth_lines(result["by_collection_size"]["sizes"])
+    runs = {k: result[k] for k in ("dvc_repro_no_server", "dvc_repro_server_up", "prefect_pipeline")}
+    result.update(by_collection_size=growth, figure=figure(runs, result["full_data_stages_s"], growth))
+    path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    print(result["figure"])
+
+
 def main(ws: Path, source: Path, full_s: float) -> dict:
     pool = image_files(SAMPLE)
     random.Random(3).shuffle(pool)  # a fixed mix of cats and dogs, different photos each run
@@ -178,6 +219,7 @@ def main(ws: Path, source: Path, full_s: float) -> dict:
     def take(n: int) -> list[Path]:
         nonlocal taken
         taken += n
+        assert taken <= len(pool), f"the sample has {len(pool)} photos, the nights need {taken}"
         return pool[taken - n : taken]
 
     def next_photos() -> list[Path]:
@@ -208,22 +250,11 @@ def main(ws: Path, source: Path, full_s: float) -> dict:
             "night": cold,
         }
     )
-    growth = {
-        "sample_photos_arrive": by_size(sizes, "night"),
-        "same_kind_arrive": by_size(sizes, "night_same_kind"),
-        "sizes": sizes,
-    }
-    limit = growth["sample_photos_arrive"]["ratio_as_the_collection_grows"]
-    limit_same = growth["same_kind_arrive"]["ratio_as_the_collection_grows"]
+    growth = growth_lines(sizes)
     return save(
         3,
-        f"+5% real photos on 16k: dvc repro {cold['seconds']:.0f}s = {cold['ratio']:.1%} (server up: "
-        f"{warm['seconds']:.0f}s = {warm['ratio']:.1%}), Prefect pipeline {prefect['seconds']:.0f}s = "
-        f"{prefect['ratio']:.1%} of the full run ({full_s:.0f}s); only new files hashed; "
-        f"as the collection grows, dvc repro -> {limit:.1%} ({limit_same:.1%} when the new photos are "
-        "180 px like the collection's)",
-        "dvc repro as a night runs it: <= 10% of the full data-stage time; unchanged files not re-hashed, "
-        "no photo changes split",
+        figure(runs, full_s, growth),
+        TARGET_TEXT,
         cold["ratio"] <= TARGET
         and all(r["hashed"] == r["new_photos"] and r["moved_photos"] == 0 for r in runs.values()),
         full_data_stages_s=full_s,
@@ -237,3 +268,11 @@ def main(ws: Path, source: Path, full_s: float) -> dict:
         "petimages-16k photos the collection lacks (180 px, like the collection's; the sample's average "
         "4.6x the pixels); lines fitted through the sizes (the full size has no same-kind night).",
     )
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.p3_incremental")
+    parser.add_argument("--refit", type=Path, required=True, help="a P3 results file to refit")
+    refit(parser.parse_args().refit)
