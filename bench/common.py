@@ -180,6 +180,11 @@ def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict
         "load_average_1_5_15_min_at_save": [round(x, 2) for x in os.getloadavg()],  # its own work included
         **raw,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"P{n}.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    write_result(RESULTS / f"P{n}.json", result)
     return result
+
+
+def write_result(path: Path, result: dict) -> None:
+    """A results file, in the one format every bench/results/P<n>.json has."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")

@@ -38,6 +38,7 @@ from bench.common import (
     run_stamped,
     save,
     workspace,
+    write_result,
 )
 from bench.p5_scale import stop_background_server
 
@@ -207,7 +208,7 @@ def refit(path: Path) -> None:
     growth = growth_lines(result["by_collection_size"]["sizes"])
     runs = {k: result[k] for k in ("dvc_repro_no_server", "dvc_repro_server_up", "prefect_pipeline")}
     result.update(by_collection_size=growth, figure=figure(runs, result["full_data_stages_s"], growth))
-    path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    write_result(path, result)
     print(result["figure"])
 
 
