@@ -80,7 +80,7 @@ def test_a_missing_key_is_refused_with_its_name_and_what_to_do(section: str, key
         parent = parent[part]
     del parent[key]
     msg = error_for(data)
-    assert f"  {section}.{key}: missing (add it to params.yaml: README 'Parameters' lists" in msg
+    assert f"  {section}.{key}: missing (add it to params.yaml: pawflow's own params.yaml has" in msg
     assert msg.count("missing") == 1, msg
 
 
