@@ -120,7 +120,8 @@ def test_the_number_of_stages_is_dvc_yamls():
 def test_no_issue_numbers_or_development_history_in_the_documents():
     for doc in DOCUMENTS:
         text = doc.read_text()
-        assert not re.search(r"\bissue \d+|\bround\b|previous version", text, re.I), rel(doc)
+        history = r"\bissues? #?\d+|\b(this|last|next|previous|earlier|later) round\b|\bprevious version\b"
+        assert not re.search(history, text, re.I), f"{rel(doc)}: {re.search(history, text, re.I)[0]!r}"
 
 
 def test_the_full_collection_recipes_are_valid_params():

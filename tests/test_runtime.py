@@ -118,7 +118,8 @@ def test_same_model_bytes_under_load_and_another_hosts_settings(sharded: Path, p
 
 
 # The train stage run by a process that imported the training code and its logger (dvclive) before the
-# flow started, where `python -m flows.train` imports them once training has begun, after the seed.
+# flow started, where `python -m flows.train` imports the training code when its flow starts and dvclive
+# once the seed is set.
 IMPORTS_FIRST = """
 import runpy, sys
 import dvclive.keras, tasks.train
