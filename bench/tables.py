@@ -138,9 +138,9 @@ def make_run() -> str:
             table(["stage", "what it found or made"], rows),
             "",
             f"The outputs are the committed `reports/*.json`, which `dvc.lock` pins: every run of this "
-            f"commit on the sample writes them byte for byte. Time: P8's first run, every stage from "
-            f"scratch, took {minutes(first['seconds'])} ({minutes(first['stages_s']['train'])} of it "
-            f"training). {measured_on(('P8', p8))}",
+            f"commit on the sample writes them byte for byte. Time: a first run with every stage from "
+            f"scratch (benchmark P8 in docs/benchmarks.md) took {minutes(first['seconds'])}, "
+            f"{minutes(first['stages_s']['train'])} of it training. {measured_on(('P8', p8))}",
         ]
     )
 
