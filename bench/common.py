@@ -29,6 +29,32 @@ MACHINE = (
 )
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), which decides TensorFlow's kernels and so every speed measured."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def measured() -> dict[str, Any]:
+    """Where and when a result was measured: the commit (with '+local changes' when the work tree had
+    uncommitted ones), the UTC time, the load average (this benchmark's own work included) and the
+    machine. bench.tables prints it under every table."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "commit": git("rev-parse", "HEAD") + (" +local changes" if dirty else ""),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
+        "machine": ", ".join(filter(None, [cpu_model(), MACHINE, "no GPU"])),
+    }
+
+
 @dataclass
 class Timed:
     seconds: float
@@ -176,8 +202,7 @@ def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict
         "figure": figure,
         "target": target,
         "met": met,
-        "machine": MACHINE,
-        "load_average_1_5_15_min_at_save": [round(x, 2) for x in os.getloadavg()],  # its own work included
+        "measured": measured(),
         **raw,
     }
     write_result(RESULTS / f"P{n}.json", result)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, WORK
+from bench.common import RESULTS, WORK, measured, write_result
 from flows.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,7 @@ def main(ws: Path, epochs: int) -> dict:
     single = json.loads((out / "single.json").read_text())
     w0, w1 = (json.loads((out / f"worker{i}.json").read_text()) for i in range(2))
     result = {
+        "measured": measured(),
         "epochs": epochs,
         "single": {**single, "process_wall_s": round(one_wall, 1)},
         "two_workers": {**w0, "process_wall_s": round(two_wall, 1)},
@@ -106,7 +107,7 @@ def main(ws: Path, epochs: int) -> dict:
         "workers_identical_weights": w0["weights_sha256"] == w1["weights_sha256"],
         "seconds": round(time.monotonic() - started, 1),
     }
-    (RESULTS / "multiworker.json").write_text(json.dumps(result, indent=2))
+    write_result(RESULTS / "multiworker.json", result)
     print(
         f"one process: {single['train_images_per_s']} img/s; two workers on loopback: "
         f"{w0['train_images_per_s']} img/s ({result['throughput_ratio']}x); identical weights on both "

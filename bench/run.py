@@ -9,7 +9,7 @@ import argparse
 import json
 import time
 
-from bench.common import MACHINE, RESULTS, WORK, prefect_api
+from bench.common import MACHINE, RESULTS, WORK, prefect_api, write_result
 
 
 def p5_full_seconds() -> float:
@@ -58,9 +58,7 @@ def main() -> int:
             if isinstance(result, tuple):
                 result = result[0]
             result["bench_seconds"] = round(time.monotonic() - t, 1)
-            (RESULTS / f"{name}.json").write_text(
-                json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
-            )
+            write_result(RESULTS / f"{name}.json", result)
             results.append(result)
             print(f"{name} done in {result['bench_seconds']:.0f}s: {result['figure']}", flush=True)
     print(f"\npawflow benchmarks on {MACHINE}, {time.monotonic() - started:.0f}s in all\n")

@@ -1,4 +1,4 @@
-"""Regenerate the README's pictures of a run in progress, from a real run (`make screenshots`, ~2-4 min).
+"""Regenerate the docs' pictures of a run in progress, from a real run (`make screenshots`, ~2-4 min).
 
 Runs the Prefect pipeline (`python -m flows.pipeline --no-push`) in a throw-away copy of the project on
 generated photos (tests/imagegen.py) with a small model, against a Prefect server of its own, then takes

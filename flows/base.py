@@ -1,4 +1,4 @@
-"""base: models/base, the starting weights of train (a warm start's, or none: README "Warm-start training").
+"""base: models/base, the starting weights of train (a warm start's, or none: docs/design.md, "Warm start").
 
 The folder is a DVC output (persist) so that the train stage can depend on it without a cycle: the Prefect
 pipeline sets it from the champion (or empties it) before train and records it with `dvc commit base`.

@@ -221,7 +221,7 @@ def deployments(params_path: Path) -> list:
         parameters={"warm_start": True},
         description=f"Re-ingest the source at '{p.schedule}' ({p.timezone}); retrain and gate only when "
         "new photos arrived, else finish fast with 'no new data'. Fine-tunes the champion (warm start) "
-        "unless a full retrain is due (README 'Warm-start training').",
+        "unless a full retrain is due (docs/design.md, 'Warm start').",
     )
     full = pipeline.to_deployment(
         name="retrain-full",

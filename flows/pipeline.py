@@ -183,7 +183,7 @@ def pipeline(
     force re-runs every stage without caches; push overrides pipeline.push.
     until stops after that stage (e.g. until="shard": the data stages only).
     warm_start: when train has to run, fine-tune the champion if nothing model-shaping changed and the
-    collection did not outgrow train.finetune (README "Warm-start training"); full_retrain: a model
+    collection did not outgrow train.finetune (docs/design.md, "Warm start"); full_retrain: a model
     trained from scratch, even when nothing else changed.
     """
     quiet_user_errors()

@@ -280,11 +280,11 @@ def _describe(err: ValidationError, path: Path) -> str:
     for e in err.errors():
         key = _key(e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (a typo? see README 'Parameters' for the valid keys)")
+            lines.append(f"  {key}: unknown key (a typo? pawflow's own params.yaml has every valid key)")
         elif e["type"] == "missing":
             lines.append(
-                f"  {key}: missing (add it to {path.name}: "
-                "README 'Parameters' lists every key with its default value)"
+                f"  {key}: missing (add it to {path.name}: pawflow's own params.yaml has every key, "
+                "with a comment saying what it does)"
             )
         else:
             got = e.get("input")

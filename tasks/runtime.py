@@ -2,7 +2,7 @@
 per process before TensorFlow is imported, so the same shards and params give the same model bytes on
 every x86-64 host of the same core count, whatever its load or instruction set.
 
-Measured on 2-core AMD EPYC hosts (README "Reproducibility"):
+Measured on 2-core AMD EPYC hosts (docs/design.md, "Reproducibility"):
 - oneDNN's AVX-512 kernels corrupt the heap while training small models on hosts with AVX512_BF16
   (`double free or corruption`, 5 crashes in 5 runs at width 8 / 32 px); capped at AVX2, 0 crashes.
 - oneDNN picks its kernels at run time from the CPU's instruction set, so uncapped, two hosts of the

@@ -359,12 +359,19 @@ def global_precision(policy: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def keras_draws_privately(seed: int) -> Iterator[None]:
-    """Keras seeds every initializer and seed generator built without a seed (each layer's weights,
-    dropout) with a draw from Python's global `random` generator (keras.src.random.seed_generator.
-    make_default_seed). Other threads of the process draw from that generator too, at moments that
-    depend on load: Prefect's log and event delivery and its retry jitter. One of their draws between two
-    of Keras's gave another model (seen as a flaky byte-equality test under load). In the block, Keras
-    draws from a generator of its own, seeded with `seed`; the global one is left to everyone else."""
+    """In the block, Keras draws the seeds it makes up for itself from a generator of its own, seeded with
+    `seed`, rather than from Python's global `random` generator.
+
+    Keras seeds every initializer and seed generator built without a seed (each layer's weights, each
+    dropout, a loaded model's layers) with `random.randint` on the global generator
+    (keras.src.random.seed_generator.make_default_seed). Other threads draw from that generator at moments
+    that depend on time: the websockets library puts `random.getrandbits(32)` in every ping, and Prefect's
+    events client pings when it connects and at each checkpoint of the events it sends (its thread
+    GlobalEventLoopThread), websockets' keepalive every 20 s. One such draw between `set_random_seed` and
+    the model's build gave another model: why an import that took seconds after the seed changed the
+    model's bytes under the train flow and not when train was called directly, and why a byte-equality
+    test flaked under load. Keras has no public way to give it a generator (3.15); the private name this
+    swaps is pinned by tests/test_train.py."""
     from keras.src.random import seed_generator
 
     shared = seed_generator.python_random
@@ -391,8 +398,6 @@ def train(
     start: a warm start's starting model (models/base/model.keras): fine-tuned for train.finetune.epochs
     instead of a new model trained for train.epochs. callbacks: more Keras callbacks, after pawflow's
     (the benchmarks measure test accuracy per epoch with one)."""
-    import dvclive.keras  # noqa: F401  (used in _train and _callbacks: imported once, up front)
-
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
     policy = precision_policy(cfg.mixed_precision, devices.gpus)

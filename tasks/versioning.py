@@ -46,7 +46,9 @@ _held: dict[Path, Any] = {}
 
 def _busy(root: Path) -> str | None:
     """Who is running a DVC stage here: DVC releases its repo lock while a stage's command runs, but
-    keeps that stage's deps and outs in .dvc/tmp/rwlock (pid and command) until it has recorded it."""
+    keeps that stage's deps and outs in .dvc/tmp/rwlock (pid and command) until it has recorded it.
+    The file is DVC's internal record (dvc.rwlock), with no public reader: tests/test_versioning.py pins
+    it by having DVC run a stage."""
     import psutil
 
     path = root / ".dvc" / "tmp" / "rwlock"
@@ -119,7 +121,10 @@ def _repo(root: Path) -> Iterator[Any]:
 
     held = _held.get(root.resolve())
     if held is not None:
-        held._reset()  # dvc.yaml, dvc.lock and the outputs may have changed since the last call
+        # dvc.yaml, dvc.lock and the outputs may have changed since the last call. DVC drops the graph it
+        # caches in the Repo with this private method each time it takes its lock, which a held lock is
+        # not; it has no public equivalent (pinned by tests/test_versioning.py).
+        held._reset()
         yield held
         return
     with Repo(str(root)) as repo:

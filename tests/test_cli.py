@@ -34,6 +34,21 @@ def test_version_comes_from_the_package_metadata(capsys):
     assert capsys.readouterr().out.strip() == f"pawflow {version('pawflow')}"
 
 
+def test_the_changelogs_top_entry_is_the_version_pawflow_prints():
+    """CHANGELOG.md (Keep a Changelog), pyproject.toml and `pawflow --version` name the same version."""
+    import re
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert version("pawflow") == declared, "pyproject.toml's version changed: reinstall (make install)"
+    entries = re.findall(r"^## \[([^\]]+)\] - (.+)$", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert entries, "CHANGELOG.md has no '## [VERSION] - DATE' entry"
+    assert entries[0][0] == declared, f"CHANGELOG.md's top entry is {entries[0][0]}, pawflow is {declared}"
+    for number, date in entries:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", number), number
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) or (date == "Unreleased" and number == declared), date
+
+
 @pytest.mark.parametrize("command", [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]])
 def test_every_command_has_help(command: list[str], capsys):
     assert main([*command, "-h"]) == 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import imagegen
 import pytest
 import yaml
-from commands import dvc, py, ran, sh
+from commands import dvc, py, ran, sh, start_holding_the_workspace, wait_for
 from conftest import make_workspace, tool_env
 from PIL import Image, ImageEnhance
 from workspace import FAST, assert_up_to_date, history, workspace
@@ -160,19 +160,7 @@ def test_dvc_exp_run_and_show(tmp_path: Path, prefect_server: str):
 
 def test_two_runs_at_once_never_interleave(tmp_path: Path, prefect_server: str):
     ws, _ = workspace(tmp_path)
-    env = tool_env(prefect_server)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "flows.pipeline", "--no-push"],
-        cwd=ws,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lock = ws / ".pawflow" / "workspace.lock"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
-        time.sleep(0.2)
+    first = start_holding_the_workspace(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
     second = py(ws, "-m", "flows.pipeline", "--no-push", api=prefect_server)
     stage = py(ws, "-m", "flows.clean", api=prefect_server)
     _, err = first.communicate(timeout=900)
@@ -181,16 +169,6 @@ def test_two_runs_at_once_never_interleave(tmp_path: Path, prefect_server: str):
         assert refused.returncode != 0
         assert "another pawflow run is using this workspace" in refused.stderr
     assert_up_to_date(ws, prefect_server)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server: str):
@@ -214,7 +192,7 @@ def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server:
                 names = {d.name for d in c.read_deployments()}
             return {"manual", "retrain-nightly"} <= names
 
-        wait_for(deployments, 120, "pawflow serve to register its deployments")
+        wait_for(deployments, 120, "pawflow serve to register its deployments", every=1)
         prefect = str(Path(sys.executable).parent / "prefect")
         started = time.monotonic()
         first = sh(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from commands import wait_for
 from conftest import make_workspace, tool_env
 
 from tasks import versioning
@@ -186,8 +188,15 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
     )
     from prefect.client.schemas.objects import StateType
 
-    ws = make_workspace(tmp_path / "ws", source, **PARAMS)
+    # As many chunks as workers: every chunk's task run starts at once, so "all of them running" is a state
+    # the test can see, reached only once the flow has handed out its last chunk.
+    workers = PARAMS["runner"]["workers"]
+    chunk = math.ceil(len(list(source.rglob("*.*"))) / workers)
+    ws = make_workspace(
+        tmp_path / "ws", source, **{**PARAMS, "runner": {"chunk_size": chunk, "workers": workers}}
+    )
     stage(ws, "ingest", prefect_server)
+    chunks = math.ceil(len(pd.read_parquet(ws / "data/interim/ingest.parquet")) / chunk)
     # Hold the per-photo cache's write lock: clean cannot record a verdict, so it cannot finish, and the
     # signal below reaches a running stage on any machine, however fast (a state, not a time).
     db = sqlite3.connect(ws / ".pawflow/cache/photos.sqlite", timeout=60, isolation_level=None)
@@ -223,19 +232,20 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
                 key=ArtifactFilterKey(any_=["clean-progress"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run_id[0]]),
             )
-            deadline = time.monotonic() + 120
-            while not client.read_artifacts(artifact_filter=wanted) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            # ... and a chunk's task run is running (blocked on the cache): the flow's main thread then
-            # waits for the chunks, where a SIGINT is always delivered (under CI load one sent while the
-            # chunks were being submitted was lost, the lock released and clean completed).
+            wait_for(lambda: client.read_artifacts(artifact_filter=wanted), 120, "clean's progress artifact")
+            # ... and every chunk's task run is running (blocked on the cache): the flow has handed out all
+            # its chunks and its main thread waits for them, where a SIGINT is always delivered (under CI
+            # load one sent while the chunks were being submitted was lost, the lock released and clean
+            # completed).
             running = TaskRunFilter(
                 flow_run_id=TaskRunFilterFlowRunId(any_=[run_id[0]]),
                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
             )
-            while not client.read_task_runs(task_run_filter=running) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1)  # the main thread reaches its wait for the chunks
+            wait_for(
+                lambda: len(client.read_task_runs(task_run_filter=running)) == chunks,
+                120,
+                f"clean's {chunks} chunks to be running",
+            )
         assert proc.poll() is None, "".join(lines)[-3000:]
         proc.send_signal(signal.SIGINT)
     finally:

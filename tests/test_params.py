@@ -29,6 +29,22 @@ def test_the_shipped_params_file_is_valid():
     assert abs(sum(p.shard.split.as_dict().values()) - 1) < 1e-9
 
 
+def test_every_key_of_the_shipped_file_says_what_it_is():
+    """params.yaml is the parameters' reference (no other document lists them): each key with a value
+    carries a comment on its line, or has a comment line just above it."""
+    import re
+
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    bare = []
+    for i, line in enumerate(lines):
+        key = re.match(r"^(\s*)[a-z_]+:\s*([^#\s].*)?$", line)
+        if key and key.group(2) and "#" not in key.group(2):
+            above = lines[i - 1] if i else ""
+            if not re.match(rf"^{key.group(1)}#", above):  # a comment line just above
+                bare.append(f"line {i + 1}: {line.strip()}")
+    assert not bare, "keys without a comment in params.yaml:\n" + "\n".join(bare)
+
+
 def test_unknown_key_is_refused_and_named():
     data = base()
     data["clean"]["min_sidee"] = 10
@@ -80,7 +96,7 @@ def test_a_missing_key_is_refused_with_its_name_and_what_to_do(section: str, key
         parent = parent[part]
     del parent[key]
     msg = error_for(data)
-    assert f"  {section}.{key}: missing (add it to params.yaml: README 'Parameters' lists" in msg
+    assert f"  {section}.{key}: missing (add it to params.yaml: pawflow's own params.yaml has" in msg
     assert msg.count("missing") == 1, msg
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import imagegen
 import pytest
 import yaml
-from commands import dvc, py, sh
-from conftest import make_workspace, tool_env
+from commands import dvc, py, sh, start_holding_the_workspace
+from conftest import make_workspace
 from workspace import FAST, up_to_date, workspace
 
 from tasks import versioning
@@ -115,18 +114,7 @@ def test_bad_params_and_a_bad_source_lose_nothing_whichever_entry_point(tmp_path
 def test_a_second_run_is_refused_and_never_breaks_the_first(tmp_path: Path, prefect_server: str):
     api = prefect_server
     ws, _ = workspace(tmp_path)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "flows.pipeline", "--no-push", "--until", "shard"],
-        cwd=ws,
-        env=tool_env(api),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lock = ws / ".pawflow" / "workspace.lock"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
-        time.sleep(0.2)
+    first = start_holding_the_workspace(ws, "-m", "flows.pipeline", "--no-push", "--until", "shard", api=api)
     second = dvc(ws, "repro", "shard", api=api)  # DVC's own lock is held by the pipeline
     stage = py(ws, "-m", "flows.ingest", api=api)
     _, err = first.communicate(timeout=600)

@@ -30,9 +30,16 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def run(ws: Path, api: str, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
+def run(
+    ws: Path,
+    api: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    module: bool = True,
+):
     out = subprocess.run(
-        [*prefix, sys.executable, "-m", *args],
+        [*prefix, sys.executable, *(("-m",) if module else ()), *args],
         cwd=ws,
         env={**tool_env(api), **(env or {})},
         capture_output=True,
@@ -108,6 +115,28 @@ def test_same_model_bytes_under_load_and_another_hosts_settings(sharded: Path, p
     assert md5(sharded / "models/model.keras") == first
     report = (sharded / "reports/train.json").read_text()
     assert '"onednn_max_isa": "AVX2"' in report and "wall_time" not in report
+
+
+# The train stage run by a process that imported the training code and its logger (dvclive) before the
+# flow started, where `python -m flows.train` imports the training code when its flow starts and dvclive
+# once the seed is set.
+IMPORTS_FIRST = """
+import runpy, sys
+import dvclive.keras, tasks.train
+sys.argv = ["flows.train", "--refresh"]
+runpy.run_module("flows.train", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_model_bytes_do_not_depend_on_import_order(sharded: Path, prefect_server: str):
+    """An import that takes seconds after the seed is set, while Prefect's events client pings its
+    server from another thread (each websockets ping draws from Python's global random generator), gave
+    another model when Keras drew its seeds from that generator too (tasks.train.keras_draws_privately)."""
+    run(sharded, prefect_server, "flows.train", "--refresh")
+    imported_late = md5(sharded / "models/model.keras")
+    run(sharded, prefect_server, "-c", IMPORTS_FIRST, module=False)
+    assert md5(sharded / "models/model.keras") == imported_late
 
 
 @pytest.mark.slow

@@ -116,7 +116,7 @@ def test_growth_stability_property(n_old: int, n_new: int, removed: list[int]):
 
 
 def reference_assign(photos_: pd.DataFrame, ledger: pd.DataFrame, fractions: dict, salt: str) -> dict:
-    """The split rules, group by group, as the README states them: a group with photos in the ledger
+    """The split rules, group by group: a group with photos in the ledger
     goes where most of them are (ties: the first of SPLITS); new groups, in order of (label, salted hash
     of the group's smallest sha256), go to their label's split furthest below its share."""
     rows = photos_[photos_["status"] != "conflict"].sort_values("path", kind="stable")

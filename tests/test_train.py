@@ -248,3 +248,31 @@ def test_keras_draws_ignore_other_threads_drawing_from_pythons_random():
         busy.join()
     assert len(quiet) == len(noisy) and all(np.array_equal(a, b) for a, b in zip(quiet, noisy, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(quiet, build(8), strict=True))  # the seed matters
+
+
+# The Keras whose private seed hook tasks.train.keras_draws_privately was written against
+# (requirements.lock's): Keras 3.15 has no public way to give it a random generator of its own.
+KERAS_CHECKED = "3.15.1"
+
+
+def test_keras_draws_its_made_up_seeds_where_keras_draws_privately_sends_them():
+    """A Keras upgrade that renames keras.src.random.seed_generator.python_random, or makes up seeds
+    from another generator, fails here by name, not as model bytes that depend on other threads."""
+    import random
+
+    import keras
+
+    upgrade = f"Keras {keras.__version__} (tasks/train.py was checked against Keras {KERAS_CHECKED})"
+    before = random.getstate()
+    try:
+        with train.keras_draws_privately(7):
+            keras.layers.Dense(3).build((None, 2))  # an initializer without a seed
+            keras.layers.Dropout(0.5)  # a seed generator without a seed
+    except (ImportError, AttributeError) as err:
+        pytest.fail(f"{upgrade}: keras.src.random.seed_generator.python_random is gone: {err}")
+    assert random.getstate() == before, (
+        f"{upgrade} makes up the seeds of unseeded initializers and dropout from Python's global random "
+        "generator, not from the name keras_draws_privately replaces: the model's bytes depend on other "
+        "threads' draws again. Find where it draws now (keras.src.random.seed_generator.make_default_seed), "
+        "or use its public API if it has one."
+    )
