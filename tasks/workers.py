@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import queue
 import re
@@ -307,14 +308,14 @@ def refusal(problems: dict[str, tuple[WorkerView | None, dict[str, str]]], expec
         )
     if CODE in kinds:
         fixes.append(
-            f"Run every worker from this project's code: install it there (e.g. `pip install -e "
-            f"{expect.workspace}` from the shared folder, or the same pawflow commit), then restart the "
-            "workers (a worker keeps the code it loaded when it started)."
+            f"Run every worker from this project's code: start it with PYTHONPATH={expect.workspace} (the "
+            "shared folder), or install the same pawflow commit there; then restart the workers (a worker "
+            "keeps the code it loaded when it started)."
         )
     if LIBRARIES in kinds:
         fixes.append(
-            f"Install the same library versions on every worker (`pip install -c {expect.workspace}/"
-            "requirements.lock ...`), then restart the workers."
+            f"Install the same library versions on every worker (`pip install -r {expect.workspace}/"
+            "requirements.lock`), then restart the workers."
         )
     fixes.append(f"See {DOCS}.")
     return PawflowError("\n".join(lines), " ".join(fixes))
@@ -412,27 +413,60 @@ def unreachable(runner: Runner, err: BaseException) -> PawflowError:
     )
 
 
+# Dask's own log lines in the stage's process (and a local cluster's workers): its start-up chatter, and
+# the tracebacks of a client whose scheduler went away, which the stage says in one message instead.
+QUIET = {"distributed": logging.ERROR, "distributed.client": logging.CRITICAL}
+
+
+# The same for a local cluster's worker processes, which read it when they import distributed (they also
+# import the stage's module, whose Prefect logging would show every line of theirs).
+QUIET_ENV = "DASK_LOGGING__DISTRIBUTED"
+
+
+@contextmanager
+def _quiet_dask() -> Iterator[None]:
+    saved = {name: logging.getLogger(name).level for name in QUIET}
+    env = os.environ.get(QUIET_ENV)
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(level)
+    os.environ[QUIET_ENV] = logging.getLevelName(QUIET["distributed"]).lower()
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if env is None:
+            os.environ.pop(QUIET_ENV, None)
+        else:
+            os.environ[QUIET_ENV] = env
+
+
 @contextmanager
 def cluster(runner: Runner) -> Iterator[Client]:
     """A client of runner.dask_address, or of a LocalCluster of runner.workers processes (one thread each)
     when it is null. An unreachable scheduler is one PawflowError."""
     from distributed import Client, LocalCluster
 
-    if runner.dask_address:
-        try:
-            client = Client(runner.dask_address, timeout=runner.connect_timeout_s, set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as err:
-            raise unreachable(runner, err) from None
-        with client:
+    with _quiet_dask():
+        if runner.dask_address:
+            try:
+                client = Client(runner.dask_address, timeout=runner.connect_timeout_s, set_as_default=False)
+            except (OSError, TimeoutError, ValueError) as err:
+                raise unreachable(runner, err) from None
+            with client:
+                yield client
+            return
+        with (
+            LocalCluster(
+                n_workers=runner.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=QUIET["distributed"],
+            ) as local,
+            Client(local, set_as_default=False) as client,
+        ):
             yield client
-        return
-    with (
-        LocalCluster(
-            n_workers=runner.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as local,
-        Client(local, set_as_default=False) as client,
-    ):
-        yield client
 
 
 def worker_count(client: Client) -> int | None:
@@ -472,8 +506,9 @@ def check_workers(client: Client, expect: Expect) -> dict[str, WorkerView]:
     replies = client.run(look, expect, on_error="return")
     problems: dict[str, tuple[WorkerView | None, dict[str, str]]] = {}
     for address, reply in replies.items():
-        if isinstance(reply, BaseException):
-            problems[address] = (None, {CODE: f"cannot run pawflow's code: {type(reply).__name__}: {reply}"})
+        if isinstance(reply, BaseException):  # what the worker raised, as Dask hands it back
+            detail = str(reply) if type(reply) is Exception else f"{type(reply).__name__}: {reply}"
+            problems[address] = (None, {CODE: f"cannot run pawflow's code: {detail}"})
         elif found := mismatch(reply, expect):
             problems[address] = (reply, found)
     if problems:
@@ -516,7 +551,7 @@ class Departure:
     def line(self) -> str:
         how = "was shut down" if self.expected else "was lost (killed, crashed or unreachable)"
         again = (
-            f"{len(self.redone)} chunk(s) it was computing or holding are computed again on the other workers"
+            f"{len(self.redone)} chunk(s) it was computing or holding will be computed again elsewhere"
             if self.redone
             else "none of this run's chunks were on it"
         )
@@ -585,13 +620,14 @@ class ChunkMap:
                 f"{self.name}: chunk {index + 1} of {len(self.chunks)} (from {first}) was running on each of "
                 f"the workers that died, several times over ({err}).",
                 "Look at the workers' own output (out of memory? killed?); a photo in that chunk may need "
-                "more memory than a worker has. Then run again: nothing of this run was cached.",
+                "more memory than a worker has. Then run again (the chunks that finished are reused).",
             )
         if isinstance(err, FutureCancelledError) or self.client.status != "running":
+            why = getattr(err, "reason", None) or type(err).__name__
             return PawflowError(
-                f"{self.name}: lost the Dask scheduler at {where} during the run ({err}).",
-                "Check that the scheduler is running and reachable (docs/scale-out.md), then run again: "
-                "nothing of this run was cached.",
+                f"{self.name}: lost the connection to the Dask scheduler at {where} during the run ({why}).",
+                "Check that the scheduler is running and reachable (docs/scale-out.md), then run again (the "
+                "chunks that finished are reused).",
             )
         return err
 

@@ -100,10 +100,10 @@ def test_what_a_worker_cannot_see_or_runs_differently_is_named(expect: workers.E
     text = str(err)
     assert text.startswith("2 Dask worker(s) cannot do this workspace's per-photo work; nothing was run:")
     assert f"tcp://10.0.0.7:4000 (host {view.host}, pid {view.pid}, started in {view.cwd}, code from" in text
-    assert "restart the workers" in text and "requirements.lock" in text
+    assert "restart the workers" in text and "pip install -r" in text and "requirements.lock" in text
     blind = workers.refusal({"tcp://10.0.0.7:4000": (view, {workers.SEE: "x"})}, expect)
     assert f"Mount the project folder at the same path ({expect.workspace})" in str(blind)
-    assert "pip install" not in str(blind)
+    assert "PYTHONPATH" not in str(blind) and "pip install" not in str(blind)
 
 
 def test_a_run_marker_lives_as_long_as_its_run_and_a_dead_runs_marker_goes(tmp_path: Path):
@@ -208,7 +208,7 @@ def test_a_worker_lost_during_a_run_is_said_and_its_chunk_computed_again(
     assert gone.redone == [0] and not gone.expected
     assert said == [
         f"dask: worker {gone.worker} was lost (killed, crashed or unreachable) during the run; "
-        "1 chunk(s) it was computing or holding are computed again on the other workers"
+        "1 chunk(s) it was computing or holding will be computed again elsewhere"
     ]
     assert sum(run.per_worker.values()) == 2 and gone.worker not in run.per_worker
 
@@ -247,3 +247,16 @@ def test_a_worker_that_cannot_see_the_workspace_is_refused_before_its_first_chun
 def test_relative_paths_are_never_handed_to_workers(expect: workers.Expect):
     with pytest.raises(ValueError, match=r"must be absolute: \['raw'\]"):
         workers.ChunkMap(None, runner(), "clean", wait_for, [], {"raw": Path("data/raw")}, expect, print)
+
+
+def test_a_worker_that_cannot_run_pawflow_at_all_is_named(expect: workers.Expect):
+    class Client:  # what client.run(look, ..., on_error="return") gives for a worker without pawflow
+        def run(self, fn, *args, on_error: str):
+            assert fn is workers.look and on_error == "return"
+            return {"tcp://10.0.0.9:4000": Exception(repr(ModuleNotFoundError("No module named 'tasks'")))}
+
+    with pytest.raises(PawflowError) as err:
+        workers.check_workers(Client(), expect)
+    said = str(err.value)
+    assert "  tcp://10.0.0.9:4000:\n    - cannot run pawflow's code: ModuleNotFoundError(" in said
+    assert f"start it with PYTHONPATH={expect.workspace}" in said
