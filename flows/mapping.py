@@ -42,6 +42,8 @@ class TaskRuns:
         self.departures: list[workers.Departure] = []
 
     def __iter__(self) -> Iterator[Finished]:
+        if not self.parts:
+            return
         futures = self.task.map(self.parts, **{k: unmapped(v) for k, v in self.kwargs.items()})
         index = {id(f): i for i, f in enumerate(futures)}
         for f in as_completed(futures):
@@ -66,7 +68,7 @@ def map_chunks(
     parts will read) and runs its code; paths in kwargs must be absolute.
     """
     runner = params.runner
-    if runner.kind != "dask":
+    if runner.kind != "dask" or not parts:  # nothing to hand out: no cluster to start or to ask
         yield TaskRuns(task, parts, kwargs)
         return
     log = _Log()

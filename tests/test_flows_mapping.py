@@ -32,7 +32,6 @@ from flows.server import free_ports
 from flows.shard import shard_flow
 from tasks.preflight import preflight
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).parent / "dask")
 START_S = 60  # a scheduler or worker process starts in a few seconds, also on a loaded machine
@@ -144,6 +143,18 @@ def stage(name: str, flow, capfd, caplog, *argv: str) -> tuple[int, str]:
 def stage_lines(ws: Path, name: str) -> list[dict]:
     lines = [json.loads(x) for x in (ws / "reports/runs.jsonl").read_text().splitlines()]
     return [x for x in lines if x.get("stage") == name]
+
+
+def test_no_chunks_need_no_cluster(tmp_path: Path):
+    """A night whose verdicts are all cached hands nothing out: no cluster is asked (none is there)."""
+    from flows.mapping import figures, map_chunks
+    from tasks.params import params_in
+
+    dask = {"kind": "dask", "dask_address": f"tcp://127.0.0.1:{free_ports(1)[0]}", "connect_timeout_s": 1}
+    params = params_in(ROOT / "params.yaml", tmp_path, "src", runner=dask)
+    with map_chunks(params, "clean", [], None, None, []) as run:
+        assert list(run) == []
+    assert figures(run, params) == {"kind": "dask", "chunks": 0}
 
 
 @pytest.mark.slow
@@ -295,6 +306,7 @@ def network_namespace(tmp: Path) -> Iterator[tuple[str, str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
 def test_a_worker_in_its_own_network_and_one_that_cannot_see_the_workspace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd, caplog
 ):
