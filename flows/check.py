@@ -1,5 +1,6 @@
-"""check: the first stage of dvc.yaml. Validates params.yaml and ingest.source before DVC removes any
-output of a later stage (DVC runs stages in order and stops at the first that fails).
+"""check: the first stage of dvc.yaml. Validates params.yaml and ingest.source (and, with runner.kind dask
+and an address, the cluster: tasks.workers.check_cluster) before DVC removes any output of a later stage
+(DVC runs stages in order and stops at the first that fails).
 
 Exit 0 and write `<paths.interim>/checked.txt` (constant text, so it never makes a later stage out of
 date), or print one message and exit 2. Light imports only: no Prefect, no TensorFlow.
@@ -12,11 +13,14 @@ from pathlib import Path
 
 from tasks.errors import PawflowError
 from tasks.preflight import preflight, write_checked
+from tasks.workers import check_cluster
 
 
 def main(params_path: Path = Path("params.yaml")) -> int:
     try:
         params = preflight(params_path, light=True)
+        # A Dask cluster that cannot do the work is refused here, before DVC removes the outputs of clean.
+        check_cluster(params, params_path.parent.absolute(), print)
     except PawflowError as err:
         print(f"\npawflow check: {err}", file=sys.stderr)
         return 2

@@ -8,18 +8,11 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.futures import as_completed
+from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.common import (
-    chunks,
-    content_cache,
-    friendly,
-    progress_artifact,
-    publish,
-    result_storage,
-    stage_main,
-)
+from flows.common import chunks, friendly, progress_artifact, publish, record_stage_run, stage_main
+from flows.mapping import figures, map_chunks
 from tasks import clean
 from tasks.fileio import read_parquet, write_parquet
 from tasks.images import CheckSettings
@@ -52,18 +45,15 @@ def quiet_task_runs(*names: str) -> None:
         logger.addFilter(_QuietTaskRuns(frozenset(names) - have))
 
 
-# The key is the chunk's (path, sha256) pairs and the settings: content, not file names alone.
-@task(
-    name=CHECK_TASK,
-    cache_policy=content_cache("tasks.images", "tasks.clean", exclude=("raw", "cache_dir", "refresh")),
-    persist_result=True,
-)
-def check_photos(
-    items: list[tuple[str, str]], settings: CheckSettings, raw: Path, cache_dir: Path, refresh: bool
-) -> list[dict]:
-    """Decode and judge a chunk of photos (cached per photo by sha256)."""
+# Not cached by Prefect: the per-photo cache (tasks/store.py) is the one cache of verdicts, and it never
+# keeps an environment verdict (a file this machine could not read). A cache of whole chunks would keep
+# them: the flow hands out only the photos the per-photo cache lacks, so a chunk seen twice is one whose
+# verdicts were not cacheable.
+@task(name=CHECK_TASK, cache_policy=NO_CACHE, persist_result=False)
+def check_photos(items: list[tuple[str, str]], settings: CheckSettings, raw: Path) -> clean.Judged:
+    """Decode and judge a chunk of photos; the flow stores what may be cached."""
     quiet_task_runs(CHECK_TASK)  # this process may be a worker of the processes runner
-    return clean.check_items(raw, items, settings, cache_dir, refresh)
+    return clean.judge_items(items, settings, raw)
 
 
 @flow(name="clean", log_prints=True)
@@ -74,7 +64,6 @@ def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     manifest = read_parquet(params.paths.interim / "ingest.parquet")
     items = list(zip(manifest["path"], manifest["sha256"], strict=True))
     settings = clean.check_settings(params)
-    checker = check_photos.with_options(result_storage=result_storage(params), refresh_cache=refresh or None)
     # One chunk is one task run: the bar and the progress artifact count photos, not chunk lines.
     quiet_task_runs(CHECK_TASK)
     progress = progress_artifact("clean-progress", "clean: files checked", len(items))
@@ -83,23 +72,34 @@ def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     stored, todo = ([], items) if refresh else clean.stored_verdicts(items, settings, params.paths.cache)
     if stored:
         print(f"clean: {len(stored):,} verdict(s) from the cache, {len(todo):,} file(s) to decode")
-    futures = checker.map(
-        chunks(todo, params.runner.chunk_size),
-        settings=settings,
-        raw=params.paths.raw,
-        cache_dir=params.paths.cache,
-        refresh=refresh,
-    )
+    parts = chunks(todo, params.runner.chunk_size)
+    raw = params.paths.raw.absolute()  # a worker resolves a relative path against its own folder
+    rows = stored
     done = len(stored)
     progress(done)
-    with tqdm(total=len(items), initial=done, desc="clean", unit="file", disable=None, leave=False) as bar:
-        for finished in as_completed(futures):
-            n = len(finished.result())
-            done += n
-            bar.update(n)
+    with (
+        map_chunks(
+            params,
+            "clean",
+            parts,
+            check_photos,
+            clean.judge_items,
+            [raw / p[0][0] for p in parts],
+            settings=settings,
+            raw=raw,
+        ) as run,
+        tqdm(total=len(items), initial=done, desc="clean", unit="file", disable=None, leave=False) as bar,
+    ):
+        for finished in run:
+            judged: clean.Judged = finished.result
+            clean.store_judged(params.paths.cache, judged)  # this process alone writes the cache
+            rows += judged.rows
+            judged.thumbs = {}  # stored: not held until the end of the run
+            done += len(judged.rows)
+            bar.update(len(judged.rows))
             progress(done)
     progress(done, description=f"clean: {done:,} of {len(items):,} files checked")
-    rows = stored + [row for f in futures for row in f.result()]
+    record_stage_run(params, "clean", {"runner": figures(run, params)})
     df = clean.table(rows)
     clean.guard(df, params.clean.max_reject_fraction)
     rep = clean.report(df)

@@ -64,6 +64,7 @@ def cmd_run(force: bool = False, push: bool = True) -> int:
     from flows.server import prefect_api
     from tasks import versioning
     from tasks.preflight import preflight
+    from tasks.workers import check_cluster
 
     root = project_root(Path.cwd())
     os.chdir(root)
@@ -79,6 +80,8 @@ def cmd_run(force: bool = False, push: bool = True) -> int:
         # Nothing for dvc repro to do: skip starting a Prefect server for it.
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
     else:
+        # runner.kind dask: a cluster that cannot do the work is refused before DVC removes any output.
+        check_cluster(params, root, print)
         with prefect_api(PREFECT_HOME):
             dvc("repro", *(["--force"] if force else []))
     pushed = None

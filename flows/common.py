@@ -63,28 +63,19 @@ def result_storage(params: Params) -> Path:
 
 
 def task_runner(runner: Runner) -> Any:
-    """The Prefect task runner named by params.runner (threads, processes or a Dask cluster)."""
-    if runner.kind == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
+    """The Prefect task runner of a stage's tasks: processes for runner.kind processes, else threads.
 
-        return ThreadPoolTaskRunner(max_workers=runner.workers)
+    Under runner.kind dask the per-photo chunks do not go through it: clean and shard hand them to the
+    cluster's workers as plain functions (flows/mapping.py), so a worker never needs Prefect or its API;
+    the stage's few other tasks run in threads of the stage's process.
+    """
     if runner.kind == "processes":
         from prefect.task_runners import ProcessPoolTaskRunner
 
         return ProcessPoolTaskRunner(max_workers=runner.workers)
-    from prefect_dask import DaskTaskRunner
+    from prefect.task_runners import ThreadPoolTaskRunner
 
-    if runner.dask_address:
-        return DaskTaskRunner(address=runner.dask_address)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": runner.workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-        },
-    )
+    return ThreadPoolTaskRunner(max_workers=runner.workers)
 
 
 def chunks(items: list, size: int) -> list[list]:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.common import chunks, friendly, publish, record_stage_run, stage_main
+from flows.mapping import figures, map_chunks
 from tasks import clean, shard
 from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import write_parquet
@@ -25,10 +27,11 @@ def assign_splits(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, shard.Spl
     return shard.assign_splits(params.paths.interim, params.shard.split.as_dict(), params.shard.salt)
 
 
-@task(name="prepare-images")
-def prepare_images(items: list[tuple[str, str]], settings: CheckSettings, raw: Path, cache_dir: Path) -> int:
-    """Normalised JPEGs that the cache lacks (clean makes them; a deleted cache is rebuilt here)."""
-    return len(clean.check_items(raw, items, settings, cache_dir, refresh=True))
+@task(name="prepare-images", cache_policy=NO_CACHE, persist_result=False)
+def prepare_images(items: list[tuple[str, str]], settings: CheckSettings, raw: Path) -> clean.Judged:
+    """Normalised JPEGs that the cache lacks (clean makes them; a deleted cache is rebuilt here); the flow
+    stores them."""
+    return clean.judge_items(items, settings, raw)
 
 
 @task(name="write-shards")
@@ -70,15 +73,30 @@ def shard_flow(params: Params, refresh: bool = False) -> ShardReport:
     log.info("shard: %d shard file(s) reused unchanged; writing the shards of %d photo(s)", reused, len(todo))
     missing = [] if not refresh else list(zip(todo["path"], todo["sha256"], strict=True))
     missing = missing or shard.missing_thumbs(todo, params.paths.cache, fp)
+    mapped = None
     if missing:
         log.info("preparing %d normalised image(s) missing from the cache", len(missing))
-        futures = prepare_images.map(
-            chunks(missing, params.runner.chunk_size),
-            settings=settings,
-            raw=params.paths.raw,
-            cache_dir=params.paths.cache,
-        )
-        [f.result() for f in futures]
+        parts = chunks(missing, params.runner.chunk_size)
+        raw = params.paths.raw.absolute()  # a worker resolves a relative path against its own folder
+        samples = [raw / p[0][0] for p in parts]
+        with map_chunks(
+            params, "shard", parts, prepare_images, clean.judge_items, samples, settings=settings, raw=raw
+        ) as run:
+            for n, finished in enumerate(run, 1):
+                judged: clean.Judged = finished.result
+                clean.store_judged(params.paths.cache, judged)  # this process alone writes the cache
+                on = f" on {finished.worker}" if finished.worker else ""
+                log.info(
+                    "shard: chunk %d of %d prepared%s (%d image(s)); %d of %d chunk(s) done",
+                    finished.index + 1,
+                    len(parts),
+                    on,
+                    len(judged.thumbs),
+                    n,
+                    len(parts),
+                )
+                judged.thumbs = {}
+        mapped = figures(run, params)
     sizes = shard.thumb_sizes(todo, params.paths.cache, fp)
     info = write_shards(plans, sizes, params, fp, info)
     write_parquet(
@@ -89,7 +107,9 @@ def shard_flow(params: Params, refresh: bool = False) -> ShardReport:
     rep = shard.report(info)
     SHARD.write(params.paths.reports, rep)
     # How this run met the ledger depends on the runs before it: run history, not a tracked output.
-    record_stage_run(params, "shard", {"split_stability": asdict(stats)})
+    record_stage_run(
+        params, "shard", {"split_stability": asdict(stats), **({"runner": mapped} if mapped else {})}
+    )
     table = [
         [
             split,

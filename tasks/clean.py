@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,9 @@ COLUMNS = [
     "normalised",
     "phash",
 ]
-# Verdicts that depend on the file system at this moment, not on the bytes: never cached.
+# Verdicts that depend on the machine at this moment (its file system, its load), not on the bytes: never
+# cached, in any cache (docs/scale-out.md). A failure of the machine itself (out of memory, an I/O error) is
+# no verdict at all: it fails the run (tasks.images).
 UNCACHEABLE = {"missing", "unreadable", "changed_since_ingest", "timeout"}
 
 
@@ -86,6 +88,41 @@ def _row(path: str, record: dict) -> dict:
     return {"path": path, "label": path.split("/", 1)[0], **record}
 
 
+@dataclass
+class Judged:
+    """A chunk's verdicts: its rows (one per file, in order), and what the cache may keep of them."""
+
+    rows: list[dict]
+    checks: dict[str, dict]  # cache key -> verdict, environment verdicts (UNCACHEABLE) left out
+    thumbs: dict[str, bytes]  # cache key -> normalised JPEG of a kept photo
+
+
+def judge_items(items: list[tuple[str, str]], settings: CheckSettings, raw: Path) -> Judged:
+    """Decode and judge (path, sha256) pairs under raw; writes nothing (it may run on a Dask worker: the
+    stage's process stores what it returns, store_judged)."""
+    fp = settings_fingerprint(settings)
+    out = Judged([], {}, {})
+    for path, sha in items:
+        check, thumb = images.check_file(raw / path, sha, settings)
+        record = check.record()
+        if check.reason == "missing":  # the detail is where it was looked for: not the workspace's business
+            record["detail"] = ""
+        if check.reason not in UNCACHEABLE:
+            out.checks[cache_key(sha, fp)] = record
+            if thumb is not None:
+                out.thumbs[cache_key(sha, fp)] = thumb
+        out.rows.append(_row(path, record))
+    return out
+
+
+def store_judged(cache_dir: Path, judged: Judged) -> None:
+    """Keep a chunk's cacheable verdicts and thumbnails in the per-photo cache (the stage's process only)."""
+    if judged.checks:
+        with store.connect(cache_dir) as con:
+            store.put_checks(con, judged.checks)
+            store.put_thumbs(con, judged.thumbs)
+
+
 def check_items(
     raw: Path,
     items: list[tuple[str, str]],
@@ -93,24 +130,13 @@ def check_items(
     cache_dir: Path | None,
     refresh: bool = False,
 ) -> list[dict]:
-    """Verdicts for (path, sha256) pairs under raw: those the cache holds (stored_verdicts), then the
-    others, decoded now and cached."""
-    fp = settings_fingerprint(settings)
+    """Verdicts for (path, sha256) pairs under raw in this process: those the cache holds (stored_verdicts),
+    then the others, judged now and cached."""
     rows, todo = ([], items) if cache_dir is None or refresh else stored_verdicts(items, settings, cache_dir)
-    new_checks, new_thumbs = {}, {}
-    for path, sha in todo:
-        check, thumb = images.check_file(raw / path, sha, settings)
-        record = check.record()
-        if check.reason not in UNCACHEABLE:
-            new_checks[cache_key(sha, fp)] = record
-            if thumb is not None:
-                new_thumbs[cache_key(sha, fp)] = thumb
-        rows.append(_row(path, record))
-    if cache_dir is not None and new_checks:
-        with store.connect(cache_dir) as con:
-            store.put_checks(con, new_checks)
-            store.put_thumbs(con, new_thumbs)
-    return rows
+    judged = judge_items(todo, settings, raw)
+    if cache_dir is not None:
+        store_judged(cache_dir, judged)
+    return rows + judged.rows
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
@@ -152,8 +178,19 @@ def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
         )
     fraction = float((df["status"] == Status.REJECTED).mean())
     if fraction > max_reject_fraction:
-        top = df[df["status"] == Status.REJECTED]["reason"].value_counts().head(3)
+        rejected = df[df["status"] == Status.REJECTED]["reason"]
+        top = rejected.value_counts().head(3)
         reasons = ", ".join(f"{r} ({n})" for r, n in top.items())
+        unread = int(rejected.isin(UNCACHEABLE).sum())
+        if 2 * unread > len(rejected):  # mostly files that could not be read: the machine, not the photos
+            raise PawflowError(
+                f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
+                f"{max_reject_fraction}); most common: {reasons}. {unread} of them could not be read as "
+                "ingest recorded them (missing, unreadable, changed or too slow here).",
+                "Check that data/raw is intact (`dvc checkout data/raw`, or run ingest again) and, with "
+                "runner.kind: dask, that every worker sees the project folder at the same path "
+                "(docs/scale-out.md). These verdicts are never cached: run again once it is fixed.",
+            )
         raise PawflowError(
             f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
             f"{max_reject_fraction}); most common: {reasons}. Is ingest.source the right collection?",
@@ -168,4 +205,15 @@ def summary_rows(rep: CleanReport) -> list[list]:
     return rows
 
 
-__all__ = ["COLUMNS", "PhotoCheck", "check_items", "guard", "report", "stored_verdicts", "table"]
+__all__ = [
+    "COLUMNS",
+    "Judged",
+    "PhotoCheck",
+    "check_items",
+    "guard",
+    "judge_items",
+    "report",
+    "store_judged",
+    "stored_verdicts",
+    "table",
+]

@@ -72,7 +72,11 @@ def code_fingerprint(module: ModuleType) -> str:
     Computed once per source text, under a lock: task threads call it at once, and CPython 3.11's ast
     module fails when two threads build trees concurrently ("AST constructor recursion depth mismatch").
     """
-    source = inspect.getsource(module)
+    return source_fingerprint(inspect.getsource(module))
+
+
+def source_fingerprint(source: str) -> str:
+    """code_fingerprint of a module's source text (a file not imported, or what a module was loaded from)."""
     key = sha256_bytes(source.encode())
     with _CODE_LOCK:
         if key not in _CODE_FINGERPRINTS:

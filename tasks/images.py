@@ -109,6 +109,13 @@ class PhotoCheck:
         return row
 
 
+def _machine_failure(err: BaseException) -> bool:
+    """An error of the machine, not of the photo's bytes: out of memory, or an I/O error while a decoder
+    reads a large file (Pillow's own decoder errors carry no errno). It is re-raised, never made a verdict
+    (verdicts are cached by the bytes' sha256): check_file makes an I/O error `unreadable`, which is not."""
+    return isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno is not None)
+
+
 def _reject(check: PhotoCheck, reason: str, detail: str = "") -> PhotoCheck:
     check.status, check.reason, check.detail = Status.REJECTED, reason, detail
     return check
@@ -242,6 +249,8 @@ def _decode(content: bytes | BinaryIO, check: PhotoCheck, s: CheckSettings) -> I
         _reject(check, "decompression_bomb", str(err))
         return None
     except Exception as err:  # a plugin that chokes on hostile headers
+        if _machine_failure(err):
+            raise
         _reject(check, "corrupt", f"{type(err).__name__}: {err}")
         return None
     check.format = im.format or ""
@@ -265,6 +274,8 @@ def _decode(content: bytes | BinaryIO, check: PhotoCheck, s: CheckSettings) -> I
         _reject(check, "decompression_bomb", str(err))
         return None
     except OSError as err:
+        if _machine_failure(err):
+            raise
         if "truncated" not in str(err).lower():
             _reject(check, "corrupt", f"{type(err).__name__}: {err}")
         elif scan and scan.marker is not None:
@@ -278,6 +289,8 @@ def _decode(content: bytes | BinaryIO, check: PhotoCheck, s: CheckSettings) -> I
             _reject(check, "truncated", f"{type(err).__name__}: {err}")
         return None
     except Exception as err:  # any decoder failure on hostile bytes is a verdict, not a crash
+        if _machine_failure(err):
+            raise
         _reject(check, "corrupt", f"{type(err).__name__}: {err}")
         return None
     if isinstance(source, _ScanBytes) and not source.read_last_byte:
@@ -315,7 +328,9 @@ def _check(
         steps.append(f"format:{check.format}")
     try:
         orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # unreadable EXIF does not make the pixels unusable
+    except Exception as err:  # unreadable EXIF does not make the pixels unusable
+        if _machine_failure(err):
+            raise
         orientation = 1
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)

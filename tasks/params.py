@@ -47,6 +47,8 @@ class Runner(Section):
     workers: PositiveInt
     chunk_size: PositiveInt
     dask_address: str | None
+    connect_timeout_s: Annotated[float, Field(gt=0)]
+    no_worker_timeout_s: Annotated[float, Field(gt=0)]
 
 
 class Ingest(Section):

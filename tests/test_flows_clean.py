@@ -184,6 +184,23 @@ def test_files_that_vanish_or_change_after_ingest(dataset: Path, make_params):
     assert clean.at["Dog/dog.2.jpg", "reason"] == "changed_since_ingest"
 
 
+def test_an_environment_failure_leaves_no_cached_verdict(dataset: Path, make_params):
+    """Clean where data/raw cannot be seen (as on a worker without the shared folder) fails, saying so; once
+    it can be seen, clean succeeds without the cache being deleted: neither the per-photo cache nor a cache
+    of chunk results kept a verdict that came from the machine rather than from the photos."""
+    params = make_params(dataset)
+    run(params, ingest_flow)
+    hidden = params.paths.raw.with_name("raw-hidden")
+    params.paths.raw.rename(hidden)
+    state = clean_flow(params=params, return_state=True)
+    assert state.is_failed()
+    assert "missing (40)" in state.message and "40 of them could not be read" in state.message
+    hidden.rename(params.paths.raw)
+    run(params, clean_flow)
+    clean = pd.read_parquet(params.paths.interim / "clean.parquet")
+    assert len(clean) == 40 and (clean["status"] == "kept").all()
+
+
 def mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
     """Random bit flips, truncations and inserted bytes of real JPEG and PNG encodings."""
     rng = np.random.default_rng(seed)

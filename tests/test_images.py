@@ -193,3 +193,34 @@ def test_large_files_are_never_read_whole(tmp_path, monkeypatch):
     assert (junk.reason, junk.bytes) == ("not_an_image", 64 << 20)
     assert kept.status == "kept" and thumb == check_bytes(photo.read_bytes(), SETTINGS)[1]
     assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("stage", ["open", "load"])
+def test_a_failure_of_the_machine_is_never_a_verdict(tmp_path, monkeypatch, stage: str):
+    """Out of memory, or an I/O error while a decoder reads a large file, says nothing about the photo:
+    no verdict (verdicts are cached by the bytes' sha256). An I/O error makes the file `unreadable`,
+    which is never cached (tasks.clean.UNCACHEABLE); running out of memory fails the run."""
+    import errno
+
+    monkeypatch.setattr(images, "IN_MEMORY_BYTES", 1 << 10)  # decoded from the open file
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(imagegen.jpeg(8, (160, 120)))
+    real = Image.open if stage == "open" else Image.Image.load
+
+    def fails(error: BaseException):
+        def call(*args, **kwargs):
+            raise error
+
+        return call
+
+    target = (Image, "open") if stage == "open" else (Image.Image, "load")
+    monkeypatch.setattr(*target, fails(OSError(errno.EIO, "Input/output error")))
+    check, thumb = check_file(photo, None, SETTINGS)
+    assert (check.reason, thumb) == ("unreadable", None) and "Input/output error" in check.detail
+    monkeypatch.setattr(*target, fails(MemoryError()))
+    with pytest.raises(MemoryError):
+        check_file(photo, None, SETTINGS)
+    monkeypatch.setattr(*target, fails(OSError("decoder error -2")))  # Pillow's own: the bytes are bad
+    assert check_file(photo, None, SETTINGS)[0].reason == "corrupt"
+    monkeypatch.setattr(*target, real)
+    assert check_file(photo, None, SETTINGS)[0].status == "kept"
