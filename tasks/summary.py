@@ -232,20 +232,19 @@ def evaluation_markdown(
     ]
     lines += [picture(pngs[k], k) for k in ("training", "confusion", "roc", "calibration") if k in pngs]
     shown = mistakes[:MARKDOWN_MISTAKES]
-    lines += [
-        "",
-        f"**Most confident mistakes** ({present.count(len(shown))} of the report's {len(mistakes)})",
-        "",
-    ]
+    more = (
+        f"{len(shown)} of {len(mistakes)}; the report shows all" if len(shown) < len(mistakes) else len(shown)
+    )
+    lines += ["", f"**Most confident mistakes** ({more})", ""]
     lines += picture_table(
         [
             (
-                f"`{x.path}`: true {x.true}, predicted {x.predicted} "
-                f"({present.percent(x.confidence, 0)} sure)",
+                f"`{x.path}`: {x.true}, taken for {x.predicted} ({present.percent(x.confidence, 0)} sure)",
                 picture(x.thumbnail, x.path, "jpeg"),
             )
             for x in shown
-        ]
+        ],
+        columns=3,
     ) or ["No mistakes: every test photo was classified right.", ""]
     return "\n".join(lines)
 

@@ -441,6 +441,28 @@ def test_metrics_and_report(trained: Params):
     assert present.gate_sentence(gate) in page and "None" not in report_text(page)
 
 
+def test_the_evaluation_artifact_carries_the_figures_and_pictures(trained: Params):
+    from conftest import drain_prefect_workers
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    drain_prefect_workers()
+    gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
+    with get_client(sync_client=True) as c:
+        found = c.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["evaluation-report", "evaluation-html"])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    assert found and {a.key for a in found} == {"evaluation-report"}  # no file:// link artifact
+    md = next(a.data for a in found if gate["model_sha256"] in a.data)
+    assert md.startswith("## Evaluation: promoted") and present.gate_sentence(gate) in md
+    assert md.count("](data:image/png;base64,") >= 3 and "file://" not in md and "None" not in md
+    assert "evaluated " in md and " UTC" in md  # the run's facts: here, not in the tracked report
+
+
 def test_first_model_is_promoted_and_gate_recorded(trained: Params):
     gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
     assert gate["promoted"] and gate["p_value"] is None and "no champion yet" in gate["reason"]

@@ -132,5 +132,5 @@ def test_the_evaluation_artifact_carries_the_figures_and_pictures():
     assert [alt for alt, kind, _ in pictures if kind == "png"] == ["confusion", "roc"]
     jpegs = [b for _, kind, b in pictures if kind == "jpeg"]
     assert len(jpegs) == summary.MARKDOWN_MISTAKES and base64.b64decode(jpegs[0]) == thumb
-    assert "`Cat/0.jpg`: true Cat, predicted Dog (97 % sure)" in md
+    assert "`Cat/0.jpg`: Cat, taken for Dog (97 % sure)" in md and "(8 of 12; the report shows all)" in md
     assert "file://" not in md and "None" not in md
