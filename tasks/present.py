@@ -154,7 +154,7 @@ def gate_checks(g: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = [
         (
             "test accuracy",
-            f"at least {percent(floor)} (evaluate.min_accuracy)",
+            f"≥ {percent(floor)} (evaluate.min_accuracy)",
             percent(acc),
             verdict(acc >= floor),
         )
@@ -162,23 +162,23 @@ def gate_checks(g: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     robust = g.get("challenger_robust_accuracy")
     if robust is not None:
         robust_floor = g["min_robust_accuracy"]
-        needs = f"at least {percent(robust_floor)} (evaluate.min_robust_accuracy)"
+        needs = f"≥ {percent(robust_floor)} (evaluate.min_robust_accuracy)"
         rows.append(
             (
                 "robustness-slice accuracy",
-                needs + (": reported, never gates" if robust_floor == 0 else ""),
+                needs + (": 0, never gates" if robust_floor == 0 else ""),
                 percent(robust),
                 verdict(robust >= robust_floor),
             )
         )
-    needs = f"not significantly worse: McNemar p at least {g['alpha']} (evaluate.alpha)"
+    needs = f"not significantly worse: McNemar p ≥ {g['alpha']} (evaluate.alpha)"
     if g.get("champion_accuracy") is None:
         rows.append(("compared with the champion", needs, "no champion yet", "not checked"))
     else:
         wins, losses = g["challenger_wins"], g["challenger_losses"]
         this = (
-            f"{p_value(g['p_worse'])}; right on {count(wins)} vs {count(losses)} of "
-            f"{count(wins + losses)} disagreements; champion accuracy {percent(g['champion_accuracy'])}"
+            f"{p_value(g['p_worse'])}; of {count(wins + losses)} disagreements it won {count(wins)}, "
+            f"lost {count(losses)}; champion {percent(g['champion_accuracy'])}"
         )
         rows.append(("compared with the champion", needs, this, verdict(g["p_worse"] >= g["alpha"])))
     return rows

@@ -83,4 +83,5 @@ def test_gate_sentences_name_the_numbers_and_the_params():
         "= 0.05): the two models agree on every test photo."
     )
     row = present.gate_checks(worse)[-1]
-    assert row[2] == "p = 0.006; right on 1 vs 10 of 11 disagreements; champion accuracy 90.0 %"
+    assert row[1] == "not significantly worse: McNemar p ≥ 0.05 (evaluate.alpha)"
+    assert row[2] == "p = 0.006; of 11 disagreements it won 1, lost 10; champion 90.0 %"

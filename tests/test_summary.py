@@ -125,7 +125,7 @@ def test_the_evaluation_artifact_carries_the_figures_and_pictures():
     )
     assert md.startswith("## Evaluation: promoted\n\nPromoted: there is no champion yet")
     assert "| accuracy | 84.3 % (506 of 600 photos) |" in md and "| ROC AUC | 0.900 |" in md
-    assert "| test accuracy | at least 80.0 % (evaluate.min_accuracy) | 85.0 % | passed |" in md
+    assert "| test accuracy | ≥ 80.0 % (evaluate.min_accuracy) | 85.0 % | passed |" in md
     assert "| Cat | 84.0 % | 84.0 % | 84.0 % | 300 |" in md
     assert f"model sha256 `{'ab' * 32}`" in md and "code 0123abc, evaluated 2026-12-05 03:00 UTC" in md
     pictures = re.findall(r"!\[([^\]]*)\]\(data:image/(png|jpeg);base64,([^)]*)\)", md)
