@@ -115,6 +115,12 @@ def test_kept_photos_are_flagged_never_rejected(tmp_path: Path):
     rep = clean.report(df)
     assert rep["per_flag"] == {"near_blank": 1, "dark": 1, "bright": 1, "blurry": 2, "low_information": 2}
     assert rep["flagged"] == 5 and rep["kept"] == 6
+    # a photo rejected after it was measured (too slow to decode) keeps its measures but no flag
+    rows = clean.check_items(raw, quality_raw(raw), SETTINGS, None)
+    for r in rows:
+        if r["path"] == "Cat/night.png":
+            r.update(status="rejected", reason="timeout", detail="31.0s")
+    assert flag_sets(clean.table(rows, shipped("clean.flags")))["Cat/night.png"] == set()
     assert ["flagged (kept, worth a look)", 5] in clean.summary_rows(rep)
 
 

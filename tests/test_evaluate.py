@@ -187,11 +187,11 @@ def test_scores_are_the_headline_numbers_and_the_gate():
 def test_every_image_of_evaluation_html_loads_in_chromium(tmp_path: Path):
     first = page(tmp_path / "first")
     seen = browser.image_status(first)
-    # training curves, confusion, ROC, precision-recall, calibration, then the 8 mistakes by file name
+    # training curves, confusion, ROC, precision-recall, calibration, then the mistakes (at most 8) by file
     plots = ["training", "confusion", "roc", "precision_recall", "calibration"]
     assert [alt for alt, _ in seen][:5] == plots
     mistakes = [alt for alt, _ in seen][5:]
-    assert len(mistakes) == 8 and all(alt.endswith(".jpg") for alt in mistakes)
+    assert 1 <= len(mistakes) <= 8 and all(alt.endswith(".jpg") for alt in mistakes)
     assert [alt for alt, ok in seen if not ok] == []
     # a DVC output: the same predictions give the same bytes, pictures included
     assert page(tmp_path / "second").read_bytes() == first.read_bytes()
@@ -297,7 +297,8 @@ def test_the_report_has_no_raw_python_values_and_formats_numbers():
     for label, value, _ in present.metric_rows(m):
         assert f"{label} {value}" in " ".join(text.split()), label
     assert "ROC AUC n/a" in " ".join(text.split())  # missing, not None
-    assert "91.2 %" in text and "87.5 %" in text and "84.7 %" in text  # accuracy, robust, Cat's F1
+    assert "91.2 %" in text and "87.5 %" in text  # accuracy, robustness slice
+    assert "Cat 90.0 % 80.0 % 84.7 % 20" in " ".join(text.split())  # per class, as percentages
 
 
 def test_the_report_says_what_it_scored_by_content_hash():
@@ -348,9 +349,9 @@ def test_mistakes_are_a_grid_of_thumbnails_with_readable_captions():
 
 def test_misclassified_png_draws_names_literally():
     probs = np.array([[0.1, 0.9], [0.8, 0.2]])
-    pred = Predictions(probs, np.array([0, 1]), ["Cat/x$y$.jpg", "Dog/a.jpg"])
+    pred = Predictions(probs, np.array([0, 1]), ["Cat/x$^$.jpg", "Dog/a.jpg"])  # invalid as math text
     jpegs = {p: imagegen.jpeg(i, (64, 48)) for i, p in enumerate(pred.paths)}
-    png = evaluate.worst_mistakes(pred, jpegs, ["A$b$", "Dog"], count=4)
+    png = evaluate.worst_mistakes(pred, jpegs, ["A$_$", "Dog"], count=4)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -459,7 +460,8 @@ def test_the_evaluation_artifact_carries_the_figures_and_pictures(trained: Param
     assert found and {a.key for a in found} == {"evaluation-report"}  # no file:// link artifact
     md = next(a.data for a in found if gate["model_sha256"] in a.data)
     assert md.startswith("## Evaluation: promoted") and present.gate_sentence(gate) in md
-    assert md.count("](data:image/png;base64,") >= 3 and "file://" not in md and "None" not in md
+    assert md.count("](data:image/png;base64,") >= 3 and "None" not in md
+    assert [a.key for a in found if "file://" in str(a.data)] == []
     assert "evaluated " in md and " UTC" in md  # the run's facts: here, not in the tracked report
 
 
