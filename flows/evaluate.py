@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main
-from tasks import runtime, summary, versioning
+from tasks import present, runtime, summary, versioning
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file, write_bytes
@@ -137,10 +137,7 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     GATE.write(reports, decision)
     SCORES.write(reports, evaluate.scores(m, decision))
     evaluate.promote(models, champion_dir, m, decision, e.tta)
-    if decision["promoted"]:
-        log.info("promoted: %s", decision["reason"])
-    else:
-        log.warning("not promoted: %s", decision["reason"])
+    (log.info if decision["promoted"] else log.warning)("%s", present.gate_sentence(decision))
     rows = [*evaluate.summary_rows(m, decision, e.tta), ["seconds", f"{time.monotonic() - started:.1f}"]]
     publish("evaluate", "evaluate: test split", ["", "value"], rows)
     # What the tracked report leaves out (it must not differ between two runs of the same inputs).
