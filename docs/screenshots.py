@@ -8,9 +8,14 @@ with headless Chromium (Debian's `chromium`, as the tests use):
 - docs/training-terminal.png: what the terminal showed for the same run (the pipeline's console output,
   drawn by rich), down to the three closing lines.
 
+- docs/evaluation-artifact.png: the Prefect UI's page of the same run's `evaluation-report` artifact
+  (the gate, the key figures and the plots, as the UI shows them);
+
 and, when the project has a run's reports (`make run`, or `dvc pull`):
 
-- docs/evaluation-report.png: the top of reports/evaluation.html (`--report-only`: this one alone, seconds).
+- docs/evaluation-report.png: the top of reports/evaluation.html;
+- docs/data-report.png: the top of reports/data.html
+  (`--report-only`: these two alone, seconds).
 
 Nothing in the project folder is touched except those files. `--keep` leaves the temporary folder
 (workspace, Prefect home) and prints its path.
@@ -52,6 +57,9 @@ SMALL = {
 }
 PROGRESS_WINDOW = (1280, 1240)  # CSS pixels: the flow run's header, its task graph and every log line
 REPORT_WINDOW = (1200, 1500)  # the report's header, headline numbers and first plots
+# reports/<page> -> docs/<picture>, taken by --report-only too
+REPORT_SHOTS = {"evaluation.html": "evaluation-report.png", "data.html": "data-report.png"}
+ARTIFACT_WINDOW = (1280, 1400)  # the artifact's verdict, figures, gate table and first plot
 TERMINAL_COLUMNS = 200
 TERMINAL_WIDTH = 1510  # 200 columns of 12 px DejaVu Sans Mono (7.2 px each) and the margins
 
@@ -188,21 +196,44 @@ def terminal_html(text: str, page: Path) -> int:
     return 15 * rows + 24
 
 
-def shoot_report(tmp: Path) -> Path | None:
-    """docs/evaluation-report.png from the project's reports/evaluation.html, if a run left one."""
-    page = ROOT / "reports" / "evaluation.html"
-    if not page.is_file():
-        print(f"{page.relative_to(ROOT)} not found (`make run` or `dvc pull` writes it): not retaken")
-        return None
-    png = DOCS / "evaluation-report.png"
-    shoot(page.as_uri(), png, tmp, REPORT_WINDOW, wait_ms=5000)
-    return png
+def shoot_reports(tmp: Path) -> list[Path]:
+    """docs/evaluation-report.png and docs/data-report.png from the project's reports, if a run left them."""
+    taken = []
+    for name, picture in REPORT_SHOTS.items():
+        page = ROOT / "reports" / name
+        if not page.is_file():
+            print(f"{page.relative_to(ROOT)} not found (`make run` or `dvc pull` writes it): not retaken")
+            continue
+        png = DOCS / picture
+        shoot(page.as_uri(), png, tmp, REPORT_WINDOW, wait_ms=5000)
+        taken.append(png)
+    return taken
+
+
+def artifact_id(api_url: str, key: str) -> str:
+    """The id of the latest artifact with this key on the server."""
+    os.environ["PREFECT_API_URL"] = api_url
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifact.id)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python docs/screenshots.py", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace and Prefect home")
-    parser.add_argument("--report-only", action="store_true", help="retake docs/evaluation-report.png only")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="retake docs/evaluation-report.png and data-report.png only",
+    )
     args = parser.parse_args(argv)
     if not any(shutil.which(name) for name in NAMES):  # said now, not after the run
         sys.exit(f"no headless Chromium on PATH ({', '.join(NAMES)}): `apt-get install -y chromium`")
@@ -210,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     server = None
     try:
-        report = shoot_report(tmp)
+        reports = shoot_reports(tmp)
         if args.report_only:
-            return 0 if report else 1
+            return 0 if reports else 1
         ws = workspace(tmp / "ws", learnable_dataset(tmp / "source"))
         port = free_port()
         # The UI served by the server asks this URL for its data (by default 127.0.0.1:4200).
@@ -229,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         height = terminal_html(console, page)
         shoot(page.as_uri(), terminal, tmp, (TERMINAL_WIDTH, height), wait_ms=2000)
         small_png(terminal)
-        for png in (progress, terminal, *([report] if report else [])):
+        artifact = DOCS / "evaluation-artifact.png"
+        url = f"http://127.0.0.1:{port}/artifacts/artifact/{artifact_id(api_url, 'evaluation-report')}"
+        shoot(url, artifact, tmp, ARTIFACT_WINDOW)
+        small_png(artifact)
+        for png in (progress, terminal, artifact, *reports):
             print(f"{png.relative_to(ROOT)}: {png.stat().st_size / 1024:.0f} KB")
         print(f"done in {time.monotonic() - started:.0f} s")
     finally:

@@ -100,7 +100,7 @@ def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
             progress(done)
     progress(done, description=f"clean: {done:,} of {len(items):,} files checked")
     record_stage_run(params, "clean", {"runner": figures(run, params)})
-    df = clean.table(rows)
+    df = clean.table(rows, params.clean.flags)
     clean.guard(df, params.clean.max_reject_fraction)
     rep = clean.report(df)
     write_parquet(params.paths.interim / "clean.parquet", df)

@@ -8,6 +8,7 @@ import functools
 import importlib
 import io
 import logging
+import math
 import os
 import signal
 import sys
@@ -297,13 +298,27 @@ def record_stage_run(params: Params, stage: str, figures: dict[str, Any]) -> Non
     append_history(params.pipeline.history, line)
 
 
+def cell(v: Any) -> str:
+    """A summary-table cell as a person reads it (the terminal and the Prefect table artifact alike):
+    numbers with thousands separators and at most 3 decimals (1,204, 173.5, 0.923), booleans yes/no,
+    a missing value n/a (as tasks.present writes them; not imported here, or a change of wording there
+    would make every stage out of date)."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:,.3f}".rstrip("0").rstrip(".")
+    return "n/a" if v is None else str(v)
+
+
 def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
     """A plain-text table for the terminal and the logs."""
     table = Table()
     for c in columns:
         table.add_column(c, justify="right" if c not in (columns[0],) else "left")
     for r in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r))
+        table.add_row(*(cell(v) for v in r))
     buf = io.StringIO()
     Console(file=buf, width=100, force_terminal=False, color_system=None).print(table)
     return f"{title}\n{buf.getvalue()}"
@@ -348,8 +363,9 @@ def publish(key: str, title: str, columns: list[str], rows: list[list[Any]], mar
     text = render_table(title, columns, rows)
     print(text, flush=True)
     if FlowRunContext.get() is not None:
+        cells = [[cell(v) for v in r] for r in rows]  # as the terminal shows them
         create_table_artifact(
-            key=key, table=[dict(zip(columns, r, strict=True)) for r in rows], description=title
+            key=key, table=[dict(zip(columns, r, strict=True)) for r in cells], description=title
         )
         if markdown:
             create_markdown_artifact(key=f"{key}-report", markdown=markdown, description=title)

@@ -6,10 +6,10 @@ import sys
 import time
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from flows.common import friendly, publish, stage_main
-from tasks import datareport, dedup
+from tasks import datareport, dedup, summary
 from tasks.fileio import read_parquet, write_bytes, write_parquet
 from tasks.params import Params
 from tasks.reports import DEDUP, DedupReport
@@ -44,10 +44,11 @@ def data_report(params: Params) -> str:
         params.clean.formats,
         params.clean.max_pixels,
         params.dedup.max_distance,
+        params.clean.flags,
     )
     page = params.paths.reports / "data.html"
     write_bytes(page, datareport.render_html(report).encode("utf-8"))
-    return datareport.render_markdown(report, str(page))
+    return summary.data_quality_markdown(report, str(page))
 
 
 @flow(name="dedup", log_prints=True)
@@ -69,13 +70,9 @@ def dedup_flow(params: Params, refresh: bool = False) -> DedupReport:
     publish("dedup", "dedup: duplicate groups", ["", "count"], rows)
     page = params.paths.reports / "data.html"
     create_markdown_artifact(
-        key="data-quality", markdown=markdown, description="clean and dedup, in one page"
-    )
-    create_link_artifact(
-        key="data-quality-html",
-        link=page.resolve().as_uri(),
-        link_text=str(page),
-        description="thumbnails of rejected files, duplicate groups and label conflicts",
+        key="data-quality",
+        markdown=markdown,
+        description="rejected, flagged and duplicate photos, with a few pictures (reports/data.html in full)",
     )
     print(f"data-quality report: {page}")
     return rep

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main
-from tasks import runtime
+from tasks import present, runtime, summary, versioning
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file, write_bytes
@@ -114,33 +115,40 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     tables = evaluate.plot_tables(pred, class_names, e.calibration_bins)
     train_report = TRAIN.read_if_written(reports)
     pngs = evaluate.render_plots(m, tables, class_names, (train_report or {}).get("history"))
-    mistakes = evaluate.worst_mistakes(pred, jpegs, class_names, e.misclassified)
+    mistakes = evaluate.mistakes(pred, jpegs, class_names, e.misclassified)
+    scored = evaluate.scored(info, dataset_sha, decision["model_sha256"])
     page = evaluate.html_report(
-        m, decision, pngs, mistakes, class_names, train_report, e.tta, e.robustness.model_dump(mode="json")
+        m,
+        decision,
+        pngs,
+        mistakes,
+        class_names,
+        train_report,
+        scored,
+        e.tta,
+        e.robustness.model_dump(mode="json"),
     )
     evaluate.write_plot_tables(reports / "plots", tables)
-    write_bytes(reports / "misclassified.png", mistakes)
+    write_bytes(
+        reports / "misclassified.png", evaluate.worst_mistakes(pred, jpegs, class_names, e.misclassified)
+    )
     write_bytes(reports / "evaluation.html", page.encode("utf-8"))
     METRICS.write(reports, m)
     GATE.write(reports, decision)
     SCORES.write(reports, evaluate.scores(m, decision))
     evaluate.promote(models, champion_dir, m, decision, e.tta)
-    if decision["promoted"]:
-        log.info("promoted: %s", decision["reason"])
-    else:
-        log.warning("not promoted: %s", decision["reason"])
+    (log.info if decision["promoted"] else log.warning)("%s", present.gate_sentence(decision))
     rows = [*evaluate.summary_rows(m, decision, e.tta), ["seconds", f"{time.monotonic() - started:.1f}"]]
     publish("evaluate", "evaluate: test split", ["", "value"], rows)
+    # What the tracked report leaves out (it must not differ between two runs of the same inputs).
+    run = {
+        "code": versioning.git_commit(Path.cwd()) or "n/a (not a git checkout)",
+        "evaluated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     create_markdown_artifact(
         key="evaluation-report",
-        description="evaluation and gate",
-        markdown=evaluate.summary_markdown(m, decision, e.tta),
-    )
-    create_link_artifact(
-        key="evaluation-html",
-        link=(reports / "evaluation.html").resolve().as_uri(),
-        link_text="reports/evaluation.html",
-        description="the full HTML report",
+        description="the gate, key figures, plots and worst mistakes (reports/evaluation.html in full)",
+        markdown=summary.evaluation_markdown(m, decision, e.tta, pngs, mistakes, scored, run),
     )
     return {"metrics": m, "gate": decision}
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment
 from prefect.states import Completed, Failed
@@ -247,11 +247,6 @@ def pipeline(
         table=[{"key": k, "value": json.dumps(v, default=str)} for k, v in record.items()],
         description="dvc.lock hashes, params and metrics of this run",
     )
-    html = params.paths.reports / "evaluation.html"
-    if html.exists():
-        create_link_artifact(
-            key="evaluation-html", link=html.resolve().as_uri(), link_text="reports/evaluation.html"
-        )
     return record
 
 

@@ -151,7 +151,10 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         ["device", rep["device"]],
         ["start", f"warm start #{plan.count} from {plan.from_sha256[:12]}" if plan.warm else "from scratch"],
         ["epochs run (best)", f"{rep['epochs_run']} ({rep['best_epoch']})"],
-        ["val accuracy (best epoch)", f"{best.get('val_accuracy', float('nan')):.4f}"],
+        [
+            "val accuracy (best epoch)",
+            f"{100 * best['val_accuracy']:.1f} %" if "val_accuracy" in best else None,
+        ],
         ["train images/s", result.run.train_images_per_s],
         ["training wall time (s)", result.run.wall_time_s],
         ["peak RSS (MB)", result.run.peak_rss_mb],

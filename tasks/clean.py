@@ -7,17 +7,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from tasks import images, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
-from tasks.images import REASONS, CheckSettings, PhotoCheck
+from tasks.images import FLAGS, REASONS, CheckSettings, PhotoCheck
 from tasks.reports import CleanReport
 from tasks.status import Status
 
 if TYPE_CHECKING:
-    from tasks.params import Params
+    from tasks.params import CleanFlags, Params
 
 COLUMNS = [
     "path",
@@ -33,6 +34,8 @@ COLUMNS = [
     "mode",
     "normalised",
     "phash",
+    *images.QUALITY_COLUMNS,
+    "flags",  # quality flags of a kept photo (tasks.images.FLAGS), ";"-separated
 ]
 # Verdicts that depend on the machine at this moment (its file system, its load), not on the bytes: never
 # cached, in any cache (docs/scale-out.md). A failure of the machine itself (out of memory, an I/O error) is
@@ -139,10 +142,38 @@ def check_items(
     return rows + judged.rows
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
-    """clean.parquet: one row per ingested file, sorted by path."""
+def flagged(df: pd.DataFrame, limits: CleanFlags) -> dict[str, pd.Series]:
+    """flag -> which rows it flags (kept photos past a clean.flags limit; see tasks.images.FLAGS)."""
+    kept = df["status"] == Status.KEPT
+    tests = {
+        "near_blank": df["grey_std"] < limits.near_blank_contrast,
+        "dark": df["grey_p99"] < limits.dark_level,
+        "bright": df["grey_p05"] > limits.bright_level,
+        "blurry": df["sharpness"] < limits.blurry_sharpness,
+        "low_information": df["entropy"] < limits.low_information_bits,
+    }
+    assert tests.keys() == FLAGS.keys(), "every flag has a test and a meaning"
+    return {flag: kept & hit.fillna(False).astype(bool) for flag, hit in tests.items()}
+
+
+def table(rows: list[dict], limits: CleanFlags) -> pd.DataFrame:
+    """clean.parquet: one row per ingested file, sorted by path, with the quality flags of kept photos."""
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
-    return df.astype({"bytes": "int64", "width": "int64", "height": "int64"})
+    df = df.astype(
+        {
+            "bytes": "int64",
+            "width": "int64",
+            "height": "int64",
+            **dict.fromkeys(images.QUALITY_COLUMNS, "float64"),  # NaN for a rejected file
+        }
+    )
+    hits = flagged(df, limits)
+    names = np.array(list(FLAGS))
+    matrix = np.zeros((len(df), len(names)), bool)
+    for k, flag in enumerate(FLAGS):
+        matrix[:, k] = hits[flag].to_numpy()
+    df["flags"] = [";".join(names[row]) if row.any() else "" for row in matrix]
+    return df
 
 
 def report(df: pd.DataFrame) -> CleanReport:
@@ -150,6 +181,7 @@ def report(df: pd.DataFrame) -> CleanReport:
     rejected = df[df["status"] == Status.REJECTED]
     kept = df[df["status"] == Status.KEPT]
     steps = Counter(s.split(":", 1)[0] for n in kept["normalised"] for s in n.split(";") if s)
+    flags = Counter(f for fs in kept["flags"] for f in fs.split(";") if f)
     per_label = {
         str(label): {
             "kept": int((g["status"] == Status.KEPT).sum()),
@@ -164,6 +196,8 @@ def report(df: pd.DataFrame) -> CleanReport:
         "per_reason": {str(k): int(v) for k, v in rejected["reason"].value_counts().sort_index().items()},
         "per_label": per_label,
         "normalised": dict(sorted(steps.items())),
+        "flagged": int((kept["flags"] != "").sum()),
+        "per_flag": {f: flags[f] for f in FLAGS},
         "reasons": {k: v for k, v in REASONS.items() if k in set(rejected["reason"])},
         "rejected_files": rejected[["path", "reason", "detail"]].to_dict(orient="records"),
     }
@@ -202,6 +236,8 @@ def summary_rows(rep: CleanReport) -> list[list]:
     rows = [["files", rep["files"]], ["kept", rep["kept"]], ["rejected", rep["rejected"]]]
     rows += [[f"  {reason}", n] for reason, n in rep["per_reason"].items()]
     rows += [[f"normalised: {step}", n] for step, n in rep["normalised"].items()]
+    rows += [["flagged (kept, worth a look)", rep["flagged"]]]
+    rows += [[f"  {flag}", n] for flag, n in rep["per_flag"].items() if n]
     return rows
 
 

@@ -1,9 +1,10 @@
-"""The data-quality report: what clean rejected and dedup removed, with the photos themselves.
+"""The data-quality report: what clean rejected or flagged and dedup removed, with the photos themselves.
 
 `reports/data.html` is one self-contained file (thumbnails inlined as data: URIs, no scripts, no links
 outside it), so it opens offline like reports/evaluation.html; a Markdown summary of the same facts
-goes to a Prefect artifact. Same inputs -> byte-identical page: everything is sorted, nothing about
-the run (time, host) is written, and thumbnails are baseline JPEGs (libjpeg is deterministic).
+(tasks.summary.data_quality_markdown) goes to a Prefect artifact. Same inputs -> byte-identical page:
+everything is sorted, nothing about the run (time, host) is written, and thumbnails are baseline JPEGs
+(libjpeg is deterministic).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
+from tasks import present
 from tasks.dedup import distances, hash_bits
-from tasks.images import REASONS, encode_jpeg, to_rgb
+from tasks.images import FLAGS, REASONS, encode_jpeg, to_rgb
 from tasks.status import Status
 
 # Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
@@ -36,7 +39,7 @@ THUMB_QUALITY = 80
 MAX_THUMBNAILS = 100  # per section: rejected files, duplicate groups, label conflicts
 MAX_COPIES = 8  # pictures per duplicate or conflict group (one row on the page)
 MAX_LISTED = 500  # rows of text (files that cannot be drawn); each ~150 bytes
-MAX_MARKDOWN_LINES = 50  # per list in the Prefect artifact (the UI shows it in one scroll)
+MAX_FLAGGED = 40  # pictures per quality flag: the most marked photos (flags hit ~0.1 % of real photos)
 
 # Rejections whose bytes a decoder accepted (format listed in clean.formats, pixels below
 # clean.max_pixels) before it judged them: these can still be drawn, at least in part. The others
@@ -109,6 +112,7 @@ class Group:
     title: str
     tiles: tuple[Tile, ...]
     more: int = 0  # copies in the group beyond MAX_COPIES
+    note: str = ""  # a sentence under the title: which copy was kept and why
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,18 @@ class Section:
 
 
 @dataclass(frozen=True)
+class Flagged:
+    """The kept photos one quality flag marks: what it means, its limit, the most marked ones drawn."""
+
+    flag: str
+    meaning: str
+    limit: str  # the clean.flags key and its value
+    total: int
+    tiles: tuple[Tile, ...] = ()
+    more: int = 0
+
+
+@dataclass(frozen=True)
 class DataReport:
     counts: tuple[tuple[str, int], ...]
     reasons: tuple[tuple[str, int, str], ...]  # reason, files, what it means
@@ -129,6 +145,9 @@ class DataReport:
     undrawn_more: int
     duplicates: Section
     conflicts: Section
+    flagged: tuple[Flagged, ...]  # every flag, in tasks.images.FLAGS order (those with no photo too)
+    flagged_photos: int  # kept photos with at least one flag
+    kept: int  # photos clean kept (what the flags' shares are of)
     max_distance: int
     limits: dict = field(default_factory=dict)
 
@@ -159,6 +178,31 @@ def _rejected(
                 tiles.append(Tile(path=r.path, lines=lines, image=data_uri(jpeg)))
     groups = (Group(title="", tiles=tuple(tiles)),) if tiles else ()
     return Section(groups=groups, more=not_tried, total=len(rejected)), undrawn
+
+
+def why_kept(keeper: pd.Series, others: pd.DataFrame) -> tuple[str, str]:
+    """Why dedup kept `keeper` (clean.parquet rows, indexed by path) over the other copies of its group,
+    by its rule (tasks.dedup: the most pixels, then the most bytes, then the first path): a short
+    caption and a sentence."""
+    ranked = others.assign(pixels=others["width"] * others["height"]).sort_values(
+        ["pixels", "bytes"], ascending=False, kind="stable"
+    )
+    runner = ranked.iloc[0]
+    size, other_size = (
+        f"{int(keeper['width'])}x{int(keeper['height'])}",
+        f"{int(runner['width'])}x{int(runner['height'])}",
+    )
+    if keeper["width"] * keeper["height"] > runner["pixels"]:
+        return "the most pixels", f"the most pixels: {size}, the next largest copy {other_size}"
+    if keeper["bytes"] > runner["bytes"]:
+        return "the most bytes", (
+            f"as many pixels as the next copy ({size}) and the most bytes ({int(keeper['bytes']):,} vs "
+            f"{int(runner['bytes']):,}): the least compressed"
+        )
+    return "first by name", (
+        f"the copies have the same pixels and bytes ({size}, {int(keeper['bytes']):,} bytes): "
+        "the first by name"
+    )
 
 
 def _draw(path: str, raw: Path, formats: tuple[str, ...], max_pixels: int) -> tuple[str, str]:
@@ -195,12 +239,16 @@ def _groups(
         bits = hash_bits(info["phash"].tolist())
         dist = distances(bits, np.zeros(len(shown), dtype=int), np.arange(len(shown)))
         tiles = []
+        note = ""
+        if status == Status.DUPLICATE:
+            short, sentence = why_kept(photos.loc[ordered[0]], photos.loc[ordered[1:]])
+            note = f"Kept {ordered[0]}: {sentence}."
         for k, path in enumerate(shown):
             row = info.loc[path]
             image, why = _draw(path, raw, formats, max_pixels)
             if status == Status.DUPLICATE:
                 badge = "kept" if k == 0 else "removed"
-                first = "the largest copy" if k == 0 else f"{kind[path]} copy, pHash distance {int(dist[k])}"
+                first = short if k == 0 else f"{kind[path]} copy, pHash distance {int(dist[k])}"
             else:
                 badge = str(row["label"])
                 first = f"label {badge}" + ("" if k == 0 else f", pHash distance {int(dist[k])}")
@@ -216,12 +264,54 @@ def _groups(
             )
         drawn += len(shown)
         title = (
-            f"{g['label'].iloc[0]}: {len(ordered)} copies, 1 kept"
+            f"{g['label'].iloc[0]}: {ordered[0]} kept, {len(ordered) - 1} "
+            f"cop{'y' if len(ordered) == 2 else 'ies'} removed"
             if status == Status.DUPLICATE
             else f"{len(ordered)} copies under {', '.join(sorted(g['label'].unique()))}: all dropped"
         )
-        groups.append(Group(title=title, tiles=tuple(tiles), more=len(ordered) - len(shown)))
+        groups.append(Group(title=title, tiles=tuple(tiles), more=len(ordered) - len(shown), note=note))
     return Section(groups=tuple(groups), more=len(group_ids) - len(groups), total=len(group_ids))
+
+
+# How the page shows each quality flag: the clean.parquet measure behind it, whether its lowest values
+# are the most marked (drawn first), the clean.flags key of its limit, and a caption of the value.
+FLAG_MEASURES: dict[str, tuple[str, bool, str, str]] = {
+    "near_blank": ("grey_std", True, "near_blank_contrast", "grey-level std {v:.1f}"),
+    "dark": ("grey_p99", True, "dark_level", "99th percentile grey {v:.0f}"),
+    "bright": ("grey_p05", False, "bright_level", "5th percentile grey {v:.0f}"),
+    "blurry": ("sharpness", True, "blurry_sharpness", "sharpness {v:.1f}"),
+    "low_information": ("entropy", True, "low_information_bits", "entropy {v:.2f} bits"),
+}
+
+
+def _flagged(
+    clean_df: pd.DataFrame, raw: Path, formats: tuple[str, ...], max_pixels: int, limits: Any
+) -> tuple[Flagged, ...]:
+    """Per quality flag (clean.parquet's `flags`, tasks.images.FLAGS): how many kept photos it marks, and
+    thumbnails of the most marked ones (up to MAX_FLAGGED; ties by path)."""
+    kept = clean_df[clean_df["status"] == Status.KEPT]
+    marks = kept["flags"].str.split(";")
+    out = []
+    for flag, meaning in FLAGS.items():
+        column, lowest_first, key, caption = FLAG_MEASURES[flag]
+        hit = kept[marks.map(lambda fs, flag=flag: flag in fs)]
+        hit = hit.sort_values([column, "path"], ascending=[lowest_first, True], kind="stable")
+        tiles = []
+        for r in hit.head(MAX_FLAGGED).itertuples():
+            image, why = _draw(r.path, raw, formats, max_pixels)
+            lines = (caption.format(v=getattr(r, column)), f"{int(r.width)}x{int(r.height)}")
+            tiles.append(Tile(path=r.path, lines=lines, image=image, why_not=why))
+        out.append(
+            Flagged(
+                flag=flag,
+                meaning=meaning,
+                limit=f"clean.flags.{key}: {getattr(limits, key):g}",
+                total=len(hit),
+                tiles=tuple(tiles),
+                more=max(0, len(hit) - MAX_FLAGGED),
+            )
+        )
+    return tuple(out)
 
 
 def build(
@@ -231,10 +321,12 @@ def build(
     formats: tuple[str, ...],
     max_pixels: int,
     max_distance: int,
+    limits: Any,
 ) -> DataReport:
     """Everything the page and the artifact show, with the thumbnails drawn from raw (bounded work).
 
-    clean_df is clean.parquet (every ingested file and its verdict), dedup_df is dedup.parquet.
+    clean_df is clean.parquet (every ingested file, its verdict and quality flags), dedup_df is
+    dedup.parquet; limits are the clean.flags the flags were set with (shown beside each flag).
     """
     rejected = clean_df[clean_df["status"] == Status.REJECTED]
     photos = clean_df.set_index("path")
@@ -242,9 +334,12 @@ def build(
     per_reason = rejected["reason"].value_counts()
     reasons = tuple((str(k), int(per_reason[k]), REASONS.get(str(k), "")) for k in sorted(per_reason.index))
     status = dedup_df["status"]
+    kept = clean_df[clean_df["status"] == Status.KEPT]
+    flagged_photos = int((kept["flags"] != "").sum())
     counts = (
         ("files ingested", len(clean_df)),
         ("rejected by clean", len(rejected)),
+        ("kept but flagged, worth a look", flagged_photos),
         ("exact duplicates removed", int((dedup_df["kind"] == "exact").sum())),
         ("near duplicates removed", int((dedup_df["kind"] == "near").sum())),
         ("photos in label conflicts (dropped)", int((status == Status.CONFLICT).sum())),
@@ -258,8 +353,16 @@ def build(
         undrawn_more=max(0, len(undrawn) - MAX_LISTED),
         duplicates=_groups(dedup_df, photos, Status.DUPLICATE, raw, formats, max_pixels),
         conflicts=_groups(dedup_df, photos, Status.CONFLICT, raw, formats, max_pixels),
+        flagged=_flagged(clean_df, raw, formats, max_pixels, limits),
+        flagged_photos=flagged_photos,
+        kept=len(kept),
         max_distance=max_distance,
-        limits={"thumbnails": MAX_THUMBNAILS, "copies": MAX_COPIES, "listed": MAX_LISTED},
+        limits={
+            "thumbnails": MAX_THUMBNAILS,
+            "copies": MAX_COPIES,
+            "listed": MAX_LISTED,
+            "flagged": MAX_FLAGGED,
+        },
     )
 
 
@@ -271,10 +374,6 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,
-)
-# Markdown is not HTML: escaping it would show &lt; in the Prefect UI.
-_MD_ENV = jinja2.Environment(
-    autoescape=False, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
 )
 
 HTML_TEMPLATE = """{% macro tile(t) %}
@@ -290,6 +389,9 @@ HTML_TEMPLATE = """{% macro tile(t) %}
 {% endif %}
 {% for g in s.groups %}
 <h3>{{ g.title }}</h3>
+{% if g.note %}
+<p class="why">{{ g.note }}</p>
+{% endif %}
 <div class="row">
 {% for t in g.tiles %}{{ tile(t) }}{% endfor %}
 {% if g.more %}<p class="more">and {{ "{:,}".format(g.more) }} more copies</p>{% endif %}
@@ -303,13 +405,13 @@ HTML_TEMPLATE = """{% macro tile(t) %}
 <!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pawflow data quality</title>
 <style>
-body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}
+body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;color:#111}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 td.n{text-align:right}
 .grid,.row{display:flex;flex-wrap:wrap;gap:.6em;align-items:flex-start}
 .row{padding:.5em;border:1px solid #ddd;border-radius:4px;margin:.4em 0 1em}
-figure{margin:0;width:{{ side + 12 }}px;font-size:.75em;overflow-wrap:anywhere}
+figure{margin:0;width:{{ side + 12 }}px;font-size:.85em;overflow-wrap:anywhere}
 figure img{display:block;width:auto;height:auto;max-width:{{ side }}px;max-height:{{ side }}px;
   min-width:32px;min-height:32px;image-rendering:pixelated;border:1px solid #999;background:#eee}
 figure .none{width:{{ side }}px;height:{{ side // 2 }}px;display:flex;align-items:center;
@@ -317,10 +419,12 @@ figure .none{width:{{ side }}px;height:{{ side // 2 }}px;display:flex;align-item
 .badge{display:inline-block;padding:0 .4em;border-radius:3px;background:#ddd;font-weight:bold}
 .badge.kept{background:#bfe5bf}.badge.removed{background:#f3c4c4}
 .more{font-style:italic;color:#555}
+.why{margin:.2em 0}
 </style>
 </head><body>
 <h1>pawflow data quality</h1>
-<p>What clean rejected and dedup removed before the photos were split and trained on.</p>
+<p>What clean rejected, which kept photos look unusual, and what dedup removed before the photos were
+split and trained on.</p>
 <table>
 {% for name, n in r.counts %}
 <tr><th>{{ name }}</th><td class="n">{{ "{:,}".format(n) }}</td></tr>
@@ -358,10 +462,33 @@ figure .none{width:{{ side }}px;height:{{ side // 2 }}px;display:flex;align-item
 {% endif %}
 {% endif %}
 
+<h2 id="flagged">Kept, but worth a look ({{ "{:,}".format(r.flagged_photos) }})</h2>
+<p>Photos clean kept and the model trains on, but that a person may want to remove or relabel: each flag
+is judged on its own (a photo can carry several), from the photo at shard size in grey levels 0-255.
+The limits are params.yaml's clean.flags; a flag never rejects a photo.</p>
+<table><tr><th>flag</th><th>photos</th><th>share of kept</th><th>what it means</th><th>limit</th></tr>
+{% for f in r.flagged %}
+<tr><td>{% if f.total %}<a href="#flag-{{ f.flag }}">{{ f.flag }}</a>{% else %}{{ f.flag }}{% endif %}</td>
+<td class="n">{{ "{:,}".format(f.total) }}</td><td class="n">{{ pct(f.total, r.kept) }}</td>
+<td>{{ f.meaning }}</td><td>{{ f.limit }}</td></tr>
+{% endfor %}
+</table>
+{% for f in r.flagged if f.total %}
+<h3 id="flag-{{ f.flag }}">{{ f.flag }} ({{ "{:,}".format(f.total) }})</h3>
+<div class="grid">
+{% for t in f.tiles %}{{ tile(t) }}{% endfor %}
+</div>
+{% if f.more %}
+<p class="more">and {{ "{:,}".format(f.more) }} more (the page shows the {{ r.limits.flagged }} most marked);
+clean.parquet's <code>flags</code> column lists them all.</p>
+{% endif %}
+{% endfor %}
+
 <h2 id="duplicates">Duplicate groups ({{ "{:,}".format(r.duplicates.total) }})</h2>
-<p>Copies of one photo under one label: the largest copy (pixels, then bytes) is kept. Exact copies have
-the same bytes; near copies are within pHash distance {{ r.max_distance }} (dedup.max_distance) of the kept
-one. Each distance below is to the kept copy.</p>
+<p>Copies of one photo under one label: one copy is kept, by dedup's rule: the most pixels, then (same
+size) the most bytes, the least compressed copy, then the first file name. Exact copies have the same
+bytes; near copies are within pHash distance {{ r.max_distance }} (dedup.max_distance) of the kept one.
+Each distance below is to the kept copy.</p>
 {{ section(r.duplicates, "duplicate groups") }}
 
 <h2 id="conflicts">Label conflicts ({{ "{:,}".format(r.conflicts.total) }})</h2>
@@ -371,51 +498,7 @@ copy is dropped, since its label cannot be trusted. Distances are to the first c
 </body></html>
 """
 
-MARKDOWN_TEMPLATE = """## Data quality
-
-| | files |
-|---|---:|
-{% for name, n in r.counts %}
-| {{ name }} | {{ "{:,}".format(n) }} |
-{% endfor %}
-
-{% if r.reasons %}
-**Rejected by clean**
-
-| reason | files | what it means |
-|---|---:|---|
-{% for reason, n, meaning in r.reasons %}
-| {{ reason }} | {{ n }} | {{ meaning }} |
-{% endfor %}
-{% endif %}
-
-**Duplicate groups**: {{ r.duplicates.total }}
-{% for g in r.duplicates.groups[:lines] %}
-- {{ g.title }}:
-{%- for t in g.tiles %} `{{ t.path }}` ({{ t.lines[0] }}){{ "," if not loop.last }}{% endfor +%}
-{% endfor %}
-{% if r.duplicates.total > r.duplicates.groups[:lines]|length %}
-- and {{ r.duplicates.total - r.duplicates.groups[:lines]|length }} more
-{% endif %}
-
-**Label conflicts**: {{ r.conflicts.total }}
-{% for g in r.conflicts.groups[:lines] %}
-- {{ g.title }}:
-{%- for t in g.tiles %} `{{ t.path }}` ({{ t.lines[0] }}){{ "," if not loop.last }}{% endfor +%}
-{% endfor %}
-{% if r.conflicts.total > r.conflicts.groups[:lines]|length %}
-- and {{ r.conflicts.total - r.conflicts.groups[:lines]|length }} more
-{% endif %}
-
-Thumbnails of every rejected file that can be drawn, every duplicate group and every conflict: `{{ page }}`.
-"""
-
 
 def render_html(report: DataReport) -> str:
     """reports/data.html: one file with every picture inlined."""
-    return _ENV.from_string(HTML_TEMPLATE).render(r=report, side=THUMB_SIDE)
-
-
-def render_markdown(report: DataReport, page: str) -> str:
-    """The Prefect artifact: the same counts and lists, without pictures (page: where the HTML is)."""
-    return _MD_ENV.from_string(MARKDOWN_TEMPLATE).render(r=report, lines=MAX_MARKDOWN_LINES, page=page)
+    return _ENV.from_string(HTML_TEMPLATE).render(r=report, side=THUMB_SIDE, pct=present.share)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import io
 import json
 from collections.abc import Iterable
@@ -14,10 +13,11 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 from PIL import Image
 from sklearn import metrics as skm
 
-from tasks import images, inference
+from tasks import images, inference, present
 from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import atomic_dir, write_json
 from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
@@ -259,45 +259,19 @@ def scores(m: MetricsReport, gate: GateDecision) -> ScoresReport:
 
 
 # The headline numbers of reports/metrics.json, in the order the report and the run summary show them.
-HEADLINE = (
-    "accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "roc_auc",
-    "log_loss",
-    "ece",
-    "examples",
-    "robust_accuracy",
-    "robust_examples",
-)
+HEADLINE = tuple(present.METRICS)
 
 
-def summary_rows(m: MetricsReport, gate: GateDecision, tta: bool) -> list[list]:
-    """The evaluate stage's table artifact: the headline metrics, how they were obtained, the gate."""
-    rows = [[k, round(m[k], 4) if isinstance(m[k], float) else m[k]] for k in HEADLINE if k in m]
+def summary_rows(m: MetricsReport, gate: GateDecision, tta: bool) -> list[list[str]]:
+    """The evaluate stage's table (terminal and Prefect): the headline metrics as a person reads them,
+    how they were obtained, the gate."""
+    rows = [[label, value] for label, value, _ in present.metric_rows(m)]
     return [
         *rows,
-        ["tta (flip average)", tta],
-        ["gate", gate["decision"]],
-        ["gate p-value", gate.get("p_value")],
+        ["each photo and its mirror averaged (evaluate.tta)", present.yes_no(tta)],
+        ["gate", str(gate["decision"])],
+        ["gate p-value (McNemar, vs the champion)", present.p_value(gate.get("p_value"))],
     ]
-
-
-def summary_markdown(m: MetricsReport, gate: GateDecision, tta: bool) -> str:
-    """The evaluate stage's markdown artifact: test and robustness accuracy, the gate, per-class scores."""
-    robust = f"{m['robust_accuracy']:.2%}" if "robust_accuracy" in m else "not measured"
-    return (
-        f"## Test accuracy {m['accuracy']:.2%} ({m['examples']} photos)\n\n"
-        f"Robustness slice (the test photos as web photos arrive): {robust}"
-        f"{' (flip-averaged)' if tta else ''}\n\n"
-        f"**Gate: {gate['decision']}** — {gate['reason']}\n\n"
-        "| class | precision | recall | f1 | support |\n|---|---|---|---|---|\n"
-        + "".join(
-            f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |\n"
-            for c, v in m["per_class"].items()
-        )
-    )
 
 
 # models/champion/: the promoted model.keras, its model.json (+ tta) and this card of why it was promoted.
@@ -388,12 +362,12 @@ def render_plots(
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+        ax.text(j, i, f"{v:,}", ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax.set_title("Confusion matrix (test)")
     out["confusion"] = _figure_png(fig)
     if "roc" in tables:
         fig, ax = plt.subplots(figsize=(3.6, 3.4))
-        ax.plot(tables["roc"]["fpr"], tables["roc"]["tpr"], label=f"AUC {m['roc_auc']:.3f}")
+        ax.plot(tables["roc"]["fpr"], tables["roc"]["tpr"], label=f"AUC {present.decimal(m['roc_auc'])}")
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
         ax.legend(loc="lower right")
@@ -409,7 +383,7 @@ def render_plots(
     ax.set(
         xlabel="confidence",
         ylabel="accuracy",
-        title=f"Calibration (ECE {m['ece']:.3f})",
+        title=f"Calibration (ECE {present.decimal(m['ece'])})",
         xlim=(0, 1),
         ylim=(0, 1),
     )
@@ -431,108 +405,274 @@ def render_plots(
     return out
 
 
+# The mistakes grid of evaluation.html: thumbnails this many px on their longer side, captions in the
+# page's own text (readable at any zoom, selectable, escaped) instead of text drawn into a picture.
+MISTAKE_SIDE = 176
+MISTAKE_QUALITY = 85
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A test photo the model got wrong: what it is, what the model said, and a thumbnail (JPEG)."""
+
+    path: str
+    true: str
+    predicted: str
+    confidence: float
+    width: int
+    height: int
+    thumbnail: bytes
+
+
+def worst(pred: Predictions, count: int) -> np.ndarray:
+    """Indices of the `count` most confident wrong predictions, most confident first (ties: test order)."""
+    wrong = np.flatnonzero(~pred.correct)
+    return wrong[np.argsort(-pred.confidence[wrong], kind="stable")][:count]
+
+
+def mistakes(pred: Predictions, jpegs: dict[str, bytes], class_names: list[str], count: int) -> list[Mistake]:
+    """The most confident mistakes, each with a thumbnail of the photo the model saw (the shard's JPEG)."""
+    out = []
+    for i in worst(pred, count):
+        im, _ = images.to_rgb(Image.open(io.BytesIO(jpegs[pred.paths[i]])))
+        size = im.size
+        im.thumbnail((MISTAKE_SIDE, MISTAKE_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        out.append(
+            Mistake(
+                path=pred.paths[i],
+                true=class_names[pred.labels[i]],
+                predicted=class_names[pred.predicted[i]],
+                confidence=float(pred.confidence[i]),
+                width=size[0],
+                height=size[1],
+                thumbnail=images.encode_jpeg(im, MISTAKE_QUALITY),
+            )
+        )
+    return out
+
+
 def worst_mistakes(pred: Predictions, jpegs: dict[str, bytes], class_names: list[str], count: int) -> bytes:
-    """A grid of the most confident wrong predictions with true/predicted label and confidence."""
+    """reports/misclassified.png: the most confident mistakes in one picture, each titled with its file,
+    true and predicted class and confidence (text drawn literally: no math-text parsing of names)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
-    wrong = np.flatnonzero(~pred.correct)
-    wrong = wrong[np.argsort(-pred.confidence[wrong], kind="stable")][:count]
+    wrong = worst(pred, count)
     cols = 4
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.7), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.8, rows * 3.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong, strict=False):
         ax.imshow(Image.open(io.BytesIO(jpegs[pred.paths[i]])))
         ax.set_title(
-            f"{Path(pred.paths[i]).name}\ntrue {class_names[pred.labels[i]]}, "
-            f"said {class_names[pred.predicted[i]]} {pred.confidence[i]:.0%}",
-            fontsize=7,
+            f"{Path(pred.paths[i]).name}\ntrue {class_names[pred.labels[i]]}, predicted "
+            f"{class_names[pred.predicted[i]]}\n{present.percent(pred.confidence[i], 0)} sure",
+            fontsize=10,
+            parse_math=False,
         )
     if not len(wrong):
-        axes.flat[0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
-    fig.suptitle("Most confident mistakes (test split)")
+        axes.flat[0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center", fontsize=11)
+    fig.suptitle("Most confident mistakes (test split)", fontsize=13)
     return _figure_png(fig)
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+# --------------------------------------------------------------------------- the HTML report
 
 
-def _fmt(v: object) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+@dataclass(frozen=True)
+class Scored:
+    """What a report scored, by content hash only (a date or a commit would make the tracked report
+    differ between two runs of the same inputs: they are in the run history and the Prefect artifact)."""
+
+    model_sha256: str  # of models/model.keras
+    dataset_sha256: str  # of data/processed/dataset_info.json, which lists every shard's sha256
+    test_shards: tuple[tuple[str, str, int], ...]  # (file, sha256, photos) of the test split's shards
+    test_counts: tuple[tuple[str, int], ...]  # (class, test photos)
 
 
-# reports/evaluation.html. Values are escaped where they are written (`esc`, `fmt`: html.escape, as the
-# report always was), so the environment does not autoescape.
-_ENV = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-_ENV.filters.update(esc=html.escape, fmt=_fmt, img=lambda png, alt: _img(png, alt))
+def scored(info: DatasetInfo, dataset_sha256: str, model_sha256: str) -> Scored:
+    return Scored(
+        model_sha256=model_sha256,
+        dataset_sha256=dataset_sha256,
+        test_shards=tuple((s.file, s.sha256, s.examples) for s in info.splits["test"].shards),
+        test_counts=tuple((c, info.counts["test"].get(c, 0)) for c in info.class_names),
+    )
+
+
+def _img(png: bytes, alt: str, kind: str = "png") -> Markup:
+    b64 = base64.b64encode(png).decode()
+    return Markup('<img alt="{}" src="data:image/{};base64,{}">').format(alt, kind, b64)
+
+
+def _tensorflow(tf: dict | None) -> str:
+    """reports/train.json's tensorflow settings in words."""
+    if not tf:
+        return present.NA
+    onednn = "oneDNN " + ("on" if tf["onednn"] else "off")
+    if tf["onednn"] and tf.get("onednn_max_isa"):
+        onednn += f" (capped at {tf['onednn_max_isa']})"
+    return f"{onednn}, {tf['threads']} threads, deterministic ops {present.yes_no(tf['deterministic_ops'])}"
+
+
+def _start(train_report: dict) -> str:
+    warm = train_report.get("warm_start")
+    start = (
+        f"warm start #{warm['count']} from the champion {present.short_sha(warm['from_sha256'])}"
+        if warm
+        else "from scratch"
+    )
+    reason = train_report.get("start_reason")
+    return f"{start}: {reason}" if reason else start
+
+
+# reports/evaluation.html; jinja escapes every value (autoescape), pictures are Markup.
+_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+_ENV.filters.update(
+    img=_img,
+    pct=present.percent,
+    pct0=lambda x: present.percent(x, 0),
+    dec=present.decimal,
+    num=present.count,
+    sha=present.short_sha,
+)
 HTML_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pawflow evaluation</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;
-margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-img{margin:.3em;vertical-align:top;max-width:100%}.verdict{font-size:1.2em;font-weight:bold}</style>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#111;line-height:1.4}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border:1px solid #bbb;padding:.3em .7em;text-align:left;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
+.verdict{font-size:1.25em;font-weight:bold;padding:.5em .8em;border-radius:4px}
+.verdict.promoted{background:#dff0d8}.verdict.rejected{background:#f8e0e0}
+.passed{color:#1a6b1a;font-weight:bold}.failed{color:#a31515;font-weight:bold}
+.plots img{margin:.3em;vertical-align:top;max-width:100%}
+.grid{display:flex;flex-wrap:wrap;gap:1em}
+figure{margin:0;width:{{ side + 8 }}px}
+figure img{display:block;max-width:{{ side }}px;max-height:{{ side }}px;border:1px solid #888}
+figcaption{font-size:.95em;margin-top:.3em;overflow-wrap:anywhere}
+figcaption .said{font-weight:bold;color:#a31515}
+figcaption .file{color:#333;font-size:.9em}
+</style>
 </head><body>
-<h1>pawflow evaluation (test split)</h1>
-<p class="verdict">Accuracy {{ "{:.2%}".format(m.accuracy) }} on {{ m.examples }} test photos: \
-{{ "promoted to champion" if gate.get("promoted") else "not promoted" }}.</p>
-<p>{{ gate.get("reason", "") | esc }}</p>
-<p>{% if tta %}Probabilities are the mean over each photo and its mirror image (evaluate.tta).\
-{% else %}Each photo is classified once (evaluate.tta is off).{% endif %}</p>
-<h2>Metrics</h2><table>{% for k in headline if k in m %}<tr><th>{{ k }}</th><td>{{ m[k] | fmt }}</td></tr>\
+<h1>pawflow evaluation</h1>
+<p class="verdict {{ 'promoted' if gate.promoted else 'rejected' }}">{{ sentence }}</p>
+<table>
+<tr><th>test accuracy</th><td class="n">{{ m.accuracy | pct }}</td>\
+<td>{{ right | num }} of {{ m.examples | num }} test photos right</td></tr>
+{% if "robust_accuracy" in m %}<tr><th>robustness-slice accuracy</th><td class="n">\
+{{ m.robust_accuracy | pct }}</td><td>the same photos re-rendered as web photos arrive</td></tr>{% endif %}
+<tr><th>ROC AUC</th><td class="n">{{ m.roc_auc | dec }}</td><td>0.5 is chance, 1 is perfect</td></tr>
+</table>
+
+<h2>What was scored</h2>
+<table>
+<tr><th>model</th><td>models/model.keras, sha256 <code>{{ what.model_sha256 }}</code>\
+{% if train_report %}<br>{{ train_report.get("model", "n/a") }}, \
+{{ train_report.get("parameters") | num }} parameters{% endif %}</td></tr>
+<tr><th>dataset version</th><td>data/processed/dataset_info.json, \
+sha256 <code>{{ what.dataset_sha256 }}</code> (it lists the sha256 of every shard)</td></tr>
+<tr><th>test split</th><td>{{ m.examples | num }} photos: \
+{% for c, n in what.test_counts %}{{ n | num }} {{ c }}{{ ", " if not loop.last }}{% endfor %}; \
+{{ what.test_shards | length }} shard file{{ "s" if what.test_shards | length != 1 }}:\
+{% for f, sha, n in what.test_shards %}<br>{{ f }} ({{ n | num }} photos) <code>{{ sha }}</code>\
+{% endfor %}</td></tr>
+<tr><th>how</th><td>{% if tta %}each photo and its mirror image classified, their probabilities averaged \
+(evaluate.tta){% else %}each photo classified once (evaluate.tta is off){% endif %}</td></tr>
+</table>
+
+<h2>Promotion gate</h2>
+<p>{{ sentence }}</p>
+<table><tr><th>check</th><th>needs</th><th>this model</th><th>result</th></tr>
+{% for check, needs, this, result in checks %}<tr><td>{{ check }}</td><td>{{ needs }}</td><td>{{ this }}</td>\
+<td class="{{ result }}">{{ result }}</td></tr>
 {% endfor %}</table>
-{% if "robust_accuracy" in m and robustness %}<h2>Robustness slice</h2><p>Accuracy <b>\
-{{- "{:.2%}".format(m.robust_accuracy) }}</b> on the same {{ m.robust_examples }} test photos re-rendered \
-the way web photos arrive: up to {{ "{:.0%}".format(robustness.crop) }} of each side cropped away, \
-the longer side at most {{ robustness.max_side }} px (never enlarged), saved as JPEG at quality \
-{{ robustness.quality[0] }}-{{ robustness.quality[1] }} (evaluate.robustness; each photo's draws depend on \
-its path only), then prepared as <code>pawflow predict</code> prepares any photo. Test accuracy minus this: \
-{{ "{:+.2%}".format(m.accuracy - m.robust_accuracy) }}.</p>{% endif %}
-<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
-{% for c in class_names %}<tr><th>{{ c | esc }}</th>\
-{% for k in ("precision", "recall", "f1", "support") %}<td>{{ m.per_class[c][k] | fmt }}</td>{% endfor %}\
-</tr>{% endfor %}</table>
-<h2>Promotion gate</h2><table>{% for k, v in gate.items() %}<tr><th>{{ k | esc }}</th>\
-<td>{{ v | fmt }}</td></tr>{% endfor %}</table>
-{% if train_report %}<h2>Training</h2><table>{% for k in train_keys %}<tr><th>{{ k }}</th>\
-<td>{{ train_report.get(k) | fmt }}</td></tr>{% endfor %}</table>{% endif %}
-<h2>Plots</h2>{% for k in pictures if k in pngs %}{{ pngs[k] | img(k) }}{% endfor %}
-<h2>Most confident mistakes</h2>{{ mistakes_png | img("misclassified") }}
+
+<h2>Metrics (test split)</h2>
+<table><tr><th>metric</th><th>value</th><th>what it says</th></tr>
+{% for label, value, meaning in metrics %}<tr><th>{{ label }}</th><td class="n">{{ value }}</td>\
+<td>{{ meaning }}</td></tr>
+{% endfor %}</table>
+
+<h2>Per class</h2>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>test photos</th></tr>
+{% for c in class_names %}{% set v = m.per_class[c] %}<tr><th>{{ c }}</th>\
+<td class="n">{{ v.precision | pct }}</td><td class="n">{{ v.recall | pct }}</td>\
+<td class="n">{{ v.f1 | pct }}</td><td class="n">{{ v.support | num }}</td></tr>
+{% endfor %}</table>
+{% if "robust_accuracy" in m and robustness %}
+<h2>Robustness slice</h2><p>Accuracy <b>{{ m.robust_accuracy | pct }}</b> on the same \
+{{ m.robust_examples | num }} test photos re-rendered the way web photos arrive: up to \
+{{ robustness.crop | pct0 }} of each side cropped away, the longer side at most {{ robustness.max_side }} px \
+(never enlarged), saved as JPEG at quality {{ robustness.quality[0] }}-{{ robustness.quality[1] }} \
+(evaluate.robustness; each photo's draws depend on its path only), then prepared as \
+<code>pawflow predict</code> prepares any photo. Test accuracy minus this: \
+{{ "{:+.1f}".format(100 * (m.accuracy - m.robust_accuracy)) }} points.</p>
+{% endif %}
+{% if train_report %}
+<h2>Training</h2>
+<table>
+<tr><th>model</th><td>{{ train_report.get("model", "n/a") }}, {{ train_report.get("parameters") | num }} \
+parameters</td></tr>
+<tr><th>epochs</th><td>{{ train_report.get("epochs_run") | num }} run, the best (kept) was epoch \
+{{ train_report.get("best_epoch") | num }}</td></tr>
+<tr><th>start</th><td>{{ start }}</td></tr>
+<tr><th>TensorFlow</th><td>{{ tensorflow }}</td></tr>
+</table>
+{% endif %}
+<h2>Plots</h2><div class="plots">{% for k in pictures if k in pngs %}{{ pngs[k] | img(k) }}{% endfor %}</div>
+
+<h2>Most confident mistakes</h2>
+{% if mistakes %}<p>The {{ mistakes | length }} test photos the model got wrong with the most confidence \
+(evaluate.misclassified), as the model saw them.</p>
+<div class="grid">{% for x in mistakes %}
+<figure>{{ x.thumbnail | img(x.path, "jpeg") }}<figcaption>true <b>{{ x.true }}</b>, predicted \
+<span class="said">{{ x.predicted }}</span> ({{ x.confidence | pct0 }} sure)<br>\
+<span class="file">{{ x.path }} ({{ x.width }}x{{ x.height }})</span></figcaption></figure>{% endfor %}
+</div>
+{% else %}<p>No mistakes: the model classified every test photo right.</p>{% endif %}
 </body></html>
 """
-# The plots in the order the report shows them, and what of reports/train.json it shows: what the inputs
+# The plots in the order the report shows them. Of reports/train.json the report shows what the inputs
 # determine only (no timings, memory or host: those are in the run history).
 PICTURES = ("training", "confusion", "roc", "precision_recall", "calibration")
-TRAIN_KEYS = ("model", "parameters", "epochs_run", "best_epoch", "tensorflow")
 
 
 def html_report(
     m: dict,
     gate: dict,
     pngs: dict[str, bytes],
-    mistakes_png: bytes,
+    mistakes: list[Mistake],
     class_names: list[str],
     train_report: TrainReport | None,
+    scored: Scored,
     tta: bool = False,
     robustness: dict | None = None,
 ) -> str:
-    """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline.
+    """reports/evaluation.html: one file with every picture inlined, so it opens anywhere offline;
+    the same inputs give the same bytes (it is a DVC output).
 
     tta and robustness (evaluate.tta, evaluate.robustness) say how the numbers were obtained."""
     return _ENV.from_string(HTML_TEMPLATE).render(
         m=m,
         gate=gate,
+        sentence=present.gate_sentence(gate),
+        checks=present.gate_checks(gate),
+        metrics=present.metric_rows(m),
+        right=round(m["accuracy"] * m["examples"]),
         pngs=pngs,
-        mistakes_png=mistakes_png,
+        mistakes=mistakes,
+        side=MISTAKE_SIDE,
         class_names=class_names,
         train_report=train_report,
+        start=_start(train_report or {}),
+        tensorflow=_tensorflow((train_report or {}).get("tensorflow")),
+        what=scored,
         tta=tta,
         robustness=robustness,
-        headline=HEADLINE,
         pictures=PICTURES,
-        train_keys=TRAIN_KEYS,
     )

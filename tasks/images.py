@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import stat
@@ -39,6 +40,30 @@ REASONS: dict[str, str] = {
     "odd_aspect_ratio": "long side / short side is above clean.max_aspect_ratio",
     "timeout": "decoding took longer than clean.timeout_s",
 }
+
+# Kept photos worth a look: flagged, never rejected (clean.flags holds the limits). The keys are what
+# clean.parquet's `flags` column holds; each flag is judged on its own, so a photo can carry several.
+FLAGS: dict[str, str] = {
+    "near_blank": "almost one flat tone: the standard deviation of its grey levels is below "
+    "clean.flags.near_blank_contrast",
+    "dark": "very dark: 99 % of its pixels are darker than grey level clean.flags.dark_level",
+    "bright": "very bright (washed out): 95 % of its pixels are lighter than grey level "
+    "clean.flags.bright_level",
+    "blurry": "blurry: few sharp edges (the variance of the Laplacian of a small grey copy is below "
+    "clean.flags.blurry_sharpness)",
+    "low_information": "little in it (a logo, a drawing, a small picture on a plain background): the entropy "
+    "of its grey levels is below clean.flags.low_information_bits",
+}
+# The measures behind FLAGS, taken from the normalised photo (the shard image, longer side at most
+# shard.max_side) while it is in memory: grey levels are Pillow's "L" (ITU-R 601 luma, 0-255). Sharpness
+# is the variance of the 4-neighbour Laplacian of a grey copy reduced QUALITY_REDUCE times (box average:
+# 112 px for the default 224), where a photo's own noise and JPEG blocks weigh less than its edges. Cost:
+# ~0.09 ms of CPU per photo (a resize to a fixed side cost twice that). Sums are exact integers and the
+# results rounded to QUALITY_DIGITS, so the same photo gives the same numbers on any host.
+QUALITY_REDUCE = 2
+QUALITY_COLUMNS = ("grey_std", "grey_p05", "grey_p99", "sharpness", "entropy")
+QUALITY_DIGITS = 3
+LEVELS = np.arange(256, dtype=np.int64)
 
 # White is what a viewer shows behind a transparent PNG on a page.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -100,6 +125,12 @@ class PhotoCheck:
     mode: str = ""
     normalised: str = ""
     phash: str = ""
+    # QUALITY_COLUMNS of a kept photo (measure_quality); None for a rejected file
+    grey_std: float | None = None
+    grey_p05: int | None = None
+    grey_p99: int | None = None
+    sharpness: float | None = None
+    entropy: float | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def record(self) -> dict:
@@ -147,6 +178,32 @@ def to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
         steps.append(f"{im.mode}->RGB")
         im = im.convert("RGB")
     return im, steps
+
+
+def measure_quality(rgb: Image.Image) -> dict[str, float | int]:
+    """The QUALITY_COLUMNS of a photo (see FLAGS): its grey levels' standard deviation, 5th and 99th
+    percentiles (the lowest level at or below which that share of the pixels lies) and entropy (bits),
+    and the sharpness of a grey copy at half its size."""
+    grey = rgb.convert("L")
+    hist = np.asarray(grey.histogram(), dtype=np.int64)
+    n = int(hist.sum())
+    total, squares = int(hist @ LEVELS), int(hist @ (LEVELS * LEVELS))
+    cumulative = 100 * np.cumsum(hist)
+    share = hist[hist > 0] / n
+    x = np.asarray(grey.reduce(QUALITY_REDUCE), dtype=np.int64)
+    if min(x.shape) < 3:  # no inner pixel: no edge to measure
+        sharpness = 0.0
+    else:
+        lap = x[1:-1, :-2] + x[1:-1, 2:] + x[:-2, 1:-1] + x[2:, 1:-1] - 4 * x[1:-1, 1:-1]
+        m, s1, s2 = lap.size, int(lap.sum()), int((lap * lap).sum())
+        sharpness = (s2 - s1 * s1 / m) / m
+    return {
+        "grey_std": round(math.sqrt(max(0.0, squares / n - (total / n) ** 2)), QUALITY_DIGITS),
+        "grey_p05": int(np.searchsorted(cumulative, 5 * n)),
+        "grey_p99": int(np.searchsorted(cumulative, 99 * n)),
+        "sharpness": round(sharpness, QUALITY_DIGITS),
+        "entropy": round(float(-(share * np.log2(share)).sum()), QUALITY_DIGITS),
+    }
 
 
 def encode_jpeg(im: Image.Image, quality: int) -> bytes:
@@ -356,6 +413,8 @@ def _check(
     # photo is hashed the same way whatever its size (phash resizes to 4 * hash_size itself).
     factor = max(1, min(rgb.size) // (8 * s.hash_size))
     check.phash = str(imagehash.phash(rgb.reduce(factor) if factor > 1 else rgb, hash_size=s.hash_size))
+    for key, value in measure_quality(rgb).items():
+        setattr(check, key, value)
     check.normalised = ";".join(steps)
     if time.monotonic() - started > s.timeout_s:
         return _reject(check, "timeout", f"{time.monotonic() - started:.1f}s"), None

@@ -73,6 +73,20 @@ class Ingest(Section):
         return v
 
 
+GreyLevel = Annotated[int, Field(ge=0, le=256)]
+
+
+class CleanFlags(Section):
+    """Limits of the quality flags (tasks.images.FLAGS): a kept photo past one is flagged, never rejected.
+    0 (or 256 for bright_level) turns a flag off."""
+
+    near_blank_contrast: Annotated[float, Field(ge=0)]
+    dark_level: GreyLevel
+    bright_level: GreyLevel
+    blurry_sharpness: Annotated[float, Field(ge=0)]
+    low_information_bits: Annotated[float, Field(ge=0, le=8)]
+
+
 class Clean(Section):
     min_side: PositiveInt
     max_aspect_ratio: Annotated[float, Field(ge=1.0)]
@@ -80,6 +94,7 @@ class Clean(Section):
     formats: tuple[str, ...]
     max_reject_fraction: Fraction
     timeout_s: Annotated[float, Field(gt=0)]
+    flags: CleanFlags
 
     @field_validator("formats")
     @classmethod

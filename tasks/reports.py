@@ -85,6 +85,8 @@ class CleanReport(TypedDict):
     per_reason: dict[str, int]
     per_label: dict[str, LabelVerdicts]
     normalised: dict[str, int]  # normalisation step -> photos
+    flagged: int  # kept photos with at least one quality flag
+    per_flag: dict[str, int]  # quality flag (tasks.images.FLAGS) -> kept photos
     reasons: dict[str, str]  # reason -> what it means, for the reasons met
     rejected_files: list[RejectedFile]
 

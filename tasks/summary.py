@@ -1,14 +1,28 @@
-"""The pipeline run's summary (a Prefect markdown artifact), from the stage reports in reports/."""
+"""Every Markdown artifact pawflow publishes to Prefect, in one place: the pipeline run's summary (from
+the stage reports in reports/), the evaluation and the data-quality artifacts.
+
+Names (classes, files) and numbers come as plain text from tasks.present; pictures are inlined as
+data: URIs, which the Prefect UI shows (a file:// link to a report it cannot open). Pictures are
+capped so that an artifact stays well under a megabyte: the server keeps one per run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from tasks import present
 from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
 
+# The data-quality and evaluation builders take tasks.datareport's and tasks.evaluate's objects without
+# importing those modules (not even for type checking): every reader of this module would then depend on
+# the stage code, as tests/test_dvc_yaml.py counts imports.
 T = TypeVar("T")
+MARKDOWN_LINES = 50  # per list (duplicate groups, conflicts): the UI shows an artifact in one scroll
+MARKDOWN_PICTURES = 4  # thumbnails per section of the data-quality artifact (~5 KB each)
+MARKDOWN_MISTAKES = 8  # thumbnails of the evaluation artifact's mistakes (~7 KB each)
 
 
 def train_start(reports: Path) -> dict:
@@ -53,15 +67,23 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     if left_out:
         lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
     if clean:
+        rejected = f"{present.count(clean['rejected'])} rejected"
+        if clean["rejected"]:
+            rejected += f" ({present.tally(clean['per_reason'])})"
+        flagged = f"{present.count(clean['flagged'])} flagged"
+        if clean["flagged"]:
+            flagged += f" ({present.tally(clean['per_flag'])})"
         lines += [
             "",
-            f"**clean**{origin('clean')}: {clean['files']} files, {clean['kept']} kept, "
-            f"{clean['rejected']} rejected " + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
+            f"**clean**{origin('clean')}: {present.count(clean['files'])} files: "
+            f"{present.count(clean['kept'])} kept, {rejected}; of the kept, {flagged}",
         ]
     if dedup:
         lines += [
-            f"**dedup**{origin('dedup')}: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} "
-            f"near duplicates, {dedup['conflict']} photos in label conflicts"
+            "",
+            f"**dedup**{origin('dedup')}: {present.count(dedup['exact_duplicates'])} exact and "
+            f"{present.count(dedup['near_duplicates'])} near duplicates removed, "
+            f"{present.count(dedup['conflict'])} photos in label conflicts dropped",
         ]
     if shard:
         lines += [
@@ -72,7 +94,7 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
             "|---|" + "---|" * len(shard["class_names"]),
         ]
         lines += [
-            f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
+            f"| {s} | " + " | ".join(present.count(c[n]) for n in shard["class_names"]) + " |"
             for s, c in shard["counts"].items()
         ]
     if "train" in stages:
@@ -80,15 +102,27 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     if metrics:
         lines += [
             "",
-            f"**test accuracy**{origin('evaluate')} {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
-            f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
+            f"**test accuracy**{origin('evaluate')} {present.percent(metrics['accuracy'])} on "
+            f"{present.count(metrics['examples'])} photos: F1 {present.percent(metrics['f1_macro'])}, "
+            f"ROC AUC {present.decimal(metrics['roc_auc'])}, ECE {present.decimal(metrics['ece'])}",
         ]
         if "robust_accuracy" in metrics:
             lines += [
-                f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
+                "",
+                f"**robustness slice** (the test photos as web photos arrive) "
+                f"{present.percent(metrics['robust_accuracy'])}",
             ]
     if gate:
-        lines += [f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate['p_value']}): {gate['reason']}"]
+        lines += [
+            "",
+            f"**gate**{origin('evaluate')}: {present.gate_sentence(gate)}",
+        ]
+    if metrics or clean:
+        lines += [
+            "",
+            "Pictures: the `evaluation-report` and `data-quality` artifacts; the full reports are "
+            "reports/evaluation.html and reports/data.html in the workspace (they open offline).",
+        ]
     return "\n".join(lines)
 
 
@@ -112,3 +146,149 @@ def why_stage_runs(changed: list | dict, most: int = 4) -> str:
             more = f" and {len(shown) - most} more" if len(shown) > most else ""
             parts.append(f"{kind}: {', '.join(shown[:most])}{more}")
     return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- pictures in Markdown
+
+
+def picture(data: bytes, alt: str, kind: str = "png") -> str:
+    """A picture inlined in Markdown (the Prefect UI draws data: URIs: no file or server needed)."""
+    return f"![{alt}](data:image/{kind};base64,{base64.b64encode(data).decode('ascii')})"
+
+
+def picture_table(pictures: Sequence[tuple[str, str]], columns: int = 4) -> list[str]:
+    """(caption, Markdown picture) as table rows: captions over their pictures, `columns` per row."""
+    lines: list[str] = []
+    for start in range(0, len(pictures), columns):
+        row = pictures[start : start + columns]
+        lines += [
+            "| " + " | ".join(caption for caption, _ in row) + " |",
+            "|" + "---|" * len(row),
+            "| " + " | ".join(pic for _, pic in row) + " |",
+            "",
+        ]
+    return lines
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: int = 0) -> list[str]:
+    """A Markdown table; the last `right` columns are right-aligned (numbers)."""
+    align = ["---"] * (len(header) - right) + ["---:"] * right
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluation_markdown(
+    m: Mapping[str, Any],
+    gate: Mapping[str, Any],
+    tta: bool,
+    pngs: Mapping[str, bytes],
+    mistakes: Sequence[Any],
+    scored: Any,
+    run: Mapping[str, str],
+) -> str:
+    """The evaluate stage's artifact: the gate's decision, the key figures, what was scored (and, unlike
+    the tracked report, when and by which commit: `run`), the plots and the worst mistakes
+    (tasks.evaluate's Mistake and Scored)."""
+    decision = "promoted" if gate["promoted"] else "not promoted"
+    right = round(m["accuracy"] * m["examples"])
+    of = f" ({present.count(right)} of {present.count(m['examples'])} photos)"
+    accuracy = present.METRICS["accuracy"][0]
+    figures = [
+        (label, value + of if label == accuracy else value) for label, value, _ in present.metric_rows(m)
+    ]
+    lines = [f"## Evaluation: {decision}", "", present.gate_sentence(gate), ""]
+    lines += _table(["", "test split"], figures, right=1)
+    lines += ["**Gate**", ""]
+    lines += _table(["check", "needs", "this model", "result"], present.gate_checks(gate))
+    lines += ["**Per class**", ""]
+    lines += _table(
+        ["class", "precision", "recall", "F1", "test photos"],
+        [
+            (
+                c,
+                present.percent(v["precision"]),
+                present.percent(v["recall"]),
+                present.percent(v["f1"]),
+                present.count(v["support"]),
+            )
+            for c, v in m["per_class"].items()
+        ],
+        right=4,
+    )
+    how = "each photo and its mirror image averaged" if tta else "each photo classified once"
+    lines += [
+        f"**Scored**: model sha256 `{scored.model_sha256}`; dataset_info.json sha256 "
+        f"`{scored.dataset_sha256}`; {how} (evaluate.tta). " + ", ".join(f"{k} {v}" for k, v in run.items()),
+        "",
+        "Full report: reports/evaluation.html in the workspace (self-contained, opens offline).",
+        "",
+    ]
+    lines += [picture(pngs[k], k) for k in ("training", "confusion", "roc", "calibration") if k in pngs]
+    shown = mistakes[:MARKDOWN_MISTAKES]
+    more = (
+        f"{len(shown)} of {len(mistakes)}; the report shows all" if len(shown) < len(mistakes) else len(shown)
+    )
+    lines += ["", f"**Most confident mistakes** ({more})", ""]
+    lines += picture_table(
+        [
+            (
+                f"`{x.path}`: {x.true}, taken for {x.predicted} ({present.percent(x.confidence, 0)} sure)",
+                picture(x.thumbnail, x.path, "jpeg"),
+            )
+            for x in shown
+        ],
+        columns=3,
+    ) or ["No mistakes: every test photo was classified right.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- data quality
+
+
+def data_quality_markdown(r: Any, page: str) -> str:
+    """The dedup stage's artifact: the counts and lists of reports/data.html (r: a
+    tasks.datareport.DataReport) and a few of its pictures (page: where the full report is, as text)."""
+
+    def tiles(tiles: Sequence, caption) -> list[str]:
+        drawn = [t for t in tiles if t.image][:MARKDOWN_PICTURES]
+        return picture_table([(caption(t), f"![{t.path}]({t.image})") for t in drawn])
+
+    lines = ["## Data quality", ""]
+    lines += _table(["", "files"], [(name, present.count(n)) for name, n in r.counts], right=1)
+    if r.reasons:
+        lines += ["**Rejected by clean**", ""]
+        lines += _table(
+            ["reason", "files", "what it means"], [(k, present.count(n), why) for k, n, why in r.reasons]
+        )
+        for g in r.rejected.groups:
+            lines += tiles(g.tiles, lambda t: f"`{t.path}`: {t.lines[0]}")
+    lines += [f"**Kept, but worth a look**: {present.count(r.flagged_photos)} photos (never rejected)", ""]
+    lines += _table(
+        ["flag", "photos", "share of kept", "limit"],
+        [(f.flag, present.count(f.total), present.share(f.total, r.kept), f.limit) for f in r.flagged],
+    )
+    for f in r.flagged:
+        if f.total:
+            lines += [f"*{f.flag}*: {f.meaning}", ""]
+            lines += tiles(f.tiles, lambda t: f"`{t.path}`: {t.lines[0]}")
+    for title, section in (("Duplicate groups", r.duplicates), ("Label conflicts", r.conflicts)):
+        lines += [f"**{title}**: {present.count(section.total)}", ""]
+        groups = section.groups[:MARKDOWN_LINES]
+        for g in groups:
+            copies = ", ".join(f"`{t.path}` ({t.lines[0]})" for t in g.tiles)
+            lines.append(f"- {g.title}: {copies}" + (f". {g.note}" if g.note else ""))
+        if section.total > len(groups):
+            lines.append(f"- and {present.count(section.total - len(groups))} more")
+        lines.append("")
+    lines.append(
+        f"Every picture (rejected files, flagged photos, duplicate groups, conflicts): {page} in the "
+        "workspace (self-contained, opens offline)."
+    )
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 OLE2_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
 
@@ -147,6 +147,40 @@ def awkward_valid(seed: int = 2000) -> dict[str, tuple[bytes, str]]:
         "png_named.jpg": (encode(photo(seed + 5), "PNG"), "format:PNG"),
         "webp_named.jpg": (encode(photo(seed + 6), "WEBP", quality=90), "format:WEBP"),
         "rotated.jpg": (exif_rotated_jpeg(seed + 7), "exif_orientation:6"),
+    }
+
+
+def textured(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A photo with fine detail (blobs plus pixel noise): sharp, mid-toned, many grey levels; photo()'s
+    smooth blobs alone read as blurry to clean's quality flags."""
+    rng = np.random.default_rng(seed)
+    blobs = np.asarray(photo(seed, size), dtype=np.int16)
+    noise = rng.integers(-60, 61, size=blobs.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(blobs // 2 + 64 + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def quality_issues(seed: int = 3000, size: tuple[int, int] = (160, 120)) -> dict[str, tuple[bytes, str]]:
+    """Valid photos that clean keeps but flags: file name -> (PNG bytes, its flag). A flat picture is
+    also blurry and low in information; each of the others has only its own flag. PNG, so that JPEG
+    noise does not soften the made-up cases; a picture of its own each (one picture darkened and
+    lightened would be near duplicates)."""
+
+    def base(k: int) -> np.ndarray:
+        return np.asarray(textured(seed + k, size), dtype=np.float64)
+
+    def png(pixels: np.ndarray) -> bytes:
+        return encode(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"), "PNG")
+
+    flat = 128 + np.random.default_rng(seed).normal(0, 2, size=(size[1], size[0], 3))
+    logo = np.full((size[1], size[0], 3), 128.0)
+    ph, pw = size[1] // 3, size[0] // 3
+    logo[:ph, :pw] = base(4)[:ph, :pw]  # a small picture on a plain background
+    return {
+        "flat.png": (png(flat), "near_blank"),
+        "night.png": (png(base(1) * 0.3), "dark"),
+        "washed.png": (png(255 - (255 - base(2)) * 0.4), "bright"),
+        "soft.png": (encode(textured(seed + 3, size).filter(ImageFilter.GaussianBlur(3)), "PNG"), "blurry"),
+        "logo.png": (png(logo), "low_information"),
     }
 
 

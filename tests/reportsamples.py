@@ -23,6 +23,8 @@ SAMPLES: dict[str, dict] = {
         "per_reason": {"truncated": 2},
         "per_label": {"Cat": {"kept": 18, "rejected": 2}, "Dog": {"kept": 20, "rejected": 0}},
         "normalised": {"exif_transpose": 1},
+        "flagged": 2,
+        "per_flag": {"near_blank": 0, "dark": 1, "bright": 0, "blurry": 1, "low_information": 1},
         "reasons": {"truncated": "the image data ends early"},
         "rejected_files": [
             {"path": "Cat/a.jpg", "reason": "truncated", "detail": "image file is truncated"},

@@ -12,10 +12,12 @@ import browser
 import imagegen
 import pandas as pd
 import pytest
+from conftest import shipped
 from PIL import Image, ImageEnhance
 from test_images import SETTINGS
 
-from tasks import clean, datareport, dedup
+from tasks import clean, datareport, dedup, summary
+from tasks.images import FLAGS
 
 DRAWN = {
     "Cat/tiny.jpg",
@@ -36,33 +38,41 @@ LISTED = {
 }
 # A file name that is also markup: the page must show it, not run it.
 MARKUP = "Dog/cat.2 <b>misfiled.jpg"
+LIMITS = shipped("clean.flags")
+FLAGGED = {f"Cat/{name}" for name in imagegen.quality_issues()}
 
 
 def collection(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every defect clean knows, an exact and a near duplicate, and one photo under two labels."""
+    """Every defect clean knows, every quality flag, three duplicate groups (kept for the most pixels,
+    for the most bytes, by name), and one photo under two labels."""
     for label in ("Cat", "Dog"):
         (raw / label).mkdir(parents=True, exist_ok=True)
     for name, (data, _) in imagegen.defects().items():
         (raw / "Cat" / name).write_bytes(data)
-    for i in range(6):
-        (raw / "Dog" / f"dog.{i}.jpg").write_bytes(imagegen.jpeg(i, (160, 120)))
-        (raw / "Cat" / f"cat.{i}.jpg").write_bytes(imagegen.jpeg(100 + i, (160, 120)))
+    for name, (data, _) in imagegen.quality_issues().items():
+        (raw / "Cat" / name).write_bytes(data)
+    for i in range(6):  # sharp photos (imagegen.photo's smooth blobs would all be flagged blurry)
+        for label, seed in (("dog", i), ("cat", 100 + i)):
+            jpeg = imagegen.encode(imagegen.textured(seed), "JPEG", quality=92)
+            (raw / label.title() / f"{label}.{i}.jpg").write_bytes(jpeg)
     (raw / "Dog" / "dog.0 copy.jpg").write_bytes((raw / "Dog" / "dog.0.jpg").read_bytes())
     near = ImageEnhance.Contrast(Image.open(raw / "Dog" / "dog.1.jpg")).enhance(0.9)
     edited = imagegen.encode(near.resize((150, 112)), "JPEG", quality=60)
     (raw / "Dog" / "dog.1 edited.jpg").write_bytes(edited)
+    recompressed = imagegen.encode(Image.open(raw / "Dog" / "dog.3.jpg"), "JPEG", quality=40)
+    (raw / "Dog" / "dog.3 small file.jpg").write_bytes(recompressed)
     (raw / MARKUP).write_bytes((raw / "Cat" / "cat.2.jpg").read_bytes())
     items = sorted(
         (p.relative_to(raw).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
         for p in raw.rglob("*")
         if p.is_file()
     )
-    clean_df = clean.table(clean.check_items(raw, items, SETTINGS, None))
+    clean_df = clean.table(clean.check_items(raw, items, SETTINGS, None), LIMITS)
     return clean_df, dedup.find_duplicates(clean_df[clean_df["status"] == "kept"], 4)
 
 
 def build(raw: Path, clean_df: pd.DataFrame, dedup_df: pd.DataFrame) -> datareport.DataReport:
-    return datareport.build(clean_df, dedup_df, raw, SETTINGS.formats, SETTINGS.max_pixels, 4)
+    return datareport.build(clean_df, dedup_df, raw, SETTINGS.formats, SETTINGS.max_pixels, 4, LIMITS)
 
 
 @pytest.fixture
@@ -98,21 +108,74 @@ def test_rejected_files_are_drawn_or_listed_with_their_reason(made):
     assert "20x16" in page  # tiny.jpg's detail: why it was rejected
 
 
-def test_duplicate_groups_show_the_kept_copy_and_distances(made):
+def test_duplicate_groups_say_which_copy_was_kept_and_why(made):
     raw, clean_df, dedup_df = made
     report = build(raw, clean_df, dedup_df)
     near = dedup_df.set_index("path").loc["Dog/dog.1 edited.jpg"]
     assert near["kind"] == "near" and near["duplicate_of"] == "Dog/dog.1.jpg"
     groups = {g.tiles[0].path: g for g in report.duplicates.groups}
-    assert set(groups) == {"Dog/dog.1.jpg", "Dog/dog.0 copy.jpg"}
+    assert set(groups) == {"Dog/dog.1.jpg", "Dog/dog.0 copy.jpg", "Dog/dog.3.jpg"}
     kept, copy = groups["Dog/dog.1.jpg"].tiles
     assert (kept.badge, copy.badge, copy.path) == ("kept", "removed", "Dog/dog.1 edited.jpg")
     assert copy.lines[0] == f"near copy, pHash distance {near['distance']}"
     assert groups["Dog/dog.0 copy.jpg"].tiles[1].lines[0] == "exact copy, pHash distance 0"
+    # one heading per group, naming the photo kept; the rule that chose it, with the numbers
+    titles = [g.title for g in report.duplicates.groups]
+    assert len(set(titles)) == len(titles) == 3
+    assert groups["Dog/dog.1.jpg"].title == "Dog: Dog/dog.1.jpg kept, 1 copy removed"
+    assert kept.lines[0] == "the most pixels"
+    assert groups["Dog/dog.1.jpg"].note == (
+        "Kept Dog/dog.1.jpg: the most pixels: 160x120, the next largest copy 150x112."
+    )
+    sizes = clean_df.set_index("path")["bytes"]
+    assert groups["Dog/dog.3.jpg"].tiles[0].lines[0] == "the most bytes"
+    assert groups["Dog/dog.3.jpg"].note == (
+        f"Kept Dog/dog.3.jpg: as many pixels as the next copy (160x120) and the most bytes "
+        f"({sizes['Dog/dog.3.jpg']:,} vs {sizes['Dog/dog.3 small file.jpg']:,}): the least compressed."
+    )
+    assert groups["Dog/dog.0 copy.jpg"].tiles[0].lines[0] == "first by name"
+    assert groups["Dog/dog.0 copy.jpg"].note.endswith(
+        f"{sizes['Dog/dog.0.jpg']:,} bytes): the first by name."
+    )
     page = datareport.render_html(report)
-    assert "Duplicate groups (2)" in page
+    assert "Duplicate groups (3)" in page
+    assert (
+        '<p class="why">Kept Dog/dog.1.jpg: the most pixels: 160x120, the next largest copy 150x112.</p>'
+        in page
+    )
     drawn = {"Dog/dog.1.jpg", "Dog/dog.1 edited.jpg", "Dog/dog.0.jpg", "Dog/dog.0 copy.jpg"}
     assert set(images(page)) >= drawn
+
+
+def test_flagged_photos_are_counted_and_drawn_most_marked_first(made):
+    raw, clean_df, dedup_df = made
+    report = build(raw, clean_df, dedup_df)
+    by_flag = {f.flag: f for f in report.flagged}
+    assert list(by_flag) == list(FLAGS)  # every flag, in one order, those with no photo too
+    assert {f: x.total for f, x in by_flag.items()} == {
+        "near_blank": 1,
+        "dark": 1,
+        "bright": 1,
+        "blurry": 2,
+        "low_information": 2,
+    }
+    assert report.flagged_photos == 5 and report.kept == len(clean_df[clean_df["status"] == "kept"])
+    blurry = by_flag["blurry"]
+    assert [t.path for t in blurry.tiles] == ["Cat/soft.png", "Cat/flat.png"]  # least sharp first
+    assert blurry.tiles[0].lines[0].startswith("sharpness ") and blurry.tiles[0].image
+    assert blurry.limit == f"clean.flags.blurry_sharpness: {LIMITS.blurry_sharpness:g}"
+    page = datareport.render_html(report)
+    assert "Kept, but worth a look (5)" in page
+    assert '<h3 id="flag-blurry">blurry (2)</h3>' in page and 'id="flag-dark"' in page
+    assert f"<td>{FLAGS['dark']}</td>" in page
+    share = f"{100 * 2 / report.kept:.2f} %"
+    assert f'<td class="n">2</td><td class="n">{share}</td>' in page
+    assert set(images(page)) >= FLAGGED
+    assert not set(images(page)) & {f"Dog/dog.{i}.jpg" for i in range(6)} - {
+        "Dog/dog.0.jpg",  # drawn as duplicates, never as flagged
+        "Dog/dog.1.jpg",
+        "Dog/dog.3.jpg",
+    }
 
 
 def test_label_conflicts_show_every_copy_and_label(made):
@@ -123,9 +186,20 @@ def test_label_conflicts_show_every_copy_and_label(made):
     page = datareport.render_html(report)
     assert "<b>misfiled" not in page and "&lt;b&gt;misfiled" in page  # escaped, not markup
     assert "Label conflicts (1)" in page and "2 copies under Cat, Dog: all dropped" in page
-    markdown = datareport.render_markdown(report, "reports/data.html")
+
+
+def test_the_markdown_artifact_has_the_counts_lists_and_some_pictures(made):
+    raw, clean_df, dedup_df = made
+    markdown = summary.data_quality_markdown(build(raw, clean_df, dedup_df), "reports/data.html")
     assert f"`{MARKUP}` (label Dog, pHash distance 0)" in markdown
-    assert "| photos kept for training | 11 |" in markdown and "reports/data.html" in markdown
+    assert "| photos kept for training | 16 |" in markdown and "reports/data.html" in markdown
+    assert "- Dog: Dog/dog.1.jpg kept, 1 copy removed: `Dog/dog.1.jpg` (the most pixels)" in markdown
+    assert "| blurry | 2 | " in markdown and "**Kept, but worth a look**: 5 photos" in markdown
+    pictures = re.findall(r"!\[([^\]]*)\]\(data:image/jpeg;base64,([^)]*)\)", markdown)
+    assert {"Cat/soft.png", "Cat/night.png", "Cat/tiny.jpg"} <= {alt for alt, _ in pictures}
+    assert all(base64.b64decode(b64)[:2] == b"\xff\xd8" for _, b64 in pictures)
+    assert len(pictures) <= summary.MARKDOWN_PICTURES * (1 + len(FLAGS))
+    assert "file://" not in markdown
 
 
 def test_same_inputs_give_the_same_bytes_whatever_the_row_order(made):
@@ -147,8 +221,10 @@ def test_big_collections_are_capped_with_counts_of_the_rest(made, monkeypatch: p
     assert len(report.rejected.groups[0].tiles) == 2 and report.rejected.more == len(DRAWN) - 2
     assert f"and {len(DRAWN) - 2} more that can be drawn" in page
     assert len(report.undrawn) == 4 and "and 2 more; reports/clean.json lists them all" in page
-    assert len(report.duplicates.groups) == 1 and "and 1 more duplicate groups" in page
-    assert len(images(page)) == 2 + 2 + 2
+    assert len(report.duplicates.groups) == 1 and "and 2 more duplicate groups" in page
+    flagged = sum(len(f.tiles) for f in report.flagged)
+    assert flagged == 7  # each flagged photo once per flag (flat.png under three)
+    assert page.count("<img") == 2 + 2 + 2 + flagged
 
 
 def test_a_file_that_cannot_be_decoded_is_listed_with_why(tmp_path: Path):
@@ -169,9 +245,10 @@ def test_every_image_of_data_html_loads_in_chromium(made, tmp_path: Path):
     page = tmp_path / "data.html"
     page.write_text(datareport.render_html(build(raw, clean_df, dedup_df)), encoding="utf-8")
     seen = browser.image_status(page)
-    assert len(seen) == len(DRAWN) + 4 + 2  # rejected, two duplicate pairs, one conflict pair
+    # rejected, three duplicate pairs, one conflict pair, flagged (flat.png under three flags)
+    assert len(seen) == len(DRAWN) + 6 + 2 + 7
     assert [alt for alt, ok in seen if not ok] == []
-    assert {alt for alt, _ in seen} >= DRAWN | {MARKUP}
+    assert {alt for alt, _ in seen} >= DRAWN | FLAGGED | {MARKUP}
 
 
 @pytest.mark.slow

@@ -275,6 +275,17 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
     info = json.loads((ws / "data/processed/dataset_info.json").read_text())
     assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 41
 
+    # The quality flags' limits: clean re-judges from its cache, data.html is redrawn, the shards stay.
+    assert clean["per_flag"]["blurry"] > 0  # imagegen's smooth blobs: many read as soft
+    params["clean"]["flags"]["blurry_sharpness"] = 0  # off
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    page = (ws / "reports/data.html").read_bytes()
+    flags = dvc(ws, "repro", "shard", api=prefect_server)
+    assert flags.returncode == 0, flags.stderr
+    assert ran(flags.stdout) == ["check", "clean", "dedup"], flags.stdout
+    assert json.loads((ws / "reports/clean.json").read_text())["per_flag"]["blurry"] == 0
+    assert (ws / "reports/data.html").read_bytes() != page
+
     for i in range(3):
         (source / "Dog" / f"new.{i}.jpg").write_bytes(imagegen.jpeg(50_000 + i))
     grown = dvc(ws, "repro", "shard", api=prefect_server)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import browser
@@ -17,8 +18,9 @@ import pytest
 from conftest import run_flows, workspace_of
 from PIL import Image
 
-from tasks import evaluate, gate, images, predict
+from tasks import evaluate, gate, images, predict, present
 from tasks.evaluate import Predictions, render_web
+from tasks.fileio import sha256_file
 from tasks.params import Params
 
 WEB = {"max_side": 250, "quality": (50, 60), "crop": 0.1}
@@ -129,20 +131,29 @@ def test_robust_metrics_in_metrics_and_report():
     assert m["accuracy"] == 0.75 and m["robust_accuracy"] == 0.25 and m["robust_examples"] == 4
     json.dumps(m)  # metrics.json-ready
     assert "robust_accuracy" not in evaluate.compute_metrics(test, ["Cat", "Dog"], 5)
-    page = evaluate.html_report(m, {"promoted": True}, {}, b"png", ["Cat", "Dog"], None, True, WEB)
-    assert "Robustness slice" in page and "25.00%" in page and "quality 50-60" in page
-    assert "mirror image" in page
+    decision = gate.decide(test.correct, None, 0.5, 0.05, robust.correct, 0.0)
+    page = evaluate.html_report(m, decision, {}, [], ["Cat", "Dog"], None, SCORED, True, WEB)
+    assert "Robustness slice" in page and "<b>25.0 %</b>" in page and "quality 50-60" in page
+    assert "Test accuracy minus this: +50.0 points" in page and "mirror image" in page
     train = {"model": "pawnet", "parameters": 1, "epochs_run": 1, "best_epoch": 1, "wall_time_s": 812.5}
-    page = evaluate.html_report(m, {"promoted": False}, {}, b"png", ["Cat", "Dog"], train, False, WEB)
+    page = evaluate.html_report(m, decision, {}, [], ["Cat", "Dog"], train, SCORED, False, WEB)
     assert "812.5" not in page and "wall_time_s" not in page  # no timings in a tracked output
     assert "evaluate.tta is off" in page
 
 
 CLASSES = ["Cat", "Dog"]
+# What a report scored: made-up hashes of the model, dataset_info.json and the one test shard.
+SCORED = evaluate.Scored(
+    model_sha256="ab" * 32,
+    dataset_sha256="cd" * 32,
+    test_shards=(("test-00000-of-00001.tfrecord", "ef" * 32, 40),),
+    test_counts=(("Cat", 20), ("Dog", 20)),
+)
 
 
 def page(tmp_path: Path) -> Path:
     """The report as the evaluate flow writes it, for 40 test photos of which about a quarter are wrong."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     labels = np.array([0, 1] * 20)
     p_dog = np.clip(labels * 0.5 + 0.25 + rng.normal(0, 0.25, size=40), 0.01, 0.99)
@@ -155,9 +166,9 @@ def page(tmp_path: Path) -> Path:
     tables = evaluate.plot_tables(pred, CLASSES, bins=10)
     history = {"loss": [0.7, 0.5, 0.4], "val_loss": [0.7, 0.6, 0.5], "accuracy": [0.5, 0.7, 0.8]}
     pngs = evaluate.render_plots(m, tables, CLASSES, history)
-    mistakes = evaluate.worst_mistakes(pred, jpegs, CLASSES, count=8)
+    mistakes = evaluate.mistakes(pred, jpegs, CLASSES, count=8)
     out = tmp_path / "evaluation.html"
-    out.write_text(evaluate.html_report(m, decision, pngs, mistakes, CLASSES, {"model": "pawnet"}))
+    out.write_text(evaluate.html_report(m, decision, pngs, mistakes, CLASSES, {"model": "pawnet"}, SCORED))
     return out
 
 
@@ -174,17 +185,16 @@ def test_scores_are_the_headline_numbers_and_the_gate():
 
 @pytest.mark.slow
 def test_every_image_of_evaluation_html_loads_in_chromium(tmp_path: Path):
-    seen = browser.image_status(page(tmp_path))
-    # training curves, confusion, ROC, precision-recall, calibration, the mistakes grid
-    assert [alt for alt, _ in seen] == [
-        "training",
-        "confusion",
-        "roc",
-        "precision_recall",
-        "calibration",
-        "misclassified",
-    ]
+    first = page(tmp_path / "first")
+    seen = browser.image_status(first)
+    # training curves, confusion, ROC, precision-recall, calibration, then the mistakes (at most 8) by file
+    plots = ["training", "confusion", "roc", "precision_recall", "calibration"]
+    assert [alt for alt, _ in seen][:5] == plots
+    mistakes = [alt for alt, _ in seen][5:]
+    assert 1 <= len(mistakes) <= 8 and all(alt.endswith(".jpg") for alt in mistakes)
     assert [alt for alt, ok in seen if not ok] == []
+    # a DVC output: the same predictions give the same bytes, pictures included
+    assert page(tmp_path / "second").read_bytes() == first.read_bytes()
 
 
 # --------------------------------------------------------------------------- known answers
@@ -250,30 +260,99 @@ METRICS = {
     "per_class": {"Cat": {"precision": 0.9, "recall": 0.8, "f1": 0.84706, "support": 20}},
 }
 DECISION = {"decision": "promoted", "promoted": True, "reason": "no champion yet", "p_value": None}
+# A complete gate.json of a first model (no champion): what the report is built from.
+DECISION_FULL = gate.decide(np.array([True] * 9 + [False]), None, 0.8, 0.05)
 
 
-def test_summary_rows_are_the_headline_metrics_then_how_and_the_gate():
+def test_summary_rows_are_the_headline_metrics_as_a_person_reads_them():
     rows = evaluate.summary_rows(METRICS, DECISION, tta=True)
-    assert [k for k, _ in rows] == [*evaluate.HEADLINE, "tta (flip average)", "gate", "gate p-value"]
-    assert dict(rows)["accuracy"] == 0.9123 and dict(rows)["roc_auc"] is None and dict(rows)["examples"] == 40
-    assert rows[-3:] == [["tta (flip average)", True], ["gate", "promoted"], ["gate p-value", None]]
+    labels = [label for label, _ in rows]
+    assert labels[: len(evaluate.HEADLINE)] == [present.METRICS[k][0] for k in evaluate.HEADLINE]
+    shown = dict(rows)
+    assert shown["accuracy"] == "91.2 %" and shown["ROC AUC"] == "n/a" and shown["test photos"] == "40"
+    assert shown["log loss"] == "0.300" and shown["robustness-slice accuracy"] == "87.5 %"
+    assert rows[-3:] == [
+        ["each photo and its mirror averaged (evaluate.tta)", "yes"],
+        ["gate", "promoted"],
+        ["gate p-value (McNemar, vs the champion)", "p = n/a"],
+    ]
     without_robust = {k: v for k, v in METRICS.items() if not k.startswith("robust")}
-    assert "robust_accuracy" not in dict(evaluate.summary_rows(without_robust, DECISION, tta=False))
+    assert "robustness-slice accuracy" not in dict(evaluate.summary_rows(without_robust, DECISION, tta=False))
 
 
-def test_the_report_shows_the_same_headline_metrics_as_the_summary():
-    page = evaluate.html_report(METRICS, DECISION, {}, b"png", ["Cat"], None)
-    shown = [k for k in evaluate.HEADLINE if f"<tr><th>{k}</th>" in page]
-    assert shown == list(evaluate.HEADLINE)
+def report_text(page: str) -> str:
+    """What a reader sees of the page: the body's text, tags and embedded pictures left out."""
+    body = page.split("<body>", 1)[1]
+    return re.sub(r"<[^>]+>", " ", body)
 
 
-def test_summary_markdown():
-    md = evaluate.summary_markdown(METRICS, DECISION, tta=True)
-    assert md.startswith("## Test accuracy 91.23% (40 photos)\n")
-    assert "(the test photos as web photos arrive): 87.50% (flip-averaged)" in md
-    assert "**Gate: promoted** — no champion yet" in md
-    assert md.endswith("| Cat | 0.900 | 0.800 | 0.847 | 20 |\n")
-    assert "(flip-averaged)" not in evaluate.summary_markdown(METRICS, DECISION, tta=False)
+GATE_NO_CHAMPION = gate.decide(np.array([True] * 9 + [False]), None, 0.8, 0.05, np.array([True] * 10), 0.0)
+
+
+def test_the_report_has_no_raw_python_values_and_formats_numbers():
+    m = {**METRICS, "confusion_matrix": [[18, 2], [2, 18]], "per_class": {"Cat": METRICS["per_class"]["Cat"]}}
+    text = report_text(evaluate.html_report(m, GATE_NO_CHAMPION, {}, [], ["Cat"], None, SCORED, True))
+    for raw in ("None", "True", "False", "nan", "{", "0.91234", "0.875"):
+        assert raw not in text, raw
+    for label, value, _ in present.metric_rows(m):
+        assert f"{label} {value}" in " ".join(text.split()), label
+    assert "ROC AUC n/a" in " ".join(text.split())  # missing, not None
+    assert "91.2 %" in text and "87.5 %" in text  # accuracy, robustness slice
+    assert "Cat 90.0 % 80.0 % 84.7 % 20" in " ".join(text.split())  # per class, as percentages
+
+
+def test_the_report_says_what_it_scored_by_content_hash():
+    text = " ".join(
+        report_text(evaluate.html_report(METRICS, DECISION_FULL, {}, [], ["Cat"], None, SCORED)).split()
+    )
+    assert f"models/model.keras, sha256 {'ab' * 32}" in text
+    assert f"data/processed/dataset_info.json, sha256 {'cd' * 32}" in text
+    assert f"test-00000-of-00001.tfrecord (40 photos) {'ef' * 32}" in text
+    assert "40 photos: 20 Cat, 20 Dog" in text
+
+
+def test_the_gate_is_a_sentence_and_a_compact_table():
+    page = evaluate.html_report(METRICS, GATE_NO_CHAMPION, {}, [], ["Cat"], None, SCORED)
+    text = " ".join(report_text(page).split())
+    assert text.count(present.gate_sentence(GATE_NO_CHAMPION)) == 2  # the verdict and the gate section
+    gate_table = page.split("<h2>Promotion gate</h2>", 1)[1].split("</table>", 1)[0]
+    assert gate_table.count("<tr>") == 1 + 3  # header + test, robustness, champion
+    assert '<td class="passed">passed</td>' in gate_table and "no champion yet" in gate_table
+    assert "challenger_wins" not in page and "p_two_sided" not in page  # not the raw gate.json
+
+
+def test_mistakes_are_a_grid_of_thumbnails_with_readable_captions():
+    probs = np.array([[0.03, 0.97], [0.4, 0.6], [0.9, 0.1], [0.2, 0.8]])
+    paths = ["Cat/<i>sly</i>.jpg", "Cat/b.jpg", "Cat/c.jpg", "Dog/d.jpg"]
+    pred = Predictions(probs, np.array([0, 0, 0, 1]), paths)
+    jpegs = {p: imagegen.jpeg(i, (224, 168)) for i, p in enumerate(paths[:2])}
+    mistakes = evaluate.mistakes(pred, jpegs, CLASSES, count=16)
+    assert [(x.path, x.true, x.predicted) for x in mistakes] == [
+        ("Cat/<i>sly</i>.jpg", "Cat", "Dog"),  # most confident first
+        ("Cat/b.jpg", "Cat", "Dog"),
+    ]
+    assert mistakes[0].confidence == pytest.approx(0.97) and (mistakes[0].width, mistakes[0].height) == (
+        224,
+        168,
+    )
+    thumb = Image.open(io.BytesIO(mistakes[0].thumbnail))
+    assert thumb.format == "JPEG" and max(thumb.size) == evaluate.MISTAKE_SIDE
+    page = evaluate.html_report(METRICS, DECISION_FULL, {}, mistakes, CLASSES[:1], None, SCORED)
+    grid = page.split("<h2>Most confident mistakes</h2>", 1)[1]
+    assert 'true <b>Cat</b>, predicted <span class="said">Dog</span> (97 % sure)' in grid
+    assert "Cat/&lt;i&gt;sly&lt;/i&gt;.jpg (224x168)" in grid and "<i>sly" not in page
+    assert grid.count('src="data:image/jpeg;base64,') == 2
+    assert "figcaption{font-size:.95em" in page  # body-size text, not 7 pt drawn into a picture
+    empty = evaluate.html_report(METRICS, DECISION_FULL, {}, [], CLASSES[:1], None, SCORED)
+    assert "No mistakes: the model classified every test photo right." in empty
+
+
+def test_misclassified_png_draws_names_literally():
+    probs = np.array([[0.1, 0.9], [0.8, 0.2]])
+    pred = Predictions(probs, np.array([0, 1]), ["Cat/x$^$.jpg", "Dog/a.jpg"])  # invalid as math text
+    jpegs = {p: imagegen.jpeg(i, (64, 48)) for i, p in enumerate(pred.paths)}
+    png = evaluate.worst_mistakes(pred, jpegs, ["A$_$", "Dog"], count=4)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def model_folder(folder: Path, data: bytes, class_names: list[str] = CLASSES) -> Path:
@@ -357,6 +436,33 @@ def test_metrics_and_report(trained: Params):
     images = [s.split('"')[0] for s in page.split('src="data:image/png;base64,')[1:]]
     assert len(images) >= 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    # what it scored, by content: the model's and dataset_info.json's sha256, never a date or commit
+    info_sha = sha256_file(workspace_of(trained) / "data/processed/dataset_info.json")
+    assert f"<code>{gate['model_sha256']}</code>" in page and f"<code>{info_sha}</code>" in page
+    assert present.gate_sentence(gate) in page and "None" not in report_text(page)
+
+
+def test_the_evaluation_artifact_carries_the_figures_and_pictures(trained: Params):
+    from conftest import drain_prefect_workers
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    drain_prefect_workers()
+    gate = json.loads((workspace_of(trained) / "reports/gate.json").read_text())
+    with get_client(sync_client=True) as c:
+        found = c.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["evaluation-report", "evaluation-html"])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    assert found and {a.key for a in found} == {"evaluation-report"}  # no file:// link artifact
+    md = next(a.data for a in found if gate["model_sha256"] in a.data)
+    assert md.startswith("## Evaluation: promoted") and present.gate_sentence(gate) in md
+    assert md.count("](data:image/png;base64,") >= 3 and "None" not in md
+    assert [a.key for a in found if "file://" in str(a.data)] == []
+    assert "evaluated " in md and " UTC" in md  # the run's facts: here, not in the tracked report
 
 
 def test_first_model_is_promoted_and_gate_recorded(trained: Params):

@@ -308,3 +308,20 @@ def test_a_stage_interrupted_where_the_interrupt_was_swallowed_exits_130(
     code = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
     assert code == 130
     assert "pawflow clean: interrupted" in capsys.readouterr().err
+
+
+def test_summary_table_cells_are_written_for_a_person():
+    cells = [1234567, 0.9229888888888889, 173.5, 602.0, None, float("nan"), True, False, "pawnet"]
+    assert [common.cell(v) for v in cells] == [
+        "1,234,567",
+        "0.923",
+        "173.5",
+        "602",
+        "n/a",
+        "n/a",
+        "yes",
+        "no",
+        "pawnet",
+    ]
+    text = common.render_table("t", ["", "value"], [["files", 4007], ["p", None], ["auc", 0.92298]])
+    assert "4,007" in text and "n/a" in text and "0.923" in text and "None" not in text

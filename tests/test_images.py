@@ -224,3 +224,32 @@ def test_a_failure_of_the_machine_is_never_a_verdict(tmp_path, monkeypatch, stag
     assert check_file(photo, None, SETTINGS)[0].reason == "corrupt"
     monkeypatch.setattr(*target, real)
     assert check_file(photo, None, SETTINGS)[0].status == "kept"
+
+
+# --------------------------------------------------------------------------- quality measures
+
+
+def test_quality_measures_of_hand_made_pictures():
+    flat = images.measure_quality(Image.new("RGB", (20, 20), (100, 100, 100)))
+    assert flat == {"grey_std": 0.0, "grey_p05": 100, "grey_p99": 100, "sharpness": 0.0, "entropy": 0.0}
+    # Black left half, white right half, 40x40: grey levels 0 and 255 half each (std 127.5, 1 bit).
+    # Reduced 2x to 20x20 (columns 0-9 black), the Laplacian of the 18x18 inner pixels is +255 in
+    # column 9 and -255 in column 10, 0 elsewhere: mean 0, variance 36 * 255**2 / 324 = 7225.
+    halves = np.zeros((40, 40, 3), np.uint8)
+    halves[:, 20:] = 255
+    assert images.measure_quality(Image.fromarray(halves)) == {
+        "grey_std": 127.5,
+        "grey_p05": 0,
+        "grey_p99": 255,
+        "sharpness": 7225.0,
+        "entropy": 1.0,
+    }
+
+
+def test_a_kept_photo_carries_its_measures_and_a_rejected_file_none():
+    check, _ = check_bytes(imagegen.jpeg(1, (160, 120)), SETTINGS)
+    record = check.record()
+    assert all(isinstance(record[k], int | float) for k in images.QUALITY_COLUMNS)
+    assert record["grey_p05"] <= record["grey_p99"] and 0 < record["entropy"] <= 8
+    rejected, _ = check_bytes(b"not an image", SETTINGS)
+    assert all(rejected.record()[k] is None for k in images.QUALITY_COLUMNS)

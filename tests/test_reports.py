@@ -113,7 +113,7 @@ def stage_reports(work: Path) -> dict[Report, dict]:
     manifest, _ = ingest.manifest(p.raw, {}, progress=False)
     items = list(zip(manifest["path"], manifest["sha256"], strict=True))
     settings = clean.check_settings(params)
-    checked = clean.table(clean.check_items(p.raw, items, settings, p.cache))
+    checked = clean.table(clean.check_items(p.raw, items, settings, p.cache), params.clean.flags)
     dd = dedup.find_duplicates(dedup.kept_photos(checked), params.dedup.max_distance)
     p.interim.mkdir(parents=True)
     dd.to_parquet(p.interim / "dedup.parquet")

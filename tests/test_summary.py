@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from conftest import params_for
 from reportsamples import sample, write_samples
 
@@ -24,7 +25,7 @@ def test_after_until_shard_no_model_numbers_from_committed_reports(tmp_path: Pat
     assert "test accuracy" not in md and "gate" not in md and "0.8433" not in md
     assert "Not part of this run: " in md and "train, evaluate (nothing of theirs is shown)" in md
     assert "**train**" not in md
-    assert "**clean**: 40 files, 38 kept" in md and "earlier run" not in md
+    assert "**clean**: 40 files: 38 kept" in md and "earlier run" not in md
 
 
 def test_numbers_of_a_skipped_stage_are_marked_as_an_earlier_runs(tmp_path: Path):
@@ -34,7 +35,7 @@ def test_numbers_of_a_skipped_stage_are_marked_as_an_earlier_runs(tmp_path: Path
     md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
     assert "**clean** (from an earlier run: up to date in dvc.lock): 40 files" in md
     assert "**train** (from an earlier run: up to date in dvc.lock): trained from scratch" in md
-    assert "**test accuracy** 0.8433" in md and "**gate**: promoted" in md
+    assert "**test accuracy** 84.3 % on 600 photos" in md and "**gate**: Promoted: " in md
     assert "Not part of this run" not in md
 
 
@@ -74,3 +75,62 @@ def test_why_a_stage_runs_is_one_readable_line():
     assert summary.why_stage_runs({"changed deps": {"flows/ingest.py": "modified"}}) == (
         "changed deps: flows/ingest.py (modified)"
     )
+
+
+def test_numbers_are_written_for_a_person(tmp_path: Path):
+    params = params_for(tmp_path, tmp_path / "photos")
+    write_samples(
+        params.paths.reports,
+        clean={"files": 4007, "kept": 4002, "rejected": 5, "per_reason": {"not_an_image": 5}},
+        metrics={"roc_auc": 0.9229888888888889, "ece": 0.024156950083409692, "accuracy": 0.85},
+        gate={"p_value": None},
+    )
+    stages = dict.fromkeys(versioning.STAGES, "ran (1.0s)")
+    md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    assert "**clean**: 4,007 files: 4,002 kept, 5 rejected (not_an_image 5); of the kept, 2 flagged" in md
+    assert "(blurry 1, dark 1, low_information 1)" in md
+    assert "**test accuracy** 85.0 % on 600 photos: F1 84.0 %, ROC AUC 0.923, ECE 0.024" in md
+    assert "**gate**: Promoted: there is no champion yet" in md
+    for raw in ("0.9229888", "None", "p=", "0.024156"):
+        assert raw not in md, raw
+    assert "file://" not in md
+    write_samples(params.paths.reports, metrics={"roc_auc": None})
+    md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    assert "ROC AUC n/a" in md
+
+
+def test_the_evaluation_artifact_carries_the_figures_and_pictures():
+    import base64
+    import re
+
+    import imagegen
+
+    from tasks import gate
+    from tasks.evaluate import Mistake, Scored
+
+    metrics = sample("metrics.json")
+    decision = {
+        **gate.decide(np.array([True] * 17 + [False] * 3), None, 0.8, 0.05),
+        "model_sha256": "ab" * 32,
+    }
+    png = imagegen.encode(imagegen.photo(1, (40, 30)), "PNG")
+    thumb = imagegen.jpeg(2, (64, 48))
+    mistakes = [Mistake(f"Cat/{i}.jpg", "Cat", "Dog", 0.97, 64, 48, thumb) for i in range(12)]
+    scored = Scored(
+        "ab" * 32, "cd" * 32, (("test-0.tfrecord", "ef" * 32, 600),), (("Cat", 300), ("Dog", 300))
+    )
+    run = {"code": "0123abc", "evaluated": "2026-12-05 03:00 UTC"}
+    md = summary.evaluation_markdown(
+        metrics, decision, True, {"confusion": png, "roc": png}, mistakes, scored, run
+    )
+    assert md.startswith("## Evaluation: promoted\n\nPromoted: there is no champion yet")
+    assert "| accuracy | 84.3 % (506 of 600 photos) |" in md and "| ROC AUC | 0.900 |" in md
+    assert "| test accuracy | ≥ 80.0 % (evaluate.min_accuracy) | 85.0 % | passed |" in md
+    assert "| Cat | 84.0 % | 84.0 % | 84.0 % | 300 |" in md
+    assert f"model sha256 `{'ab' * 32}`" in md and "code 0123abc, evaluated 2026-12-05 03:00 UTC" in md
+    pictures = re.findall(r"!\[([^\]]*)\]\(data:image/(png|jpeg);base64,([^)]*)\)", md)
+    assert [alt for alt, kind, _ in pictures if kind == "png"] == ["confusion", "roc"]
+    jpegs = [b for _, kind, b in pictures if kind == "jpeg"]
+    assert len(jpegs) == summary.MARKDOWN_MISTAKES and base64.b64decode(jpegs[0]) == thumb
+    assert "`Cat/0.jpg`: Cat, taken for Dog (97 % sure)" in md and "(8 of 12; the report shows all)" in md
+    assert "file://" not in md and "None" not in md
