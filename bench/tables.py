@@ -71,7 +71,7 @@ def pct(x: float | None, digits: int = 1) -> str:
 def load_of(m: Result) -> str:
     if m.get("load_average_1_5_15_min"):
         one, five, fifteen = m["load_average_1_5_15_min"]
-        return f"load {one} / {five} / {fifteen} (1 / 5 / 15 min)"
+        return f"load {one}/{five}/{fifteen}"
     return f"load {m.get('load_note', 'not recorded')}"
 
 
@@ -82,7 +82,7 @@ def where(m: Result, label: str = "") -> str:
         f"{label}commit `{commit[:7]}`{' ' + local if local else ''}, {m['date'][:10]}, {load_of(m)}, "
         f"{m['machine']}"
     )
-    return said + (" (recovered: " + m["recovered"] + ")" if m.get("recovered") else "")
+    return said + (" (recovered from git history)" if m.get("recovered") else "")
 
 
 def measured_on(*labelled: tuple[str, Result]) -> str:
