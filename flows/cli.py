@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from tasks.errors import PawflowError
 from tasks.params import load_params
@@ -58,29 +61,66 @@ def has_remote() -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
-def cmd_run(force: bool = False, push: bool = True) -> int:
-    """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote."""
+def run_overrides(source: str | None, epochs: int | None, cwd: Path, root: Path) -> dict[str, object]:
+    """`pawflow run --source/--epochs` as params.yaml updates. A local source is named relative to the
+    project (as params.yaml holds it), wherever the command was typed from; a URL is kept as given."""
+    updates: dict[str, object] = {}
+    if source is not None:
+        if "://" not in source:
+            given = Path(source).expanduser()
+            source = os.path.relpath(given if given.is_absolute() else cwd / given, root)
+        updates["ingest.source"] = source
+    if epochs is not None:
+        updates["train.epochs"] = epochs
+    return updates
+
+
+def cmd_run(
+    force: bool = False,
+    push: bool = True,
+    source: str | None = None,
+    epochs: int | None = None,
+    warm_start: bool = False,
+) -> int:
+    """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote.
+
+    --source/--epochs are written into params.yaml first (so that dvc.lock and params.yaml agree), as
+    the Prefect pipeline does. models/base is then chosen as the pipeline chooses it: when train has to
+    run, a from-scratch model, or with --warm-start a fine-tune of the champion (if nothing model-shaping
+    changed and the collection did not outgrow train.finetune); so the data stages run first, then base
+    is set and recorded, then the rest."""
+    from flows.base import prepare_base
     from flows.common import run_lock
     from flows.server import prefect_api
     from tasks import versioning
-    from tasks.preflight import preflight
+    from tasks.preflight import check_source
 
-    root = project_root(Path.cwd())
+    cwd = Path.cwd()
+    root = project_root(cwd)
     os.chdir(root)
-    # Bad params, an unreadable source (a pipe would block DVC) or a busy workspace: refused before
-    # DVC or a Prefect server starts. dvc repro then runs the same checks as its first stage.
-    params = preflight(Path("params.yaml"))
+    # Bad params or overrides, an unreadable source (a pipe would block DVC) or a busy workspace: refused
+    # before DVC or a Prefect server starts. dvc repro then runs the same checks as its first stage.
+    updates = run_overrides(source, epochs, cwd, root)
+    params, _, _ = versioning.planned_params(Path("params.yaml"), updates)
+    check_source(params.ingest.source, root)
     with run_lock(root):
-        pass
+        for key, (old, new) in versioning.set_params(Path("params.yaml"), updates).items():
+            print(f"params.yaml: {key} {old!r} -> {new!r}")
     started = time.monotonic()
     before = versioning.lock_stages(root)
     stages = (versioning.CHECK_STAGE, *versioning.STAGES)
+    forced = ["--force"] if force else []
     if not force and not any(versioning.stage_status(root, s) for s in stages):
         # Nothing for dvc repro to do: skip starting a Prefect server for it.
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
     else:
         with prefect_api(PREFECT_HOME):
-            dvc("repro", *(["--force"] if force else []))
+            dvc("repro", *forced, "shard")  # the data that models/base is chosen from
+            with run_lock(root):
+                choice, why, _ = prepare_base(params, root, warm_start, False, force)
+            print(f"models/base: {'the champion' if choice == 'champion' else choice} ({why})")
+            # --force re-runs only what follows the data stages now: they were just forced.
+            dvc("repro", *(["--force", "--downstream", "base"] if force else []))
     pushed = None
     if push and params.pipeline.push and has_remote():
         dvc("push")
@@ -170,11 +210,13 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
         import keras  # noqa: F401  (imported here, with its start-up lines silenced)
     predictor = predict.load(model)
     failed = 0
+    labels: Counter[str] = Counter()
     writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
     if writer:
         writer.writerow(["path", "label", "confidence", "error"])
     for row in predict.predict(predictor, iter(files)):
         failed += bool(row.error)
+        labels[row.label] += not row.error
         conf = "" if row.confidence is None else f"{row.confidence:.4f}"
         if writer:
             writer.writerow([row.path, row.label, conf, row.error])
@@ -183,7 +225,19 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
         else:
             print(f"{row.path}\t{row.label}\t{conf}")
         sys.stdout.flush()
+    if len(files) > 1 or any(t.is_dir() for t in targets):
+        # After the rows; on stderr under --csv, so that stdout stays one CSV table.
+        print(summary_line(labels, failed), file=sys.stderr if csv_out else sys.stdout)
     return 1 if failed else 0
+
+
+def summary_line(labels: Counter[str], errors: int) -> str:
+    """'1,000 photos: 853 Cat, 147 Dog, 1 error' (labels by count, then name)."""
+    total = sum(labels.values()) + errors
+    parts = [f"{n:,} {label}" for label, n in sorted(labels.items(), key=lambda kv: (-kv[1], kv[0])) if n]
+    if errors:
+        parts.append(f"{errors:,} error{'s' if errors != 1 else ''}")
+    return f"{total:,} photo{'s' if total != 1 else ''}: {', '.join(parts)}"
 
 
 def project_root(start: Path) -> Path:
@@ -259,15 +313,54 @@ def cmd_serve() -> int:
     return 0
 
 
+def _value_name(param: Any, ctx: Any) -> str | None:
+    """What the help shows after an option: the value's name as a user types it (PATH, N), never a
+    Python type (typer shows `<bool>`, `<list[Path]>`); nothing after a flag or an argument's name."""
+    if param.param_type_name == "option" and not param.is_flag:
+        return param.metavar or param.type.name.upper()
+    return None
+
+
+def _plain_types(params: list[Any]) -> list[Any]:
+    for p in params:
+        # typer's help (rich and plain) asks each parameter for its type's display string.
+        p.display_type_rich = functools.partial(_value_name, p)  # type: ignore[attr-defined]
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_types(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_types(super().get_params(ctx))
+
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: one example command line per line."""
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="pawflow",
+    cls=_Group,
     help=__doc__,
     no_args_is_help=True,
-    add_completion=False,
+    # `pawflow --install-completion` adds tab completion of commands and options to the user's shell.
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    epilog=examples(
+        "pawflow run                        # the whole pipeline, then dvc push",
+        "pawflow data                       # get the photos (Microsoft PetImages) when you have none",
+        "pawflow predict photos/            # label photos with the champion",
+        "pawflow COMMAND --help             # a command's options and examples",
+    ),
 )
 server_app = typer.Typer(
+    cls=_Group,
     help="The background Prefect server that stage processes share (.pawflow/prefect).",
     no_args_is_help=True,
 )
@@ -314,7 +407,16 @@ def _finish(command: str, fn, **kwargs) -> None:
         raise typer.Exit(code)
 
 
-@app.command("run")
+@app.command(
+    "run",
+    cls=_Command,
+    epilog=examples(
+        "pawflow run                                 # run what is out of date, then dvc push",
+        "pawflow run --source ~/photos --epochs 3    # other photos, a short training",
+        "pawflow run --warm-start                    # fine-tune the champion on new photos",
+        "pawflow run --force --no-push               # re-run every stage, keep it local",
+    ),
+)
 def run_command(
     force: Annotated[
         bool, typer.Option("--force", help="Re-run every stage, even those up to date.")
@@ -322,12 +424,46 @@ def run_command(
     push: Annotated[
         bool, typer.Option("--push/--no-push", help="dvc push data and model to the default remote after.")
     ] = True,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH_OR_URL",
+            help="The photos: a folder of class folders, a .zip/.tar(.gz) or an http(s) URL of one "
+            "(written into params.yaml as ingest.source).",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Training epochs (written into params.yaml as train.epochs).",
+            show_default=False,
+        ),
+    ] = None,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--warm-start",
+            help="When train has to run, fine-tune the champion instead of training from scratch (if "
+            "nothing model-shaping changed and the collection did not outgrow train.finetune).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
-    _finish("run", cmd_run, force=force, push=push)
+    _finish("run", cmd_run, force=force, push=push, source=source, epochs=epochs, warm_start=warm_start)
 
 
-@app.command("serve")
+@app.command(
+    "serve",
+    cls=_Command,
+    epilog=examples(
+        "prefect server start                                 # in one terminal",
+        "export PREFECT_API_URL=http://127.0.0.1:4200/api     # in another, then:",
+        "pawflow serve",
+        "prefect deployment run 'pipeline/manual' --param epochs=3",
+    ),
+)
 def serve_command() -> None:
     """Serve the deployments pipeline/manual, retrain-nightly and retrain-full until stopped (Ctrl-C).
 
@@ -336,7 +472,15 @@ def serve_command() -> None:
     _finish("serve", cmd_serve)
 
 
-@app.command("predict")
+@app.command(
+    "predict",
+    cls=_Command,
+    epilog=examples(
+        "pawflow predict cat.jpg                            # one photo: path, label, confidence",
+        "pawflow predict photos/ --csv > labels.csv         # a folder, as CSV (the summary on stderr)",
+        "pawflow predict photos/ --model models/model.keras # the last trained model, not the champion",
+    ),
+)
 def predict_command(
     targets: Annotated[
         list[Path],
@@ -347,7 +491,9 @@ def predict_command(
     model: Annotated[
         Path | None,
         typer.Option(
-            help="A .keras file, or a folder with model.keras + model.json. [default: models/champion]"
+            metavar="PATH",
+            help="A .keras file, or a folder with model.keras + model.json (default: the champion, "
+            "models/champion).",
         ),
     ] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV: path,label,confidence,error.")] = False,
@@ -368,13 +514,13 @@ def cmd_server(action: str) -> int:
     return 0
 
 
-@server_app.command("status")
+@server_app.command("status", cls=_Command)
 def server_status() -> None:
     """Print the background server's API URL, or that none runs."""
     _finish("server status", cmd_server, action="status")
 
 
-@server_app.command("stop")
+@server_app.command("stop", cls=_Command)
 def server_stop() -> None:
     """Stop the background server now (it also stops itself when idle)."""
     _finish("server stop", cmd_server, action="stop")

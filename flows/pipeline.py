@@ -21,6 +21,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment
 from prefect.states import Completed, Failed
 
+from flows.base import prepare_base
 from flows.common import (
     ctrl_c_is_final,
     error_of,
@@ -30,8 +31,7 @@ from flows.common import (
     task_runner,
     tidy_workspace,
 )
-from tasks import summary, versioning, warmstart
-from tasks.datasetinfo import DatasetInfo
+from tasks import summary, versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 from tasks.preflight import check_source, write_checked
@@ -116,35 +116,7 @@ def set_base(
     (tasks.warmstart.choose_base decides), then recorded with `dvc commit base` when it changed."""
     log = get_run_logger()
     started = time.monotonic()
-    folder = params.paths.models / "base"
-    before = versioning.lock_summary(root).get("base")
-    base_changed = bool(versioning.stage_status(root, "base"))  # missing, or its code changed
-    current = warmstart.ensure_base(folder)
-    if base_changed:
-        versioning.commit_stage(root, "base")
-    info_path = DatasetInfo.path(params.paths.processed)
-    choice, why = "keep", f"{info_path} not found"
-    champion = warmstart.base_from_champion(params.paths.models / "champion")
-    if info_path.exists():
-        info = DatasetInfo.read(params.paths.processed)
-        will_run = force or upstream_changed or bool(versioning.stage_status(root, "train"))
-        choice, why = warmstart.choose_base(
-            warm_start,
-            full_retrain,
-            will_run,
-            current,
-            champion,
-            warmstart.shaping(params.train, info),
-            warmstart.train_examples(info),
-            params.train.finetune,
-        )
-    if choice == "champion":
-        warmstart.write_base(folder, champion)
-    elif choice == "scratch" and current is not None:
-        warmstart.write_base(folder, None)
-    if choice != "keep":
-        versioning.commit_stage(root, "base")
-    new_outputs = versioning.lock_summary(root).get("base") != before
+    choice, why, new_outputs = prepare_base(params, root, warm_start, full_retrain, force or upstream_changed)
     log.info("models/base: %s (%s)", "the champion" if choice == "champion" else choice, why)
     if not new_outputs:
         return Completed(
