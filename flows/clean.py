@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, task
 from prefect.futures import as_completed
 from tqdm import tqdm
@@ -20,8 +21,9 @@ from flows.common import (
     result_storage,
     stage_main,
 )
-from tasks import clean
-from tasks.fileio import read_parquet, write_parquet
+from tasks import clean, datareport, dedup
+from tasks.errors import PawflowError
+from tasks.fileio import read_parquet, write_bytes, write_parquet
 from tasks.images import CheckSettings
 from tasks.params import Params
 from tasks.reports import CLEAN, CleanReport
@@ -66,6 +68,21 @@ def check_photos(
     return clean.check_items(raw, items, settings, cache_dir, refresh)
 
 
+def rejected_page(df: pd.DataFrame, params: Params, page: Path) -> None:
+    """The rejected files as data.html shows them (thumbnails where they decode, the reason of each),
+    for a collection clean refused: dedup, which writes data.html, never runs then. reports/clean.json,
+    data.html and the parquets keep describing the last run that passed (DVC outputs with persist)."""
+    report = datareport.build(
+        df,
+        pd.DataFrame(columns=dedup.COLUMNS),
+        params.paths.raw,
+        params.clean.formats,
+        params.clean.max_pixels,
+        params.dedup.max_distance,
+    )
+    write_bytes(page, datareport.render_html(report).encode("utf-8"))
+
+
 @flow(name="clean", log_prints=True)
 @friendly
 def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
@@ -101,7 +118,13 @@ def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     progress(done, description=f"clean: {done:,} of {len(items):,} files checked")
     rows = stored + [row for f in futures for row in f.result()]
     df = clean.table(rows)
-    clean.guard(df, params.clean.max_reject_fraction)
+    page = params.paths.reports / clean.REJECTED_PAGE
+    try:
+        clean.guard(df, params.clean.max_reject_fraction, page)
+    except PawflowError:
+        rejected_page(df, params, page)  # before the message that names it
+        raise
+    page.unlink(missing_ok=True)  # it described a run that failed: this one passed
     rep = clean.report(df)
     write_parquet(params.paths.interim / "clean.parquet", df)
     CLEAN.write(params.paths.reports, rep)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,6 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 from tasks.errors import PawflowError
 from tasks.params import load_params
 from tasks.reports import GATE, METRICS
+from tasks.runtime import quiet_native_stderr
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -156,27 +154,6 @@ def closing_lines(root: Path, params: Params) -> str:
         model = params.paths.models / "model.keras"
         tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
     return "\n".join((line, report, tryit))
-
-
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Silence what TensorFlow's C++ side writes to fd 2 while it is imported: absl's "All log messages
-    before absl::InitializeLog()" and the oneDNN notice come before TF_CPP_MIN_LOG_LEVEL is read, so
-    only redirecting the file descriptor hides them. If the import fails, what it wrote is shown."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = False) -> int:

@@ -102,9 +102,31 @@ def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server:
     assert closing[1] == f"report: {ws / 'reports/evaluation.html'}"
     assert closing[2].startswith("try it: pawflow predict ")
     assert_up_to_date(ws, prefect_server)
+    # Every stage process (train and evaluate import TensorFlow) starts without TensorFlow's start-up lines.
+    for line in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
+        assert line not in out.stderr, out.stderr[-3000:]
     again = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+
+    # --epochs is written into params.yaml (dvc.lock agrees), and --warm-start fine-tunes the champion
+    # when train has to run (epochs shape no model): the pipeline's choice of models/base.
+    warm = sh(
+        ws,
+        str(Path(sys.executable).parent / "pawflow"),
+        "run",
+        "--epochs",
+        "2",
+        "--warm-start",
+        api=prefect_server,
+    )
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert "params.yaml: train.epochs 1 -> 2" in warm.stdout and "models/base: the champion" in warm.stdout
+    assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["epochs"] == 2
+    assert json.loads((ws / "reports/train.json").read_text())["warm_start"]["count"] == 1
+    run = history(ws)[-1]
+    assert {s for s, v in run["stages"].items() if v == "ran"} == {"base", "train", "evaluate"}
+    assert_up_to_date(ws, prefect_server)
 
 
 def test_nightly_retraining_picks_up_new_photos_only(tmp_path: Path, prefect_server: str):
