@@ -135,6 +135,36 @@ def cmd_run(
     return 0
 
 
+def cmd_data() -> int:
+    """Fetch the archive params.yaml `data:` names (resumed, retried, sha256-checked), then point
+    ingest.source (and ingest.sha256) at it."""
+    from flows.common import run_lock
+    from tasks import getdata, versioning
+
+    root = project_root(Path.cwd())
+    os.chdir(root)
+    params = load_params(Path("params.yaml"))
+    d, ingest = params.data, params.ingest
+    print(f"pawflow data: {d.url}\n  -> {d.archive} (sha256 {d.sha256[:16]}...)")
+    try:
+        got = getdata.fetch(
+            d, params.paths.cache / "downloads", ingest.download_retries, ingest.download_timeout_s
+        )
+    except PawflowError as err:  # the download started: a failed run, not bad usage
+        raise RunFailed(err.what, err.fix) from None
+    print(
+        f"pawflow data: {got.path}: {got.bytes:,} bytes, sha256 checked"
+        + ("" if got.downloaded else " (already there: nothing downloaded)")
+    )
+    updates = {"ingest.source": str(d.archive), "ingest.sha256": d.sha256}
+    with run_lock(root):
+        changed = versioning.set_params(Path("params.yaml"), updates)
+    for key, (old, new) in changed.items():
+        print(f"params.yaml: {key} {old!r} -> {new!r}")
+    print("next: pawflow run   (or make run)")
+    return 0
+
+
 def closing_lines(root: Path, params: Params) -> str:
     """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
     and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
@@ -429,6 +459,24 @@ def run_command(
 ) -> None:
     """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
     _finish("run", cmd_run, force=force, push=push, source=source, epochs=epochs, warm_start=warm_start)
+
+
+@app.command(
+    "data",
+    cls=_Command,
+    epilog=examples(
+        "pawflow data       # download (or resume), check the sha256, set ingest.source",
+        "pawflow run        # then the whole pipeline on those photos",
+    ),
+)
+def data_command() -> None:
+    """Get the photos (params.yaml data: Microsoft's PetImages) and point ingest.source at them.
+
+    For a workspace without the default source: the archive is downloaded through ingest's own
+    download path (a broken download resumes where it stopped), its sha256 checked, and kept in
+    data.archive; params.yaml's ingest.source and ingest.sha256 are then set to it.
+    """
+    _finish("data", cmd_data)
 
 
 @app.command(

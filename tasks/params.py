@@ -267,6 +267,21 @@ class Pipeline(Section):
         return v
 
 
+class Data(Section):
+    """`pawflow data` (make data): the photos for a workspace that has none (tasks/getdata.py)."""
+
+    url: str = Field(pattern=r"^https?://")
+    sha256: str
+    archive: Path
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("should be a sha256: 64 lowercase hex digits")
+        return v
+
+
 class Params(Section):
     paths: Paths
     runner: Runner
@@ -278,6 +293,7 @@ class Params(Section):
     tensorflow: TensorFlow
     evaluate: Evaluate
     pipeline: Pipeline
+    data: Data
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
