@@ -20,6 +20,7 @@ from flows.common import (
     publish,
     result_storage,
     stage_main,
+    stage_run_name,
 )
 from tasks import clean, datareport, dedup
 from tasks.errors import PawflowError
@@ -83,7 +84,7 @@ def rejected_page(df: pd.DataFrame, params: Params, page: Path) -> None:
     write_bytes(page, datareport.render_html(report).encode("utf-8"))
 
 
-@flow(name="clean", log_prints=True)
+@flow(name="clean", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     """A verdict for every ingested file: clean.parquet and reports/clean.json."""

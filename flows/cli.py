@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -267,10 +268,14 @@ def deployments(params_path: Path) -> list:
 
     p = load_params(params_path).pipeline
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+    # Every parameter with the value a run uses (None: params.yaml's), so that the UI's Parameters tab
+    # and its run form show them all, not `{}`.
+    defaults = {name: param.default for name, param in inspect.signature(pipeline.fn).parameters.items()}
     manual = pipeline.to_deployment(
         name="manual",
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
+        parameters=defaults,
         description="The whole pipeline on demand: prefect deployment run 'pipeline/manual' "
         "[--param epochs=3] [--param source=...] [--param force=true]",
     )
@@ -279,7 +284,7 @@ def deployments(params_path: Path) -> list:
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         schedule=Cron(p.schedule, timezone=p.timezone),
-        parameters={"warm_start": True},
+        parameters={**defaults, "warm_start": True},
         description=f"Re-ingest the source at '{p.schedule}' ({p.timezone}); retrain and gate only when "
         "new photos arrived, else finish fast with 'no new data'. Fine-tunes the champion (warm start) "
         "unless a full retrain is due (README 'Warm-start training').",
@@ -289,7 +294,7 @@ def deployments(params_path: Path) -> list:
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         schedule=Cron(p.full_schedule, timezone=p.timezone),
-        parameters={"full_retrain": True},
+        parameters={**defaults, "full_retrain": True},
         description=f"At '{p.full_schedule}' ({p.timezone}): the whole pipeline with a model trained from "
         "scratch, even when no photos arrived (the nightly runs warm-start from the champion).",
     )

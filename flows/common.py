@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,49 @@ def content_cache(*modules: str, exclude: tuple[str, ...] = ()) -> CachePolicy:
 def result_storage(params: Params) -> Path:
     """Task results live in the project (paths.cache), so any process or server finds them."""
     return (params.paths.cache / "prefect").resolve()
+
+
+# --------------------------------------------------------------------------- run names
+
+# What the Prefect UI lists a pipeline run as, by deployment: the entry point, then the date.
+ENTRY_OF_DEPLOYMENT = {"manual": "manual", "retrain-nightly": "nightly", "retrain-full": "full"}
+RUN_DATE = "%Y-%m-%d-%H%M"  # the run's scheduled (or actual) start, UTC
+
+
+def _started() -> str:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    when = ctx.flow_run.expected_start_time if ctx and ctx.flow_run.expected_start_time else None
+    return (when or datetime.now(UTC)).astimezone(UTC).strftime(RUN_DATE)
+
+
+def pipeline_run_name() -> str:
+    """`nightly-2026-12-05-0300`, `full-...`, `manual-...` (the deployments), `local-...` (python -m
+    flows.pipeline): the Prefect UI's name of a pipeline run, instead of a random one."""
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    entry = ENTRY_OF_DEPLOYMENT.get(name, name) if name else "local"
+    return f"{entry}-{_started()}"
+
+
+def stage_run_name() -> str:
+    """A stage flow run's name: the stage (`train`) inside a pipeline run; standalone, the entry point
+    that started it and the date (`dvc-repro-train-2026-12-05-0812`, `dvc-exp-...`, `train-...`)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    stage = ctx.flow.name if ctx else "stage"
+    if ctx and ctx.flow_run.parent_task_run_id is not None:
+        return stage  # a subflow: its pipeline run carries the entry point and date
+    if os.environ.get("DVC_EXP_NAME"):
+        entry = "dvc-exp-"
+    elif os.environ.get("DVC_STAGE"):
+        entry = "dvc-repro-"
+    else:
+        entry = ""
+    return f"{entry}{stage}-{_started()}"
 
 
 # --------------------------------------------------------------------------- task runners

@@ -26,6 +26,7 @@ from flows.common import (
     ctrl_c_is_final,
     error_of,
     friendly,
+    pipeline_run_name,
     quiet_user_errors,
     run_lock,
     task_runner,
@@ -58,9 +59,7 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
     log = get_run_logger()
     changed = None if force or upstream_changed else versioning.stage_status(root, stage)
     if changed == {}:
-        return Completed(
-            name="Skipped", message="up to date in dvc.lock", data={"stage": stage, "ran": False}
-        )
+        return skipped(stage, "up to date in dvc.lock")
     if changed:
         log.info("%s: %s", stage, summary.why_stage_runs(changed))
     elif upstream_changed:
@@ -83,6 +82,27 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
         "new_outputs": new_outputs,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+@task(name="dvc-push")
+def dvc_push(root: Path) -> int:
+    """`dvc push` to the default remote (content-addressed: a retry after a failure sends what is
+    missing, never a second copy); the pipeline sets its retries from params.yaml pipeline.push_*."""
+    return versioning.push(root)
+
+
+def skipped(stage: str, why: str) -> Completed:
+    """A stage left as it is: the state Prefect's UI shows as "Skipped" (a Completed state: Prefect has
+    no skipped type, and colours it as completed), and the task run renamed "<stage> (skipped: why)",
+    so that the run's graph and task list tell it from a stage that ran."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_name(ctx.task_run.id, f"{stage} (skipped: {why})")
+    return Completed(name="Skipped", message=why, data={"stage": stage, "ran": False})
 
 
 def preflight(root: Path, source: str | None, epochs: int | None, until: str | None) -> dict:
@@ -119,9 +139,7 @@ def set_base(
     choice, why, new_outputs = prepare_base(params, root, warm_start, full_retrain, force or upstream_changed)
     log.info("models/base: %s (%s)", "the champion" if choice == "champion" else choice, why)
     if not new_outputs:
-        return Completed(
-            name="Skipped", message=f"models/base unchanged: {why}", data={"stage": "base", "ran": False}
-        )
+        return skipped("base", f"models/base unchanged: {why}")
     return {
         "stage": "base",
         "ran": True,
@@ -138,7 +156,7 @@ def workspace_limit():
     return contextlib.nullcontext()
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name=pipeline_run_name, log_prints=True)
 @friendly
 def pipeline(
     source: str | None = None,
@@ -194,7 +212,10 @@ def pipeline(
             log.info("no new data: the source has not changed since the last run; nothing retrained")
         pushed = None
         if (params.pipeline.push if push is None else push) and versioning.has_default_remote(root):
-            pushed = versioning.push(root)
+            p = params.pipeline
+            pushed = dvc_push.with_options(retries=p.push_retries, retry_delay_seconds=p.push_retry_delay_s)(
+                root
+            )
             log.info("dvc push: %s file(s) sent to the default remote", pushed)
         seconds = round(time.monotonic() - started, 1)
         record = versioning.record_run(

@@ -61,6 +61,7 @@ class Ingest(Section):
     ratio_grace_bytes: Annotated[int, Field(ge=0)]
     download_retries: PositiveInt
     download_timeout_s: Annotated[float, Field(gt=0)]
+    download_deadline_s: Annotated[float, Field(gt=0)]
 
     @field_validator("source")
     @classmethod
@@ -240,6 +241,8 @@ class Pipeline(Section):
     full_schedule: str
     timezone: str
     push: bool
+    push_retries: Annotated[int, Field(ge=0)]
+    push_retry_delay_s: Annotated[float, Field(ge=0)]
     history: Path
 
     @field_validator("schedule", "full_schedule")

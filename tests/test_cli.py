@@ -323,3 +323,14 @@ def test_summary_line_counts_labels_then_errors():
     assert summary_line(Counter({"Dog": 147, "Cat": 853}), 1) == "1,001 photos: 853 Cat, 147 Dog, 1 error"
     assert summary_line(Counter({"Cat": 1}), 0) == "1 photo: 1 Cat"
     assert summary_line(Counter(), 2) == "2 photos: 2 errors"
+
+
+def test_every_deployment_shows_every_parameter_with_its_value():
+    from flows.pipeline import pipeline
+
+    manual, nightly, full = cli.deployments(ROOT / "params.yaml")
+    every = set(pipeline.parameters.properties)
+    assert set(manual.parameters) == every and manual.parameters["epochs"] is None  # None: params.yaml's
+    assert manual.parameters["warm_start"] is False and manual.parameters["full_retrain"] is False
+    assert nightly.parameters == {**manual.parameters, "warm_start": True}
+    assert full.parameters == {**manual.parameters, "full_retrain": True}

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,26 @@ def test_prefect_run_leaves_what_dvc_repro_leaves(tmp_path: Path, prefect_server
     assert all(v.startswith("skipped") for v in run2["stages"].values()) and run2["no_new_data"]
     assert "Skipped('up to date in dvc.lock'" in again.stderr
     assert run2["seconds"] < run["seconds"] / 2
+    # In the Prefect UI: runs named after the entry point and date, stages after themselves, and a stage
+    # left as it was named so (its state is Completed "Skipped": Prefect has no skipped state type).
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+
+    with get_client(sync_client=True) as c:
+        pipelines = [r for r in c.read_flow_runs() if r.name.startswith("local-")]
+        last = max(pipelines, key=lambda r: r.start_time)
+        tasks = {
+            t.name: t.state_name
+            for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [last.id]}))
+        }
+        first_run = min(pipelines, key=lambda r: r.start_time)
+        stage_runs = c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=False))
+        )
+    assert len(pipelines) >= 2 and re.fullmatch(r"local-\d{4}-\d\d-\d\d-\d{4}", last.name)
+    assert tasks["ingest (skipped: up to date in dvc.lock)"] == "Skipped"
+    assert tasks["train (skipped: up to date in dvc.lock)"] == "Skipped"
+    assert {"ingest", "clean", "train", "evaluate"} <= {r.name for r in stage_runs}, first_run.name
 
     # A fresh clone gets exactly this data, these shards and this model from the remote.
     sh(ws, "git", "add", "-A", api=prefect_server)
@@ -253,6 +274,11 @@ def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server:
         first_s = time.monotonic() - started
         assert first.returncode == 0, first.stdout[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
         assert "Completed" in first.stdout
+        with get_client(sync_client=True) as c:
+            manual = c.read_deployment_by_name("pipeline/manual")
+            runs = c.read_flow_runs()
+        assert manual.parameters["epochs"] is None and "warm_start" in manual.parameters  # not {}
+        assert any(re.fullmatch(r"manual-\d{4}-\d\d-\d\d-\d{4}", r.name) for r in runs)
         assert "epochs: 1" in (ws / "params.yaml").read_text()  # the override is recorded for DVC
         assert (ws / "reports/evaluation.html").exists()
         assert_up_to_date(ws, prefect_server)
