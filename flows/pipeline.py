@@ -49,17 +49,29 @@ CONCURRENCY_LIMIT = "pawflow-workspace"
 _stage_errors: dict[str, PawflowError] = {}
 
 
-@task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_changed: bool):
-    """Run one stage as a subflow unless DVC says it is up to date; then record it in dvc.lock.
+UP_TO_DATE = "up to date in dvc.lock"
+
+
+def stage_task_name(parameters: dict) -> str:
+    """The stage, or "<stage> (skipped: up to date in dvc.lock)": the Prefect UI colours a Completed
+    state named Skipped as completed (Prefect has no skipped type), so the name tells them apart."""
+    skip = parameters.get("changed") == {}
+    return f"{parameters['stage']} (skipped: {UP_TO_DATE})" if skip else parameters["stage"]
+
+
+@task(name="stage", task_run_name=stage_task_name)
+def run_stage(
+    stage: str, params: Params, force: bool, root: Path, upstream_changed: bool, changed: dict | None = None
+):
+    """Run one stage as a subflow unless DVC says it is up to date (`changed` is {}: what DVC's status
+    found, asked before the task run so that its name can say it); then record it in dvc.lock.
 
     When the stage before it has just produced new outputs, this one is out of date by definition
     and DVC is not asked (on 25,000 photos each `dvc status` of the data stages costs seconds).
     """
     log = get_run_logger()
-    changed = None if force or upstream_changed else versioning.stage_status(root, stage)
     if changed == {}:
-        return skipped(stage, "up to date in dvc.lock")
+        return Completed(name="Skipped", message=UP_TO_DATE, data={"stage": stage, "ran": False})
     if changed:
         log.info("%s: %s", stage, summary.why_stage_runs(changed))
     elif upstream_changed:
@@ -89,20 +101,6 @@ def dvc_push(root: Path) -> int:
     """`dvc push` to the default remote (content-addressed: a retry after a failure sends what is
     missing, never a second copy); the pipeline sets its retries from params.yaml pipeline.push_*."""
     return versioning.push(root)
-
-
-def skipped(stage: str, why: str) -> Completed:
-    """A stage left as it is: the state Prefect's UI shows as "Skipped" (a Completed state: Prefect has
-    no skipped type, and colours it as completed), and the task run renamed "<stage> (skipped: why)",
-    so that the run's graph and task list tell it from a stage that ran."""
-    from prefect.client.orchestration import get_client
-    from prefect.context import TaskRunContext
-
-    ctx = TaskRunContext.get()
-    if ctx is not None:
-        with get_client(sync_client=True) as client:
-            client.set_task_run_name(ctx.task_run.id, f"{stage} (skipped: {why})")
-    return Completed(name="Skipped", message=why, data={"stage": stage, "ran": False})
 
 
 def preflight(root: Path, source: str | None, epochs: int | None, until: str | None) -> dict:
@@ -139,7 +137,9 @@ def set_base(
     choice, why, new_outputs = prepare_base(params, root, warm_start, full_retrain, force or upstream_changed)
     log.info("models/base: %s (%s)", "the champion" if choice == "champion" else choice, why)
     if not new_outputs:
-        return skipped("base", f"models/base unchanged: {why}")
+        return Completed(
+            name="Skipped", message=f"models/base unchanged: {why}", data={"stage": "base", "ran": False}
+        )
     return {
         "stage": "base",
         "ran": True,
@@ -198,7 +198,8 @@ def pipeline(
                     params, root, warm_start, full_retrain, force, upstream_changed, return_state=True
                 )
             else:
-                state = run_stage(stage, params, force, root, upstream_changed, return_state=True)
+                changed = None if force or upstream_changed else versioning.stage_status(root, stage)
+                state = run_stage(stage, params, force, root, upstream_changed, changed, return_state=True)
             if state.is_failed():
                 # The stage's message says what to do; the stages before it are recorded in dvc.lock.
                 err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")

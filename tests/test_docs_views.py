@@ -19,7 +19,9 @@ DOC = (ROOT / "docs" / "views.md").read_text(encoding="utf-8")
 
 def documented_exp_show() -> list[str]:
     (line,) = [m for m in re.findall(r"^dvc exp show .*$", DOC, re.M)]
-    return [a.strip("'") for a in re.findall(r"'[^']*'|\S+", line)][3:]  # as a shell splits it, less `dvc exp show`
+    return [a.strip("'") for a in re.findall(r"'[^']*'|\S+", line)][
+        3:
+    ]  # as a shell splits it, less `dvc exp show`
 
 
 def git(ws: Path, *args: str) -> None:
