@@ -319,16 +319,14 @@ def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _did_you_mean(loc: tuple[int | str, ...]) -> str:
-    """' (did you mean train.epochs?)' for an unknown key close to a known one of its section."""
+def _nearest(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """The known key of the same section closest to an unknown one (train.epohcs -> train.epochs)."""
     *parents, name = loc
     model = _section_model(tuple(parents))
     if model is None or not isinstance(name, str):
-        return " (a typo? see README 'Parameters' for the valid keys)"
+        return None
     close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {_key((*parents, close[0]))}?)"
-    return " (a typo? see README 'Parameters' for the valid keys)"
+    return (*parents, close[0]) if close else None
 
 
 # What a person reads for pydantic's messages that name Python types or internals; the others are
@@ -372,16 +370,27 @@ def _message(e: dict) -> str:
 
 
 def _describe(err: ValidationError, path: Path) -> str:
+    errors = err.errors()
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    # A misspelt key is unknown and its right spelling missing: one line says both.
+    suggested = {tuple(e["loc"]): _nearest(tuple(e["loc"])) for e in errors if e["type"] == "extra_forbidden"}
     lines = []
-    for e in err.errors():
-        key = _key(e["loc"])
+    for e in errors:
+        loc = tuple(e["loc"])
+        key = _key(loc)
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key{_did_you_mean(e['loc'])}")
+            near = suggested[loc]
+            if near is None:
+                lines.append(f"  {key}: unknown key (a typo? see README 'Parameters' for the valid keys)")
+            else:
+                lacking = " It is missing." if near in missing else ""
+                lines.append(f"  {key}: unknown key (did you mean {_key(near)}?{lacking})")
         elif e["type"] == "missing":
-            lines.append(
-                f"  {key}: missing (add it to {path.name}: "
-                "README 'Parameters' lists every key with its default value)"
-            )
+            if loc not in suggested.values():
+                lines.append(
+                    f"  {key}: missing (add it to {path.name}: "
+                    "README 'Parameters' lists every key with its default value)"
+                )
         else:
             got = e.get("input")
             text = _message(e)

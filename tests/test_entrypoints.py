@@ -355,3 +355,49 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
     runs = [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
     assert [r for r in runs if r.get("stage") == "ingest"][-1]["copied"] == 3
     assert "copied" not in json.loads((ws / "reports/ingest.json").read_text())
+
+
+def test_a_source_of_non_images_is_refused_with_the_files_named_and_the_last_reports_kept(
+    tmp_path: Path, prefect_server: str
+):
+    """`pawflow run` (make run) after a good run, on a source of 7 files that are not photos: exit 1, a
+    short transcript whose message names the files and the page that shows them, and the last good
+    clean report, verdicts and data report still in place."""
+    ws, _ = workspace(tmp_path, per_class=5)
+    good = dvc(ws, "repro", "dedup", api=prefect_server)
+    assert good.returncode == 0, good.stderr[-3000:]
+    kept = {rel: (ws / rel).read_bytes() for rel in ("reports/clean.json", "data/interim/clean.parquet")}
+    kept["reports/data.html"] = (ws / "reports/data.html").read_bytes()
+
+    junk = tmp_path / "junk"
+    for label, name, data in (
+        ("Cat", "Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(600)),
+        ("Cat", "notes.txt", b"cats\n"),
+        ("Cat", "empty.jpg", b""),
+        ("Cat", "page.jpg", b"<html><body>404</body></html>"),
+        ("Dog", "readme.md", b"readme.md\n"),
+        ("Dog", "Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(700)),
+        ("Dog", "data.csv", b"a,b\n1,2\n"),
+    ):
+        (junk / label).mkdir(parents=True, exist_ok=True)
+        (junk / label / name).write_bytes(data)
+    out = sh(
+        ws,
+        str(Path(sys.executable).parent / "pawflow"),
+        "run",
+        "--no-push",
+        "--source",
+        str(junk),
+        api=prefect_server,
+    )
+    transcript = out.stdout + out.stderr
+    assert out.returncode == 1, transcript[-3000:]
+    page = ws / "reports/rejected.html"
+    assert transcript.count(f"Every rejected file is shown in {page}") == 1, transcript
+    assert "  Cat/Thumbs.db: not_an_image" in transcript and "... and 2 more" in transcript
+    assert transcript.count("What to do") == 1 and "Traceback" not in transcript
+    assert len(out.stderr.strip().splitlines()) <= 25, out.stderr
+    for rel, data in kept.items():
+        assert (ws / rel).read_bytes() == data, rel  # the last good run's reports and verdicts
+    html = page.read_text()
+    assert all(f"{label}/{name}" in html for label, name in (("Cat", "notes.txt"), ("Dog", "data.csv")))

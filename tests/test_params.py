@@ -249,7 +249,7 @@ def test_the_check_stage_loads_params_without_prefect_or_tensorflow():
 @pytest.mark.parametrize(
     ("key", "value", "says"),
     [
-        ("train.epohcs", 3, "train.epohcs: unknown key (did you mean train.epochs?)"),
+        ("train.zpochs", 3, "train.zpochs: unknown key (did you mean train.epochs?)"),
         ("train.augment.flipp", True, "train.augment.flipp: unknown key (did you mean train.augment.flip?)"),
         ("trian", {}, "trian: unknown key (did you mean train?)"),
         ("train.zzz", 1, "train.zzz: unknown key (a typo? see README 'Parameters' for the valid keys)"),
@@ -302,3 +302,11 @@ def test_every_kind_of_value_error_reads_as_a_sentence(key: str, value: object, 
     for jargon in ("Value error", "Input should", "valid integer", "<class", "instance of", "String should"):
         assert jargon not in msg, msg
     assert msg.count("(got ") <= 1, msg
+
+
+def test_a_misspelt_key_is_one_line_not_an_unknown_and_a_missing_one():
+    data = base()
+    data["train"]["epohcs"] = data["train"].pop("epochs")
+    msg = error_for(data)
+    assert "  train.epohcs: unknown key (did you mean train.epochs? It is missing.)" in msg
+    assert "train.epochs: missing" not in msg and msg.count("\n  ") == 2  # the line, then What to do
