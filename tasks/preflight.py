@@ -98,7 +98,11 @@ def check_source(source: str, root: Path = Path(".")) -> None:
             )
         # At least two class folders holding files (lstat only, nothing opened): an empty or flat folder
         # is refused here, in about a second, not by ingest after a Prefect start.
-        list_directory(path)
+        try:
+            list_directory(path)
+        except PawflowError as err:  # named by the key and the full path, not the path alone
+            what = err.what.removeprefix(str(path))
+            raise PawflowError(f"ingest.source {source!r} ({path.resolve()}){what}", err.fix) from None
         return
     try:
         readable = zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
