@@ -152,9 +152,24 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except PawflowError as err:
+            _printed_in_full.add(one_line(err.what))
             return Failed(message=one_line(err.what), data=err)
 
     return wrapper
+
+
+# The failed-state messages of PawflowErrors (see friendly): the entry point prints each in full, so the
+# terminal does not also get Prefect's one-line copy ("Finished in state Failed('...')"); the Prefect
+# UI still does (the filter sits on the console handler only).
+_printed_in_full: set[str] = set()
+
+
+class _UserErrorOnce(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Finished in state Failed("):
+            return True
+        return not any(repr(message) in text for message in _printed_in_full)
 
 
 def error_of(state: State) -> PawflowError:
@@ -177,11 +192,19 @@ class _NoTracebackForUserErrors(logging.Filter):
 
 
 def quiet_user_errors() -> None:
-    """Install the filter on Prefect's run loggers (idempotent; called by entry points, not on import)."""
+    """Install the filters on Prefect's run loggers and its console (idempotent; called by entry points,
+    not on import)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
             logger.addFilter(_NoTracebackForUserErrors())
+    for handler in logging.getLogger().handlers:  # Prefect puts its console handler on the root logger
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _UserErrorOnce) for f in handler.filters
+        ):
+            handler.addFilter(_UserErrorOnce())
 
 
 def _refused(holder: str) -> PawflowError:

@@ -365,3 +365,23 @@ def test_dvc_push_is_retried_then_fails_with_its_message(monkeypatch: pytest.Mon
     calls.clear()
     state = push_once(0, return_state=True)
     assert state.is_failed() and "connection reset" in state.message
+
+
+def test_a_user_error_reaches_the_terminal_once():
+    """The entry point prints a PawflowError in full; Prefect's one-line copy of the failed state is
+    kept off the console (still sent to the API for the UI)."""
+    from prefect.states import Completed
+
+    @common.friendly
+    def body() -> None:
+        raise PawflowError("clean: all 7 files were rejected.\n  Cat/notes.txt: not_an_image", "Fix it.")
+
+    state = body()
+
+    def shown(message: str) -> bool:
+        record = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, message, None, None)
+        return common._UserErrorOnce().filter(record)
+
+    assert not shown(f"Finished in state {state}")
+    assert shown("Finished in state Failed('a crash: not a message for a person')")
+    assert shown(f"Finished in state {Completed()}") and shown("Beginning flow run 'x' for flow 'clean'")
