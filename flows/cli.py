@@ -88,9 +88,6 @@ def cmd_run(
     run, a from-scratch model, or with --warm-start a fine-tune of the champion (if nothing model-shaping
     changed and the collection did not outgrow train.finetune); so the data stages run first, then base
     is set and recorded, then the rest."""
-    from flows.base import prepare_base
-    from flows.common import run_lock
-    from flows.server import prefect_api
     from tasks import versioning
     from tasks.preflight import check_source
 
@@ -98,10 +95,16 @@ def cmd_run(
     root = project_root(cwd)
     os.chdir(root)
     # Bad params or overrides, an unreadable source (a pipe would block DVC) or a busy workspace: refused
-    # before DVC or a Prefect server starts. dvc repro then runs the same checks as its first stage.
+    # before DVC or a Prefect server starts (and before Prefect is imported: a second, not five).
+    # dvc repro then runs the same checks as its first stage.
     updates = run_overrides(source, epochs, cwd, root)
-    params, _, _ = versioning.planned_params(Path("params.yaml"), updates)
+    # light: pipeline.schedule's cron is checked by `pawflow serve`, which uses it (Prefect parses it).
+    params, _, _ = versioning.planned_params(Path("params.yaml"), updates, light=True)
     check_source(params.ingest.source, root)
+    from flows.base import prepare_base
+    from flows.common import run_lock
+    from flows.server import prefect_api
+
     with run_lock(root):
         for key, (old, new) in versioning.set_params(Path("params.yaml"), updates).items():
             print(f"params.yaml: {key} {old!r} -> {new!r}")
