@@ -237,8 +237,8 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
             print(f"{row.path}\t{row.label}\t{conf}")
         sys.stdout.flush()
     if len(files) > 1 or any(t.is_dir() for t in targets):
-        # After the rows; on stderr under --csv, so that stdout stays one CSV table.
-        print(summary_line(labels, failed), file=sys.stderr if csv_out else sys.stdout)
+        # After the rows, on stderr: stdout stays one row per photo (or one CSV table) for scripts.
+        print(summary_line(labels, failed), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -510,7 +510,7 @@ def serve_command() -> None:
     cls=_Command,
     epilog=examples(
         "pawflow predict cat.jpg                            # one photo: path, label, confidence",
-        "pawflow predict photos/ --csv > labels.csv         # a folder, as CSV (the summary on stderr)",
+        "pawflow predict photos/ --csv > labels.csv         # a folder, as CSV (the summary stays on screen)",
         "pawflow predict photos/ --model models/model.keras # the last trained model, not the champion",
     ),
 )

@@ -237,7 +237,7 @@ def test_predict_good_corrupt_and_directory(trained: Params, tmp_path: Path, cap
     out = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(out.out)))
     assert code == 1  # some files could not be labelled
-    # The summary closes the run (on stderr under --csv: stdout stays one CSV table).
+    # The summary closes the run, on stderr: stdout stays one CSV table.
     labels = Counter(r["label"] for r in rows if not r["error"])
     assert out.err.strip().splitlines()[-1] == summary_line(labels, 2)
     assert summary_line(labels, 2).startswith("5 photos: ") and summary_line(labels, 2).endswith(", 2 errors")
