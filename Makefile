@@ -16,7 +16,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # each stage before TensorFlow starts: they decide the model's bytes.
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench lint format lock clean-cache screenshots
+.PHONY: help install data run test test-fast bench lint format lock clean-cache screenshots plots-template
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $@
 
 install: $(STAMP) ## create .venv and install pawflow with its pinned dependencies
+
+data: install ## get the photos when ../shared has none: Microsoft's PetImages (~800 MB, sha256-checked, resumable); sets ingest.source
+	$(BIN)/pawflow data
 
 run: install ## run the whole pipeline on the default dataset (dvc repro) and push data + model
 	$(BIN)/pawflow run
@@ -57,6 +60,9 @@ format: install ## ruff fix + format
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 -o requirements.lock
+
+plots-template: install ## rebuild .dvc/plots-offline.html (dvc plots show, offline) from the pinned vl-convert-python
+	$(PY) -m tasks.plotsview
 
 screenshots: install ## retake the docs/*.png pictures (a small real run in a temporary copy, ~5 min)
 	$(PY) docs/screenshots.py

@@ -7,14 +7,24 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.common import chunks, friendly, progress_artifact, publish, record_stage_run, stage_main
+from flows.common import (
+    chunks,
+    friendly,
+    progress_artifact,
+    publish,
+    record_stage_run,
+    stage_main,
+    stage_run_name,
+)
 from flows.mapping import figures, map_chunks
-from tasks import clean
-from tasks.fileio import read_parquet, write_parquet
+from tasks import clean, datareport, dedup
+from tasks.errors import PawflowError
+from tasks.fileio import read_parquet, write_bytes, write_parquet
 from tasks.images import CheckSettings
 from tasks.params import Params
 from tasks.reports import CLEAN, CleanReport
@@ -56,7 +66,23 @@ def check_photos(items: list[tuple[str, str]], settings: CheckSettings, raw: Pat
     return clean.judge_items(items, settings, raw)
 
 
-@flow(name="clean", log_prints=True)
+def rejected_page(df: pd.DataFrame, params: Params, page: Path) -> None:
+    """The rejected files as data.html shows them (thumbnails where they decode, the reason of each),
+    for a collection clean refused: dedup, which writes data.html, never runs then. reports/clean.json,
+    data.html and the parquets keep describing the last run that passed (DVC outputs with persist)."""
+    report = datareport.build(
+        df,
+        pd.DataFrame(columns=dedup.COLUMNS),
+        params.paths.raw,
+        params.clean.formats,
+        params.clean.max_pixels,
+        params.dedup.max_distance,
+        params.clean.flags,
+    )
+    write_bytes(page, datareport.render_html(report).encode("utf-8"))
+
+
+@flow(name="clean", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     """A verdict for every ingested file: clean.parquet and reports/clean.json."""
@@ -101,7 +127,13 @@ def clean_flow(params: Params, refresh: bool = False) -> CleanReport:
     progress(done, description=f"clean: {done:,} of {len(items):,} files checked")
     record_stage_run(params, "clean", {"runner": figures(run, params)})
     df = clean.table(rows, params.clean.flags)
-    clean.guard(df, params.clean.max_reject_fraction)
+    page = params.paths.reports / clean.REJECTED_PAGE
+    try:
+        clean.guard(df, params.clean.max_reject_fraction, page)
+    except PawflowError:
+        rejected_page(df, params, page)  # before the message that names it
+        raise
+    page.unlink(missing_ok=True)  # it described a run that failed: this one passed
     rep = clean.report(df)
     write_parquet(params.paths.interim / "clean.parquet", df)
     CLEAN.write(params.paths.reports, rep)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import inspect
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from tasks.errors import PawflowError
 from tasks.params import load_params
 from tasks.reports import GATE, METRICS
+from tasks.runtime import quiet_native_stderr
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -58,24 +60,59 @@ def has_remote() -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
-def cmd_run(force: bool = False, push: bool = True) -> int:
-    """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote."""
+def run_overrides(source: str | None, epochs: int | None, cwd: Path, root: Path) -> dict[str, object]:
+    """`pawflow run --source/--epochs` as params.yaml updates. A local source is named relative to the
+    project (as params.yaml holds it), wherever the command was typed from; a URL is kept as given."""
+    updates: dict[str, object] = {}
+    if source is not None:
+        if "://" not in source:
+            given = Path(source).expanduser()
+            source = os.path.relpath(given if given.is_absolute() else cwd / given, root)
+        updates["ingest.source"] = source
+    if epochs is not None:
+        updates["train.epochs"] = epochs
+    return updates
+
+
+def cmd_run(
+    force: bool = False,
+    push: bool = True,
+    source: str | None = None,
+    epochs: int | None = None,
+    warm_start: bool = False,
+) -> int:
+    """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote.
+
+    --source/--epochs are written into params.yaml first (so that dvc.lock and params.yaml agree), as
+    the Prefect pipeline does. models/base is then chosen as the pipeline chooses it: when train has to
+    run, a from-scratch model, or with --warm-start a fine-tune of the champion (if nothing model-shaping
+    changed and the collection did not outgrow train.finetune); so the data stages run first, then base
+    is set and recorded, then the rest."""
+    from tasks import versioning
+    from tasks.preflight import check_source
+
+    cwd = Path.cwd()
+    root = project_root(cwd)
+    os.chdir(root)
+    # Bad params or overrides, an unreadable source (a pipe would block DVC) or a busy workspace: refused
+    # before DVC or a Prefect server starts (and before Prefect is imported: a second, not five).
+    # dvc repro then runs the same checks as its first stage.
+    updates = run_overrides(source, epochs, cwd, root)
+    # light: pipeline.schedule's cron is checked by `pawflow serve`, which uses it (Prefect parses it).
+    params, _, _ = versioning.planned_params(Path("params.yaml"), updates, light=True)
+    check_source(params.ingest.source, root)
+    from flows.base import prepare_base
     from flows.common import run_lock
     from flows.server import prefect_api
-    from tasks import versioning
-    from tasks.preflight import preflight
     from tasks.workers import check_cluster
 
-    root = project_root(Path.cwd())
-    os.chdir(root)
-    # Bad params, an unreadable source (a pipe would block DVC) or a busy workspace: refused before
-    # DVC or a Prefect server starts. dvc repro then runs the same checks as its first stage.
-    params = preflight(Path("params.yaml"))
     with run_lock(root):
-        pass
+        for key, (old, new) in versioning.set_params(Path("params.yaml"), updates).items():
+            print(f"params.yaml: {key} {old!r} -> {new!r}")
     started = time.monotonic()
     before = versioning.lock_stages(root)
     stages = (versioning.CHECK_STAGE, *versioning.STAGES)
+    forced = ["--force"] if force else []
     if not force and not any(versioning.stage_status(root, s) for s in stages):
         # Nothing for dvc repro to do: skip starting a Prefect server for it.
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
@@ -83,7 +120,12 @@ def cmd_run(force: bool = False, push: bool = True) -> int:
         # runner.kind dask: a cluster that cannot do the work is refused before DVC removes any output.
         check_cluster(params, root, print)
         with prefect_api(PREFECT_HOME):
-            dvc("repro", *(["--force"] if force else []))
+            dvc("repro", *forced, "shard")  # the data that models/base is chosen from
+            with run_lock(root):
+                choice, why, _ = prepare_base(params, root, warm_start, False, force)
+            print(f"models/base: {'the champion' if choice == 'champion' else choice} ({why})")
+            # --force re-runs only what follows the data stages now: they were just forced.
+            dvc("repro", *(["--force", "--downstream", "base"] if force else []))
     pushed = None
     if push and params.pipeline.push and has_remote():
         dvc("push")
@@ -97,6 +139,36 @@ def cmd_run(force: bool = False, push: bool = True) -> int:
         root, params, "dvc repro", stages, {"seconds": round(time.monotonic() - started, 1), "pushed": pushed}
     )
     print(closing_lines(root, params))
+    return 0
+
+
+def cmd_data() -> int:
+    """Fetch the archive params.yaml `data:` names (resumed, retried, sha256-checked), then point
+    ingest.source (and ingest.sha256) at it."""
+    from flows.common import run_lock
+    from tasks import getdata, versioning
+
+    root = project_root(Path.cwd())
+    os.chdir(root)
+    params = load_params(Path("params.yaml"))
+    d, ingest = params.data, params.ingest
+    print(f"pawflow data: {d.url}\n  -> {d.archive} (sha256 {d.sha256[:16]}...)")
+    try:
+        got = getdata.fetch(
+            d, params.paths.cache / "downloads", ingest.download_retries, ingest.download_timeout_s
+        )
+    except PawflowError as err:  # the download started: a failed run, not bad usage
+        raise RunFailed(err.what, err.fix) from None
+    print(
+        f"pawflow data: {got.path}: {got.bytes:,} bytes, sha256 checked"
+        + ("" if got.downloaded else " (already there: nothing downloaded)")
+    )
+    updates = {"ingest.source": str(d.archive), "ingest.sha256": d.sha256}
+    with run_lock(root):
+        changed = versioning.set_params(Path("params.yaml"), updates)
+    for key, (old, new) in changed.items():
+        print(f"params.yaml: {key} {old!r} -> {new!r}")
+    print("next: pawflow run   (or make run)")
     return 0
 
 
@@ -119,27 +191,6 @@ def closing_lines(root: Path, params: Params) -> str:
         model = params.paths.models / "model.keras"
         tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
     return "\n".join((line, report, tryit))
-
-
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Silence what TensorFlow's C++ side writes to fd 2 while it is imported: absl's "All log messages
-    before absl::InitializeLog()" and the oneDNN notice come before TF_CPP_MIN_LOG_LEVEL is read, so
-    only redirecting the file descriptor hides them. If the import fails, what it wrote is shown."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = False) -> int:
@@ -173,11 +224,13 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
         import keras  # noqa: F401  (imported here, with its start-up lines silenced)
     predictor = predict.load(model)
     failed = 0
+    labels: Counter[str] = Counter()
     writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
     if writer:
         writer.writerow(["path", "label", "confidence", "error"])
     for row in predict.predict(predictor, iter(files)):
         failed += bool(row.error)
+        labels[row.label] += not row.error
         conf = "" if row.confidence is None else f"{row.confidence:.4f}"
         if writer:
             writer.writerow([row.path, row.label, conf, row.error])
@@ -186,7 +239,19 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
         else:
             print(f"{row.path}\t{row.label}\t{conf}")
         sys.stdout.flush()
+    if len(files) > 1 or any(t.is_dir() for t in targets):
+        # After the rows, on stderr: stdout stays one row per photo (or one CSV table) for scripts.
+        print(summary_line(labels, failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def summary_line(labels: Counter[str], errors: int) -> str:
+    """'1,000 photos: 853 Cat, 147 Dog, 1 error' (labels by count, then name)."""
+    total = sum(labels.values()) + errors
+    parts = [f"{n:,} {label}" for label, n in sorted(labels.items(), key=lambda kv: (-kv[1], kv[0])) if n]
+    if errors:
+        parts.append(f"{errors:,} error{'s' if errors != 1 else ''}")
+    return f"{total:,} photo{'s' if total != 1 else ''}: {', '.join(parts)}"
 
 
 def project_root(start: Path) -> Path:
@@ -209,10 +274,14 @@ def deployments(params_path: Path) -> list:
 
     p = load_params(params_path).pipeline
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+    # Every parameter with the value a run uses (None: params.yaml's), so that the UI's Parameters tab
+    # and its run form show them all, not `{}`.
+    defaults = {name: param.default for name, param in inspect.signature(pipeline.fn).parameters.items()}
     manual = pipeline.to_deployment(
         name="manual",
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
+        parameters=defaults,
         description="The whole pipeline on demand: prefect deployment run 'pipeline/manual' "
         "[--param epochs=3] [--param source=...] [--param force=true]",
     )
@@ -221,7 +290,7 @@ def deployments(params_path: Path) -> list:
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         schedule=Cron(p.schedule, timezone=p.timezone),
-        parameters={"warm_start": True},
+        parameters={**defaults, "warm_start": True},
         description=f"Re-ingest the source at '{p.schedule}' ({p.timezone}); retrain and gate only when "
         "new photos arrived, else finish fast with 'no new data'. Fine-tunes the champion (warm start) "
         "unless a full retrain is due (docs/design.md, 'Warm start').",
@@ -231,7 +300,7 @@ def deployments(params_path: Path) -> list:
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         schedule=Cron(p.full_schedule, timezone=p.timezone),
-        parameters={"full_retrain": True},
+        parameters={**defaults, "full_retrain": True},
         description=f"At '{p.full_schedule}' ({p.timezone}): the whole pipeline with a model trained from "
         "scratch, even when no photos arrived (the nightly runs warm-start from the champion).",
     )
@@ -262,15 +331,54 @@ def cmd_serve() -> int:
     return 0
 
 
+def _value_name(param: Any, ctx: Any) -> str | None:
+    """What the help shows after an option: the value's name as a user types it (PATH, N), never a
+    Python type (typer shows `<bool>`, `<list[Path]>`); nothing after a flag or an argument's name."""
+    if param.param_type_name == "option" and not param.is_flag:
+        return param.metavar or param.type.name.upper()
+    return None
+
+
+def _plain_types(params: list[Any]) -> list[Any]:
+    for p in params:
+        # typer's help (rich and plain) asks each parameter for its type's display string.
+        p.display_type_rich = functools.partial(_value_name, p)  # type: ignore[attr-defined]
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_types(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_types(super().get_params(ctx))
+
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: one example command line per line."""
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="pawflow",
+    cls=_Group,
     help=__doc__,
     no_args_is_help=True,
-    add_completion=False,
+    # `pawflow --install-completion` adds tab completion of commands and options to the user's shell.
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    epilog=examples(
+        "pawflow run                        # the whole pipeline, then dvc push",
+        "pawflow data                       # get the photos (Microsoft PetImages) when you have none",
+        "pawflow predict photos/            # label photos with the champion",
+        "pawflow COMMAND --help             # a command's options and examples",
+    ),
 )
 server_app = typer.Typer(
+    cls=_Group,
     help="The background Prefect server that stage processes share (.pawflow/prefect).",
     no_args_is_help=True,
 )
@@ -317,7 +425,16 @@ def _finish(command: str, fn, **kwargs) -> None:
         raise typer.Exit(code)
 
 
-@app.command("run")
+@app.command(
+    "run",
+    cls=_Command,
+    epilog=examples(
+        "pawflow run                                 # run what is out of date, then dvc push",
+        "pawflow run --source ~/photos --epochs 3    # other photos, a short training",
+        "pawflow run --warm-start                    # fine-tune the champion on new photos",
+        "pawflow run --force --no-push               # re-run every stage, keep it local",
+    ),
+)
 def run_command(
     force: Annotated[
         bool, typer.Option("--force", help="Re-run every stage, even those up to date.")
@@ -325,12 +442,64 @@ def run_command(
     push: Annotated[
         bool, typer.Option("--push/--no-push", help="dvc push data and model to the default remote after.")
     ] = True,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH_OR_URL",
+            help="The photos: a folder of class folders, a .zip/.tar(.gz) or an http(s) URL of one "
+            "(written into params.yaml as ingest.source).",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Training epochs (written into params.yaml as train.epochs).",
+            show_default=False,
+        ),
+    ] = None,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--warm-start",
+            help="When train has to run, fine-tune the champion instead of training from scratch (if "
+            "nothing model-shaping changed and the collection did not outgrow train.finetune).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
-    _finish("run", cmd_run, force=force, push=push)
+    _finish("run", cmd_run, force=force, push=push, source=source, epochs=epochs, warm_start=warm_start)
 
 
-@app.command("serve")
+@app.command(
+    "data",
+    cls=_Command,
+    epilog=examples(
+        "pawflow data       # download (or resume), check the sha256, set ingest.source",
+        "pawflow run        # then the whole pipeline on those photos",
+    ),
+)
+def data_command() -> None:
+    """Get the photos (params.yaml data: Microsoft's PetImages) and point ingest.source at them.
+
+    For a workspace without the default source: the archive is downloaded through ingest's own
+    download path (a broken download resumes where it stopped), its sha256 checked, and kept in
+    data.archive; params.yaml's ingest.source and ingest.sha256 are then set to it.
+    """
+    _finish("data", cmd_data)
+
+
+@app.command(
+    "serve",
+    cls=_Command,
+    epilog=examples(
+        "prefect server start                                 # in one terminal",
+        "export PREFECT_API_URL=http://127.0.0.1:4200/api     # in another, then:",
+        "pawflow serve",
+        "prefect deployment run 'pipeline/manual' --param epochs=3",
+    ),
+)
 def serve_command() -> None:
     """Serve the deployments pipeline/manual, retrain-nightly and retrain-full until stopped (Ctrl-C).
 
@@ -339,7 +508,15 @@ def serve_command() -> None:
     _finish("serve", cmd_serve)
 
 
-@app.command("predict")
+@app.command(
+    "predict",
+    cls=_Command,
+    epilog=examples(
+        "pawflow predict cat.jpg                            # one photo: path, label, confidence",
+        "pawflow predict photos/ --csv > labels.csv         # a folder, as CSV (the summary stays on screen)",
+        "pawflow predict photos/ --model models/model.keras # the last trained model, not the champion",
+    ),
+)
 def predict_command(
     targets: Annotated[
         list[Path],
@@ -350,7 +527,9 @@ def predict_command(
     model: Annotated[
         Path | None,
         typer.Option(
-            help="A .keras file, or a folder with model.keras + model.json. [default: models/champion]"
+            metavar="PATH",
+            help="A .keras file, or a folder with model.keras + model.json (default: the champion, "
+            "models/champion).",
         ),
     ] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV: path,label,confidence,error.")] = False,
@@ -371,13 +550,13 @@ def cmd_server(action: str) -> int:
     return 0
 
 
-@server_app.command("status")
+@server_app.command("status", cls=_Command)
 def server_status() -> None:
     """Print the background server's API URL, or that none runs."""
     _finish("server status", cmd_server, action="status")
 
 
-@server_app.command("stop")
+@server_app.command("stop", cls=_Command)
 def server_stop() -> None:
     """Stop the background server now (it also stops itself when idle)."""
     _finish("server stop", cmd_server, action="stop")

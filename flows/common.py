@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,49 @@ def result_storage(params: Params) -> Path:
     return (params.paths.cache / "prefect").resolve()
 
 
+# --------------------------------------------------------------------------- run names
+
+# What the Prefect UI lists a pipeline run as, by deployment: the entry point, then the date.
+ENTRY_OF_DEPLOYMENT = {"manual": "manual", "retrain-nightly": "nightly", "retrain-full": "full"}
+RUN_DATE = "%Y-%m-%d-%H%M"  # the run's scheduled (or actual) start, UTC
+
+
+def _started() -> str:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    when = ctx.flow_run.expected_start_time if ctx and ctx.flow_run.expected_start_time else None
+    return (when or datetime.now(UTC)).astimezone(UTC).strftime(RUN_DATE)
+
+
+def pipeline_run_name() -> str:
+    """`nightly-2026-12-05-0300`, `full-...`, `manual-...` (the deployments), `local-...` (python -m
+    flows.pipeline): the Prefect UI's name of a pipeline run, instead of a random one."""
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    entry = ENTRY_OF_DEPLOYMENT.get(name, name) if name else "local"
+    return f"{entry}-{_started()}"
+
+
+def stage_run_name() -> str:
+    """A stage flow run's name: the stage (`train`) inside a pipeline run; standalone, the entry point
+    that started it and the date (`dvc-repro-train-2026-12-05-0812`, `dvc-exp-...`, `train-...`)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    stage = ctx.flow.name if ctx else "stage"
+    if ctx and ctx.flow_run.parent_task_run_id is not None:
+        return stage  # a subflow: its pipeline run carries the entry point and date
+    if os.environ.get("DVC_EXP_NAME"):
+        entry = "dvc-exp-"
+    elif os.environ.get("DVC_STAGE"):
+        entry = "dvc-repro-"
+    else:
+        entry = ""
+    return f"{entry}{stage}-{_started()}"
+
+
 # --------------------------------------------------------------------------- task runners
 
 
@@ -100,9 +144,24 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except PawflowError as err:
+            _printed_in_full.add(one_line(err.what))
             return Failed(message=one_line(err.what), data=err)
 
     return wrapper
+
+
+# The failed-state messages of PawflowErrors (see friendly): the entry point prints each in full, so the
+# terminal does not also get Prefect's one-line copy ("Finished in state Failed('...')"); the Prefect
+# UI still does (the filter sits on the console handler only).
+_printed_in_full: set[str] = set()
+
+
+class _UserErrorOnce(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Finished in state Failed("):
+            return True
+        return not any(repr(message) in text for message in _printed_in_full)
 
 
 def error_of(state: State) -> PawflowError:
@@ -125,11 +184,19 @@ class _NoTracebackForUserErrors(logging.Filter):
 
 
 def quiet_user_errors() -> None:
-    """Install the filter on Prefect's run loggers (idempotent; called by entry points, not on import)."""
+    """Install the filters on Prefect's run loggers and its console (idempotent; called by entry points,
+    not on import)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
             logger.addFilter(_NoTracebackForUserErrors())
+    for handler in logging.getLogger().handlers:  # Prefect puts its console handler on the root logger
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _UserErrorOnce) for f in handler.filters
+        ):
+            handler.addFilter(_UserErrorOnce())
 
 
 def _refused(holder: str) -> PawflowError:

@@ -8,7 +8,7 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import friendly, publish, stage_main
+from flows.common import friendly, publish, stage_main, stage_run_name
 from tasks import datareport, dedup, summary
 from tasks.fileio import read_parquet, write_bytes, write_parquet
 from tasks.params import Params
@@ -51,7 +51,7 @@ def data_report(params: Params) -> str:
     return summary.data_quality_markdown(report, str(page))
 
 
-@flow(name="dedup", log_prints=True)
+@flow(name="dedup", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def dedup_flow(params: Params, refresh: bool = False) -> DedupReport:
     """Exact and near duplicates collapse to one kept photo; label conflicts are dropped and reported."""

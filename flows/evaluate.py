@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import content_cache, friendly, publish, result_storage, stage_main
+from flows.common import content_cache, friendly, publish, result_storage, stage_main, stage_run_name
 from tasks import present, runtime, summary, versioning
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
@@ -76,7 +76,7 @@ def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: boo
     )
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     """Metrics on the test split, plots, reports/evaluation.html, and the promotion gate."""

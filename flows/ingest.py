@@ -9,8 +9,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from flows.common import friendly, publish, record_stage_run, stage_main
+from flows.common import friendly, publish, record_stage_run, stage_main, stage_run_name
 from tasks import ingest, store
+from tasks.errors import PawflowError
 from tasks.fileio import write_parquet
 from tasks.listing import Listing
 from tasks.params import Params
@@ -55,12 +56,22 @@ def write_manifest(
     return rep, ingest.run_figures(result, hashed=len(result.hashes) + len(fresh))
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def ingest_flow(params: Params, refresh: bool = False) -> IngestReport:
     """Copy a labelled photo collection into data/raw and list every file with its sha256."""
     started = time.monotonic()
-    listing = resolve_source(params)
+    deadline = params.ingest.download_deadline_s
+    try:
+        # A deadline, not only a per-read timeout: a server that trickles bytes would never end.
+        listing = resolve_source.with_options(timeout_seconds=deadline)(params)
+    except TimeoutError:  # Prefect's TaskRunTimeoutError (download() turns its own timeouts into retries)
+        raise PawflowError(
+            f"ingest.source {params.ingest.source}: reading the source (downloading and listing it) took "
+            f"longer than ingest.download_deadline_s ({deadline:g} s); stopped.",
+            "Check the network or the server, or raise ingest.download_deadline_s; a partial download is "
+            "resumed by the next run.",
+        ) from None
     result = copy_new_files(quote(listing), params, refresh)
     rep, figures = write_manifest(quote(listing), quote(result), params, refresh)
     record_stage_run(params, "ingest", figures)

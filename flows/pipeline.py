@@ -21,17 +21,18 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment
 from prefect.states import Completed, Failed
 
+from flows.base import prepare_base
 from flows.common import (
     ctrl_c_is_final,
     error_of,
     friendly,
+    pipeline_run_name,
     quiet_user_errors,
     run_lock,
     task_runner,
     tidy_workspace,
 )
-from tasks import summary, versioning, warmstart
-from tasks.datasetinfo import DatasetInfo
+from tasks import summary, versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 from tasks.preflight import check_source, write_checked
@@ -48,19 +49,29 @@ CONCURRENCY_LIMIT = "pawflow-workspace"
 _stage_errors: dict[str, PawflowError] = {}
 
 
-@task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_changed: bool):
-    """Run one stage as a subflow unless DVC says it is up to date; then record it in dvc.lock.
+UP_TO_DATE = "up to date in dvc.lock"
+
+
+def stage_task_name(parameters: dict) -> str:
+    """The stage, or "<stage> (skipped: up to date in dvc.lock)": the Prefect UI colours a Completed
+    state named Skipped as completed (Prefect has no skipped type), so the name tells them apart."""
+    skip = parameters.get("changed") == {}
+    return f"{parameters['stage']} (skipped: {UP_TO_DATE})" if skip else parameters["stage"]
+
+
+@task(name="stage", task_run_name=stage_task_name)
+def run_stage(
+    stage: str, params: Params, force: bool, root: Path, upstream_changed: bool, changed: dict | None = None
+):
+    """Run one stage as a subflow unless DVC says it is up to date (`changed` is {}: what DVC's status
+    found, asked before the task run so that its name can say it); then record it in dvc.lock.
 
     When the stage before it has just produced new outputs, this one is out of date by definition
     and DVC is not asked (on 25,000 photos each `dvc status` of the data stages costs seconds).
     """
     log = get_run_logger()
-    changed = None if force or upstream_changed else versioning.stage_status(root, stage)
     if changed == {}:
-        return Completed(
-            name="Skipped", message="up to date in dvc.lock", data={"stage": stage, "ran": False}
-        )
+        return Completed(name="Skipped", message=UP_TO_DATE, data={"stage": stage, "ran": False})
     if changed:
         log.info("%s: %s", stage, summary.why_stage_runs(changed))
     elif upstream_changed:
@@ -83,6 +94,13 @@ def run_stage(stage: str, params: Params, force: bool, root: Path, upstream_chan
         "new_outputs": new_outputs,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+@task(name="dvc-push")
+def dvc_push(root: Path) -> int:
+    """`dvc push` to the default remote (content-addressed: a retry after a failure sends what is
+    missing, never a second copy); the pipeline sets its retries from params.yaml pipeline.push_*."""
+    return versioning.push(root)
 
 
 def preflight(root: Path, source: str | None, epochs: int | None, until: str | None) -> dict:
@@ -116,35 +134,7 @@ def set_base(
     (tasks.warmstart.choose_base decides), then recorded with `dvc commit base` when it changed."""
     log = get_run_logger()
     started = time.monotonic()
-    folder = params.paths.models / "base"
-    before = versioning.lock_summary(root).get("base")
-    base_changed = bool(versioning.stage_status(root, "base"))  # missing, or its code changed
-    current = warmstart.ensure_base(folder)
-    if base_changed:
-        versioning.commit_stage(root, "base")
-    info_path = DatasetInfo.path(params.paths.processed)
-    choice, why = "keep", f"{info_path} not found"
-    champion = warmstart.base_from_champion(params.paths.models / "champion")
-    if info_path.exists():
-        info = DatasetInfo.read(params.paths.processed)
-        will_run = force or upstream_changed or bool(versioning.stage_status(root, "train"))
-        choice, why = warmstart.choose_base(
-            warm_start,
-            full_retrain,
-            will_run,
-            current,
-            champion,
-            warmstart.shaping(params.train, info),
-            warmstart.train_examples(info),
-            params.train.finetune,
-        )
-    if choice == "champion":
-        warmstart.write_base(folder, champion)
-    elif choice == "scratch" and current is not None:
-        warmstart.write_base(folder, None)
-    if choice != "keep":
-        versioning.commit_stage(root, "base")
-    new_outputs = versioning.lock_summary(root).get("base") != before
+    choice, why, new_outputs = prepare_base(params, root, warm_start, full_retrain, force or upstream_changed)
     log.info("models/base: %s (%s)", "the champion" if choice == "champion" else choice, why)
     if not new_outputs:
         return Completed(
@@ -166,7 +156,7 @@ def workspace_limit():
     return contextlib.nullcontext()
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name=pipeline_run_name, log_prints=True)
 @friendly
 def pipeline(
     source: str | None = None,
@@ -208,7 +198,8 @@ def pipeline(
                     params, root, warm_start, full_retrain, force, upstream_changed, return_state=True
                 )
             else:
-                state = run_stage(stage, params, force, root, upstream_changed, return_state=True)
+                changed = None if force or upstream_changed else versioning.stage_status(root, stage)
+                state = run_stage(stage, params, force, root, upstream_changed, changed, return_state=True)
             if state.is_failed():
                 # The stage's message says what to do; the stages before it are recorded in dvc.lock.
                 err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")
@@ -222,7 +213,10 @@ def pipeline(
             log.info("no new data: the source has not changed since the last run; nothing retrained")
         pushed = None
         if (params.pipeline.push if push is None else push) and versioning.has_default_remote(root):
-            pushed = versioning.push(root)
+            p = params.pipeline
+            pushed = dvc_push.with_options(retries=p.push_retries, retry_delay_seconds=p.push_retry_delay_s)(
+                root
+            )
             log.info("dvc push: %s file(s) sent to the default remote", pushed)
         seconds = round(time.monotonic() - started, 1)
         record = versioning.record_run(

@@ -11,7 +11,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import chunks, friendly, publish, record_stage_run, stage_main
+from flows.common import chunks, friendly, publish, record_stage_run, stage_main, stage_run_name
 from flows.mapping import figures, map_chunks
 from tasks import clean, shard
 from tasks.datasetinfo import DatasetInfo
@@ -44,7 +44,7 @@ def write_shards(
     return shard.write_shards(plans, sizes, p.processed, p.cache, params.shard.shard_bytes, fp, info)
 
 
-@flow(name="shard", log_prints=True)
+@flow(name="shard", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def shard_flow(params: Params, refresh: bool = False) -> ShardReport:
     """Split, then write TFRecord shards and data/processed/dataset_info.json."""

@@ -19,6 +19,7 @@ from flows.common import (
     record_stage_run,
     result_storage,
     stage_main,
+    stage_run_name,
 )
 from tasks import runtime, warmstart
 from tasks.cluster import role
@@ -78,7 +79,7 @@ def fit_model(
     return result
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name=stage_run_name, log_prints=True)
 @friendly
 def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     """Train a Keras model from the shards; write models/model.keras, model.json and reports/train*."""

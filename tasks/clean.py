@@ -203,33 +203,50 @@ def report(df: pd.DataFrame) -> CleanReport:
     }
 
 
-def guard(df: pd.DataFrame, max_reject_fraction: float) -> None:
-    """Fail when so much is rejected that the source is probably wrong."""
+# Rejected files named in the message when clean refuses a collection (the page lists them all).
+NAMED_IN_MESSAGE = 5
+# The page of rejected files written when clean refuses a collection: beside the reports, not a DVC
+# output (it describes the run that failed, and is removed by the next run that passes).
+REJECTED_PAGE = "rejected.html"
+
+
+def guard(df: pd.DataFrame, max_reject_fraction: float, page: Path | None = None) -> None:
+    """Fail when so much is rejected that the source is probably wrong, naming the first rejected
+    files with their reasons (and `page`, where every one of them is shown)."""
     if df.empty:
         raise PawflowError(
             "clean: the ingest manifest lists no files.",
             "Check ingest.source: it should hold one folder of photos per label.",
         )
-    fraction = float((df["status"] == Status.REJECTED).mean())
-    if fraction > max_reject_fraction:
-        rejected = df[df["status"] == Status.REJECTED]["reason"]
-        top = rejected.value_counts().head(3)
-        reasons = ", ".join(f"{r} ({n})" for r, n in top.items())
-        unread = int(rejected.isin(UNCACHEABLE).sum())
-        if 2 * unread > len(rejected):  # mostly files that could not be read: the machine, not the photos
-            raise PawflowError(
-                f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
-                f"{max_reject_fraction}); most common: {reasons}. {unread} of them could not be read as "
-                "ingest recorded them (missing, unreadable, changed or too slow here).",
-                "Check that data/raw is intact (`dvc checkout data/raw`, or run ingest again) and, with "
-                "runner.kind: dask, that every worker sees the project folder at the same path "
-                "(docs/scale-out.md). These verdicts are never cached: run again once it is fixed.",
-            )
+    rejected = df[df["status"] == Status.REJECTED]
+    fraction = len(rejected) / len(df)
+    if fraction <= max_reject_fraction:
+        return
+    top = rejected["reason"].value_counts().head(3)
+    reasons = ", ".join(f"{r} ({n})" for r, n in top.items())
+    first = rejected.sort_values("path", kind="stable").head(NAMED_IN_MESSAGE)
+    named = "\n".join(
+        f"  {r.path}: {r.reason} ({r.detail or REASONS.get(r.reason, r.reason)})" for r in first.itertuples()
+    )
+    more = f"\n  ... and {len(rejected) - len(first):,} more" if len(rejected) > len(first) else ""
+    where = f"\nEvery rejected file is shown in {page}." if page is not None else ""
+    share = "all" if len(rejected) == len(df) else f"{fraction:.0%} of"
+    limit = f"(limit clean.max_reject_fraction={max_reject_fraction}); most common: {reasons}."
+    unread = int(rejected["reason"].isin(UNCACHEABLE).sum())
+    if 2 * unread > len(rejected):  # mostly files that could not be read: the machine, not the photos
         raise PawflowError(
-            f"clean: {fraction:.0%} of {len(df)} files were rejected (limit clean.max_reject_fraction="
-            f"{max_reject_fraction}); most common: {reasons}. Is ingest.source the right collection?",
-            "Look at the files named above; if they are really photos, relax the clean.* limits.",
+            f"clean: {share} {len(df):,} files were rejected {limit} {unread:,} of them could not be read "
+            f"as ingest recorded them (missing, unreadable, changed or too slow here).\n{named}{more}{where}",
+            "Check that data/raw is intact (`dvc checkout data/raw`, or run ingest again) and, with "
+            "runner.kind: dask, that every worker sees the project folder at the same path "
+            "(docs/scale-out.md). These verdicts are never cached: run again once it is fixed.",
         )
+    raise PawflowError(
+        f"clean: {share} {len(df):,} files were rejected {limit} Is ingest.source the right collection?\n"
+        f"{named}{more}{where}",
+        "Point ingest.source at a folder of photos (one subfolder per label); if these files really are "
+        "photos, relax the clean.* limits.",
+    )
 
 
 def summary_rows(rep: CleanReport) -> list[list]:

@@ -294,7 +294,8 @@ def _flagged(
     out = []
     for flag, meaning in FLAGS.items():
         column, lowest_first, key, caption = FLAG_MEASURES[flag]
-        hit = kept[marks.map(lambda fs, flag=flag: flag in fs)]
+        # A boolean mask even when nothing is kept (an empty object Series would select columns).
+        hit = kept[marks.map(lambda fs, flag=flag: flag in fs).astype(bool).to_numpy()]
         hit = hit.sort_values([column, "path"], ascending=[lowest_first, True], kind="stable")
         tiles = []
         for r in hit.head(MAX_FLAGGED).itertuples():

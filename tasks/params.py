@@ -4,8 +4,10 @@ The model holds types and limits, never values: params.yaml lists every key with
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,7 +55,7 @@ class Runner(Section):
 
 class Ingest(Section):
     source: str = Field(min_length=1)
-    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None
     max_archive_bytes: PositiveInt
     max_archive_files: PositiveInt
     max_member_ratio: Annotated[float, Field(ge=1)]
@@ -61,6 +63,7 @@ class Ingest(Section):
     ratio_grace_bytes: Annotated[int, Field(ge=0)]
     download_retries: PositiveInt
     download_timeout_s: Annotated[float, Field(gt=0)]
+    download_deadline_s: Annotated[float, Field(gt=0)]
 
     @field_validator("source")
     @classmethod
@@ -70,6 +73,13 @@ class Ingest(Section):
             raise ValueError(
                 f"{scheme}:// is not supported: use a local folder or archive, or an http(s) URL"
             )
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("should be a sha256: 64 lowercase hex digits (or null: recorded, not checked)")
         return v
 
 
@@ -248,6 +258,8 @@ class Pipeline(Section):
     full_schedule: str
     timezone: str
     push: bool
+    push_retries: Annotated[int, Field(ge=0)]
+    push_retry_delay_s: Annotated[float, Field(ge=0)]
     history: Path
 
     @field_validator("schedule", "full_schedule")
@@ -275,6 +287,21 @@ class Pipeline(Section):
         return v
 
 
+class Data(Section):
+    """`pawflow data` (make data): the photos for a workspace that has none (tasks/getdata.py)."""
+
+    url: str = Field(pattern=r"^https?://")
+    sha256: str
+    archive: Path
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("should be a sha256: 64 lowercase hex digits")
+        return v
+
+
 class Params(Section):
     paths: Paths
     runner: Runner
@@ -286,27 +313,106 @@ class Params(Section):
     tensorflow: TensorFlow
     evaluate: Evaluate
     pipeline: Pipeline
+    data: Data
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+    """A location as the user writes it: train.blocks[0], not train.blocks.0."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The Section model that validates the mapping at loc (Params for the top level), if any."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _nearest(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """The known key of the same section closest to an unknown one (train.epohcs -> train.epochs)."""
+    *parents, name = loc
+    model = _section_model(tuple(parents))
+    if model is None or not isinstance(name, str):
+        return None
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
+    return (*parents, close[0]) if close else None
+
+
+# What a person reads for pydantic's messages that name Python types or internals; the others are
+# pydantic's own words less their "Input "/"String "/"Value error, " prefix (see _message).
+_PLAIN = {
+    "int_parsing": "should be a whole number",
+    "int_type": "should be a whole number",
+    "int_from_float": "should be a whole number",
+    "float_parsing": "should be a number",
+    "float_type": "should be a number",
+    "bool_parsing": "should be true or false",
+    "bool_type": "should be true or false",
+    "string_type": "should be text (a string)",
+    "path_type": "should be a path (text)",
+    "tuple_type": "should be a list, e.g. [1, 2]",
+    "list_type": "should be a list, e.g. [1, 2]",
+    "model_type": "should be a section: its keys indented on the lines below it",
+    "model_attributes_type": "should be a section: its keys indented on the lines below it",
+    "dict_type": "should be a section: its keys indented on the lines below it",
+    "string_too_short": "should not be empty",
+}
+
+
+def _message(e: dict) -> str:
+    """One pydantic error as a sentence about the value (no pydantic vocabulary)."""
+    kind = e["type"]
+    if kind in _PLAIN:
+        return _PLAIN[kind]
+    if kind in ("value_error", "assertion_error") and "error" in e.get("ctx", {}):
+        return str(e["ctx"]["error"])  # a validator's own words, without pydantic's "Value error, "
+    if kind == "too_long":
+        ctx = e.get("ctx", {})
+        return f"should be a list of at most {ctx.get('max_length')} items, not {ctx.get('actual_length')}"
+    if kind == "too_short":
+        ctx = e.get("ctx", {})
+        return f"should be a list of at least {ctx.get('min_length')} items, not {ctx.get('actual_length')}"
+    msg = str(e["msg"])
+    for prefix in ("Value error, ", "Assertion failed, ", "Input ", "String "):
+        msg = msg.removeprefix(prefix)
+    return msg
 
 
 def _describe(err: ValidationError, path: Path) -> str:
+    errors = err.errors()
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    # A misspelt key is unknown and its right spelling missing: one line says both.
+    suggested = {tuple(e["loc"]): _nearest(tuple(e["loc"])) for e in errors if e["type"] == "extra_forbidden"}
     lines = []
-    for e in err.errors():
-        key = _key(e["loc"])
+    for e in errors:
+        loc = tuple(e["loc"])
+        key = _key(loc)
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (a typo? pawflow's own params.yaml has every valid key)")
+            near = suggested[loc]
+            if near is None:
+                lines.append(f"  {key}: unknown key (a typo? pawflow's own params.yaml has every valid key)")
+            else:
+                lacking = " It is missing." if near in missing else ""
+                lines.append(f"  {key}: unknown key (did you mean {_key(near)}?{lacking})")
         elif e["type"] == "missing":
-            lines.append(
-                f"  {key}: missing (add it to {path.name}: pawflow's own params.yaml has every key, "
-                "with a comment saying what it does)"
-            )
+            if loc not in suggested.values():
+                lines.append(
+                    f"  {key}: missing (add it to {path.name}: pawflow's own params.yaml has every key, "
+                    "with a comment saying what it does)"
+                )
         else:
             got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {key}: {e['msg']}{shown}")
+            text = _message(e)
+            shown = "" if isinstance(got, dict) or "(got " in text else f" (got {got!r})"
+            lines.append(f"  {key}: {text}{shown}")
     return "\n".join(lines)
 
 

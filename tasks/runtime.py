@@ -16,8 +16,11 @@ This module does not import TensorFlow: it must run before the first import.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from tasks.errors import PawflowError
@@ -36,6 +39,27 @@ def tensorflow_env(cfg: TensorFlow) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what TensorFlow's C++ side writes to fd 2 while it is imported: absl's "All log messages
+    before absl::InitializeLog()" and the oneDNN notice come before TF_CPP_MIN_LOG_LEVEL is read, so
+    only redirecting the file descriptor hides them. If the import fails, what it wrote is shown."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def configure(cfg: TensorFlow) -> None:
     """Apply params.yaml `tensorflow:` to this process: before TensorFlow is imported, or refuse.
 
@@ -47,6 +71,11 @@ def configure(cfg: TensorFlow) -> None:
     wanted = tensorflow_env(cfg)
     if "tensorflow" not in sys.modules:
         os.environ.update(wanted)
+        # C++ info and warning lines off (errors still shown), and the start-up lines that come before
+        # TensorFlow reads that setting (absl, the oneDNN notice, the CPU feature guard) silenced.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with quiet_native_stderr():
+            import tensorflow  # noqa: F401
     else:
         differing = {k: v for k, v in wanted.items() if os.environ.get(k) != v}
         if differing:

@@ -159,10 +159,13 @@ def push(root: Path) -> int:
             ) from None
 
 
-def planned_params(path: Path, updates: dict[str, Any]) -> tuple[Any, dict[str, tuple[Any, Any]], str]:
+def planned_params(
+    path: Path, updates: dict[str, Any], light: bool = False
+) -> tuple[Any, dict[str, tuple[Any, Any]], str]:
     """params.yaml with dotted-key updates (e.g. {"train.epochs": 3}) applied, comments kept, not written:
-    (the validated Params, {key: (old, new)} for what really changes, the new file's text)."""
-    params = load_params(path)  # the file itself first: duplicate keys, paths, every value
+    (the validated Params, {key: (old, new)} for what really changes, the new file's text). light: skip
+    the checks that import Prefect (tasks.params.parse_params)."""
+    params = load_params(path, light=light)  # the file itself first: duplicate keys, paths, every value
     ry = YAML()
     ry.preserve_quotes = True
     doc = ry.load(path.read_text(encoding="utf-8"))
@@ -179,7 +182,7 @@ def planned_params(path: Path, updates: dict[str, Any]) -> tuple[Any, dict[str, 
         return params, changed, path.read_text(encoding="utf-8")
     out = io.StringIO()
     ry.dump(doc, out)
-    params = parse_params(yaml.safe_load(out.getvalue()), path)  # refuse an update that makes it invalid
+    params = parse_params(yaml.safe_load(out.getvalue()), path, light)  # refuse an update making it invalid
     check_workspace_paths(params, path.parent, path)
     return params, changed, out.getvalue()
 

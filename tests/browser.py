@@ -74,3 +74,56 @@ def image_status(page: Path, timeout_s: float = 60) -> list[tuple[str, bool]]:
     found = re.search(rf'<pre id="{MARKER}">(.*?)</pre>', out.stdout, re.S)
     assert found, f"the page's load event never ran: {out.stdout[:500]!r} {out.stderr[-1000:]!r}"
     return [(alt, ok) for alt, ok in json.loads(html.unescape(found.group(1)))]
+
+
+# Every request off this page fails: a proxy that does not exist, and no name resolves.
+NO_NETWORK = [
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
+CHART_MARKER = "pawflow-chart-check"
+# Put first in <head>: records every script error and rejected promise, then (after the load event and
+# the charts' asynchronous drawing) which top-level chart divs hold an SVG or a canvas.
+CHART_PROBE = f"""<script>
+window.pawflowErrors = [];
+window.addEventListener("error", (e) => window.pawflowErrors.push(String(e.message || e)));
+window.addEventListener("unhandledrejection", (e) => window.pawflowErrors.push(String(e.reason)));
+window.addEventListener("load", () => setTimeout(() => {{
+  const charts = Array.from(document.querySelectorAll("body div[id]"), (d) =>
+    [d.id, d.querySelector("svg, canvas") !== null]);
+  const out = document.createElement("pre");
+  out.id = "{CHART_MARKER}";
+  out.textContent = JSON.stringify({{charts: charts, errors: window.pawflowErrors}});
+  document.body.appendChild(out);
+}}, 2000));
+</script>"""
+
+
+def chart_status(page: Path, timeout_s: float = 90) -> tuple[list[tuple[str, bool]], list[str]]:
+    """(div id, drew an SVG or canvas) for every chart div of the page, and the script errors met, as
+    Chromium renders it from disk with every network request failing."""
+    with tempfile.TemporaryDirectory(prefix="pawflow-chromium-") as tmp:
+        probed = Path(tmp) / page.name
+        text = page.read_text(encoding="utf-8")
+        assert "<head>" in text, f"{page} has no <head>"
+        probed.write_text(text.replace("<head>", "<head>" + CHART_PROBE, 1), encoding="utf-8")
+        out = subprocess.run(
+            [
+                chromium(),
+                *FLAGS,
+                *NO_NETWORK,
+                f"--user-data-dir={Path(tmp) / 'profile'}",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                probed.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = re.search(rf'<pre id="{CHART_MARKER}">(.*?)</pre>', out.stdout, re.S)
+    assert found, f"the page's load event never ran: {out.stdout[:500]!r} {out.stderr[-1000:]!r}"
+    seen = json.loads(html.unescape(found.group(1)))
+    return [(name, drew) for name, drew in seen["charts"]], seen["errors"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
 import shutil
@@ -120,7 +121,14 @@ def make_workspace(dest: Path, source: Path, **overrides: dict) -> Path:
         shutil.copy2(src, dest / f)
     data = override(yaml.safe_load((dest / "params.yaml").read_text()), source, overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    (dest / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    # The project's DVC config less its remote (a test pushes nowhere unless it sets one): `dvc plots
+    # show` draws with the project's offline template, as in a clone.
+    plots = configparser.ConfigParser()
+    plots.read(ROOT / ".dvc" / "config")
+    template = plots["plots"]["html_template"]
+    (dest / ".dvc" / "config").write_text(
+        f"[core]\n    analytics = false\n[plots]\n    html_template = {template}\n"
+    )
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import threading
+import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FileServer:
     """Serves in-memory files on 127.0.0.1; `fail_next` answers 503 that many times; `cut_next`
-    closes the connection after that many body bytes once (a dropped download)."""
+    closes the connection after that many body bytes once (a dropped download); `trickle_s` sends the
+    body one byte every that many seconds (a server that never times a read out, and never ends)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.fail_next = 0
         self.cut_next: int | None = None
+        self.trickle_s: float | None = None
         self.requests: list[dict[str, str]] = []
         self.modified = formatdate(1_700_000_000, usegmt=True)
         server = self
@@ -57,6 +60,15 @@ class FileServer:
                     self.wfile.write(part[:cut])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if server.trickle_s is not None:
+                    for i in range(len(part)):
+                        delay = server.trickle_s
+                        if delay is None:  # the test is over: stop sending
+                            break
+                        self.wfile.write(part[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(delay)
                     return
                 self.wfile.write(part)
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from conftest import params_for, workspace_of
 from reportsamples import write_samples
 
 from flows import cli
-from flows.cli import RunFailed, closing_lines, main
+from flows.cli import RunFailed, closing_lines, main, run_overrides, summary_line
 from tasks.errors import PawflowError
 from tasks.params import Params
 
@@ -97,7 +100,7 @@ def test_bad_params_exit_2_with_one_message(tmp_path: Path, monkeypatch, capsys)
 def test_exit_code_per_kind_of_error(raised: BaseException, code: int, message: str, monkeypatch, capsys):
     seen = {}
 
-    def fake_run(force: bool, push: bool) -> int:
+    def fake_run(force: bool, push: bool, **overrides: object) -> int:
         seen.update(force=force, push=push)
         raise raised
 
@@ -246,8 +249,13 @@ def test_predict_good_corrupt_and_directory(trained: Params, tmp_path: Path, cap
             str(workspace_of(trained) / "models/champion"),
         ]
     )
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    out = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(out.out)))
     assert code == 1  # some files could not be labelled
+    # The summary closes the run, on stderr: stdout stays one CSV table.
+    labels = Counter(r["label"] for r in rows if not r["error"])
+    assert out.err.strip().splitlines()[-1] == summary_line(labels, 2)
+    assert summary_line(labels, 2).startswith("5 photos: ") and summary_line(labels, 2).endswith(", 2 errors")
     by_name = {Path(r["path"]).name: r for r in rows}
     assert [Path(r["path"]).name for r in rows] == ["a.jpg", "bomb.png", "b.png", "broken.jpg", "a.jpg"]
     for name in ("a.jpg", "b.png"):
@@ -261,3 +269,83 @@ def test_predict_without_a_model_is_a_clear_error(tmp_path: Path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
     assert "--model " + str(tmp_path / "none") + ": the path does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["serve"], ["predict"], ["server", "status"]])
+def test_help_names_values_not_python_types_and_shows_examples(command: list[str], capsys):
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    # typer's own display of Python types: <bool>, <path>, <list[Path]>, <int>, <str>
+    assert not re.search(r"<(bool|path|int|str|list\[\w+\])>", out), out
+    if command != ["server", "status"]:
+        assert "Examples:" in out and "pawflow" in out.split("Examples:", 1)[1]
+
+
+def test_run_and_predict_name_their_values(capsys):
+    main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert re.search(r"--source\s+│?\s*PATH_OR_URL", out) or "--source PATH_OR_URL" in out
+    assert "--epochs" in out and " N " in out and "--warm-start" in out
+    main(["predict", "--help"])
+    assert "PATH" in capsys.readouterr().out
+
+
+def test_shell_completion_is_on():
+    env = {**os.environ, "_PAWFLOW_COMPLETE": "complete_bash", "COMP_WORDS": "pawflow pre", "COMP_CWORD": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.stdout.split() == ["predict"], (proc.stdout, proc.stderr)
+
+
+def test_run_overrides_name_a_local_source_from_the_project(tmp_path: Path):
+    root, sub = tmp_path / "project", tmp_path / "project" / "sub"
+    sub.mkdir(parents=True)
+    assert run_overrides("../../photos", 3, sub, root) == {"ingest.source": "../photos", "train.epochs": 3}
+    assert run_overrides(str(tmp_path / "p.zip"), None, sub, root) == {"ingest.source": "../p.zip"}
+    assert run_overrides("https://h/p.zip", None, sub, root) == {"ingest.source": "https://h/p.zip"}
+    assert run_overrides(None, None, sub, root) == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--epochs", "0"], "train.epochs: should be greater than 0 (got 0)"),
+        (["--source", "no-such-folder"], "ingest.source 'no-such-folder' does not exist"),
+    ],
+)
+def test_run_refuses_bad_overrides_before_anything_changes(
+    argv: list[str], says: str, tmp_path: Path, monkeypatch, capsys
+):
+    ws = tmp_path / "ws"
+    (ws / "photos" / "Cat").mkdir(parents=True)
+    (ws / "dvc.yaml").write_text("stages: {}\n")
+    params = (ROOT / "params.yaml").read_text().replace("../shared/datasets/petimages-sample", "photos")
+    (ws / "params.yaml").write_text(params)
+    monkeypatch.chdir(ws)
+    assert main(["run", "--no-push", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("pawflow run:") == 1 and "Traceback" not in err
+    assert (ws / "params.yaml").read_text() == params
+
+
+def test_summary_line_counts_labels_then_errors():
+    assert summary_line(Counter({"Dog": 147, "Cat": 853}), 1) == "1,001 photos: 853 Cat, 147 Dog, 1 error"
+    assert summary_line(Counter({"Cat": 1}), 0) == "1 photo: 1 Cat"
+    assert summary_line(Counter(), 2) == "2 photos: 2 errors"
+
+
+def test_every_deployment_shows_every_parameter_with_its_value():
+    from flows.pipeline import pipeline
+
+    manual, nightly, full = cli.deployments(ROOT / "params.yaml")
+    every = set(pipeline.parameters.properties)
+    assert set(manual.parameters) == every and manual.parameters["epochs"] is None  # None: params.yaml's
+    assert manual.parameters["warm_start"] is False and manual.parameters["full_retrain"] is False
+    assert nightly.parameters == {**manual.parameters, "warm_start": True}
+    assert full.parameters == {**manual.parameters, "full_retrain": True}

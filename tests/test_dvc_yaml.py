@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -148,4 +149,15 @@ def test_dvc_views_show_the_model_metrics_in_one_screen_and_each_plot_once(tmp_p
     # The confusion matrix as a matrix (DVC's confusion template: rect marks), every other plot as lines.
     marks = {name: json.dumps(v[0]["content"]) for name, v in drawn.items()}
     assert '"rect"' in marks["Confusion matrix (test)"] and '"line"' not in marks["Confusion matrix (test)"]
+
+    # The page a user opens draws every chart offline (the project's template inlines the libraries), and
+    # is not a file git would show.
+    from browser import chart_status
+
+    page = dvc(ws, "plots", "show", api=None)
+    assert page.returncode == 0, page.stderr
+    charts, errors = chart_status(ws / "dvc_plots" / "index.html")
+    assert errors == [] and len(charts) == 8 and all(drew for _, drew in charts), (charts, errors)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True, text=True)
+    assert "dvc_plots" not in status.stdout
     assert all('"line"' in m for name, m in marks.items() if name != "Confusion matrix (test)")

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,26 @@ def test_prefect_run_leaves_what_dvc_repro_leaves(tmp_path: Path, prefect_server
     assert all(v.startswith("skipped") for v in run2["stages"].values()) and run2["no_new_data"]
     assert "Skipped('up to date in dvc.lock'" in again.stderr
     assert run2["seconds"] < run["seconds"] / 2
+    # In the Prefect UI: runs named after the entry point and date, stages after themselves, and a stage
+    # left as it was named so (its state is Completed "Skipped": Prefect has no skipped state type).
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+
+    with get_client(sync_client=True) as c:
+        pipelines = [r for r in c.read_flow_runs() if r.name.startswith("local-")]
+        last = max(pipelines, key=lambda r: r.start_time)
+        tasks = {
+            t.name: t.state_name
+            for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [last.id]}))
+        }
+        first_run = min(pipelines, key=lambda r: r.start_time)
+        stage_runs = c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=False))
+        )
+    assert len(pipelines) >= 2 and re.fullmatch(r"local-\d{4}-\d\d-\d\d-\d{4}", last.name)
+    assert tasks["ingest (skipped: up to date in dvc.lock)"] == "Skipped"
+    assert tasks["train (skipped: up to date in dvc.lock)"] == "Skipped"
+    assert {"ingest", "clean", "train", "evaluate"} <= {r.name for r in stage_runs}, first_run.name
 
     # A fresh clone gets exactly this data, these shards and this model from the remote.
     sh(ws, "git", "add", "-A", api=prefect_server)
@@ -102,9 +123,31 @@ def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server:
     assert closing[1] == f"report: {ws / 'reports/evaluation.html'}"
     assert closing[2].startswith("try it: pawflow predict ")
     assert_up_to_date(ws, prefect_server)
+    # Every stage process (train and evaluate import TensorFlow) starts without TensorFlow's start-up lines.
+    for line in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
+        assert line not in out.stderr, out.stderr[-3000:]
     again = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+
+    # --epochs is written into params.yaml (dvc.lock agrees), and --warm-start fine-tunes the champion
+    # when train has to run (epochs shape no model): the pipeline's choice of models/base.
+    warm = sh(
+        ws,
+        str(Path(sys.executable).parent / "pawflow"),
+        "run",
+        "--epochs",
+        "2",
+        "--warm-start",
+        api=prefect_server,
+    )
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert "params.yaml: train.epochs 1 -> 2" in warm.stdout and "models/base: the champion" in warm.stdout
+    assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["epochs"] == 2
+    assert json.loads((ws / "reports/train.json").read_text())["warm_start"]["count"] == 1
+    run = history(ws)[-1]
+    assert {s for s, v in run["stages"].items() if v == "ran"} == {"base", "train", "evaluate"}
+    assert_up_to_date(ws, prefect_server)
 
 
 def test_nightly_retraining_picks_up_new_photos_only(tmp_path: Path, prefect_server: str):
@@ -209,6 +252,11 @@ def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server:
         first_s = time.monotonic() - started
         assert first.returncode == 0, first.stdout[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
         assert "Completed" in first.stdout
+        with get_client(sync_client=True) as c:
+            manual = c.read_deployment_by_name("pipeline/manual")
+            runs = c.read_flow_runs()
+        assert manual.parameters["epochs"] is None and "warm_start" in manual.parameters  # not {}
+        assert any(re.fullmatch(r"manual-\d{4}-\d\d-\d\d-\d{4}", r.name) for r in runs)
         assert "epochs: 1" in (ws / "params.yaml").read_text()  # the override is recorded for DVC
         assert (ws / "reports/evaluation.html").exists()
         assert_up_to_date(ws, prefect_server)
@@ -296,3 +344,52 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
     runs = [json.loads(line) for line in (ws / "reports/runs.jsonl").read_text().splitlines()]
     assert [r for r in runs if r.get("stage") == "ingest"][-1]["copied"] == 3
     assert "copied" not in json.loads((ws / "reports/ingest.json").read_text())
+
+
+def test_a_source_of_non_images_is_refused_with_the_files_named_and_the_last_reports_kept(
+    tmp_path: Path, prefect_server: str
+):
+    """`pawflow run` (make run) after a good run, on a source of 7 files that are not photos: exit 1, a
+    short transcript whose message names the files and the page that shows them, and the last good
+    clean report, verdicts and data report still in place."""
+    ws, _ = workspace(tmp_path, per_class=5)
+    good = dvc(ws, "repro", "dedup", api=prefect_server)
+    assert good.returncode == 0, good.stderr[-3000:]
+    kept = {rel: (ws / rel).read_bytes() for rel in ("reports/clean.json", "data/interim/clean.parquet")}
+    kept["reports/data.html"] = (ws / "reports/data.html").read_bytes()
+
+    junk = tmp_path / "junk"
+    for label, name, data in (
+        ("Cat", "Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(600)),
+        ("Cat", "notes.txt", b"cats\n"),
+        ("Cat", "empty.jpg", b""),
+        ("Cat", "page.jpg", b"<html><body>404</body></html>"),
+        ("Dog", "readme.md", b"readme.md\n"),
+        ("Dog", "Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(700)),
+        ("Dog", "data.csv", b"a,b\n1,2\n"),
+    ):
+        (junk / label).mkdir(parents=True, exist_ok=True)
+        (junk / label / name).write_bytes(data)
+    out = sh(
+        ws,
+        str(Path(sys.executable).parent / "pawflow"),
+        "run",
+        "--no-push",
+        "--source",
+        str(junk),
+        api=prefect_server,
+    )
+    transcript = out.stdout + out.stderr
+    assert out.returncode == 1, transcript[-3000:]
+    page = ws / "reports/rejected.html"
+    assert transcript.count("Every rejected file is shown in reports/rejected.html.") == 1, transcript
+    assert transcript.count("41% of 17 files were rejected") == 1, transcript  # not Prefect's copy too
+    assert "  Cat/Thumbs.db: not_an_image" in transcript and "... and 2 more" in transcript
+    assert transcript.count("What to do") == 1 and "Traceback" not in transcript
+    # From the clean stage's start: its progress line, the message (13 lines) and DVC's and pawflow's one line
+    # each (ingest, which passed, logs its summary table before it).
+    assert len(out.stderr.split("for flow 'clean'", 1)[1].strip().splitlines()) <= 16, out.stderr
+    for rel, data in kept.items():
+        assert (ws / rel).read_bytes() == data, rel  # the last good run's reports and verdicts
+    html = page.read_text()
+    assert all(f"{label}/{name}" in html for label, name in (("Cat", "notes.txt"), ("Dog", "data.csv")))

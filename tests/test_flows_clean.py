@@ -164,13 +164,38 @@ def test_too_many_rejects_fail_clearly_without_outputs(tmp_path: Path, make_para
         for i in range(5):
             (src / cls / f"{i}.jpg").write_text("not a photo")
         (src / cls / "ok.jpg").write_bytes(imagegen.jpeg(1 if cls == "Cat" else 2))
+    (src / "Dog" / "tiny.jpg").write_bytes(imagegen.jpeg(3, (20, 20)))
     params = make_params(src)
     assert ingest_flow(params=params, return_state=True).is_completed()
     state = clean_flow(params=params, return_state=True)
     assert state.is_failed()
-    assert "83% of 12 files were rejected" in state.message and "not_an_image (10)" in state.message
+    err = state.result(raise_on_failure=False)
+    page = params.paths.reports / "rejected.html"
+    assert "85% of 13 files were rejected" in err.what and "not_an_image (10)" in err.what
+    # The first five rejected files by path, each with its reason, then how many more, then the page.
+    named = [line for line in err.what.splitlines() if line.startswith("  ")]
+    assert named[0] == "  Cat/0.jpg: not_an_image (text/HTML data)"  # the detail, else what the reason means
+    assert [line.split(":")[0] for line in named[:5]] == [f"  Cat/{i}.jpg" for i in range(5)]
+    assert all(": not_an_image (" in line for line in named[:5])
+    assert named[5] == "  ... and 6 more" and f"Every rejected file is shown in {page}." in err.what
     assert not (params.paths.interim / "clean.parquet").exists()
     assert not (params.paths.reports / "clean.json").exists()
+    # The page shows every rejected file: the one that decodes with a picture, the others with why not.
+    from browser import image_status
+
+    html = page.read_text()
+    for i in range(5):
+        assert f"Cat/{i}.jpg" in html and f"Dog/{i}.jpg" in html
+    assert image_status(page) == [("Dog/tiny.jpg", True)]
+
+    # The next run that passes removes the page (it described the failure).
+    shutil.rmtree(src / "Cat")
+    shutil.rmtree(src / "Dog")
+    imagegen.make_dataset(src, per_class=20)
+    relaxed = make_params(src, clean={"max_reject_fraction": 0.5})
+    assert ingest_flow(params=relaxed, return_state=True).is_completed()
+    assert clean_flow(params=relaxed, return_state=True).is_completed()
+    assert not page.exists() and (relaxed.paths.reports / "clean.json").exists()
 
 
 def test_files_that_vanish_or_change_after_ingest(dataset: Path, make_params):

@@ -325,3 +325,83 @@ def test_summary_table_cells_are_written_for_a_person():
     ]
     text = common.render_table("t", ["", "value"], [["files", 4007], ["p", None], ["auc", 0.92298]])
     assert "4,007" in text and "n/a" in text and "0.923" in text and "None" not in text
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_runs_are_named_after_the_entry_point_and_the_date(monkeypatch: pytest.MonkeyPatch):
+    import re
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from prefect.context import FlowRunContext
+
+    from flows.common import pipeline_run_name, stage_run_name
+
+    @flow(name="train", flow_run_name=stage_run_name)
+    def stage() -> str:
+        return FlowRunContext.get().flow_run.name
+
+    @flow(name="pipeline", flow_run_name=pipeline_run_name)
+    def pipeline() -> tuple[str, str]:
+        return FlowRunContext.get().flow_run.name, stage()
+
+    for key in ("DVC_STAGE", "DVC_EXP_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    outer, inner = pipeline()  # real runs: the names Prefect records
+    assert re.fullmatch(r"local-\d{4}-\d\d-\d\d-\d{4}", outer) and inner == "train"  # a subflow: the stage
+
+    # A standalone stage run (the context stubbed): the entry point that started it, then its start (UTC).
+    scheduled = datetime(2026, 12, 5, 4, 0, tzinfo=UTC)
+    run = SimpleNamespace(parent_task_run_id=None, expected_start_time=scheduled)
+    monkeypatch.setattr(
+        FlowRunContext, "get", lambda: SimpleNamespace(flow=SimpleNamespace(name="train"), flow_run=run)
+    )
+    assert stage_run_name() == "train-2026-12-05-0400"
+    monkeypatch.setenv("DVC_STAGE", "train")
+    assert stage_run_name() == "dvc-repro-train-2026-12-05-0400"
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
+    assert stage_run_name() == "dvc-exp-train-2026-12-05-0400"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_dvc_push_is_retried_then_fails_with_its_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from flows.pipeline import dvc_push
+
+    calls = []
+
+    def flaky(root: Path) -> int:
+        calls.append(root)
+        if len(calls) < 2:
+            raise PawflowError("dvc push failed: connection reset", "Check the remote.")
+        return 3
+
+    monkeypatch.setattr(versioning, "push", flaky)
+
+    @flow
+    def push_once(retries: int) -> int:
+        return dvc_push.with_options(retries=retries, retry_delay_seconds=0)(tmp_path)
+
+    assert push_once(1) == 3 and len(calls) == 2  # one failure, retried
+    calls.clear()
+    state = push_once(0, return_state=True)
+    assert state.is_failed() and "connection reset" in state.message
+
+
+def test_a_user_error_reaches_the_terminal_once():
+    """The entry point prints a PawflowError in full; Prefect's one-line copy of the failed state is
+    kept off the console (still sent to the API for the UI)."""
+    from prefect.states import Completed
+
+    @common.friendly
+    def body() -> None:
+        raise PawflowError("clean: all 7 files were rejected.\n  Cat/notes.txt: not_an_image", "Fix it.")
+
+    state = body()
+
+    def shown(message: str) -> bool:
+        record = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, message, None, None)
+        return common._UserErrorOnce().filter(record)
+
+    assert not shown(f"Finished in state {state}")
+    assert shown("Finished in state Failed('a crash: not a message for a person')")
+    assert shown(f"Finished in state {Completed()}") and shown("Beginning flow run 'x' for flow 'clean'")

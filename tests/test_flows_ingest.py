@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -106,3 +107,21 @@ def test_bad_input_is_one_clear_error_without_traceback(tmp_path: Path, prefect_
     (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "\nbogus: 1\n")
     out = py(ws, "-m", "flows.clean", api=prefect_server)
     assert out.returncode == 2 and "bogus: unknown key" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_download_that_trickles_is_stopped_at_the_deadline(tmp_path: Path, make_params):
+    """A server sending a byte every 0.2 s never trips the per-read timeout: the task's deadline
+    (ingest.download_deadline_s) ends it, in one message naming the key."""
+    from httpserver import FileServer
+
+    with FileServer() as srv:
+        srv.files["/pets.zip"] = b"x" * 10_000
+        srv.trickle_s = 0.2
+        params = make_params(srv.url + "/pets.zip", ingest={"download_deadline_s": 1, "download_retries": 1})
+        started = time.monotonic()
+        state = ingest_flow(params=params, return_state=True)
+        srv.trickle_s = None  # let the handler thread finish
+    assert state.is_failed() and time.monotonic() - started < 30
+    err = state.result(raise_on_failure=False)
+    assert "took longer than ingest.download_deadline_s (1 s); stopped." in err.what
+    assert "resumed by the next run" in err.fix

@@ -225,9 +225,9 @@ def test_paths_outside_the_workspace_are_refused(tmp_path: Path, raw: str):
 @pytest.mark.parametrize(
     ("source", "says"),
     [
-        (None, "valid string"),
-        (42, "valid string"),
-        ("", "at least 1 character"),
+        (None, "should be text (a string)"),
+        (42, "should be text (a string)"),
+        ("", "should not be empty"),
         ("ftp://example.com/photos.zip", "ftp:// is not supported"),
     ],
 )
@@ -260,3 +260,69 @@ def test_the_check_stage_loads_params_without_prefect_or_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("train.zpochs", 3, "train.zpochs: unknown key (did you mean train.epochs?)"),
+        ("train.augment.flipp", True, "train.augment.flipp: unknown key (did you mean train.augment.flip?)"),
+        ("trian", {}, "trian: unknown key (did you mean train?)"),
+        ("train.zzz", 1, "train.zzz: unknown key (a typo? pawflow's own params.yaml has every valid key)"),
+    ],
+)
+def test_an_unknown_key_suggests_the_nearest_known_one(key: str, value: object, says: str):
+    data = base()
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    assert says in error_for(data)
+
+
+# Every kind of pydantic message a params.yaml edit can meet: the key, then what the value should be in
+# a person's words (no "Value error, ", "Input should be a valid integer", <class 'pathlib.Path'>), and
+# the value given, once.
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("train.epochs", "three", "train.epochs: should be a whole number (got 'three')"),
+        ("train.epochs", 2.5, "train.epochs: should be a whole number (got 2.5)"),
+        ("train.epochs", 0, "train.epochs: should be greater than 0 (got 0)"),
+        ("train.dropout", "x", "train.dropout: should be a number (got 'x')"),
+        ("train.separable", "maybe", "train.separable: should be true or false (got 'maybe')"),
+        ("train.backbone_weights", 5, "train.backbone_weights: should be text (a string) (got 5)"),
+        ("paths.raw", None, "paths.raw: should be a path (text) (got None)"),
+        ("train.blocks", "1,1", "train.blocks: should be a list, e.g. [1, 2] (got '1,1')"),
+        ("train.blocks", [1, 0], "train.blocks[1]: should be greater than or equal to 1 (got 0)"),
+        ("train.finetune", 3, "train.finetune: should be a section: its keys indented on the lines below it"),
+        ("train.model", "resnet", "train.model: should be 'pawnet', 'seed_cnn' or 'keras_xception'"),
+        ("ingest.source", "", "ingest.source: should not be empty (got '')"),
+        ("ingest.source", "s3://b/x", "ingest.source: s3:// is not supported"),
+        ("ingest.sha256", "abc", "ingest.sha256: should be a sha256: 64 lowercase hex digits"),
+        ("evaluate.robustness.quality", [1, 2, 3], "should be a list of at most 2 items, not 3"),
+        ("evaluate.robustness.quality", [60, 50], "low <= high, e.g. [50, 60] (got [60, 50])"),
+        ("pipeline.timezone", "Mars/Base", "unknown time zone 'Mars/Base'"),
+    ],
+)
+def test_every_kind_of_value_error_reads_as_a_sentence(key: str, value: object, says: str):
+    data = base()
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    msg = error_for(data)
+    assert says in msg
+    for jargon in ("Value error", "Input should", "valid integer", "<class", "instance of", "String should"):
+        assert jargon not in msg, msg
+    assert msg.count("(got ") <= 1, msg
+
+
+def test_a_misspelt_key_is_one_line_not_an_unknown_and_a_missing_one():
+    data = base()
+    data["train"]["epohcs"] = data["train"].pop("epochs")
+    msg = error_for(data)
+    assert "  train.epohcs: unknown key (did you mean train.epochs? It is missing.)" in msg
+    assert "train.epochs: missing" not in msg and msg.count("\n  ") == 2  # the line, then What to do

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -87,3 +88,45 @@ def test_the_check_stage_exits_2_with_one_message_or_writes_its_constant_output(
     assert "train.epochz: unknown key" in bad.stderr and bad.stderr.count("What to do") == 1
     assert "Traceback" not in bad.stderr
     assert (ws / "data/interim/checked.txt").read_text() == CHECKED_TEXT  # untouched
+
+
+@pytest.mark.parametrize(
+    ("layout", "says"),
+    [
+        ({}, "found 0 class folder(s) with files: none"),
+        ({"Cat/": None, "Dog/": None}, "found 0 class folder(s) with files: none; empty: Cat, Dog"),
+        ({"Cat/1.jpg": b"x"}, "found 1 class folder(s) with files: 'Cat'"),
+        ({"1.jpg": b"x", "2.jpg": b"y"}, "found 0 class folder(s) with files"),  # photos, no class folders
+    ],
+)
+def test_a_folder_without_two_class_folders_is_refused_by_the_check(tmp_path: Path, layout: dict, says: str):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for rel, data in layout.items():
+        if data is None:
+            (src / rel).mkdir()
+        else:
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes(data)
+    with pytest.raises(PawflowError) as info:
+        check_source(str(src))
+    assert says in info.value.what and "one folder per label" in info.value.what
+
+
+def test_an_empty_source_is_refused_by_the_check_stage_at_once(tmp_path: Path):
+    """The check stage (dvc repro's first) refuses an empty source in one message, exit 2, in about a
+    second (Python's start included): before, ingest failed 26 s later with the message four times."""
+    ws = tmp_path / "ws"
+    (tmp_path / "empty").mkdir()
+    ws.mkdir()
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["ingest"]["source"] = str(tmp_path / "empty")
+    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    started = time.monotonic()
+    out = run_check(ws)
+    seconds = time.monotonic() - started
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("found 0 class folder(s) with files") == 1 and out.stderr.count("What to do") == 1
+    assert len(out.stderr.strip().splitlines()) == 2 and "Traceback" not in out.stderr
+    assert seconds < 5, seconds  # ~1 s alone; a loaded 2-core machine is slower
+    assert not (ws / "data/interim/checked.txt").exists()

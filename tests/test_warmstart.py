@@ -178,9 +178,15 @@ def test_deployments_warm_start_nightly_and_retrain_full_weekly():
 
     found = {d.name: d for d in deployments(Path(__file__).resolve().parents[1] / "params.yaml")}
     assert set(found) == {"manual", "retrain-nightly", "retrain-full"}
-    assert found["retrain-nightly"].parameters == {"warm_start": True}
-    assert found["retrain-full"].parameters == {"full_retrain": True}
-    assert not found["manual"].parameters
+    # Every parameter shown (test_cli checks the defaults); each schedule sets its own.
+    assert found["retrain-nightly"].parameters["warm_start"] is True
+    assert found["retrain-nightly"].parameters["full_retrain"] is False
+    assert found["retrain-full"].parameters["full_retrain"] is True
+    assert found["retrain-full"].parameters["warm_start"] is False
+    assert (
+        found["manual"].parameters["warm_start"] is False
+        and found["manual"].parameters["full_retrain"] is False
+    )
     assert [s.schedule.cron for s in found["retrain-full"].schedules] == ["0 4 * * 0"]
 
 
