@@ -236,14 +236,6 @@ class Train(Section):
             )
         if self.model == "pawnet" and self.backbone is None:
             stages = len(self.blocks)
-            # The stem and every stage halve the picture: the last stage must still get at least 2x2 px
-            # (below that, further stages compute on a single pixel and only add weights).
-            if self.image_size < 2 ** (stages + 1):
-                problems.append(
-                    f"blocks has {stages} stages, too many for image_size {self.image_size}: the stem and "
-                    f"each stage halve the picture, so the last stages would see one pixel (at most "
-                    f"{max(1, self.image_size.bit_length() - 2)} stages at this size)"
-                )
             widest = self.width * 2 ** (stages - 1)
             if widest > MAX_PAWNET_FILTERS:
                 problems.append(

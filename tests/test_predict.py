@@ -192,14 +192,18 @@ def test_predict_labels_the_photos_beside_a_named_pipe(tmp_path: Path, capsys, m
     (photos / "a.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
     os.mkfifo(photos / "b.jpg")  # no writer: opening it to read would block forever
     (photos / "c.jpg").write_bytes(imagegen.cut_jpeg_closed(1005))
+    # EXIF that Pillow's exif_transpose cannot rewrite: labelled like its undamaged twin, as clean keeps it
+    (photos / "d.jpg").write_bytes(imagegen.damaged_exif_jpeg(imagegen.DAMAGED_EXIF_SEEDS["TypeError"]))
+    (photos / "e.jpg").write_bytes(imagegen.jpeg_with_metadata(7))
     monkeypatch.chdir(tmp_path)
     code = pawflow(["predict", str(photos), "--model", str(model)])
     lines = capsys.readouterr().out.splitlines()
     assert code == 1  # some files could not be labelled
-    assert [Path(line.split("\t")[0]).name for line in lines] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [Path(line.split("\t")[0]).name for line in lines] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
     assert lines[0].split("\t")[1] in {"Cat", "Dog"}
     assert lines[1].endswith(f"error: {predict.NOT_REGULAR}")
     assert "error: truncated" in lines[2]
+    assert lines[3].split("\t")[1:] == lines[4].split("\t")[1:]  # same label, same confidence
 
 
 def test_a_format_clean_does_not_accept_is_refused_and_a_size_above_its_limit_too(tmp_path: Path):
