@@ -262,3 +262,15 @@ def test_damaged_metadata_in_jpegs_and_pngs_never_escapes_the_check():
                 verdicts.setdefault(kind, set()).add(_assert_judged(changed, f"PNG {kind} seed {seed}"))
     assert set(verdicts) == set(FUZZ_CHANGES) | set(PNG_FUZZ_CHANGES)  # every segment was reached
     assert all("kept" in v for v in verdicts.values())  # damaged metadata alone never costs the photo
+
+
+def test_a_failure_after_decoding_is_a_corrupt_verdict_naming_it(monkeypatch):
+    """Whatever a hostile file makes fail past the decoder (metadata, an exotic mode) is a verdict."""
+
+    def broken(im):
+        raise ValueError("conversion from XYZ not supported")
+
+    monkeypatch.setattr(images, "to_rgb", broken)
+    check, thumb = check_bytes(imagegen.jpeg(1), SETTINGS)
+    assert (check.status, check.reason, thumb) == ("rejected", "corrupt", None)
+    assert check.detail == "cannot be normalised: ValueError: conversion from XYZ not supported"
