@@ -118,12 +118,18 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     page = evaluate.html_report(
         m, decision, pngs, mistakes, class_names, train_report, e.tta, e.robustness.model_dump(mode="json")
     )
+    # Every output is built, and every report checked against its contract, before the first is
+    # written: a failure leaves the last run's outputs as they were, never half of a new set.
+    outputs = {
+        reports / "misclassified.png": mistakes,
+        reports / "evaluation.html": page.encode("utf-8"),
+        METRICS.path(reports): METRICS.check(m).encode("utf-8"),
+        GATE.path(reports): GATE.check(decision).encode("utf-8"),
+        SCORES.path(reports): SCORES.check(evaluate.scores(m, decision)).encode("utf-8"),
+    }
     evaluate.write_plot_tables(reports / "plots", tables)
-    write_bytes(reports / "misclassified.png", mistakes)
-    write_bytes(reports / "evaluation.html", page.encode("utf-8"))
-    METRICS.write(reports, m)
-    GATE.write(reports, decision)
-    SCORES.write(reports, evaluate.scores(m, decision))
+    for path, data in outputs.items():
+        write_bytes(path, data)
     evaluate.promote(models, champion_dir, m, decision, e.tta)
     if decision["promoted"]:
         log.info("promoted: %s", decision["reason"])

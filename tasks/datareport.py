@@ -25,6 +25,7 @@ from PIL import Image, ImageFile
 from tasks.dedup import distances, hash_bits
 from tasks.images import REASONS, encode_jpeg, orient, to_rgb
 from tasks.status import Status
+from tasks.text import md
 
 # Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
 # ~5.5 KB in base64 (measured: 1,000 duplicate groups + 1,000 rejected photos -> 200 thumbnails,
@@ -272,10 +273,12 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
-# Markdown is not HTML: escaping it would show &lt; in the Prefect UI.
+# Markdown is not HTML: escaping it would show &lt; in the Prefect UI. Every value from the photos goes
+# through the `md` filter (tasks.text.md: Markdown escapes) instead.
 _MD_ENV = jinja2.Environment(
     autoescape=False, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
 )
+_MD_ENV.filters["md"] = md
 
 HTML_TEMPLATE = """{% macro tile(t) %}
 <figure>{% if t.image %}<img alt="{{ t.path }}" src="{{ t.image }}">{% else %}<div class="none">no picture:
@@ -376,7 +379,7 @@ MARKDOWN_TEMPLATE = """## Data quality
 | | files |
 |---|---:|
 {% for name, n in r.counts %}
-| {{ name }} | {{ "{:,}".format(n) }} |
+| {{ name | md }} | {{ "{:,}".format(n) }} |
 {% endfor %}
 
 {% if r.reasons %}
@@ -385,14 +388,14 @@ MARKDOWN_TEMPLATE = """## Data quality
 | reason | files | what it means |
 |---|---:|---|
 {% for reason, n, meaning in r.reasons %}
-| {{ reason }} | {{ n }} | {{ meaning }} |
+| {{ reason | md }} | {{ n }} | {{ meaning | md }} |
 {% endfor %}
 {% endif %}
 
 **Duplicate groups**: {{ r.duplicates.total }}
 {% for g in r.duplicates.groups[:lines] %}
-- {{ g.title }}:
-{%- for t in g.tiles %} `{{ t.path }}` ({{ t.lines[0] }}){{ "," if not loop.last }}{% endfor +%}
+- {{ g.title | md }}:
+{%- for t in g.tiles %} {{ t.path | md }} ({{ t.lines[0] | md }}){{ "," if not loop.last }}{% endfor +%}
 {% endfor %}
 {% if r.duplicates.total > r.duplicates.groups[:lines]|length %}
 - and {{ r.duplicates.total - r.duplicates.groups[:lines]|length }} more
@@ -400,14 +403,15 @@ MARKDOWN_TEMPLATE = """## Data quality
 
 **Label conflicts**: {{ r.conflicts.total }}
 {% for g in r.conflicts.groups[:lines] %}
-- {{ g.title }}:
-{%- for t in g.tiles %} `{{ t.path }}` ({{ t.lines[0] }}){{ "," if not loop.last }}{% endfor +%}
+- {{ g.title | md }}:
+{%- for t in g.tiles %} {{ t.path | md }} ({{ t.lines[0] | md }}){{ "," if not loop.last }}{% endfor +%}
 {% endfor %}
 {% if r.conflicts.total > r.conflicts.groups[:lines]|length %}
 - and {{ r.conflicts.total - r.conflicts.groups[:lines]|length }} more
 {% endif %}
 
-Thumbnails of every rejected file that can be drawn, every duplicate group and every conflict: `{{ page }}`.
+Thumbnails of every rejected file that can be drawn, every duplicate group and every conflict:
+{{ page | md }}.
 """
 
 

@@ -1,4 +1,6 @@
-"""The pipeline run's summary (a Prefect markdown artifact), from the stage reports in reports/."""
+"""The pipeline run's summary (a Prefect markdown artifact), from the stage reports in reports/.
+
+Every name and reason in it is escaped for Markdown (tasks.text.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
+from tasks.text import md, shown
 
 T = TypeVar("T")
 
@@ -28,7 +31,7 @@ def warm_start_markdown(reports: Path, origin: str = "") -> list[str]:
         start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
     else:
         start = "trained from scratch"
-    return ["", f"**train**{origin}: {start}: {rep['start_reason']}"]
+    return ["", f"**train**{origin}: {start}: {md(rep['start_reason'])}"]
 
 
 def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, order: Sequence[str]) -> str:
@@ -48,7 +51,7 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     lines = ["## pawflow pipeline", ""]
     if no_new_data:
         lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
-    lines += ["| stage | this run |", "|---|---|"] + [f"| {s} | {v} |" for s, v in stages.items()]
+    lines += ["| stage | this run |", "|---|---|"] + [f"| {md(s)} | {md(v)} |" for s, v in stages.items()]
     left_out = [s for s in order if s not in stages]
     if left_out:
         lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
@@ -56,7 +59,8 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
         lines += [
             "",
             f"**clean**{origin('clean')}: {clean['files']} files, {clean['kept']} kept, "
-            f"{clean['rejected']} rejected " + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
+            f"{clean['rejected']} rejected "
+            + ", ".join(f"{md(k)} {v}" for k, v in clean["per_reason"].items()),
         ]
     if dedup:
         lines += [
@@ -68,11 +72,11 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
             "",
             f"**shard**{origin('shard')}:",
             "",
-            "| split | " + " | ".join(shard["class_names"]) + " |",
+            "| split | " + " | ".join(md(n) for n in shard["class_names"]) + " |",
             "|---|" + "---|" * len(shard["class_names"]),
         ]
         lines += [
-            f"| {s} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
+            f"| {md(s)} | " + " | ".join(str(c[n]) for n in shard["class_names"]) + " |"
             for s, c in shard["counts"].items()
         ]
     if "train" in stages:
@@ -81,14 +85,15 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
         lines += [
             "",
             f"**test accuracy**{origin('evaluate')} {metrics['accuracy']:.4f}, F1 {metrics['f1_macro']:.4f}, "
-            f"ROC AUC {metrics['roc_auc']}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
+            f"ROC AUC {shown(metrics['roc_auc'])}, ECE {metrics['ece']:.4f} on {metrics['examples']} photos",
         ]
         if "robust_accuracy" in metrics:
             lines += [
                 f"**robustness slice** (test photos as web photos arrive) {metrics['robust_accuracy']:.4f}"
             ]
     if gate:
-        lines += [f"**gate**{origin('evaluate')}: {gate['decision']} (p={gate['p_value']}): {gate['reason']}"]
+        p = shown(gate["p_value"])
+        lines += [f"**gate**{origin('evaluate')}: {gate['decision']} (p={md(p)}): {md(gate['reason'])}"]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageEnhance
 from test_images import SETTINGS
 
 from tasks import clean, datareport, dedup
+from tasks.text import md
 
 DRAWN = {
     "Cat/tiny.jpg",
@@ -124,8 +125,8 @@ def test_label_conflicts_show_every_copy_and_label(made):
     assert "<b>misfiled" not in page and "&lt;b&gt;misfiled" in page  # escaped, not markup
     assert "Label conflicts (1)" in page and "2 copies under Cat, Dog: all dropped" in page
     markdown = datareport.render_markdown(report, "reports/data.html")
-    assert f"`{MARKUP}` (label Dog, pHash distance 0)" in markdown
-    assert "| photos kept for training | 11 |" in markdown and "reports/data.html" in markdown
+    assert f"{md(MARKUP)} (label Dog, pHash distance 0)" in markdown  # escaped, not markup
+    assert "| photos kept for training | 11 |" in markdown and md("reports/data.html") in markdown
 
 
 def test_same_inputs_give_the_same_bytes_whatever_the_row_order(made):
@@ -183,3 +184,31 @@ def test_the_chromium_check_sees_a_broken_image(tmp_path: Path):
         '<img alt="bad" src="data:image/jpeg;base64,AAAA"><img alt="gone" src="missing.png"></body></html>'
     )
     assert browser.image_status(page) == [("good", True), ("bad", False), ("gone", False)]
+
+
+def test_hostile_file_and_class_names_are_text_in_the_page_and_the_artifact():
+    """The page escapes HTML (jinja autoescape); the Markdown artifact escapes Markdown (tasks.text.md):
+    a backtick used to break out of the code span the paths were in."""
+    from markdown_it import MarkdownIt
+
+    name = "Dog/x` <img src=x onerror=alert(1)> `*y* | [l](u).jpg"
+    tile = datareport.Tile(path=name, lines=("label Dog", "48x40, 1,234 bytes"), badge="Dog")
+    group = datareport.Group(title='2 copies under Cat, "><b>Dog</b>: all dropped', tiles=(tile,))
+    report = datareport.DataReport(
+        counts=(("files ingested", 2),),
+        reasons=(("corrupt", 1, "the image data cannot be decoded"),),
+        rejected=datareport.Section(),
+        undrawn=((name, "corrupt", "cannot be decoded: <b>"),),
+        undrawn_more=0,
+        duplicates=datareport.Section(),
+        conflicts=datareport.Section(groups=(group,), total=1),
+        max_distance=4,
+        limits={"thumbnails": 100, "copies": 8, "listed": 500},
+    )
+    page = datareport.render_html(report)
+    assert "<img src=x" not in page and "<b>Dog</b>" not in page and "&lt;img src=x" in page
+    text = datareport.render_markdown(report, "reports/data.html")
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    assert "<img" not in rendered and "<code>" not in rendered and "<em>" not in rendered
+    assert "<b>" not in rendered and "<a " not in rendered
+    assert "x` &lt;img src=x onerror=alert(1)&gt; `*y* | [l](u).jpg" in rendered

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_flows, workspace_of
 from PIL import Image
 
-from tasks import evaluate, gate, images, predict
+from tasks import evaluate, gate, images, predict, reports
 from tasks.evaluate import Predictions, render_web
 from tasks.params import Params
 
@@ -255,8 +255,10 @@ DECISION = {"decision": "promoted", "promoted": True, "reason": "no champion yet
 def test_summary_rows_are_the_headline_metrics_then_how_and_the_gate():
     rows = evaluate.summary_rows(METRICS, DECISION, tta=True)
     assert [k for k, _ in rows] == [*evaluate.HEADLINE, "tta (flip average)", "gate", "gate p-value"]
-    assert dict(rows)["accuracy"] == 0.9123 and dict(rows)["roc_auc"] is None and dict(rows)["examples"] == 40
-    assert rows[-3:] == [["tta (flip average)", True], ["gate", "promoted"], ["gate p-value", None]]
+    assert (
+        dict(rows)["accuracy"] == 0.9123 and dict(rows)["roc_auc"] == "n/a" and dict(rows)["examples"] == 40
+    )
+    assert rows[-3:] == [["tta (flip average)", True], ["gate", "promoted"], ["gate p-value", "n/a"]]
     without_robust = {k: v for k, v in METRICS.items() if not k.startswith("robust")}
     assert "robust_accuracy" not in dict(evaluate.summary_rows(without_robust, DECISION, tta=False))
 
@@ -396,3 +398,51 @@ def test_five_classes_train_and_evaluate(tmp_path: Path, prefect_server: str):
     *_, result = run_flows(params, ingest_flow, clean_flow, dedup_flow, shard_flow, train_flow, evaluate_flow)
     assert set(result["metrics"]["per_class"]) == {"ant", "bee", "cow", "doe", "elk"}
     assert len(result["metrics"]["confusion_matrix"]) == 5
+
+
+# --------------------------------------------------------------------------- hostile names, undefined metrics
+
+# Class and file names as a folder can hold them: math text for matplotlib, HTML and Markdown markup.
+HOSTILE_CLASSES = ["A$b$", '"><img src=x onerror=alert(1)>', "x$^$y | `code` *b* [l](u)"]
+HOSTILE_FILES = ["x$y$.jpg", "$\\frac{$.jpg", "<script>.jpg"]
+
+
+def hostile_predictions(missing_class: bool) -> Predictions:
+    """12 test photos of the hostile classes (the last class absent when missing_class), half wrong."""
+    labels = np.array([0, 1] * 6 if missing_class else [0, 1, 2] * 4)
+    probs = np.full((12, 3), 0.1)
+    probs[np.arange(12), (labels + np.arange(12) % 2) % 3] = 0.8  # every second photo wrong
+    names = [f"{HOSTILE_CLASSES[y]}/{HOSTILE_FILES[i % 3]}" for i, y in enumerate(labels)]
+    return Predictions(probs, labels, names)
+
+
+def markdown_html(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+
+
+@pytest.mark.parametrize("missing_class", [False, True])
+def test_hostile_names_are_drawn_and_shown_literally_and_an_undefined_auc_is_n_a(missing_class: bool):
+    """A `$` in a class or file name went to matplotlib's math-text parser (a crash, no report); a test
+    split without one of the classes made the ROC AUC NaN, which JSON refuses. Both now give a report."""
+    pred = hostile_predictions(missing_class)
+    jpegs = {p: imagegen.jpeg(i, (64, 48)) for i, p in enumerate(pred.paths) if not pred.correct[i]}
+    m = evaluate.compute_metrics(pred, HOSTILE_CLASSES, bins=10)
+    assert (m["roc_auc"] is None) == missing_class
+    reports.METRICS.check(m)  # valid JSON under the contract: null, not NaN
+    decision = gate.decide(pred.correct, None, 0.0, 0.05)
+    tables = evaluate.plot_tables(pred, HOSTILE_CLASSES, bins=10)
+    pngs = evaluate.render_plots(m, tables, HOSTILE_CLASSES, None)
+    assert {"confusion", "roc", "calibration"} <= set(pngs)
+    mistakes = evaluate.worst_mistakes(pred, jpegs, HOSTILE_CLASSES, count=8)
+    assert Image.open(io.BytesIO(mistakes)).format == "PNG"
+    page = evaluate.html_report(m, decision, pngs, mistakes, HOSTILE_CLASSES, None)
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    roc_row = page[page.index("<th>roc_auc</th>") :].split("</tr>", 1)[0]
+    assert ("n/a" in roc_row) == missing_class
+    rendered = markdown_html(evaluate.summary_markdown(m, decision, tta=False))
+    assert "<img" not in rendered and "<code>" not in rendered and "<em>" not in rendered
+    rows = [r for r in rendered.split("<tr>")[2:]]
+    assert len(rows) == 3 and all(r.count("<td>") == 5 for r in rows)  # one row per class, 5 cells
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in rendered  # the name, as text

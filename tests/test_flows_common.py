@@ -305,3 +305,11 @@ def test_a_stage_interrupted_where_the_interrupt_was_swallowed_exits_130(
     code = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
     assert code == 130
     assert "pawflow clean: interrupted" in capsys.readouterr().err
+
+
+def test_summary_tables_show_class_names_as_they_are():
+    """rich reads `[bold]` in a cell as markup and raised MarkupError on a class folder named `[/]x`."""
+    text = common.render_table(
+        "shard", ["split", "[/]x", "[bold]Dog"], [["train", 3, 1_000], ["[red]", "", ""]]
+    )
+    assert "[/]x" in text and "[bold]Dog" in text and "[red]" in text and "1,000" in text

@@ -9,6 +9,7 @@ from conftest import params_for
 from reportsamples import sample, write_samples
 
 from tasks import summary, versioning
+from tasks.text import md
 
 
 def reports(tmp_path: Path):
@@ -46,7 +47,7 @@ def test_a_warm_started_model_and_the_run_history_record(tmp_path: Path):
     )
     assert summary.warm_start_markdown(params.paths.reports) == [
         "",
-        f"**train**: warm start #2 from {'ab' * 6} (the champion then): 7 new photos",
+        f"**train**: warm start #2 from {'ab' * 6} (the champion then): {md('7 new photos')}",
     ]
     assert summary.train_start(params.paths.reports) == {"warm_start": warm}
     (params.paths.reports / "train.json").unlink()
@@ -74,3 +75,26 @@ def test_why_a_stage_runs_is_one_readable_line():
     assert summary.why_stage_runs({"changed deps": {"flows/ingest.py": "modified"}}) == (
         "changed deps: flows/ingest.py (modified)"
     )
+
+
+def test_class_names_and_reasons_reach_the_summary_as_text(tmp_path: Path):
+    """A class named like HTML, a backtick or a `|` must not become markup in Prefect's artifact."""
+    from markdown_it import MarkdownIt
+
+    params = reports(tmp_path)
+    hostile = ['"><img src=x onerror=alert(1)>', "a|b `c` *d*"]
+    shard = json.loads((params.paths.reports / "shard.json").read_text())
+    rename = dict(zip(shard["class_names"], hostile, strict=True))
+    shard["class_names"] = hostile
+    shard["counts"] = {s: {rename[c]: n for c, n in per.items()} for s, per in shard["counts"].items()}
+    (params.paths.reports / "shard.json").write_text(json.dumps(shard))
+    metrics = json.loads((params.paths.reports / "metrics.json").read_text())
+    (params.paths.reports / "metrics.json").write_text(json.dumps({**metrics, "roc_auc": None}))
+    stages = dict.fromkeys(versioning.STAGES, "ran (1.0s)")
+    text = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    page = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    assert "<img" not in page and "<code>" not in page and "<em>" not in page
+    shard_table = page.split("<table>")[2]
+    header = shard_table.split("</tr>")[0]
+    assert header.count("<th>") == 3 and "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in header
+    assert "ROC AUC n/a" in text
