@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from flows.dedup import dedup_flow
+from tasks.text import md
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -43,4 +44,4 @@ def test_dedup_writes_the_data_quality_report_and_artifact(built):
                 flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
             )
         )
-    assert "`Cat/stolen dog.jpg` (label Cat)" in artifact.data and "data.html" in artifact.data
+    assert f"{md('Cat/stolen dog.jpg')} (label Cat)" in artifact.data and md("data.html") in artifact.data

@@ -289,3 +289,39 @@ def test_outside_a_project_the_card_alone_says_how_to_predict(tmp_path: Path, ca
     write_model(tmp_path / "model", {**card, "tensorflow": {**card["tensorflow"], "threads": 3}})
     assert pawflow(["predict", str(photos), "--model", str(tmp_path / "model")]) == 2
     assert "TF_NUM_INTRAOP_THREADS=3" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_file_name_cannot_forge_a_line_of_output(tmp_path: Path, capsys, monkeypatch):
+    """A name holding a tab and a newline used to print a second, fake result line; now each file is one
+    line whose fields round-trip (tasks.text.tsv_value), and --csv stays valid CSV."""
+    import csv
+
+    from tasks.text import tsv_value
+
+    model = write_model(tmp_path / "model", SMALL_CARD)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [
+        "cat.jpg\tDog\t0.9999\nfake.jpg",
+        "back\\slash\\t.jpg",
+        'quote",comma.jpg',
+        os.fsdecode(b"\xff.jpg"),
+    ]
+    for i, name in enumerate(names):
+        (photos / name).write_bytes(imagegen.jpeg(i, (80, 60)))
+    (photos / "not a photo\r.jpg").write_bytes(b"text")
+    monkeypatch.chdir(tmp_path)
+    assert pawflow(["predict", str(photos), "--model", str(model)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(names) + 1  # one line per file, nothing forged
+    by_name = {Path(tsv_value(line.split("\t")[0])).name: line.split("\t")[1:] for line in lines}
+    assert set(by_name) == {*names, "not a photo\r.jpg"}
+    for name in names:
+        label, confidence = by_name[name]
+        assert label in {"Cat", "Dog"} and float(confidence) <= 1
+    assert by_name["not a photo\r.jpg"] == ["error: not_an_image: " + images.REASONS["not_an_image"]]
+    assert pawflow(["predict", str(photos), "--model", str(model), "--csv"]) == 1
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["path", "label", "confidence", "error"] and len(rows) == len(names) + 2
+    assert {Path(r[0]).name for r in rows[1:]} == {*names[:3], "\ufffd.jpg", "not a photo\r.jpg"}
