@@ -446,3 +446,30 @@ def test_hostile_names_are_drawn_and_shown_literally_and_an_undefined_auc_is_n_a
     rows = [r for r in rendered.split("<tr>")[2:]]
     assert len(rows) == 3 and all(r.count("<td>") == 5 for r in rows)  # one row per class, 5 cells
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in rendered  # the name, as text
+
+
+def test_a_cut_test_shard_or_a_replaced_model_is_refused_and_never_cached(trained: Params, tmp_path: Path):
+    """The issue's scenario: a test shard cut to half its records at a record boundary (a shorter file
+    that reads as valid) was evaluated ("accuracy on 3 photos") and the result cached under
+    dataset_info.json's hash; with the shard restored, the cache still answered 3 photos."""
+    from conftest import copy_of_trained, first_records
+
+    from flows.evaluate import evaluate_flow
+    from tasks.datasetinfo import DatasetInfo
+
+    params = copy_of_trained(trained, tmp_path)
+    info = DatasetInfo.read(params.paths.processed)
+    (shard,) = info.split_paths(params.paths.processed, "test")
+    intact = shard.read_bytes()
+    shard.write_bytes(first_records(intact, info.examples("test") // 2))
+    metrics = (params.paths.reports / "metrics.json").read_bytes()
+    state = evaluate_flow(params=params, return_state=True)
+    assert state.is_failed() and f"{shard}: " in state.message and "(cut short)" in state.message
+    assert (params.paths.reports / "metrics.json").read_bytes() == metrics  # nothing written
+    shard.write_bytes(intact)
+    (result,) = run_flows(params, evaluate_flow)
+    assert result["metrics"]["examples"] == info.examples("test")
+    model = params.paths.models / "model.keras"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+    state = evaluate_flow(params=params, return_state=True)
+    assert state.is_failed() and f"{model} does not match" in state.message

@@ -325,3 +325,21 @@ def test_a_file_name_cannot_forge_a_line_of_output(tmp_path: Path, capsys, monke
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["path", "label", "confidence", "error"] and len(rows) == len(names) + 2
     assert {Path(r[0]).name for r in rows[1:]} == {*names[:3], "\ufffd.jpg", "not a photo\r.jpg"}
+
+
+def test_a_model_that_is_not_the_one_its_card_records_is_refused_before_loading(
+    tmp_path: Path, capsys, monkeypatch
+):
+    from tasks.fileio import sha256_file
+
+    model = write_model(tmp_path / "model", SMALL_CARD)
+    card = {**SMALL_CARD, "model_sha256": sha256_file(model / "model.keras")}
+    (model / "model.json").write_text(json.dumps(card))
+    assert predict.model_files(model)[1] == card
+    (model / "model.keras").write_bytes((model / "model.keras").read_bytes() + b"\0")
+    (tmp_path / "a.jpg").write_bytes(imagegen.jpeg(1))
+    monkeypatch.chdir(tmp_path)
+    assert pawflow(["predict", str(tmp_path / "a.jpg"), "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert f"{model / 'model.keras'} does not match {model / 'model.json'}" in err and "dvc checkout" in err
+    assert err.count("What to do") == 1 and "Traceback" not in err
