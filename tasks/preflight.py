@@ -102,15 +102,17 @@ def check_source(source: str, root: Path = Path(".")) -> None:
 
 
 def class_sizes(source: Path, raw: Path) -> dict[str, int]:
-    """Files per class that the collection can hold after ingesting a source folder: the source's
-    (listed as ingest lists it: classes found the same way, look-alike names refused) plus those of
-    data/raw that the source does not have (an earlier ingest's). Directory entries only: nothing is
-    opened. An upper bound of the photos clean and dedup will keep."""
+    """Files per class of a source folder that the collection can hold after ingesting it: the source's
+    (listed as ingest lists it: classes found the same way, look-alike names refused) plus the files
+    data/raw holds under the same class that the source does not have (an earlier ingest's). Directory
+    entries only: nothing is opened. An upper bound of the photos clean and dedup will keep, whether
+    data/raw keeps what left the source or not; a class data/raw alone holds is left to shard."""
     listing = list_directory(source)
     files = {e.path for e in listing.entries}
+    labels = {e.label for e in listing.entries}
     if raw.is_dir():
-        for label in (p for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for folder, _, names in os.walk(label):
+        for label in sorted(labels):
+            for folder, _, names in os.walk(raw / label):
                 rel = Path(folder).relative_to(raw).as_posix()
                 files.update(f"{rel}/{n}" for n in names)
     return dict(Counter(path.split("/", 1)[0] for path in files))

@@ -46,7 +46,7 @@ def describe(fractions: Mapping[str, float]) -> str:
 
 
 def too_few(
-    short: Mapping[str, str], fractions: Mapping[str, float], counted: str, where: str
+    short: Mapping[str, object], fractions: Mapping[str, float], counted: str, where: str
 ) -> PawflowError:
     """The one message for classes too small for shard.split, from the check (counting the source's files)
     or from shard (counting the photos clean and dedup kept, per split). short: label -> its count, as
