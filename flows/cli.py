@@ -201,6 +201,8 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
     import csv
 
     from tasks import predict, runtime
+    from tasks.listing import shown
+    from tasks.text import tsv_field
 
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
     missing = [str(t) for t in targets if not t.exists() and not t.is_symlink()]
@@ -225,19 +227,21 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
     predictor = predict.load(model)
     failed = 0
     labels: Counter[str] = Counter()
-    writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
+    # RFC 4180 CSV (the csv module's default dialect, CRLF line ends): with LF line ends the module leaves a
+    # carriage return in a name unquoted, which CSV readers take for the end of the row.
+    writer = csv.writer(sys.stdout) if csv_out else None
     if writer:
         writer.writerow(["path", "label", "confidence", "error"])
     for row in predict.predict(predictor, iter(files)):
         failed += bool(row.error)
         labels[row.label] += not row.error
         conf = "" if row.confidence is None else f"{row.confidence:.4f}"
-        if writer:
-            writer.writerow([row.path, row.label, conf, row.error])
-        elif row.error:
-            print(f"{row.path}\terror: {row.error}")
+        if writer:  # quoted by the csv module; a byte of a name that is not UTF-8 shows as U+FFFD
+            writer.writerow([shown(row.path), shown(row.label), conf, shown(row.error)])
+        elif row.error:  # one line per file: tabs, newlines and backslashes in names escaped (tsv_field)
+            print(f"{tsv_field(row.path)}\terror: {tsv_field(row.error)}")
         else:
-            print(f"{row.path}\t{row.label}\t{conf}")
+            print(f"{tsv_field(row.path)}\t{tsv_field(row.label)}\t{conf}")
         sys.stdout.flush()
     if len(files) > 1 or any(t.is_dir() for t in targets):
         # After the rows, on stderr: stdout stays one row per photo (or one CSV table) for scripts.
@@ -534,7 +538,11 @@ def predict_command(
     ] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV: path,label,confidence,error.")] = False,
 ) -> None:
-    """Label photos with the champion model (or --model); exit 1 if any file could not be labelled."""
+    """Label photos with the champion model (or --model); exit 1 if any file could not be labelled.
+
+    One line per file, tab-separated: PATH, then LABEL and CONFIDENCE or "error: WHY". In names, a
+    backslash, tab, newline or other control character is written \\\\, \\t, \\n or \\xNN.
+    """
     _finish("predict", cmd_predict, targets=targets, model=model, csv_out=csv_out)
 
 

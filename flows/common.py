@@ -26,6 +26,7 @@ from prefect.states import Failed, State
 from prefect.utilities.hashing import hash_objects
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tasks.errors import PawflowError
 from tasks.fileio import append_history, code_fingerprint, remove_leftovers
@@ -380,12 +381,13 @@ def cell(v: Any) -> str:
 
 
 def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
-    """A plain-text table for the terminal and the logs."""
+    """A plain-text table for the terminal and the logs. Every header and cell is literal text (rich
+    reads `[bold]` in a string as markup, and fails on a class folder named `[/]`)."""
     table = Table()
     for c in columns:
-        table.add_column(c, justify="right" if c not in (columns[0],) else "left")
+        table.add_column(Text(c), justify="right" if c not in (columns[0],) else "left")
     for r in rows:
-        table.add_row(*(cell(v) for v in r))
+        table.add_row(*(Text(cell(v)) for v in r))
     buf = io.StringIO()
     Console(file=buf, width=100, force_terminal=False, color_system=None).print(table)
     return f"{title}\n{buf.getvalue()}"
@@ -423,7 +425,8 @@ def progress_artifact(key: str, description: str, total: float) -> Callable[...,
 
 
 def publish(key: str, title: str, columns: list[str], rows: list[list[Any]], markdown: str = "") -> str:
-    """Print a stage's summary table and publish it as a Prefect table (+ markdown) artifact."""
+    """Print a stage's summary table and publish it as a Prefect table (+ markdown) artifact. `markdown`
+    is published as it is: names in it must already be escaped (tasks.text.md)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,15 +12,17 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main, stage_run_name
 from tasks import present, runtime, summary, versioning
-from tasks.datasetinfo import DatasetInfo
+from tasks.datasetinfo import DatasetInfo, Verified, verified
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_file, write_bytes
 from tasks.params import Params, TensorFlow
 from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
 
 
-# Keyed on the model file's and dataset_info.json's hashes (content, not paths), the model card, how
-# the photos are predicted (and, for the robustness slice, re-rendered), and the code.
+# Keyed on the model file's, dataset_info.json's and the test shards' hashes (content, not paths; the
+# shards hashed just before and checked against dataset_info.json, so no result from a damaged shard is
+# ever stored), the model card, how the photos are predicted (and, for the robustness slice,
+# re-rendered), and the code.
 @task(
     name="predict-test-photos",
     task_run_name="predict-test-photos-{slice_name}",
@@ -40,6 +41,7 @@ from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
 def predict_test_photos(
     model_sha256: str,
     dataset_sha256: str,
+    shards_sha256: dict[str, str],
     card: dict,
     batch_size: int,
     tta: bool,
@@ -57,15 +59,20 @@ def predict_test_photos(
     return evaluate.predict_test_photos(model_path, processed, info, card, batch_size, tta, robustness)
 
 
-def _predictions(params: Params, model_dir: Path, dataset_sha: str, refresh: bool, robust: bool = False):
-    """The test photos' predictions by the model in model_dir (robust: of the robustness slice)."""
+def _predictions(params: Params, model_dir: Path, data: Verified, refresh: bool, robust: bool = False):
+    """The test photos' predictions by the model in model_dir (robust: of the robustness slice), from
+    test shards verified against dataset_info.json (their hashes are part of the cache key)."""
+    from tasks import predict
+
+    model, card = predict.model_files(model_dir)  # its sha256 checked against model.json
     run = predict_test_photos.with_options(
         result_storage=result_storage(params), refresh_cache=refresh or None
     )
     return run(
-        sha256_file(model_dir / "model.keras"),
-        dataset_sha,
-        json.loads((model_dir / "model.json").read_text()),
+        sha256_file(model),
+        data.info_sha256,
+        data.shards,
+        card,
         params.evaluate.batch_size,
         params.evaluate.tta,
         params.evaluate.robustness.model_dump(mode="python") if robust else None,
@@ -86,25 +93,25 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     started = time.monotonic()
     log = get_run_logger()
     e, models, reports = params.evaluate, params.paths.models, params.paths.reports
-    info_path = DatasetInfo.path(params.paths.processed)
-    for needed in (info_path, models / "model.keras", models / "model.json"):
+    for needed in (models / "model.keras", models / "model.json"):
         if not needed.exists():
             raise PawflowError(f"{needed} not found.", "Run the earlier stages first (`dvc repro`).")
-    info = DatasetInfo.read(params.paths.processed)
+    data = verified(params.paths.processed, ("test",))  # every test shard, before one is read
+    log.info("%d test shard file(s) verified against dataset_info.json", len(data.shards))
+    info = data.info
     if info.examples("test") == 0:
         raise PawflowError(
             "the test split is empty: nothing to evaluate on.", "Add photos or raise shard.split.test."
         )
     class_names = info.class_names
-    dataset_sha = sha256_file(info_path)
-    pred, jpegs = _predictions(params, models, dataset_sha, refresh)
-    robust, _ = _predictions(params, models, dataset_sha, refresh, robust=True)
+    pred, jpegs = _predictions(params, models, data, refresh)
+    robust, _ = _predictions(params, models, data, refresh, robust=True)
     m = evaluate.compute_metrics(pred, class_names, e.calibration_bins, robust)
     champion_dir = models / "champion"
     champion_correct = None
     comparable, why_not = evaluate.comparable_champion(champion_dir, class_names)
     if comparable:
-        champ_pred, _ = _predictions(params, champion_dir, dataset_sha, refresh)
+        champ_pred, _ = _predictions(params, champion_dir, data, refresh)
         champion_correct = champ_pred.correct
     elif (champion_dir / "model.keras").exists():
         log.warning("%s; the gate uses min_accuracy only", why_not)
@@ -116,7 +123,7 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     train_report = TRAIN.read_if_written(reports)
     pngs = evaluate.render_plots(m, tables, class_names, (train_report or {}).get("history"))
     mistakes = evaluate.mistakes(pred, jpegs, class_names, e.misclassified)
-    scored = evaluate.scored(info, dataset_sha, decision["model_sha256"])
+    scored = evaluate.scored(info, data.info_sha256, decision["model_sha256"])
     page = evaluate.html_report(
         m,
         decision,
@@ -128,14 +135,18 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
         e.tta,
         e.robustness.model_dump(mode="json"),
     )
+    # Every output is built, and every report checked against its contract, before the first is
+    # written: a failure leaves the last run's outputs as they were, never half of a new set.
+    outputs = {
+        reports / "misclassified.png": evaluate.worst_mistakes(pred, jpegs, class_names, e.misclassified),
+        reports / "evaluation.html": page.encode("utf-8"),
+        METRICS.path(reports): METRICS.check(m).encode("utf-8"),
+        GATE.path(reports): GATE.check(decision).encode("utf-8"),
+        SCORES.path(reports): SCORES.check(evaluate.scores(m, decision)).encode("utf-8"),
+    }
     evaluate.write_plot_tables(reports / "plots", tables)
-    write_bytes(
-        reports / "misclassified.png", evaluate.worst_mistakes(pred, jpegs, class_names, e.misclassified)
-    )
-    write_bytes(reports / "evaluation.html", page.encode("utf-8"))
-    METRICS.write(reports, m)
-    GATE.write(reports, decision)
-    SCORES.write(reports, evaluate.scores(m, decision))
+    for path, content in outputs.items():
+        write_bytes(path, content)
     evaluate.promote(models, champion_dir, m, decision, e.tta)
     (log.info if decision["promoted"] else log.warning)("%s", present.gate_sentence(decision))
     rows = [*evaluate.summary_rows(m, decision, e.tta), ["seconds", f"{time.monotonic() - started:.1f}"]]

@@ -35,7 +35,7 @@ from flows.common import (
 from tasks import summary, versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
-from tasks.preflight import check_source, write_checked
+from tasks.preflight import check_source_of, write_checked
 
 
 def stage_flow(stage: str):
@@ -115,7 +115,7 @@ def preflight(root: Path, source: str | None, epochs: int | None, until: str | N
         raise PawflowError(f"until={until!r} is not a stage.", f"Use one of {', '.join(versioning.STAGES)}.")
     updates = {k: v for k, v in {"ingest.source": source, "train.epochs": epochs}.items() if v is not None}
     params, _, _ = versioning.planned_params(root / "params.yaml", updates)
-    check_source(params.ingest.source, root)
+    check_source_of(params, root)
     return updates
 
 

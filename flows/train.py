@@ -23,19 +23,24 @@ from flows.common import (
 )
 from tasks import runtime, warmstart
 from tasks.cluster import role
-from tasks.datasetinfo import DatasetInfo
+from tasks.datasetinfo import DatasetInfo, verified
 from tasks.errors import PawflowError
-from tasks.fileio import sha256_file, write_json
+from tasks.fileio import MODEL_SHA256, sha256_bytes, write_json
 from tasks.params import Params, TensorFlow, Train
 from tasks.reports import TRAIN, TrainReport
 
 if TYPE_CHECKING:
     from tasks.train import TrainResult
 
+# The splits train reads: it fits on train and early-stops on val (never the test split).
+TRAIN_SPLITS = ("train", "val")
 
-# Keyed on dataset_info.json's hash (it lists every shard's sha256), the starting model's sha256 (None
-# from scratch), the config and the code. The result (tasks.train.TrainResult) carries the model and
-# every log file, so a cache hit rewrites all of train's outputs.
+
+# Keyed on dataset_info.json's hash, the sha256 of every shard file read as hashed just before (checked
+# against dataset_info.json: a damaged shard is refused, so no result from one is ever stored), the
+# starting model's sha256 (None from scratch), the config and the code. The result
+# (tasks.train.TrainResult) carries the model and every log file, so a cache hit rewrites all of train's
+# outputs.
 @task(
     name="fit-model",
     cache_policy=content_cache(
@@ -51,6 +56,7 @@ if TYPE_CHECKING:
 )
 def fit_model(
     dataset_sha256: str,
+    shards_sha256: dict[str, str],
     cfg: Train,
     tf_settings: TensorFlow,
     processed: Path,
@@ -88,10 +94,9 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
 
     started = time.monotonic()
     log = get_run_logger()
-    info_path = DatasetInfo.path(params.paths.processed)
-    if not info_path.exists():
-        raise PawflowError(f"{info_path} not found: the data stages have not run.", "Run `dvc repro` first.")
-    info = DatasetInfo.read(params.paths.processed)
+    data = verified(params.paths.processed, TRAIN_SPLITS)  # every shard train reads, before it reads one
+    log.info("%d shard file(s) verified against dataset_info.json", len(data.shards))
+    info = data.info
     if info.examples("train") == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
     cfg = params.train
@@ -110,7 +115,8 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         result_storage=result_storage(params), refresh_cache=refresh or me.workers > 1 or None
     )
     result = fit(
-        sha256_file(info_path),
+        data.info_sha256,
+        data.shards,
         cfg,
         params.tensorflow,
         params.paths.processed,
@@ -141,6 +147,7 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         models / "model.json",
         {
             **train.model_card(info, cfg, params.clean, params.tensorflow),
+            MODEL_SHA256: sha256_bytes(result.model),  # evaluate and predict check the file against it
             warmstart.LINEAGE_KEY: warmstart.lineage(plan, now),
         },
     )

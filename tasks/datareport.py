@@ -22,11 +22,11 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from tasks import present
 from tasks.dedup import distances, hash_bits
-from tasks.images import FLAGS, REASONS, encode_jpeg, to_rgb
+from tasks.images import FLAGS, REASONS, encode_jpeg, orient, to_rgb
 from tasks.status import Status
 
 # Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
@@ -83,7 +83,7 @@ def thumbnail(path: Path, formats: tuple[str, ...], max_pixels: int) -> tuple[by
             if im.format in ("JPEG", "MPO"):
                 im.draft(im.mode, (THUMB_SIDE, THUMB_SIDE))  # DCT scaling: decode at ~thumbnail size
             im.load()
-            im = ImageOps.exif_transpose(im)
+            im, _ = orient(im)  # as clean turned it (tasks.images.orient)
             rgb, _ = to_rgb(im)
     except Exception as err:  # any decoder failure on a rejected file means "cannot be drawn"
         return None, f"cannot be decoded: {type(err).__name__}: {err}"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,31 +207,39 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float((cal["count"] / cal["count"].sum() * (cal["accuracy"] - cal["confidence"]).abs()).sum())
 
 
+def defined(value: float | None) -> float | None:
+    """A metric as a JSON number, or None where it is not defined (NaN or infinite: JSON has no such
+    numbers, and json.dumps refuses them). Reports show None as n/a (tasks.text.shown)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def roc_auc(pred: Predictions, k: int) -> float | None:
+    """ROC AUC (macro one-vs-rest above two classes), or None when a class the model knows is missing
+    from the test split: its own AUC, and so the macro average, is not defined (a NaN in scikit-learn)."""
+    if len(np.unique(pred.labels)) < k:
+        return None
+    if k == 2:
+        return defined(skm.roc_auc_score(pred.labels, pred.probs[:, 1]))
+    return defined(skm.roc_auc_score(pred.labels, pred.probs, multi_class="ovr", average="macro"))
+
+
 def compute_metrics(
     pred: Predictions, class_names: list[str], bins: int, robust: Predictions | None = None
 ) -> MetricsReport:
     """reports/metrics.json: accuracy, per-class and macro precision/recall/F1, ROC AUC, log loss, ECE;
-    with `robust` (the robustness slice's predictions) also its accuracy and photo count."""
+    with `robust` (the robustness slice's predictions) also its accuracy and photo count. A metric the
+    test split does not define is None (null in JSON, n/a in the reports), never NaN."""
     y, yhat, k = pred.labels, pred.predicted, len(class_names)
     labels = list(range(k))
     p, r, f, s = skm.precision_recall_fscore_support(y, yhat, labels=labels, zero_division=0)
-    present = len(np.unique(y)) > 1
-    if k == 2:
-        auc = skm.roc_auc_score(y, pred.probs[:, 1]) if present else None
-    else:
-        auc = (
-            skm.roc_auc_score(y, pred.probs, multi_class="ovr", average="macro", labels=labels)
-            if present
-            else None
-        )
     return {
         "examples": len(y),
         "accuracy": float(np.mean(y == yhat)) if len(y) else 0.0,
         "precision_macro": float(np.mean(p)),
         "recall_macro": float(np.mean(r)),
         "f1_macro": float(np.mean(f)),
-        "roc_auc": None if auc is None else float(auc),
-        "log_loss": float(skm.log_loss(y, np.clip(pred.probs, 1e-7, 1 - 1e-7), labels=labels))
+        "roc_auc": roc_auc(pred, k),
+        "log_loss": defined(skm.log_loss(y, np.clip(pred.probs, 1e-7, 1 - 1e-7), labels=labels))
         if len(y)
         else None,
         "ece": expected_calibration_error(pred.confidence, pred.correct, bins),
@@ -335,6 +345,17 @@ def plot_tables(pred: Predictions, class_names: list[str], bins: int) -> dict[st
 # --------------------------------------------------------------------------- pictures
 
 
+@contextlib.contextmanager
+def literal_text() -> Iterator[None]:
+    """matplotlib with math text off while the block draws: a `$` in a class or file name (`A$b$`,
+    `x$^$.jpg`) is drawn as it is, instead of going to the math-text parser, which renders `$...$` as a
+    formula and raises on many (the report was then never written). TeX is off too."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        yield
+
+
 def _figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
@@ -348,6 +369,13 @@ def render_plots(
     m: dict, tables: dict[str, pd.DataFrame], class_names: list[str], history: dict[str, list[float]] | None
 ) -> dict[str, bytes]:
     """PNG pictures for the HTML report (it must open offline, so no JavaScript charts)."""
+    with literal_text():
+        return _render_plots(m, tables, class_names, history)
+
+
+def _render_plots(
+    m: dict, tables: dict[str, pd.DataFrame], class_names: list[str], history: dict[str, list[float]] | None
+) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -454,6 +482,11 @@ def mistakes(pred: Predictions, jpegs: dict[str, bytes], class_names: list[str],
 def worst_mistakes(pred: Predictions, jpegs: dict[str, bytes], class_names: list[str], count: int) -> bytes:
     """reports/misclassified.png: the most confident mistakes in one picture, each titled with its file,
     true and predicted class and confidence (text drawn literally: no math-text parsing of names)."""
+    with literal_text():
+        return _worst_mistakes(pred, jpegs, class_names, count)
+
+
+def _worst_mistakes(pred: Predictions, jpegs: dict[str, bytes], class_names: list[str], count: int) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")

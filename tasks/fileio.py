@@ -44,6 +44,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# The key of model.json that holds the sha256 of the model.keras beside it: train writes it, evaluate and
+# `pawflow predict` check the file against it before loading (tasks/predict.py model_files).
+MODEL_SHA256 = "model_sha256"
+
+
 def fingerprint(*parts: object) -> str:
     """A short stable hash of JSON-serialisable parts (cache keys, salts)."""
     return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:16]

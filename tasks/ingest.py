@@ -25,7 +25,7 @@ from tasks.archives import list_archive
 from tasks.download import download
 from tasks.errors import PawflowError
 from tasks.fileio import HASH_BLOCK, NO_SPACE, no_space_is_a_clear_error, sha256_file, sha256_stream
-from tasks.listing import Entry, Listing, list_directory, refuse_case_twins, same_but_for_case
+from tasks.listing import Entry, Listing, list_directory, look_alikes, name_key, refuse_look_alikes, spelled
 from tasks.reports import IngestReport
 
 if TYPE_CHECKING:
@@ -158,16 +158,17 @@ def sync(
 
 
 def check_labels_against_raw(entries: list[Entry], raw: Path) -> None:
-    """data/raw only grows: a source whose `Cat/` was `cat/` last time would leave both as classes."""
+    """data/raw only grows: a source whose `Cat/` was `cat/` (or `Café/` spelled another way) last time
+    would leave both as classes."""
     if not raw.is_dir():
         return
     present = {p.name for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")}
     for label in sorted({e.label for e in entries} - present):
-        if twins := same_but_for_case([label, *(p for p in present if p.casefold() == label.casefold())]):
-            raise refuse_case_twins(
+        if twins := look_alikes([label, *(p for p in present if name_key(p) == name_key(label))]):
+            raise refuse_look_alikes(
                 str(raw),
                 twins,
-                f" (the source has {label!r}, {raw} already holds the other from an earlier ingest)",
+                f" (the source has {spelled(label)}, {raw} already holds the other from an earlier ingest)",
             )
 
 

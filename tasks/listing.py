@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,21 +126,39 @@ def find_class_root(files: list[str], dirs: set[str]) -> ClassRoot:
     return ClassRoot(prefix, classes, empty, outside, ignored)
 
 
-def same_but_for_case(labels: list[str]) -> list[list[str]]:
-    """Groups of labels that differ only in case (`cat`, `Cat`): one class to a person, two to a model."""
+def name_key(label: str) -> str:
+    """What a person reads in a folder name: Unicode compatibility form (NFKC: `Café` typed on a Mac,
+    decomposed, equals the composed one; full-width letters equal plain ones), without invisible format
+    characters (zero-width spaces and joiners, a byte-order mark), case folded, surrounding spaces
+    removed. Two labels with the same key are one class to a person and two to a model."""
+    visible = "".join(c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", visible.casefold()).strip()
+
+
+def look_alikes(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that differ only in case, Unicode form, invisible characters or surrounding
+    spaces (`cat` and `Cat`, `Café` composed and decomposed, `Dog` and `Dog `)."""
     groups: dict[str, list[str]] = {}
     for label in labels:
-        groups.setdefault(label.casefold(), []).append(label)
+        groups.setdefault(name_key(label), []).append(label)
     return [sorted(g) for _, g in sorted(groups.items()) if len(g) > 1]
 
 
-def refuse_case_twins(location: str, twins: list[list[str]], where: str) -> PawflowError:
-    groups = "; ".join(" and ".join(f"{label!r}" for label in group) for group in twins)
+def spelled(label: str) -> str:
+    """A label as its spelling can be told apart from a look-alike: quoted (spaces show), and for a name
+    that is not plain ASCII its code points too (`'Café' (Caf\\xe9)` and `'Café' (Cafe\\u0301)`)."""
+    shown = repr(label)  # escapes what does not print (a zero-width space shows as \\u200b)
+    return shown if shown.isascii() else f"{shown} ({ascii(label)[1:-1]})"
+
+
+def refuse_look_alikes(location: str, twins: list[list[str]], where: str) -> PawflowError:
+    groups = "; ".join(" and ".join(spelled(label) for label in group) for group in twins)
     return PawflowError(
-        f"{location}: class folders that differ only in case: {groups}{where}. They would become separate "
-        "classes of the same animal (and collide on a case-insensitive disk). Nothing was copied.",
-        "Merge each group into one folder with one spelling (or rename one if they really are different "
-        "classes), then run ingest again.",
+        f"{location}: class folders whose names differ only in case, Unicode form, invisible characters "
+        f"or surrounding spaces: {groups}{where}. They would become separate classes of the same animal "
+        "(and collide on a case-insensitive disk). Nothing was copied.",
+        "Merge each group into one folder with one spelling (move the photos of one folder into the other "
+        "and remove the empty one), or rename one if they really are different classes; then run again.",
     )
 
 
@@ -162,8 +181,8 @@ def classify(
             "A classifier needs at least two, one folder per label (e.g. Cat/ and Dog/).",
             "Point ingest.source at the folder (or archive) that holds one subfolder per label.",
         )
-    if twins := same_but_for_case(classes):
-        raise refuse_case_twins(location, twins, "")
+    if twins := look_alikes(classes):
+        raise refuse_look_alikes(location, twins, "")
     entries = []
     order = {path: i for i, path in enumerate(entries_by_path)}  # the source's own order
     for path, (size, mtime_ns, opener) in sorted(entries_by_path.items()):

@@ -44,9 +44,15 @@ class Paths(Section):
     cache: Path
 
 
+# runner.workers: the per-photo work is CPU-bound, so workers beyond the machine's cores only cost memory
+# (a process worker holds ~250 MB: 10,000 of them would exhaust any machine before doing any work); 256
+# covers the largest two-socket servers (2 x 128 hardware threads).
+MAX_WORKERS = 256
+
+
 class Runner(Section):
     kind: Literal["threads", "processes", "dask"]
-    workers: PositiveInt
+    workers: Annotated[int, Field(gt=0, le=MAX_WORKERS)]
     chunk_size: PositiveInt
     dask_address: str | None
     connect_timeout_s: Annotated[float, Field(gt=0)]
@@ -106,6 +112,15 @@ class Clean(Section):
     timeout_s: Annotated[float, Field(gt=0)]
     flags: CleanFlags
 
+    @model_validator(mode="after")
+    def _some_photo_fits(self) -> Clean:
+        if self.min_side**2 > self.max_pixels:
+            raise ValueError(
+                f"min_side {self.min_side} px squared is above max_pixels {self.max_pixels}: every photo "
+                "would be rejected (too_small or decompression_bomb)"
+            )
+        return self
+
     @field_validator("formats")
     @classmethod
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -133,6 +148,20 @@ def image_formats() -> set[str]:
 class Dedup(Section):
     hash_size: Annotated[int, Field(ge=4, le=16)]
     max_distance: Annotated[int, Field(ge=0, le=32)]
+
+    @model_validator(mode="after")
+    def _below_chance(self) -> Dedup:
+        # Two unrelated photos' hashes differ in about half their bits: at that distance every photo is
+        # a "near duplicate" of most others (whole labels collapse to one photo, and every photo that
+        # looks like one of another label becomes a conflict).
+        bits = self.hash_size**2
+        if self.max_distance > bits // 2:
+            raise ValueError(
+                f"max_distance {self.max_distance} is more than half of the {bits} bits of a hash_size "
+                f"{self.hash_size} hash: unrelated photos would count as near duplicates "
+                f"(at most {bits // 2}; 4 of 64 bits is the usual setting)"
+            )
+        return self
 
 
 class Split(Section):
@@ -194,12 +223,18 @@ class Finetune(Section):
     max_warm_starts: PositiveInt | None
 
 
+# pawnet doubles its width at each stage: the widest stage has width * 2**(stages - 1) filters. ResNet-50's
+# widest has 2048; at 8192 a single 3x3 convolution of that stage holds 600M weights (2.4 GB), beyond what
+# any machine this runs on trains.
+MAX_PAWNET_FILTERS = 8192
+
+
 class Train(Section):
     model: Literal["pawnet", "seed_cnn", "keras_xception"]
     backbone: Literal["mobilenet_v2"] | None
     backbone_weights: str | None
     width: Annotated[int, Field(ge=4, le=512)]
-    blocks: tuple[Annotated[int, Field(ge=1, le=8)], ...]
+    blocks: Annotated[tuple[Annotated[int, Field(ge=1, le=8)], ...], Field(min_length=1)]
     separable: bool
     dropout: Annotated[float, Field(ge=0, lt=1)]
     image_size: Annotated[int, Field(ge=16, le=1024)]
@@ -216,6 +251,27 @@ class Train(Section):
     mixed_precision: Literal["auto", "on", "off"]
     jit_compile: bool
     finetune: Finetune
+
+    @model_validator(mode="after")
+    def _trainable(self) -> Train:
+        problems = []
+        if 0 < self.epochs <= self.warmup_epochs:
+            problems.append(
+                f"warmup_epochs {self.warmup_epochs} is not shorter than epochs {self.epochs}: the learning "
+                "rate would still be warming up when training ends (set warmup_epochs below epochs, or 0 "
+                "for a run this short)"
+            )
+        if self.model == "pawnet" and self.backbone is None:
+            stages = len(self.blocks)
+            widest = self.width * 2 ** (stages - 1)
+            if widest > MAX_PAWNET_FILTERS:
+                problems.append(
+                    f"width {self.width} doubled over {stages} stages gives {widest:,} filters in the last "
+                    f"stage (at most {MAX_PAWNET_FILTERS:,}): lower width or use fewer stages in blocks"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class TensorFlow(Section):
@@ -247,7 +303,7 @@ class Evaluate(Section):
     min_robust_accuracy: Fraction
     alpha: Annotated[float, Field(gt=0, lt=1)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
-    misclassified: Annotated[int, Field(ge=0, le=100)]
+    misclassified: Annotated[int, Field(ge=1, le=100)]  # 0 refused: reports/misclassified.png is a DVC output
     batch_size: PositiveInt
     tta: bool
     robustness: Robustness
@@ -374,12 +430,12 @@ def _message(e: dict) -> str:
         return _PLAIN[kind]
     if kind in ("value_error", "assertion_error") and "error" in e.get("ctx", {}):
         return str(e["ctx"]["error"])  # a validator's own words, without pydantic's "Value error, "
-    if kind == "too_long":
+    if kind in ("too_long", "too_short"):
         ctx = e.get("ctx", {})
-        return f"should be a list of at most {ctx.get('max_length')} items, not {ctx.get('actual_length')}"
-    if kind == "too_short":
-        ctx = e.get("ctx", {})
-        return f"should be a list of at least {ctx.get('min_length')} items, not {ctx.get('actual_length')}"
+        bound = ctx.get("max_length") if kind == "too_long" else ctx.get("min_length")
+        items = "item" if bound == 1 else "items"
+        most = "at most" if kind == "too_long" else "at least"
+        return f"should be a list of {most} {bound} {items}, not {ctx.get('actual_length')}"
     msg = str(e["msg"])
     for prefix in ("Value error, ", "Assertion failed, ", "Input ", "String "):
         msg = msg.removeprefix(prefix)
@@ -457,9 +513,43 @@ def _inside(path: Path, root: Path) -> bool:
     return Path(os.path.normpath(base / path)).is_relative_to(Path(os.path.normpath(base)))
 
 
+# Folders inside the workspace that pawflow or DVC manage besides paths.* (pawflow's lock, caches and
+# Prefect home; DVC's cache and state; git's objects).
+MANAGED_DIRS = (".pawflow", ".dvc", ".git")
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _source_overlaps(source: str, managed: dict[str, Path], root: Path) -> list[str]:
+    """The managed folders (key -> path) that a local source is, lies inside or contains; compared by
+    name (`..` resolved) and with symlinks resolved, so neither a link to data/raw nor a link inside the
+    source folder gets past."""
+    base = Path(os.path.normpath(root.absolute()))
+
+    def named(p: Path) -> Path:
+        return Path(os.path.normpath(base / p))
+
+    src_named, src_real = named(Path(source)), (base / source).resolve()
+    return [
+        key
+        for key, path in managed.items()
+        if _overlap(src_named, named(path)) or _overlap(src_real, (base / path).resolve())
+    ]
+
+
 def check_workspace_paths(params: Params, root: Path, path: Path = Path("params.yaml")) -> None:
-    """paths.* and pipeline.history must stay inside the workspace (DVC tracks only what is in it),
-    and a local ingest.source must not contain the workspace (DVC would hash every output as a dep)."""
+    """paths.* and pipeline.history must stay inside the workspace (DVC tracks only what is in it), and a
+    local ingest.source must be neither the workspace (or a folder above it) nor overlap what pawflow
+    or DVC manage in it.
+
+    A photo folder of its own inside the workspace (`photos/`, `data/incoming/`) stays allowed: DVC's
+    own model is data kept in the repository, and such a folder is only ever read, by ingest (DVC hashes
+    it as a dependency, as it would outside). What is refused is a source that is, holds or lies inside
+    paths.*, .pawflow, .dvc or .git: ingest would copy pawflow's own outputs into data/raw as classes
+    (`--source data` made `raw`, `interim` and `processed` classes of every photo), and DVC removes or
+    rewrites those folders while the stages run."""
     named = {f"paths.{k}": v for k, v in params.paths.model_dump().items()}
     named["pipeline.history"] = params.pipeline.history
     lines = [
@@ -468,16 +558,28 @@ def check_workspace_paths(params: Params, root: Path, path: Path = Path("params.
         if not _inside(Path(value), root)
     ]
     source = params.ingest.source
-    if "://" not in source and root.resolve().is_relative_to((root / source).resolve()):
-        lines.append(
-            f"  ingest.source: {source!r} is the workspace itself (or a folder above it): "
-            "the photos must come from their own folder, archive or URL"
-        )
+    if "://" not in source:
+        if root.resolve().is_relative_to((root / source).resolve()):
+            lines.append(
+                f"  ingest.source: {source!r} is the workspace itself (or a folder above it): "
+                "the photos must come from their own folder, archive or URL"
+            )
+        else:
+            managed = {f"{v} ({k})": Path(v) for k, v in named.items()}
+            managed.update({d: Path(d) for d in MANAGED_DIRS})
+            overlaps = _source_overlaps(source, managed, root)
+            if overlaps:
+                lines.append(
+                    f"  ingest.source: {source!r} overlaps what pawflow and DVC manage in the workspace: "
+                    f"{', '.join(overlaps)}. Ingest would copy pawflow's own outputs into the collection "
+                    "as classes, and DVC removes and rewrites those folders while the stages run"
+                )
     if lines:
         raise PawflowError(
             f"{path} is not valid:\n" + "\n".join(lines),
             f"Keep paths.* inside the project folder and point ingest.source at the photos' own folder, "
-            f"archive or URL in {path}; nothing was run.",
+            f"archive or URL in {path} (a folder of its own inside the project, such as photos/, is "
+            "fine); nothing was run.",
         )
 
 

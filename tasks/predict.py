@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from tasks import inference
 from tasks.errors import PawflowError
+from tasks.fileio import MODEL_SHA256, sha256_file
 from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
 from tasks.params import TensorFlow
 
@@ -67,7 +68,9 @@ def settings_for(card: dict, max_pixels: int, formats: tuple[str, ...]) -> Check
 
 
 def model_files(model_path: Path) -> tuple[Path, dict]:
-    """The .keras file (model_path, or model.keras in that folder) and its checked model.json; no TF."""
+    """The .keras file (model_path, or model.keras in that folder) and its checked model.json; no TF.
+    A card that records the model's sha256 (train writes it) must match the file: a damaged or replaced
+    model is refused before it is loaded (hashing a model costs milliseconds)."""
     file = model_path / "model.keras" if model_path.is_dir() else model_path
     card_path = file.with_name("model.json")
     if not file.exists():
@@ -77,7 +80,16 @@ def model_files(model_path: Path) -> tuple[Path, dict]:
             f"{card_path} is missing: it holds the class names and image size of {file.name}.",
             "Use a model written by pawflow's train stage (models/ or models/champion/).",
         )
-    return file, read_card(card_path)
+    card = read_card(card_path)
+    recorded = card.get(MODEL_SHA256)
+    if recorded is not None and sha256_file(file) != recorded:
+        raise PawflowError(
+            f"{file} does not match {card_path}: its sha256 is not the one train recorded (the file was "
+            "damaged or replaced after training).",
+            f"Restore it: `dvc checkout {file.parent}` (or `dvc pull {file.parent}`); if it is still "
+            "damaged, train again (`dvc repro --force train`, or `pawflow run --force`).",
+        )
+    return file, card
 
 
 def tensorflow_settings(card: dict) -> TensorFlow:

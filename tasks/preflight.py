@@ -12,12 +12,14 @@ import os
 import stat
 import tarfile
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
 from tasks.listing import list_directory
 from tasks.params import Params, load_params
+from tasks.splitrule import min_per_class, too_few
 
 # What the check stage writes: constant, so its hash never makes a later stage out of date.
 CHECKED_TEXT = "params.yaml and ingest.source passed the pawflow checks\n"
@@ -112,10 +114,49 @@ def check_source(source: str, root: Path = Path(".")) -> None:
         raise PawflowError(f"ingest.source {source!r} is a file but not a zip or tar archive.", fix)
 
 
+def class_sizes(source: Path, raw: Path) -> dict[str, int]:
+    """Files per class of a source folder that the collection can hold after ingesting it: the source's
+    (listed as ingest lists it: classes found the same way, look-alike names refused) plus the files
+    data/raw holds under the same class that the source does not have (an earlier ingest's). Directory
+    entries only: nothing is opened. An upper bound of the photos clean and dedup will keep, whether
+    data/raw keeps what left the source or not; a class data/raw alone holds is left to shard."""
+    listing = list_directory(source)
+    files = {e.path for e in listing.entries}
+    labels = {e.label for e in listing.entries}
+    if raw.is_dir():
+        for label in sorted(labels):
+            for folder, _, names in os.walk(raw / label):
+                rel = Path(folder).relative_to(raw).as_posix()
+                files.update(f"{rel}/{n}" for n in names)
+    return dict(Counter(path.split("/", 1)[0] for path in files))
+
+
+def check_class_sizes(params: Params, root: Path = Path(".")) -> None:
+    """A local source folder whose classes cannot all reach every split of shard.split is refused before
+    anything runs (tasks.splitrule). An archive or a URL can only be counted once ingest has it: shard
+    refuses the same way, before it writes a shard."""
+    source = root / params.ingest.source
+    if "://" in params.ingest.source or not source.is_dir():
+        return
+    fractions = params.shard.split.as_dict()
+    need = min_per_class(fractions)
+    sizes = class_sizes(source, root / params.paths.raw)
+    short = {label: n for label, n in sizes.items() if n < need}
+    if short:
+        raise too_few(short, fractions, "files in ingest.source (with data/raw's)", f"{params.ingest.source}")
+
+
+def check_source_of(params: Params, root: Path = Path(".")) -> None:
+    """ingest.source can be read without blocking (check_source) and, for a folder, holds classes big
+    enough for shard.split (check_class_sizes)."""
+    check_source(params.ingest.source, root)
+    check_class_sizes(params, root)
+
+
 def preflight(params_path: Path = Path("params.yaml"), light: bool = False) -> Params:
     """Validate params.yaml and check ingest.source (relative to the workspace, the file's folder)."""
     params = load_params(params_path, light=light)
-    check_source(params.ingest.source, params_path.parent)
+    check_source_of(params, params_path.parent)
     return params
 
 

@@ -43,12 +43,12 @@ from tasks.fileio import (
     sha256_file,
 )
 from tasks.reports import ShardReport
+from tasks.splitrule import SPLITS, next_split, too_few
 from tasks.status import Status
 
 if TYPE_CHECKING:
     from tasks.params import Shard
 
-SPLITS = ("train", "val", "test")
 LEDGER_COLUMNS = ["sha256", "label", "split", "arrival"]
 LEDGER = "split.parquet"
 # Normalised JPEGs fetched from the cache per query while shards are written.
@@ -114,8 +114,7 @@ def assign(
     new_groups = [(labels[gid], unit_hash(sha, salt), str(gid)) for gid, sha in fresh_groups.items()]
     for label, _, gid in sorted(new_groups):
         c = counts[label]
-        n = sum(c.values()) + 1
-        chosen = max(SPLITS, key=lambda s: (fractions[s] * n - c[s], -SPLITS.index(s)))
+        chosen = next_split(c, fractions)
         group_split[gid] = chosen
         c[chosen] += 1
         stats.new_groups += 1
@@ -129,10 +128,15 @@ def assign(
     return rows, new_ledger, stats
 
 
-def empty_splits(examples: pd.DataFrame, fractions: dict[str, float]) -> list[str]:
-    """The splits asked for (fraction above 0) that got no photo: an error, never a silent empty split.
-    A split is left empty on purpose by giving it the fraction 0 (only val may be 0)."""
-    return [s for s in SPLITS if fractions[s] > 0 and not (examples["split"] == s).any()]
+def short_classes(examples: pd.DataFrame, fractions: dict[str, float]) -> dict[str, dict[str, int]]:
+    """The labels that have no kept photo in a split asked for (fraction above 0), with their photos per
+    split: an error, never a silent empty split. A split is left empty on purpose by giving it the
+    fraction 0 (only val may be 0)."""
+    per_split = examples.groupby(["label", "split"]).size().unstack(fill_value=0)
+    per_split = per_split.reindex(columns=list(SPLITS), fill_value=0)
+    wanted = [s for s in SPLITS if fractions[s] > 0]
+    short = per_split[(per_split[wanted] == 0).any(axis=1)]
+    return {str(label): {s: int(row[s]) for s in SPLITS} for label, row in short.iterrows()}
 
 
 def arrivals(examples: pd.DataFrame, split: str, salt: str) -> list[tuple[int, pd.DataFrame]]:
@@ -216,16 +220,13 @@ def kept_examples(rows: pd.DataFrame, fractions: dict[str, float]) -> pd.DataFra
             "shard: fewer than two labels have photos left after clean and dedup.",
             "Look at reports/clean.json and reports/dedup.json.",
         )
-    empty = empty_splits(examples, fractions)
-    if empty:
-        per_split = ", ".join(f"{k} {int((examples['split'] == k).sum())}" for k in SPLITS)
-        raise PawflowError(
-            f"shard: the {' and '.join(empty)} split got no photo ({per_split} photos over "
-            f"{examples['label'].nunique()} labels; each label is split on its own, so a label with few "
-            "photos fills train first). Nothing was written.",
-            "Add photos per label, or lower the number of labels; to go without a validation split, "
-            "set shard.split.val: 0 in params.yaml.",
-        )
+    short = short_classes(examples, fractions)
+    if short:
+        counts = {
+            label: f"{sum(n.values())} ({', '.join(f'{s} {n[s]}' for s in SPLITS)})"
+            for label, n in short.items()
+        }
+        raise too_few(counts, fractions, "photos left after clean and dedup (per split)", "shard")
     return examples
 
 

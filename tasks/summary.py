@@ -1,7 +1,9 @@
 """Every Markdown artifact pawflow publishes to Prefect, in one place: the pipeline run's summary (from
 the stage reports in reports/), the evaluation and the data-quality artifacts.
 
-Names (classes, files) and numbers come as plain text from tasks.present; pictures are inlined as
+Numbers and pawflow's own words come as plain text from tasks.present; every name that comes from the
+user's photos (class folders, file paths, and the captions and titles that hold them) goes through
+tasks.text.md, the one Markdown escaping, so that it shows as written; pictures are inlined as
 data: URIs, which the Prefect UI shows (a file:// link to a report it cannot open). Pictures are
 capped so that an artifact stays well under a megabyte: the server keeps one per run.
 """
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 
 from tasks import present
 from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
+from tasks.text import md
 
 # The data-quality and evaluation builders take tasks.datareport's and tasks.evaluate's objects without
 # importing those modules (not even for type checking): every reader of this module would then depend on
@@ -42,7 +45,7 @@ def warm_start_markdown(reports: Path, origin: str = "") -> list[str]:
         start = f"warm start #{warm['count']} from {warm['from_sha256'][:12]} (the champion then)"
     else:
         start = "trained from scratch"
-    return ["", f"**train**{origin}: {start}: {rep['start_reason']}"]
+    return ["", f"**train**{origin}: {start}: {md(rep['start_reason'])}"]
 
 
 def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, order: Sequence[str]) -> str:
@@ -90,11 +93,11 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
             "",
             f"**shard**{origin('shard')}:",
             "",
-            "| split | " + " | ".join(shard["class_names"]) + " |",
+            "| split | " + " | ".join(md(n) for n in shard["class_names"]) + " |",
             "|---|" + "---|" * len(shard["class_names"]),
         ]
         lines += [
-            f"| {s} | " + " | ".join(present.count(c[n]) for n in shard["class_names"]) + " |"
+            f"| {md(s)} | " + " | ".join(present.count(c[n]) for n in shard["class_names"]) + " |"
             for s, c in shard["counts"].items()
         ]
     if "train" in stages:
@@ -120,7 +123,7 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     if metrics or clean:
         lines += [
             "",
-            "Pictures: the `evaluation-report` and `data-quality` artifacts; the full reports are "
+            "Pictures: the evaluation-report and data-quality artifacts; the full reports are "
             "reports/evaluation.html and reports/data.html in the workspace (they open offline).",
         ]
     return "\n".join(lines)
@@ -153,7 +156,7 @@ def why_stage_runs(changed: list | dict, most: int = 4) -> str:
 
 def picture(data: bytes, alt: str, kind: str = "png") -> str:
     """A picture inlined in Markdown (the Prefect UI draws data: URIs: no file or server needed)."""
-    return f"![{alt}](data:image/{kind};base64,{base64.b64encode(data).decode('ascii')})"
+    return f"![{md(alt)}](data:image/{kind};base64,{base64.b64encode(data).decode('ascii')})"
 
 
 def picture_table(pictures: Sequence[tuple[str, str]], columns: int = 4) -> list[str]:
@@ -212,7 +215,7 @@ def evaluation_markdown(
         ["class", "precision", "recall", "F1", "test photos"],
         [
             (
-                c,
+                md(c),
                 present.percent(v["precision"]),
                 present.percent(v["recall"]),
                 present.percent(v["f1"]),
@@ -239,7 +242,8 @@ def evaluation_markdown(
     lines += picture_table(
         [
             (
-                f"`{x.path}`: {x.true}, taken for {x.predicted} ({present.percent(x.confidence, 0)} sure)",
+                f"{md(x.path)}: {md(x.true)}, taken for {md(x.predicted)} "
+                f"({present.percent(x.confidence, 0)} sure)",
                 picture(x.thumbnail, x.path, "jpeg"),
             )
             for x in shown
@@ -258,17 +262,18 @@ def data_quality_markdown(r: Any, page: str) -> str:
 
     def tiles(tiles: Sequence, caption) -> list[str]:
         drawn = [t for t in tiles if t.image][:MARKDOWN_PICTURES]
-        return picture_table([(caption(t), f"![{t.path}]({t.image})") for t in drawn])
+        return picture_table([(caption(t), f"![{md(t.path)}]({t.image})") for t in drawn])
 
     lines = ["## Data quality", ""]
     lines += _table(["", "files"], [(name, present.count(n)) for name, n in r.counts], right=1)
     if r.reasons:
         lines += ["**Rejected by clean**", ""]
         lines += _table(
-            ["reason", "files", "what it means"], [(k, present.count(n), why) for k, n, why in r.reasons]
+            ["reason", "files", "what it means"],
+            [(k, present.count(n), why) for k, n, why in r.reasons],
         )
         for g in r.rejected.groups:
-            lines += tiles(g.tiles, lambda t: f"`{t.path}`: {t.lines[0]}")
+            lines += tiles(g.tiles, lambda t: f"{md(t.path)}: {md(t.lines[0])}")
     lines += [f"**Kept, but worth a look**: {present.count(r.flagged_photos)} photos (never rejected)", ""]
     lines += _table(
         ["flag", "photos", "share of kept", "limit"],
@@ -277,13 +282,13 @@ def data_quality_markdown(r: Any, page: str) -> str:
     for f in r.flagged:
         if f.total:
             lines += [f"*{f.flag}*: {f.meaning}", ""]
-            lines += tiles(f.tiles, lambda t: f"`{t.path}`: {t.lines[0]}")
+            lines += tiles(f.tiles, lambda t: f"{md(t.path)}: {md(t.lines[0])}")
     for title, section in (("Duplicate groups", r.duplicates), ("Label conflicts", r.conflicts)):
         lines += [f"**{title}**: {present.count(section.total)}", ""]
         groups = section.groups[:MARKDOWN_LINES]
         for g in groups:
-            copies = ", ".join(f"`{t.path}` ({t.lines[0]})" for t in g.tiles)
-            lines.append(f"- {g.title}: {copies}" + (f". {g.note}" if g.note else ""))
+            copies = ", ".join(f"{md(t.path)} ({md(t.lines[0])})" for t in g.tiles)
+            lines.append(f"- {md(g.title)}: {copies}" + (f". {md(g.note)}" if g.note else ""))
         if section.total > len(groups):
             lines.append(f"- and {present.count(section.total - len(groups))} more")
         lines.append("")

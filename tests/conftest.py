@@ -195,3 +195,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Pa
     params = params_for(root / "work", source, train=FAST_TRAIN, evaluate={"min_accuracy": 0.0})
     run_flows(params, ingest_flow, clean_flow, dedup_flow, shard_flow, train_flow, evaluate_flow)
     return params
+
+
+def copy_of_trained(trained: Params, dest: Path) -> Params:
+    """The `trained` workspace copied to dest (its shards, models, reports and caches), for a test that
+    damages files: the params of the copy."""
+    shutil.copytree(workspace_of(trained), dest / "work", symlinks=True)
+    return params_for(dest / "work", trained.ingest.source, train=FAST_TRAIN, evaluate={"min_accuracy": 0.0})
+
+
+def first_records(tfrecord_file: bytes, n: int) -> bytes:
+    """The first n records of a TFRecord file (length, CRC, data, CRC each): cut at a record boundary,
+    a shorter file that reads as valid."""
+    pos = 0
+    for _ in range(n):
+        pos += 8 + 4 + int.from_bytes(tfrecord_file[pos : pos + 8], "little") + 4
+    return tfrecord_file[:pos]

@@ -105,6 +105,120 @@ def exif_rotated_jpeg(seed: int, orientation: int = 6) -> bytes:
     return encode(img, "JPEG", quality=92, exif=exif)
 
 
+def metadata_exif(orientation: int = 6) -> Image.Exif:
+    """A small camera-like EXIF block: orientation plus text and rational tags (what phones write)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Camera"  # Make
+    exif[0x0110] = "Model X"  # Model
+    exif[0x0131] = "pawflow"  # Software
+    exif[0x011A] = 72.0  # XResolution
+    return exif
+
+
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+    b"</rdf:RDF></x:xmpmeta>"
+)
+
+
+def icc_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def jpeg_with_metadata(seed: int, orientation: int = 6) -> bytes:
+    """A small JPEG carrying every metadata segment a camera or editor writes: EXIF (APP1), XMP (APP1),
+    an ICC profile (APP2) and a comment (COM)."""
+    return encode(
+        photo(seed, (60, 40)),
+        "JPEG",
+        quality=92,
+        exif=metadata_exif(orientation),
+        xmp=XMP,
+        icc_profile=icc_profile(),
+        comment=b"taken by pawflow's tests",
+    )
+
+
+def png_with_metadata(seed: int) -> bytes:
+    """A small PNG with text chunks (tEXt, zTXt, iTXt), an ICC profile (iCCP) and EXIF (eXIf)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "taken by pawflow's tests")
+    info.add_text("Description", "a compressed text chunk " * 4, zip=True)
+    info.add_itxt("XML:com.adobe.xmp", XMP.decode(), lang="en", tkey="xmp")
+    return encode(photo(seed, (60, 40)), "PNG", pnginfo=info, icc_profile=icc_profile(), exif=metadata_exif())
+
+
+def jpeg_segments(data: bytes) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of the payload of each metadata segment before a JPEG's scan: exif, xmp, icc,
+    comment (other APPn segments as app<n>)."""
+    found, pos = [], 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        start, end = pos + 4, pos + 2 + length
+        body = data[start:end]
+        if marker == 0xE1 and body.startswith(b"Exif\0\0"):
+            found.append(("exif", start + 6, end))
+        elif marker == 0xE1 and body.startswith(b"http://ns.adobe.com/xap/1.0/\0"):
+            found.append(("xmp", start + 29, end))
+        elif marker == 0xE2 and body.startswith(b"ICC_PROFILE\0"):
+            found.append(("icc", start + 14, end))
+        elif marker == 0xFE:
+            found.append(("comment", start, end))
+        elif 0xE0 <= marker <= 0xEF:
+            found.append((f"app{marker - 0xE0}", start, end))
+        pos = end
+    return found
+
+
+def png_chunks(data: bytes) -> list[tuple[str, int, int]]:
+    """(type, start, end) of the data of each chunk of a PNG."""
+    found, pos = [], 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        found.append((data[pos + 4 : pos + 8].decode("latin-1"), pos + 8, pos + 8 + length))
+        pos += 12 + length
+    return found
+
+
+def with_png_crcs(data: bytes) -> bytes:
+    """The PNG with every chunk's CRC recomputed: a changed chunk reaches its parser instead of being
+    refused at the CRC (what a tool that rewrites metadata carelessly produces)."""
+    out = bytearray(data)
+    for kind, start, end in png_chunks(data):
+        crc = zlib.crc32(kind.encode("latin-1") + bytes(out[start:end]))
+        out[end : end + 4] = struct.pack(">I", crc)
+    return bytes(out)
+
+
+def changed_bytes(data: bytes, start: int, end: int, seed: int) -> bytes:
+    """1-4 random bytes of data[start:end] set to random values (seeded)."""
+    import random
+
+    rng = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        out[rng.randrange(start, end)] = rng.randrange(256)
+    return bytes(out)
+
+
+# Seeds of changed_bytes on jpeg_with_metadata(7)'s EXIF block that make ImageOps.exif_transpose raise
+# while Pillow decodes the photo normally (found by search; tests/test_images.py checks they still do).
+DAMAGED_EXIF_SEEDS = {"struct.error": 3, "TypeError": 917, "AttributeError": 2837}
+
+
+def damaged_exif_jpeg(seed: int) -> bytes:
+    data = jpeg_with_metadata(7)
+    kind, start, end = jpeg_segments(data)[1]
+    assert kind == "exif"
+    return changed_bytes(data, start, end, seed)
+
+
 def sixteen_bit_png(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     arr = (rng.random((40, 48)) * 65535).astype(np.uint16)

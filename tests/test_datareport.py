@@ -18,6 +18,7 @@ from test_images import SETTINGS
 
 from tasks import clean, datareport, dedup, summary
 from tasks.images import FLAGS
+from tasks.text import md
 
 DRAWN = {
     "Cat/tiny.jpg",
@@ -191,12 +192,13 @@ def test_label_conflicts_show_every_copy_and_label(made):
 def test_the_markdown_artifact_has_the_counts_lists_and_some_pictures(made):
     raw, clean_df, dedup_df = made
     markdown = summary.data_quality_markdown(build(raw, clean_df, dedup_df), "reports/data.html")
-    assert f"`{MARKUP}` (label Dog, pHash distance 0)" in markdown
+    assert f"{md(MARKUP)} (label Dog, pHash distance 0)" in markdown
     assert "| photos kept for training | 16 |" in markdown and "reports/data.html" in markdown
-    assert "- Dog: Dog/dog.1.jpg kept, 1 copy removed: `Dog/dog.1.jpg` (the most pixels)" in markdown
+    title = md("Dog: Dog/dog.1.jpg kept, 1 copy removed")
+    assert f"- {title}: {md('Dog/dog.1.jpg')} (the most pixels)" in markdown
     assert "| blurry | 2 | " in markdown and "**Kept, but worth a look**: 5 photos" in markdown
     pictures = re.findall(r"!\[([^\]]*)\]\(data:image/jpeg;base64,([^)]*)\)", markdown)
-    assert {"Cat/soft.png", "Cat/night.png", "Cat/tiny.jpg"} <= {alt for alt, _ in pictures}
+    assert {md(p) for p in ("Cat/soft.png", "Cat/night.png", "Cat/tiny.jpg")} <= {alt for alt, _ in pictures}
     assert all(base64.b64decode(b64)[:2] == b"\xff\xd8" for _, b64 in pictures)
     assert len(pictures) <= summary.MARKDOWN_PICTURES * (1 + len(FLAGS))
     assert "file://" not in markdown
@@ -260,3 +262,34 @@ def test_the_chromium_check_sees_a_broken_image(tmp_path: Path):
         '<img alt="bad" src="data:image/jpeg;base64,AAAA"><img alt="gone" src="missing.png"></body></html>'
     )
     assert browser.image_status(page) == [("good", True), ("bad", False), ("gone", False)]
+
+
+def test_hostile_file_and_class_names_are_text_in_the_page_and_the_artifact():
+    """The page escapes HTML (jinja autoescape); the Markdown artifact escapes Markdown (tasks.text.md):
+    a backtick used to break out of the code span the paths were in."""
+    from markdown_it import MarkdownIt
+
+    name = "Dog/x` <img src=x onerror=alert(1)> `*y* | [l](u).jpg"
+    tile = datareport.Tile(path=name, lines=("label Dog", "48x40, 1,234 bytes"), badge="Dog")
+    group = datareport.Group(title='2 copies under Cat, "><b>Dog</b>: all dropped', tiles=(tile,))
+    report = datareport.DataReport(
+        counts=(("files ingested", 2),),
+        reasons=(("corrupt", 1, "the image data cannot be decoded"),),
+        rejected=datareport.Section(),
+        undrawn=((name, "corrupt", "cannot be decoded: <b>"),),
+        undrawn_more=0,
+        duplicates=datareport.Section(),
+        conflicts=datareport.Section(groups=(group,), total=1),
+        flagged=(),
+        flagged_photos=0,
+        kept=0,
+        max_distance=4,
+        limits={"thumbnails": 100, "copies": 8, "listed": 500},
+    )
+    page = datareport.render_html(report)
+    assert "<img src=x" not in page and "<b>Dog</b>" not in page and "&lt;img src=x" in page
+    text = summary.data_quality_markdown(report, "reports/data.html")
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    assert "<img" not in rendered and "<code>" not in rendered and "<em>" not in rendered
+    assert "<b>" not in rendered and "<a " not in rendered
+    assert "x` &lt;img src=x onerror=alert(1)&gt; `*y* | [l](u).jpg" in rendered

@@ -71,3 +71,70 @@ def test_it_is_frozen():
     info = dataset_info(["Cat", "Dog"], {})
     with pytest.raises(ValidationError):
         info.num_classes = 3
+
+
+def shards_on_disk(folder: Path) -> DatasetInfo:
+    """Two train shards and one test shard written as shard writes them, and their dataset_info.json."""
+    from tasks.datasetinfo import ShardFile, SplitFiles
+    from tasks.fileio import sha256_file
+
+    info = dataset_info(["Cat", "Dog"], {})
+    splits = {}
+    for split, files in {"train": ["train-0", "train-1"], "val": [], "test": ["test-0"]}.items():
+        entries = []
+        for i, name in enumerate(files):
+            (folder / name).write_bytes(bytes(range(256)) * (10 + i))
+            entries.append(
+                ShardFile(
+                    file=name,
+                    examples=3,
+                    bytes=(folder / name).stat().st_size,
+                    sha256=sha256_file(folder / name),
+                    arrival=0,
+                    contents="",
+                )
+            )
+        splits[split] = SplitFiles(examples=3 * len(entries), shards=entries)
+    info = info.model_copy(update={"splits": splits})
+    info.write(folder)
+    return info
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:1000]), "1,000 bytes, shard wrote 2,816 (cut short)"),
+        (
+            lambda p: p.write_bytes(p.read_bytes() + b"\0"),
+            "2,817 bytes, shard wrote 2,816 (longer than written)",
+        ),
+        (lambda p: p.write_bytes(b"\1" + p.read_bytes()[1:]), "its sha256 is not the one shard recorded"),
+        (lambda p: p.unlink(), "missing"),
+    ],
+)
+def test_a_cut_extended_substituted_or_missing_shard_is_refused_naming_it(tmp_path: Path, damage, says: str):
+    """Damaged in place, as `dvc checkout` of a damaged cache object leaves it (same name, rc 0)."""
+    from tasks.datasetinfo import verified
+    from tasks.errors import PawflowError
+
+    shards_on_disk(tmp_path)
+    ok = verified(tmp_path, ("train", "val"))
+    assert set(ok.shards) == {"train-0", "train-1"} and ok.info_sha256
+    damage(tmp_path / "train-1")
+    with pytest.raises(PawflowError) as info:
+        verified(tmp_path, ("train", "val"))
+    msg = str(info.value)
+    assert f"{tmp_path / 'train-1'}: {says}" in msg and "train-0" not in msg
+    assert "dvc checkout" in msg and "dvc pull" in msg and "dvc repro --force shard" in msg
+    assert verified(tmp_path, ("test",)).shards.keys() == {"test-0"}  # a split not read is not checked
+
+
+def test_an_unreadable_dataset_info_is_one_message(tmp_path: Path):
+    from tasks.datasetinfo import verified
+    from tasks.errors import PawflowError
+
+    with pytest.raises(PawflowError, match=r"dataset_info\.json not found: the data stages have not run"):
+        verified(tmp_path, ("test",))
+    (tmp_path / "dataset_info.json").write_text('{"class_names": ')
+    with pytest.raises(PawflowError, match=r"dataset_info\.json cannot be used \(1 invalid field"):
+        verified(tmp_path, ("test",))

@@ -18,7 +18,8 @@ import pytest
 from conftest import run_flows, workspace_of
 from PIL import Image
 
-from tasks import evaluate, gate, images, predict, present
+from tasks import evaluate, gate, images, predict, present, reports, summary
+from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
 from tasks.evaluate import Predictions, render_web
 from tasks.fileio import sha256_file
 from tasks.params import Params
@@ -502,3 +503,102 @@ def test_five_classes_train_and_evaluate(tmp_path: Path, prefect_server: str):
     *_, result = run_flows(params, ingest_flow, clean_flow, dedup_flow, shard_flow, train_flow, evaluate_flow)
     assert set(result["metrics"]["per_class"]) == {"ant", "bee", "cow", "doe", "elk"}
     assert len(result["metrics"]["confusion_matrix"]) == 5
+
+
+# --------------------------------------------------------------------------- hostile names, undefined metrics
+
+# Class and file names as a folder can hold them: math text for matplotlib, HTML and Markdown markup.
+HOSTILE_CLASSES = ["A$b$", '"><img src=x onerror=alert(1)>', "x$^$y | `code` *b* [l](u)"]
+HOSTILE_FILES = ["x$y$.jpg", "$\\frac{$.jpg", "<script>.jpg"]
+
+
+def hostile_predictions(missing_class: bool) -> Predictions:
+    """12 test photos of the hostile classes (the last class absent when missing_class), half wrong."""
+    labels = np.array([0, 1] * 6 if missing_class else [0, 1, 2] * 4)
+    probs = np.full((12, 3), 0.1)
+    probs[np.arange(12), (labels + np.arange(12) % 2) % 3] = 0.8  # every second photo wrong
+    names = [f"{HOSTILE_CLASSES[y]}/{HOSTILE_FILES[i % 3]}" for i, y in enumerate(labels)]
+    return Predictions(probs, labels, names)
+
+
+def markdown_html(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+
+
+@pytest.mark.parametrize("missing_class", [False, True])
+def test_hostile_names_are_drawn_and_shown_literally_and_an_undefined_auc_is_n_a(missing_class: bool):
+    """A `$` in a class or file name went to matplotlib's math-text parser (a crash, no report); a test
+    split without one of the classes made the ROC AUC NaN, which JSON refuses. Both now give a report."""
+    pred = hostile_predictions(missing_class)
+    jpegs = {p: imagegen.jpeg(i, (64, 48)) for i, p in enumerate(pred.paths) if not pred.correct[i]}
+    m = evaluate.compute_metrics(pred, HOSTILE_CLASSES, bins=10)
+    assert (m["roc_auc"] is None) == missing_class
+    reports.METRICS.check(m)  # valid JSON under the contract: null, not NaN
+    decision = gate.decide(pred.correct, None, 0.0, 0.05)
+    tables = evaluate.plot_tables(pred, HOSTILE_CLASSES, bins=10)
+    pngs = evaluate.render_plots(m, tables, HOSTILE_CLASSES, None)
+    assert {"confusion", "roc", "calibration"} <= set(pngs)
+    picture = evaluate.worst_mistakes(pred, jpegs, HOSTILE_CLASSES, count=8)
+    assert Image.open(io.BytesIO(picture)).format == "PNG"
+    mistakes = evaluate.mistakes(pred, jpegs, HOSTILE_CLASSES, count=8)
+    info = DatasetInfo(
+        class_names=HOSTILE_CLASSES,
+        num_classes=3,
+        image=ImageFormat(encoding="jpeg", channels=3, max_side=64, jpeg_quality=90),
+        features={},
+        split_fractions={"train": 0.7, "val": 0.15, "test": 0.15},
+        counts={"test": {c: int((pred.labels == k).sum()) for k, c in enumerate(HOSTILE_CLASSES)}},
+        splits={
+            "test": SplitFiles(
+                examples=12,
+                shards=[
+                    ShardFile(file="test-0", examples=12, bytes=1, sha256="ef" * 32, arrival=0, contents="c")
+                ],
+            )
+        },
+    )
+    scored = evaluate.scored(info, "cd" * 32, "ab" * 32)
+    page = evaluate.html_report(m, decision, pngs, mistakes, HOSTILE_CLASSES, None, scored)
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    roc_row = page[page.index("ROC AUC") :].split("</tr>", 1)[0]
+    assert ("n/a" in roc_row) == missing_class
+    run = {"code": "0123abc", "evaluated": "2026-12-05 03:00 UTC"}
+    text = summary.evaluation_markdown(m, decision, False, pngs, mistakes, scored, run)
+    rendered = markdown_html(text)
+    assert "<img src=x" not in rendered and "<em>" not in rendered
+    assert not any(
+        name in code for code in re.findall(r"<code>(.*?)</code>", rendered) for name in ("x$", "img")
+    )
+    per_class = rendered.split("<th>class</th>", 1)[1].split("</table>", 1)[0]
+    rows = per_class.split("<tr>")[1:]
+    assert len(rows) == 3 and all(r.count("<td") == 5 for r in rows)  # one row per class, 5 cells
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in rendered  # the name, as text
+
+
+def test_a_cut_test_shard_or_a_replaced_model_is_refused_and_never_cached(trained: Params, tmp_path: Path):
+    """The issue's scenario: a test shard cut to half its records at a record boundary (a shorter file
+    that reads as valid) was evaluated ("accuracy on 3 photos") and the result cached under
+    dataset_info.json's hash; with the shard restored, the cache still answered 3 photos."""
+    from conftest import copy_of_trained, first_records
+
+    from flows.evaluate import evaluate_flow
+    from tasks.datasetinfo import DatasetInfo
+
+    params = copy_of_trained(trained, tmp_path)
+    info = DatasetInfo.read(params.paths.processed)
+    (shard,) = info.split_paths(params.paths.processed, "test")
+    intact = shard.read_bytes()
+    shard.write_bytes(first_records(intact, info.examples("test") // 2))
+    metrics = (params.paths.reports / "metrics.json").read_bytes()
+    state = evaluate_flow(params=params, return_state=True)
+    assert state.is_failed() and f"{shard}: " in state.message and "(cut short)" in state.message
+    assert (params.paths.reports / "metrics.json").read_bytes() == metrics  # nothing written
+    shard.write_bytes(intact)
+    (result,) = run_flows(params, evaluate_flow)
+    assert result["metrics"]["examples"] == info.examples("test")
+    model = params.paths.models / "model.keras"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+    state = evaluate_flow(params=params, return_state=True)
+    assert state.is_failed() and f"{model} does not match" in state.message

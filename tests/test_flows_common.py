@@ -405,3 +405,11 @@ def test_a_user_error_reaches_the_terminal_once():
     assert not shown(f"Finished in state {state}")
     assert shown("Finished in state Failed('a crash: not a message for a person')")
     assert shown(f"Finished in state {Completed()}") and shown("Beginning flow run 'x' for flow 'clean'")
+
+
+def test_summary_tables_show_class_names_as_they_are():
+    """rich reads `[bold]` in a cell as markup and raised MarkupError on a class folder named `[/]x`."""
+    text = common.render_table(
+        "shard", ["split", "[/]x", "[bold]Dog"], [["train", 3, 1_000], ["[red]", "", ""]]
+    )
+    assert "[/]x" in text and "[bold]Dog" in text and "[red]" in text and "1,000" in text

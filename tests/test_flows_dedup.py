@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from flows.dedup import dedup_flow
+from tasks.text import md
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -48,7 +49,7 @@ def test_dedup_writes_the_data_quality_report_and_artifact(built):
                 flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
             )
         )
-    assert "`Cat/stolen dog.jpg` (label Cat)" in artifact.data and "data.html" in artifact.data
+    assert f"{md('Cat/stolen dog.jpg')} (label Cat)" in artifact.data and "data.html" in artifact.data
     # pictures travel inside the artifact (the UI cannot open a file:// link to the page)
     assert "](data:image/jpeg;base64," in artifact.data and "file://" not in artifact.data
     assert [a.key for a in links if "file://" in str(a.data)] == []  # nor in a link artifact

@@ -74,3 +74,41 @@ def test_refresh_recomputes_to_the_same_bytes(built):
     before = {rel: (params.paths.raw.parent / rel).read_bytes() for rel in DATA_FILES}
     run_data_stages(params, refresh=True)
     assert before == {rel: (params.paths.raw.parent / rel).read_bytes() for rel in DATA_FILES}
+
+
+def test_a_class_that_cannot_reach_every_split_fails_shard_before_it_writes(trained, tmp_path: Path):
+    """Two birds left by clean and dedup (an archive source is only counted once downloaded): shard used
+    to put both in train and none in test without a word; now it refuses, naming the class and the
+    minimum, and the last shards and the split ledger stay as they were."""
+    from conftest import copy_of_trained
+
+    from flows.shard import shard_flow
+    from tasks.fileio import read_parquet, write_parquet
+
+    params = copy_of_trained(trained, tmp_path)
+    dd = read_parquet(params.paths.interim / "dedup.parquet")
+    birds = pd.DataFrame(
+        [
+            {
+                "path": f"Bird/{i}.jpg",
+                "label": "Bird",
+                "sha256": f"{i:064x}",
+                "group": f"bird{i}",
+                "status": "kept",
+            }
+            for i in range(2)
+        ]
+    )
+    write_parquet(params.paths.interim / "dedup.parquet", pd.concat([dd, birds], ignore_index=True))
+    before = {
+        p: p.read_bytes() for p in [*params.paths.processed.iterdir(), params.paths.interim / "split.parquet"]
+    }
+    state = shard_flow(params=params, return_state=True)
+    assert state.is_failed()
+    assert (
+        "too small for shard.split" in state.message and "'Bird' 2 (train 2, val 0, test 0)" in state.message
+    )
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(params.paths.processed.iterdir()) == sorted(
+        p for p in before if p.parent == params.paths.processed
+    )

@@ -253,3 +253,84 @@ def test_a_kept_photo_carries_its_measures_and_a_rejected_file_none():
     assert record["grey_p05"] <= record["grey_p99"] and 0 < record["entropy"] <= 8
     rejected, _ = check_bytes(b"not an image", SETTINGS)
     assert all(rejected.record()[k] is None for k in images.QUALITY_COLUMNS)
+
+
+@pytest.mark.parametrize("error", sorted(imagegen.DAMAGED_EXIF_SEEDS))
+def test_a_photo_whose_exif_pillow_cannot_rewrite_is_turned_like_its_undamaged_twin(error: str):
+    """A few changed bytes in the EXIF block make ImageOps.exif_transpose raise (it rewrites the block
+    after turning the photo) though the photo decodes: clean keeps it, turned as its tag says."""
+    import warnings
+
+    from PIL import ImageOps
+
+    data = imagegen.damaged_exif_jpeg(imagegen.DAMAGED_EXIF_SEEDS[error])
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    with pytest.raises(Exception) as raised, warnings.catch_warnings():  # the sample still is one
+        warnings.simplefilter("ignore")
+        ImageOps.exif_transpose(im)
+    assert f"{type(raised.value).__module__}.{type(raised.value).__name__}".endswith(error)
+    check, thumb = check_bytes(data, SETTINGS)
+    twin, twin_thumb = check_bytes(imagegen.jpeg_with_metadata(7), SETTINGS)
+    assert check.status == "kept" and check.normalised == twin.normalised == "exif_orientation:6"
+    assert (check.width, check.height) == (twin.width, twin.height) == (40, 60)
+    assert thumb == twin_thumb  # the same pixels, turned the same way
+
+
+@pytest.mark.parametrize(
+    ("value", "step"), [(9, "exif_orientation_invalid"), (0, "exif_orientation_invalid"), (1, "")]
+)
+def test_an_orientation_tag_outside_1_to_8_keeps_the_photo_as_stored_and_says_so(value: int, step: str):
+    check, thumb = check_bytes(imagegen.jpeg_with_metadata(7, orientation=value), SETTINGS)
+    assert check.status == "kept" and check.normalised == step
+    assert (check.width, check.height) == Image.open(io.BytesIO(thumb)).size == (60, 40)
+
+
+# Seeded changes per metadata segment: no exception may escape the check, every verdict is a known one.
+FUZZ_CHANGES = {"exif": 1000, "xmp": 150, "icc": 150, "comment": 50}
+PNG_FUZZ_CHANGES = {"tEXt": 100, "zTXt": 100, "iTXt": 150, "iCCP": 150, "eXIf": 500}
+
+
+def _assert_judged(data: bytes, what: str) -> str:
+    try:
+        check, thumb = check_bytes(data, SETTINGS)
+    except Exception as err:  # pragma: no cover - the failure this test looks for
+        pytest.fail(f"{what}: {type(err).__name__}: {err} escaped the check")
+    assert check.status in ("kept", "rejected"), what
+    if check.status == "rejected":
+        assert check.reason in REASONS and thumb is None, what
+    else:
+        assert Image.open(io.BytesIO(thumb)).mode == "RGB", what
+    return check.status
+
+
+def test_damaged_metadata_in_jpegs_and_pngs_never_escapes_the_check():
+    import warnings
+
+    verdicts: dict[str, set[str]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" and friends
+        jpeg = imagegen.jpeg_with_metadata(7)
+        for kind, start, end in imagegen.jpeg_segments(jpeg):
+            for seed in range(FUZZ_CHANGES.get(kind, 0)):
+                changed = imagegen.changed_bytes(jpeg, start, end, seed)
+                verdicts.setdefault(kind, set()).add(_assert_judged(changed, f"JPEG {kind} seed {seed}"))
+        png = imagegen.png_with_metadata(7)
+        for kind, start, end in imagegen.png_chunks(png):
+            for seed in range(PNG_FUZZ_CHANGES.get(kind, 0)):
+                changed = imagegen.with_png_crcs(imagegen.changed_bytes(png, start, end, seed))
+                verdicts.setdefault(kind, set()).add(_assert_judged(changed, f"PNG {kind} seed {seed}"))
+    assert set(verdicts) == set(FUZZ_CHANGES) | set(PNG_FUZZ_CHANGES)  # every segment was reached
+    assert all("kept" in v for v in verdicts.values())  # damaged metadata alone never costs the photo
+
+
+def test_a_failure_after_decoding_is_a_corrupt_verdict_naming_it(monkeypatch):
+    """Whatever a hostile file makes fail past the decoder (metadata, an exotic mode) is a verdict."""
+
+    def broken(im):
+        raise ValueError("conversion from XYZ not supported")
+
+    monkeypatch.setattr(images, "to_rgb", broken)
+    check, thumb = check_bytes(imagegen.jpeg(1), SETTINGS)
+    assert (check.status, check.reason, thumb) == ("rejected", "corrupt", None)
+    assert check.detail == "cannot be normalised: ValueError: conversion from XYZ not supported"

@@ -68,7 +68,7 @@ def test_fewer_than_two_classes_is_a_clear_error(tmp_path: Path, layout: list[st
 def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path, raw_with_history: Path):
     src = imagegen.make_dataset(tmp_path / "src", per_class=2, classes=("Cat", "cat", "Dog"))
     before = snapshot(raw_with_history)
-    with pytest.raises(PawflowError, match=r"differ only in case: 'Cat' and 'cat'\. .*Nothing was copied"):
+    with pytest.raises(PawflowError, match=r"differ only in case.*: 'Cat' and 'cat'\. .*Nothing was copied"):
         run_ingest(src, raw_with_history)
     # data/raw keeps earlier labels: a source that renamed Cat/ to cat/ would leave two classes there
     assert (raw_with_history / "Cat").is_dir()
@@ -136,3 +136,47 @@ def test_names_that_are_not_utf8_and_special_files_are_skipped_unopened(tmp_path
     os.mkfifo(tmp_path / "pets.zip")
     with pytest.raises(PawflowError, match="is not a regular file or folder"):
         run_ingest(tmp_path / "pets.zip", tmp_path / "w" / "raw")
+
+
+LOOK_ALIKES = [
+    (
+        "Caf\u00e9",
+        "Cafe\u0301",
+        "'Cafe\u0301' (Cafe\\u0301) and 'Caf\u00e9' (Caf\\xe9)",
+    ),  # NFC (Linux) and NFD (macOS)
+    ("Dog", "Dog ", "'Dog' and 'Dog '"),  # a trailing space
+    ("Dog", "  dog", "'  dog' and 'Dog'"),  # leading spaces and case
+    ("Dog", "Dog\u200b", "'Dog' and 'Dog\\u200b'"),  # a zero-width space
+    ("Dog", "\uff24og", "'Dog' and 'Ｄog' (\\uff24og)"),  # a full-width letter
+]
+
+
+@pytest.mark.parametrize(("one", "other", "named"), LOOK_ALIKES)
+def test_class_folders_that_look_alike_are_refused_in_folders_archives_and_against_raw(
+    tmp_path: Path, raw_with_history: Path, one: str, other: str, named: str
+):
+    """Names equal after NFKC, without invisible characters, case folded and stripped are one class to a
+    person: refused with both spellings shown apart, like the case twins, wherever the labels come from."""
+    src = imagegen.make_dataset(tmp_path / "src", per_class=2, classes=(one, other, "Bird"))
+    before = snapshot(raw_with_history)
+    with pytest.raises(PawflowError) as folder:
+        run_ingest(src, raw_with_history)
+    with pytest.raises(PawflowError) as archive:
+        run_ingest(zip_of(src, tmp_path / "src.zip"), raw_with_history)
+    for err in (folder, archive):
+        msg = str(err.value)
+        assert named in msg and "Merge each group into one folder with one spelling" in msg, msg
+    earlier = imagegen.make_dataset(tmp_path / "earlier", per_class=2, classes=(one, "Bird"))
+    raw = tmp_path / "raw2"
+    run_ingest(earlier, raw)
+    renamed = imagegen.make_dataset(tmp_path / "renamed", per_class=2, classes=(other, "Bird"))
+    with pytest.raises(PawflowError, match="already holds the other from an earlier ingest") as against:
+        run_ingest(renamed, raw)
+    assert named in str(against.value)
+    assert snapshot(raw_with_history) == before
+
+
+def test_names_that_only_look_close_stay_apart(tmp_path: Path):
+    src = imagegen.make_dataset(tmp_path / "src", per_class=2, classes=("Dog", "Dogs", "Do g", "Dög"))
+    _, _, df = run_ingest(src, tmp_path / "raw")
+    assert sorted(df["label"].unique()) == ["Do g", "Dog", "Dogs", "Dög"]

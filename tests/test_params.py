@@ -326,3 +326,85 @@ def test_a_misspelt_key_is_one_line_not_an_unknown_and_a_missing_one():
     msg = error_for(data)
     assert "  train.epohcs: unknown key (did you mean train.epochs? It is missing.)" in msg
     assert "train.epochs: missing" not in msg and msg.count("\n  ") == 2  # the line, then What to do
+
+
+@pytest.mark.parametrize(
+    ("section", "changes", "says"),
+    [
+        ("train", {"blocks": []}, "train.blocks: should be a list of at least 1 item, not 0"),
+        ("train", {"warmup_epochs": 32}, "warmup_epochs 32 is not shorter than epochs 32"),
+        ("train", {"warmup_epochs": 3, "epochs": 2}, "warmup_epochs 3 is not shorter than epochs 2"),
+        ("train", {"width": 512, "blocks": [1] * 6}, "16,384 filters in the last stage"),
+        (
+            "evaluate",
+            {"misclassified": 0},
+            "evaluate.misclassified: should be greater than or equal to 1",
+        ),
+        ("runner", {"workers": 10000}, "runner.workers: should be less than or equal to 256"),
+        ("dedup", {"hash_size": 4, "max_distance": 9}, "more than half of the 16 bits"),
+        ("clean", {"min_side": 10000, "max_pixels": 1000000}, "every photo would be rejected"),
+    ],
+)
+def test_values_that_make_a_later_stage_degenerate_are_refused_naming_the_key(
+    section: str, changes: dict, says: str
+):
+    """An empty block list (a 257-parameter model), a warmup as long as training, a grid of 0 mistakes,
+    10,000 workers, a dedup distance at chance level, a size no photo can have."""
+    data = base()
+    data[section].update(changes)
+    msg = error_for(data)
+    assert says in msg and f"  {section}" in msg, msg
+
+
+def test_the_limits_leave_the_shipped_and_the_test_settings_alone():
+    data = base()
+    data["train"].update(epochs=1, warmup_epochs=0, image_size=32, width=8)  # the tests' tiny model
+    parse_params(data)
+    data["train"].update(epochs=2, warmup_epochs=1, width=512, blocks=[1] * 5)  # 8,192 filters at most
+    parse_params(data)
+    data["train"].update(model="seed_cnn", blocks=[1] * 8)  # blocks shapes pawnet only
+    parse_params(data)
+
+
+def workspace_params(ws: Path, source: str) -> Path:
+    data = base()
+    data["ingest"]["source"] = source
+    p = ws / "params.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("source", "names"),
+    [
+        ("data", "data/raw (paths.raw), data/interim (paths.interim), data/processed (paths.processed)"),
+        ("data/raw", "data/raw (paths.raw)"),
+        ("data/raw/Cat", "data/raw (paths.raw)"),
+        ("./models/../data/processed", "data/processed (paths.processed)"),
+        ("reports", "reports (paths.reports), reports/runs.jsonl (pipeline.history)"),
+        (".pawflow", ".pawflow/cache (paths.cache), .pawflow"),
+        (".dvc/cache", ".dvc"),
+        (".git", ".git"),
+        ("link-to-raw", "data/raw (paths.raw)"),
+        ("{ws}/data", "data/raw (paths.raw)"),
+    ],
+)
+def test_a_source_overlapping_what_pawflow_or_dvc_manages_is_refused(tmp_path: Path, source: str, names):
+    ws = tmp_path / "ws"
+    (ws / "data/raw/Cat").mkdir(parents=True)
+    (ws / "link-to-raw").symlink_to(ws / "data/raw")
+    p = workspace_params(ws, source.format(ws=ws))
+    with pytest.raises(PawflowError) as info:
+        load_params(p)
+    msg = str(info.value)
+    assert "ingest.source" in msg and f"overlaps what pawflow and DVC manage in the workspace: {names}" in msg
+
+
+@pytest.mark.parametrize(
+    "source", ["photos", "data/incoming", "photos.zip", "../elsewhere", "https://x/p.zip"]
+)
+def test_a_photo_folder_of_its_own_inside_the_workspace_stays_allowed(tmp_path: Path, source: str):
+    p = workspace_params(tmp_path / "ws", source)
+    (tmp_path / "ws" / "data/raw").mkdir(parents=True)
+    assert load_params(p).ingest.source == source

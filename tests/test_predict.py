@@ -192,14 +192,18 @@ def test_predict_labels_the_photos_beside_a_named_pipe(tmp_path: Path, capsys, m
     (photos / "a.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
     os.mkfifo(photos / "b.jpg")  # no writer: opening it to read would block forever
     (photos / "c.jpg").write_bytes(imagegen.cut_jpeg_closed(1005))
+    # EXIF that Pillow's exif_transpose cannot rewrite: labelled like its undamaged twin, as clean keeps it
+    (photos / "d.jpg").write_bytes(imagegen.damaged_exif_jpeg(imagegen.DAMAGED_EXIF_SEEDS["TypeError"]))
+    (photos / "e.jpg").write_bytes(imagegen.jpeg_with_metadata(7))
     monkeypatch.chdir(tmp_path)
     code = pawflow(["predict", str(photos), "--model", str(model)])
     lines = capsys.readouterr().out.splitlines()
     assert code == 1  # some files could not be labelled
-    assert [Path(line.split("\t")[0]).name for line in lines] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [Path(line.split("\t")[0]).name for line in lines] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
     assert lines[0].split("\t")[1] in {"Cat", "Dog"}
     assert lines[1].endswith(f"error: {predict.NOT_REGULAR}")
     assert "error: truncated" in lines[2]
+    assert lines[3].split("\t")[1:] == lines[4].split("\t")[1:]  # same label, same confidence
 
 
 def test_a_format_clean_does_not_accept_is_refused_and_a_size_above_its_limit_too(tmp_path: Path):
@@ -285,3 +289,57 @@ def test_outside_a_project_the_card_alone_says_how_to_predict(tmp_path: Path, ca
     write_model(tmp_path / "model", {**card, "tensorflow": {**card["tensorflow"], "threads": 3}})
     assert pawflow(["predict", str(photos), "--model", str(tmp_path / "model")]) == 2
     assert "TF_NUM_INTRAOP_THREADS=3" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_file_name_cannot_forge_a_line_of_output(tmp_path: Path, capsys, monkeypatch):
+    """A name holding a tab and a newline used to print a second, fake result line; now each file is one
+    line whose fields round-trip (tasks.text.tsv_value), and --csv stays valid CSV."""
+    import csv
+
+    from tasks.text import tsv_value
+
+    model = write_model(tmp_path / "model", SMALL_CARD)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [
+        "cat.jpg\tDog\t0.9999\nfake.jpg",
+        "back\\slash\\t.jpg",
+        'quote",comma.jpg',
+        os.fsdecode(b"\xff.jpg"),
+    ]
+    for i, name in enumerate(names):
+        (photos / name).write_bytes(imagegen.jpeg(i, (80, 60)))
+    (photos / "not a photo\r.jpg").write_bytes(b"text")
+    monkeypatch.chdir(tmp_path)
+    assert pawflow(["predict", str(photos), "--model", str(model)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(names) + 1  # one line per file, nothing forged
+    by_name = {Path(tsv_value(line.split("\t")[0])).name: line.split("\t")[1:] for line in lines}
+    assert set(by_name) == {*names, "not a photo\r.jpg"}
+    for name in names:
+        label, confidence = by_name[name]
+        assert label in {"Cat", "Dog"} and float(confidence) <= 1
+    assert by_name["not a photo\r.jpg"] == ["error: not_an_image: " + images.REASONS["not_an_image"]]
+    assert pawflow(["predict", str(photos), "--model", str(model), "--csv"]) == 1
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["path", "label", "confidence", "error"] and len(rows) == len(names) + 2
+    assert {Path(r[0]).name for r in rows[1:]} == {*names[:3], "\ufffd.jpg", "not a photo\r.jpg"}
+
+
+def test_a_model_that_is_not_the_one_its_card_records_is_refused_before_loading(
+    tmp_path: Path, capsys, monkeypatch
+):
+    from tasks.fileio import sha256_file
+
+    model = write_model(tmp_path / "model", SMALL_CARD)
+    card = {**SMALL_CARD, "model_sha256": sha256_file(model / "model.keras")}
+    (model / "model.json").write_text(json.dumps(card))
+    assert predict.model_files(model)[1] == card
+    (model / "model.keras").write_bytes((model / "model.keras").read_bytes() + b"\0")
+    (tmp_path / "a.jpg").write_bytes(imagegen.jpeg(1))
+    monkeypatch.chdir(tmp_path)
+    assert pawflow(["predict", str(tmp_path / "a.jpg"), "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert f"{model / 'model.keras'} does not match {model / 'model.json'}" in err and "dvc checkout" in err
+    assert err.count("What to do") == 1 and "Traceback" not in err

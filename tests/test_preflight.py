@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from tasks.errors import PawflowError
-from tasks.preflight import CHECKED_TEXT, check_source, special_files
+from tasks.preflight import CHECKED_TEXT, check_source, preflight, special_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def source_with_photos(tmp_path: Path) -> Path:
-    return imagegen.make_dataset(tmp_path / "source", per_class=2)
+    return imagegen.make_dataset(tmp_path / "source", per_class=5)  # the fewest the shipped split takes
 
 
 def test_a_named_pipe_in_the_source_is_refused_without_opening_it(tmp_path: Path):
@@ -130,3 +130,36 @@ def test_an_empty_source_is_refused_by_the_check_stage_at_once(tmp_path: Path):
     assert len(out.stderr.strip().splitlines()) == 2 and "Traceback" not in out.stderr
     assert seconds < 5, seconds  # ~1 s alone; a loaded 2-core machine is slower
     assert not (ws / "data/interim/checked.txt").exists()
+
+
+def test_a_class_too_small_for_every_split_is_refused_by_the_check_with_the_minimum(tmp_path: Path):
+    """Counted from directory entries (nothing opened), with the photos data/raw already holds."""
+    src = source_with_photos(tmp_path)
+    imagegen.make_dataset(src, per_class=2, classes=("Bird",), seed=500)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["ingest"]["source"] = str(src)
+    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    bad = run_check(ws)
+    assert bad.returncode == 2 and bad.stderr.count("What to do") == 1 and "Traceback" not in bad.stderr
+    assert "1 class(es) too small for shard.split (train 0.7, val 0.15, test 0.15)" in bad.stderr
+    assert "files in ingest.source (with data/raw's): 'Bird' 2." in bad.stderr
+    assert "at least 5 distinct photos per class" in bad.stderr
+    assert not (ws / "data/interim/checked.txt").exists()  # nothing written
+    with pytest.raises(PawflowError, match="'Bird' 2"):
+        preflight(ws / "params.yaml", light=True)
+    # Photos an earlier ingest brought count too; one of the source's names counts once.
+    (ws / "data/raw/Bird").mkdir(parents=True)
+    for name in ("bird.0.jpg", "old.1.jpg"):
+        (ws / "data/raw/Bird" / name).write_bytes(imagegen.jpeg(700))
+    with pytest.raises(PawflowError, match="'Bird' 3"):
+        preflight(ws / "params.yaml", light=True)
+    for name in ("old.2.jpg", "old.3.jpg"):
+        (ws / "data/raw/Bird" / name).write_bytes(imagegen.jpeg(701))
+    assert preflight(ws / "params.yaml", light=True).ingest.source == str(src)
+    # Without a validation split, two photos per class reach train and test.
+    data["shard"]["split"] = {"train": 0.7, "val": 0.0, "test": 0.3}
+    data["ingest"]["source"] = str(imagegen.make_dataset(tmp_path / "pairs", per_class=2))
+    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    assert run_check(ws).returncode == 0

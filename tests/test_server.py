@@ -44,7 +44,8 @@ def test_only_stage_processes_without_an_api_use_it(project: Path, monkeypatch: 
     monkeypatch.setattr(server, "ensure_background", lambda: started.append(1) or "http://x/api")
     for label in ("Cat", "Dog"):
         (Path("photos") / label).mkdir(parents=True)
-        (Path("photos") / label / "1.jpg").write_bytes(b"x")  # the check wants two class folders with files
+        for i in range(5):  # the check wants two class folders, each with enough files for every split
+            (Path("photos") / label / f"{i}.jpg").write_bytes(b"x")
     params = (ROOT / "params.yaml").read_text()
     Path("params.yaml").write_text(params.replace("../shared/datasets/petimages-sample", "photos"))
     cases = [

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.shard import SPLITS, assign, plan_shards, shard_name, unit_hash
+from tasks.errors import PawflowError
+from tasks.shard import SPLITS, assign, kept_examples, plan_shards, shard_name, short_classes, unit_hash
+from tasks.splitrule import min_per_class
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -276,11 +278,45 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
 
 
 def test_fifty_labels_of_four_photos_leave_the_test_split_empty_and_that_is_reported():
-    from tasks.shard import empty_splits
-
     rows, _, _ = assign(photos(200, label_of=lambda i: f"label{i % 50:02d}"), None, FRACTIONS, "s")
-    assert (rows["split"] == "test").sum() == 0  # each label: train, val, train... never test
-    assert empty_splits(rows, FRACTIONS) == ["test"]
+    assert (rows["split"] == "test").sum() == 0  # each label: train, train, val, train... never test
+    short = short_classes(rows, FRACTIONS)
+    assert len(short) == 50 and short["label07"] == {"train": 3, "val": 1, "test": 0}
     no_val = {"train": 0.7, "val": 0.0, "test": 0.3}
     rows, _, _ = assign(photos(200, label_of=lambda i: f"label{i % 50:02d}"), None, no_val, "s")
-    assert empty_splits(rows, no_val) == []  # val asked to be empty, test filled
+    assert short_classes(rows, no_val) == {}  # val asked to be empty, test filled
+
+
+@pytest.mark.parametrize(
+    ("fractions", "need"),
+    [
+        (FRACTIONS, 5),  # train, train, val, train, test
+        ({"train": 0.5, "val": 0.25, "test": 0.25}, 3),
+        ({"train": 0.7, "val": 0.0, "test": 0.3}, 2),
+        ({"train": 0.8, "val": 0.1, "test": 0.1}, 7),
+        ({"train": 0.98, "val": 0.01, "test": 0.01}, 67),
+    ],
+)
+def test_the_minimum_per_class_is_exactly_what_assign_needs_to_reach_every_split(fractions, need: int):
+    """min_per_class deals groups with shard's own rule: a new class of `need` photos reaches every split
+    asked for, one fewer leaves one empty, whatever the salt."""
+    assert min_per_class(fractions) == need
+    wanted = {s for s in SPLITS if fractions[s] > 0}
+    for salt in ("a", "b", "c"):
+        for n, reaches in ((need, True), (need - 1, False)):
+            rows, _, _ = assign(photos(n, label_of=lambda i: "Bird"), None, fractions, salt)
+            assert (set(rows["split"]) == wanted) is reaches, (salt, n)
+
+
+def test_shard_refuses_a_class_below_the_minimum_naming_it_before_writing_anything():
+    """Two birds went to train without a word; now every class must reach every split asked for."""
+    cats_dogs = photos(40)
+    birds = photos(2, label_of=lambda i: "Bird", start=1000)
+    rows, _, _ = assign(pd.concat([cats_dogs, birds], ignore_index=True), None, FRACTIONS, "s")
+    with pytest.raises(PawflowError) as info:
+        kept_examples(rows, FRACTIONS)
+    msg = str(info.value)
+    assert "shard: 1 class(es) too small for shard.split (train 0.7, val 0.15, test 0.15)" in msg
+    assert "'Bird' 2 (train 2, val 0, test 0)" in msg and "at least 5 distinct photos per class" in msg
+    assert msg.count("What to do") == 1
+    assert len(kept_examples(rows[rows["label"] != "Bird"], FRACTIONS)) == 40

@@ -10,6 +10,8 @@ from conftest import params_for
 from reportsamples import sample, write_samples
 
 from tasks import summary, versioning
+from tasks.text import md
+from tasks.text import md as escaped
 
 
 def reports(tmp_path: Path):
@@ -47,7 +49,7 @@ def test_a_warm_started_model_and_the_run_history_record(tmp_path: Path):
     )
     assert summary.warm_start_markdown(params.paths.reports) == [
         "",
-        f"**train**: warm start #2 from {'ab' * 6} (the champion then): 7 new photos",
+        f"**train**: warm start #2 from {'ab' * 6} (the champion then): {md('7 new photos')}",
     ]
     assert summary.train_start(params.paths.reports) == {"warm_start": warm}
     (params.paths.reports / "train.json").unlink()
@@ -132,5 +134,31 @@ def test_the_evaluation_artifact_carries_the_figures_and_pictures():
     assert [alt for alt, kind, _ in pictures if kind == "png"] == ["confusion", "roc"]
     jpegs = [b for _, kind, b in pictures if kind == "jpeg"]
     assert len(jpegs) == summary.MARKDOWN_MISTAKES and base64.b64decode(jpegs[0]) == thumb
-    assert "`Cat/0.jpg`: Cat, taken for Dog (97 % sure)" in md and "(8 of 12; the report shows all)" in md
+    assert (
+        f"{escaped('Cat/0.jpg')}: Cat, taken for Dog (97 % sure)" in md
+        and "(8 of 12; the report shows all)" in md
+    )
     assert "file://" not in md and "None" not in md
+
+
+def test_class_names_and_reasons_reach_the_summary_as_text(tmp_path: Path):
+    """A class named like HTML, a backtick or a `|` must not become markup in Prefect's artifact."""
+    from markdown_it import MarkdownIt
+
+    params = reports(tmp_path)
+    hostile = ['"><img src=x onerror=alert(1)>', "a|b `c` *d*"]
+    shard = json.loads((params.paths.reports / "shard.json").read_text())
+    rename = dict(zip(shard["class_names"], hostile, strict=True))
+    shard["class_names"] = hostile
+    shard["counts"] = {s: {rename[c]: n for c, n in per.items()} for s, per in shard["counts"].items()}
+    (params.paths.reports / "shard.json").write_text(json.dumps(shard))
+    metrics = json.loads((params.paths.reports / "metrics.json").read_text())
+    (params.paths.reports / "metrics.json").write_text(json.dumps({**metrics, "roc_auc": None}))
+    stages = dict.fromkeys(versioning.STAGES, "ran (1.0s)")
+    text = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    page = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    assert "<img" not in page and "<code>" not in page and "<em>" not in page
+    shard_table = page.split("<table>")[2]
+    header = shard_table.split("</tr>")[0]
+    assert header.count("<th>") == 3 and "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in header
+    assert "ROC AUC n/a" in text

@@ -276,3 +276,24 @@ def test_keras_draws_its_made_up_seeds_where_keras_draws_privately_sends_them():
         "threads' draws again. Find where it draws now (keras.src.random.seed_generator.make_default_seed), "
         "or use its public API if it has one."
     )
+
+
+def test_a_shard_damaged_in_place_is_refused_before_training(trained: Params, tmp_path: Path):
+    """What `dvc checkout` of a damaged cache object leaves (rc 0, `dvc status` clean): train names the
+    file and what to run, and writes nothing."""
+    from conftest import copy_of_trained
+
+    from flows.train import train_flow
+    from tasks.datasetinfo import DatasetInfo
+
+    params = copy_of_trained(trained, tmp_path)
+    shard = DatasetInfo.read(params.paths.processed).split_paths(params.paths.processed, "val")[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    shard.write_bytes(bytes(data))
+    model = (params.paths.models / "model.keras").read_bytes()
+    state = train_flow(params=params, return_state=True)
+    assert state.is_failed() and f"{shard}: its sha256 is not the one shard recorded" in state.message
+    err = state.result(raise_on_failure=False)
+    assert "dvc checkout" in err.fix and "dvc repro --force shard" in err.fix
+    assert (params.paths.models / "model.keras").read_bytes() == model
