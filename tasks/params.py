@@ -40,6 +40,7 @@ class Paths(Section):
     models: Path
     reports: Path
     cache: Path
+    exclude: Path
 
 
 class Runner(Section):
@@ -51,6 +52,8 @@ class Runner(Section):
 
 class Ingest(Section):
     source: str = Field(min_length=1)
+    mode: Literal["mirror", "append"]
+    max_removed_fraction: Fraction
     sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")
     max_archive_bytes: PositiveInt
     max_archive_files: PositiveInt
@@ -93,6 +96,15 @@ class Clean(Section):
                 f"(a file's format, not its extension: JPEG for .jpg). Valid: {', '.join(sorted(valid))}"
             )
         return names
+
+
+class Audit(Section):
+    """audit: the champion's check of a run's new photos (tasks/audit.py)."""
+
+    confidence: Annotated[float, Field(gt=0.5, le=1.0)]
+    tolerance: Fraction
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    min_photos: PositiveInt
 
 
 def image_formats() -> set[str]:
@@ -263,6 +275,7 @@ class Params(Section):
     runner: Runner
     ingest: Ingest
     clean: Clean
+    audit: Audit
     dedup: Dedup
     shard: Shard
     train: Train

@@ -53,12 +53,13 @@ class IgnoredFolder(TypedDict):
 @with_config(CONTRACT)
 class IngestReport(TypedDict):
     source: Source
+    mode: Literal["mirror", "append"]  # ingest.mode: data/raw follows the source, or only grows
     files: int
     bytes: int
     per_label: dict[str, int]
     skipped: list[Skipped]
     ignored_folders: list[IgnoredFolder]
-    not_in_source: list[str]  # files of data/raw the source no longer has (raw data is never deleted)
+    not_in_source: list[str]  # files of data/raw the source no longer has (append mode keeps them)
 
 
 # --------------------------------------------------------------------------- clean.json

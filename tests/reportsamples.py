@@ -9,6 +9,7 @@ from tasks.fileio import write_json
 SAMPLES: dict[str, dict] = {
     "ingest.json": {
         "source": {"kind": "folder", "location": "/photos", "archive_sha256": None},
+        "mode": "mirror",
         "files": 40,
         "bytes": 40_000,
         "per_label": {"Cat": 20, "Dog": 20},
