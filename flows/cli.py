@@ -43,8 +43,8 @@ class RunFailed(PawflowError):
     exit_code = 1
 
 
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=tool_env())
+def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env={**tool_env(), **(env or {})})
     if check and proc.returncode != 0:
         # The stage's own message above says what to do; finished stages are recorded in dvc.lock.
         raise RunFailed(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}); its message is above.")
@@ -58,11 +58,14 @@ def has_remote() -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
-def cmd_run(force: bool = False, push: bool = True) -> int:
-    """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote."""
+def cmd_run(force: bool = False, push: bool = True, accept_removals: bool = False) -> int:
+    """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote.
+    accept_removals: ingest may remove what the source lost even above ingest.max_removed_fraction
+    (for this dvc repro only: flows.ingest reads it from PAWFLOW_ACCEPT_REMOVALS)."""
     from flows.common import run_lock
     from flows.server import prefect_api
     from tasks import versioning
+    from tasks.ingest import ACCEPT_ENV
     from tasks.preflight import preflight
 
     root = project_root(Path.cwd())
@@ -80,7 +83,9 @@ def cmd_run(force: bool = False, push: bool = True) -> int:
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
     else:
         with prefect_api(PREFECT_HOME):
-            dvc("repro", *(["--force"] if force else []))
+            dvc(
+                "repro", *(["--force"] if force else []), env={ACCEPT_ENV: "any"} if accept_removals else None
+            )
     pushed = None
     if push and params.pipeline.push and has_remote():
         dvc("push")
@@ -211,7 +216,7 @@ def deployments(params_path: Path) -> list:
         concurrency_limit=one_at_a_time,
         tags=["pawflow"],
         description="The whole pipeline on demand: prefect deployment run 'pipeline/manual' "
-        "[--param epochs=3] [--param source=...] [--param force=true]",
+        "[--param epochs=3] [--param source=...] [--param force=true] [--param accept_removals=true]",
     )
     nightly = pipeline.to_deployment(
         name="retrain-nightly",
@@ -272,6 +277,11 @@ server_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(server_app, name="server")
+quarantine_app = typer.Typer(
+    help="Batches of new photos the label audit held out of training (docs/collection.md).",
+    no_args_is_help=True,
+)
+app.add_typer(quarantine_app, name="quarantine")
 
 
 def package_version() -> str:
@@ -322,9 +332,17 @@ def run_command(
     push: Annotated[
         bool, typer.Option("--push/--no-push", help="dvc push data and model to the default remote after.")
     ] = True,
+    accept_removals: Annotated[
+        bool,
+        typer.Option(
+            "--accept-removals",
+            help="Let this run remove what the source no longer holds, even more than "
+            "ingest.max_removed_fraction of the collection.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
-    _finish("run", cmd_run, force=force, push=push)
+    _finish("run", cmd_run, force=force, push=push, accept_removals=accept_removals)
 
 
 @app.command("serve")
@@ -378,6 +396,66 @@ def server_status() -> None:
 def server_stop() -> None:
     """Stop the background server now (it also stops itself when idle)."""
     _finish("server stop", cmd_server, action="stop")
+
+
+def cmd_quarantine_list() -> int:
+    """Print each batch held in quarantine: its id, photos, why, and a few of its photos."""
+    from tasks import quarantine
+
+    root = project_root(Path.cwd())
+    params = load_params(root / "params.yaml")
+    held = quarantine.read(root / params.paths.interim).held_batches()
+    if not held:
+        print("no batch is held in quarantine")
+        return 0
+    for b in held:
+        shown = ", ".join(p.path for p in b.photos[:3]) + (", ..." if len(b.photos) > 3 else "")
+        print(f"{b.id}\t{len(b.photos)} photos\t{b.reason}\n\te.g. {shown}")
+    page = params.paths.reports / "data.html"
+    print(f"their thumbnails: {page}#quarantine; to release one: pawflow quarantine release ID")
+    return 0
+
+
+def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
+    """Mark batches released (the next run splits and trains on their photos) and record it in dvc.lock."""
+    from flows.common import run_lock
+    from tasks import quarantine, versioning
+
+    if not ids and not everything:
+        raise PawflowError("name the batches to release (as `pawflow quarantine list` shows them), or --all.")
+    root = project_root(Path.cwd())
+    params = load_params(root / "params.yaml")
+    interim = root / params.paths.interim
+    with run_lock(root):  # not while a run reads the quarantine
+        q, released = quarantine.release(quarantine.read(interim), ids, everything)
+        if not released:
+            print("no batch is held in quarantine")
+            return 0
+        quarantine.write(interim, q)
+        if (root / ".dvc").is_dir() and (root / "dvc.lock").exists():
+            versioning.commit_stage(root, "audit")  # dvc.lock records it: dedup is now out of date
+    for b in released:
+        print(f"released batch {b.id} ({len(b.photos)} photos)")
+    print("the next run (pawflow run, dvc repro or a deployment) splits and trains on them")
+    return 0
+
+
+@quarantine_app.command("list")
+def quarantine_list() -> None:
+    """List the batches held in quarantine, with why."""
+    _finish("quarantine list", cmd_quarantine_list)
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="BATCH...", help="Batch ids (or unique prefixes), as `list` shows them."),
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Release every held batch.")] = False,
+) -> None:
+    """Release batches: the next run splits and trains on their photos (fix or exclude bad ones first)."""
+    _finish("quarantine release", cmd_quarantine_release, ids=ids or [], everything=everything)
 
 
 def main(argv: list[str] | None = None) -> int:

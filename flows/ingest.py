@@ -29,14 +29,8 @@ def resolve_source(params: Params) -> Listing:
     return ingest.resolve(params.ingest, params.paths.cache / "downloads")
 
 
-# `dvc repro` cannot pass a flag to a stage: a big removal is accepted there for one command with
-# PAWFLOW_ACCEPT_REMOVALS=<the count the refusal names> (or `any`, what `pawflow run --accept-removals`
-# sets for its own dvc repro). A count, so that a variable left set in a shell accepts nothing else.
-ACCEPT_ENV = "PAWFLOW_ACCEPT_REMOVALS"
-
-
 def accepted_removals(value: str | None) -> tuple[bool, int | None]:
-    """(accept any removal, accept exactly this many) from PAWFLOW_ACCEPT_REMOVALS."""
+    """(accept any removal, accept exactly this many) from PAWFLOW_ACCEPT_REMOVALS's value."""
     if value is None or not value.strip():
         return False, None
     if value.strip() == "any":
@@ -44,9 +38,9 @@ def accepted_removals(value: str | None) -> tuple[bool, int | None]:
     if value.strip().isdigit():
         return False, int(value)
     raise PawflowError(
-        f"{ACCEPT_ENV}={value!r}: expected the number of photos whose removal you accept (as the refusal "
-        "names it) or 'any'.",
-        f"e.g. `{ACCEPT_ENV}=120 dvc repro`, or leave it unset.",
+        f"{ingest.ACCEPT_ENV}={value!r}: expected the number of photos whose removal you accept (as the "
+        "refusal names it) or 'any'.",
+        f"e.g. `{ingest.ACCEPT_ENV}=120 dvc repro`, or leave it unset.",
     )
 
 
@@ -108,7 +102,7 @@ def ingest_flow(
     record_stage_run(params, "ingest", figures)
     log = get_run_logger()
     if figures["removed"] or figures["relabelled"] or figures["renamed"]:
-        log.info("the collection follows the source: %s", ingest.changes_line(figures))
+        log.info("the collection follows the source: %s", ingest.collection_line(figures))
     for s in rep["skipped"]:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     for s in rep["ignored_folders"]:
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.preflight import preflight
 
     try:
-        accept_all, accept_count = accepted_removals(os.environ.get(ACCEPT_ENV))
+        accept_all, accept_count = accepted_removals(os.environ.get(ingest.ACCEPT_ENV))
     except PawflowError as err:
         print(f"\npawflow ingest: {err}", file=sys.stderr)
         return 2

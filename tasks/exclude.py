@@ -18,11 +18,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Literal
 
 from tasks.errors import PawflowError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # The entry, then whitespace, `#` and the reason. Lazy: the first ` #` ends the entry.
@@ -124,6 +125,8 @@ def read(path: Path) -> list[Entry]:
 def matches(entries: list[Entry], photos: pd.DataFrame) -> pd.DataFrame:
     """The photos (rows with path and sha256) an entry names: path, sha256, reason, line (the first
     entry that names a photo gives its reason), sorted by path."""
+    import pandas as pd
+
     by_path = {e.key: e for e in entries if e.kind == "path"}
     by_sha = {e.key: e for e in entries if e.kind == "sha256"}
     rows = []

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from tasks.params import Ingest
 
 MANIFEST_COLUMNS = ["path", "label", "bytes", "sha256"]
+# `dvc repro` cannot pass a flag to a stage: a big removal is accepted there for one command with
+# PAWFLOW_ACCEPT_REMOVALS=<the count the refusal names> (or `any`, what `pawflow run --accept-removals`
+# sets for its own dvc repro). A count, so that a variable left set in a shell accepts nothing else.
+# (Read by flows/ingest.py: tasks take plain arguments.)
+ACCEPT_ENV = "PAWFLOW_ACCEPT_REMOVALS"
 TEMP_PREFIX = ".tmp-"
 
 
@@ -392,18 +397,18 @@ def run_figures(result: SyncResult, hashed: int) -> dict:
     }
 
 
-def changes_line(figures: dict) -> str:
-    """This run's changes to the collection in one line: "+5 new, 2 updated, removed 3, relabelled 2
-    (Cat -> Dog 2)"; "no change" when there is none."""
-    parts = [f"+{figures['copied']} new"] if figures["copied"] else []
-    parts += [f"{figures['updated']} updated"] if figures["updated"] else []
-    parts += [f"removed {figures['removed']}"] if figures["removed"] else []
-    if figures["relabelled"]:
+def collection_line(figures: dict) -> str:
+    """What a run changed in the collection (ingest's run figures) in one line: "+5 new, 2 updated,
+    removed 3, relabelled 2 (Cat -> Dog 2), renamed 1"; "no change" when there is none."""
+    parts = [f"+{figures['copied']} new"] if figures.get("copied") else []
+    parts += [f"{figures['updated']} updated"] if figures.get("updated") else []
+    parts += [f"removed {figures['removed']}"] if figures.get("removed") else []
+    if figures.get("relabelled"):
         moves = ", ".join(
             f"{old} -> {new} {n}"
-            for old, to in figures["relabelled_per_class"].items()
+            for old, to in figures.get("relabelled_per_class", {}).items()
             for new, n in to.items()
         )
         parts.append(f"relabelled {figures['relabelled']} ({moves})")
-    parts += [f"renamed {figures['renamed']}"] if figures["renamed"] else []
+    parts += [f"renamed {figures['renamed']}"] if figures.get("renamed") else []
     return ", ".join(parts) or "no change"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
+from tasks.reports import AUDIT, CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
 
 T = TypeVar("T")
 
@@ -31,11 +31,17 @@ def warm_start_markdown(reports: Path, origin: str = "") -> list[str]:
     return ["", f"**train**{origin}: {start}: {rep['start_reason']}"]
 
 
-def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, order: Sequence[str]) -> str:
+def pipeline_markdown(
+    reports: Path,
+    stages: dict[str, str],
+    no_new_data: bool,
+    order: Sequence[str],
+    collection: dict | None = None,
+) -> str:
     """The run's summary: what each stage of this run did (stages: stage -> "ran (…)" or "skipped …",
     order: every stage of the pipeline). A stage's numbers appear only when the stage is in this run,
     and are marked as an earlier run's when DVC found it up to date; stages outside the run (--until)
-    show none."""
+    show none. collection: what this run's ingest changed (its run figures), when it ran."""
 
     def read(report: Report[T]) -> T | None:
         """The stage's report if the stage is part of this run and has written it."""
@@ -45,6 +51,7 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
         return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
 
     clean, dedup, shard, metrics, gate = read(CLEAN), read(DEDUP), read(SHARD), read(METRICS), read(GATE)
+    audit = read(AUDIT)
     lines = ["## pawflow pipeline", ""]
     if no_new_data:
         lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
@@ -52,16 +59,24 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     left_out = [s for s in order if s not in stages]
     if left_out:
         lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
+    if collection is not None:
+        from tasks.ingest import collection_line
+
+        lines += ["", f"**ingest**: the collection follows the source: {collection_line(collection)}"]
     if clean:
         lines += [
             "",
             f"**clean**{origin('clean')}: {clean['files']} files, {clean['kept']} kept, "
             f"{clean['rejected']} rejected " + ", ".join(f"{k} {v}" for k, v in clean["per_reason"].items()),
         ]
+    if audit:
+        flag = "**QUARANTINED**: " if audit["tripped"] and stages["audit"].startswith("ran") else ""
+        lines += [f"**label audit**{origin('audit')}: {flag}{audit['reason']}"]
     if dedup:
         lines += [
             f"**dedup**{origin('dedup')}: {dedup['exact_duplicates']} exact and {dedup['near_duplicates']} "
-            f"near duplicates, {dedup['conflict']} photos in label conflicts"
+            f"near duplicates, {dedup['conflict']} photos in label conflicts, {dedup['excluded']} excluded "
+            f"by you, {dedup['quarantined']} held in quarantine"
         ]
     if shard:
         lines += [

@@ -82,13 +82,13 @@ def test_bad_params_exit_2_with_one_message(tmp_path: Path, monkeypatch, capsys)
 def test_exit_code_per_kind_of_error(raised: BaseException, code: int, message: str, monkeypatch, capsys):
     seen = {}
 
-    def fake_run(force: bool, push: bool) -> int:
-        seen.update(force=force, push=push)
+    def fake_run(force: bool, push: bool, accept_removals: bool) -> int:
+        seen.update(force=force, push=push, accept_removals=accept_removals)
         raise raised
 
     monkeypatch.setattr(cli, "cmd_run", fake_run)
-    assert main(["run", "--force", "--no-push"]) == code
-    assert seen == {"force": True, "push": False}
+    assert main(["run", "--force", "--no-push", "--accept-removals"]) == code
+    assert seen == {"force": True, "push": False, "accept_removals": True}
     err = capsys.readouterr().err
     assert message in err and err.count("pawflow run:") == 1
 

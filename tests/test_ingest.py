@@ -78,7 +78,7 @@ def test_mirror_a_photo_deleted_from_the_source_leaves_raw(dataset: Path, tmp_pa
     assert rep["not_in_source"] == [] and rep["files"] == 39 and rep["per_label"] == {"Cat": 19, "Dog": 20}
     figures = ingest.run_figures(result, hashed=0)
     assert figures["removed"] == 1 and figures["removed_per_class"] == {"Cat": 1}
-    assert ingest.changes_line(figures) == "removed 1"
+    assert ingest.collection_line(figures) == "removed 1"
 
 
 def test_mirror_a_photo_moved_to_another_class_changes_label_without_a_copy(dataset: Path, tmp_path: Path):
@@ -97,7 +97,7 @@ def test_mirror_a_photo_moved_to_another_class_changes_label_without_a_copy(data
     figures = ingest.run_figures(result, hashed=0)
     assert (figures["relabelled"], figures["renamed"]) == (1, 1)
     assert figures["relabelled_per_class"] == {"Cat": {"Dog": 1}}
-    assert ingest.changes_line(figures) == "relabelled 1 (Cat -> Dog 1), renamed 1"
+    assert ingest.collection_line(figures) == "relabelled 1 (Cat -> Dog 1), renamed 1"
     _, again, _ = run_ingest(dataset, raw, known)  # the move kept the source's timestamp: nothing to read
     assert again.moved == [] and again.copied == [] and again.updated == [] and again.unchanged == 40
 
