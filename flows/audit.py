@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.common import friendly, publish, record_stage_run, workspace_lock
-from tasks import audit, exclude, quarantine, runtime
+from tasks import audit, exclude, quarantine
 from tasks.errors import PawflowError
 from tasks.fileio import read_parquet
 from tasks.params import Params, load_params
@@ -60,8 +60,7 @@ def audit_flow(params: Params, refresh: bool = False) -> AuditReport:
         rep = audit.idle("no new photos to audit", 0, champ.sha256)
     else:
         log.info("label audit: the champion scores %d new photo(s)", len(new))
-        runtime.configure(params.tensorflow)  # before TensorFlow is imported (train and evaluate do the same)
-        scored = audit.score(champ, new, p.raw)
+        scored = audit.score(champ, new, p.raw, params.tensorflow)
         rep = audit.decide(scored, champ, params.audit, quarantine.batch_id(new["sha256"].tolist()), len(new))
         quarantine.write(p.interim, audit.hold(held, rep, new))  # before the report that names the batch
     AUDIT.write(p.reports, rep)

@@ -79,7 +79,6 @@ def data_report(params: Params) -> str:
         datareport.HeldOut(
             held=held,
             unmatched=tuple(unmatched),
-            exclude_file=str(params.paths.exclude),
             audit=AUDIT.read_if_written(params.paths.reports),
             batches=tuple(quarantine.read(params.paths.interim).held_batches()),
         ),

@@ -35,7 +35,7 @@ from tasks.reports import AuditReport, ContradictedPhoto
 from tasks.status import Status
 
 if TYPE_CHECKING:
-    from tasks.params import Audit
+    from tasks.params import Audit, TensorFlow
 
 # Contradicted photos listed in audit.json (git-tracked): a batch with every label swapped lists this
 # many, with the count of all of them (reports/data.html draws at most its own cap).
@@ -180,11 +180,13 @@ def decide(scored: pd.DataFrame, champ: Champion, cfg: Audit, batch: str, new: i
     }
 
 
-def score(champ: Champion, photos: pd.DataFrame, raw: Path) -> pd.DataFrame:
+def score(champ: Champion, photos: pd.DataFrame, raw: Path, tf_settings: TensorFlow) -> pd.DataFrame:
     """The champion's label and confidence for each photo of a class it knows (SCORED_COLUMNS); photos
-    are prepared as for `pawflow predict` (tasks.predict: as the champion's shards were made). Needs
-    TensorFlow configured (tasks.runtime.configure) before it is imported."""
-    from tasks import predict
+    are prepared as for `pawflow predict` (tasks.predict: as the champion's shards were made), TensorFlow
+    set up as params.yaml `tensorflow:` says (as train and evaluate, in the same pipeline process)."""
+    from tasks import predict, runtime
+
+    runtime.configure(tf_settings)
 
     predictor = predict.load(champ.folder)
     known = photos[photos["label"].isin(predictor.class_names)].reset_index(drop=True)

@@ -130,7 +130,8 @@ class HeldOut:
 
     held: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_COLUMNS))  # dedup.held_out
     unmatched: tuple[Entry, ...] = ()  # exclude list entries that name no photo
-    exclude_file: str = "data/exclude.txt"
+    # How the page names the exclude list: the params key, not a path (same inputs, same page, anywhere).
+    exclude_file: str = "the exclude list (params.yaml paths.exclude)"
     audit: AuditReport | None = None  # reports/audit.json
     batches: tuple[Batch, ...] = ()  # quarantine batches still held
 
@@ -148,7 +149,7 @@ class DataReport:
     limits: dict = field(default_factory=dict)
     excluded: Section = Section()
     unmatched: tuple[Entry, ...] = ()
-    exclude_file: str = "data/exclude.txt"
+    exclude_file: str = ""
     audit_reason: str = ""
     contradicted: Section = Section()
     quarantine: Section = Section()
@@ -322,7 +323,7 @@ def build(
         ("exact duplicates removed", int((dedup_df["kind"] == "exact").sum())),
         ("near duplicates removed", int((dedup_df["kind"] == "near").sum())),
         ("photos in label conflicts (dropped)", int((status == Status.CONFLICT).sum())),
-        (f"photos excluded by you ({h.exclude_file})", int((status == Status.EXCLUDED).sum())),
+        ("photos excluded by you", int((status == Status.EXCLUDED).sum())),
         ("photos held in quarantine by the label audit", int((status == Status.QUARANTINED).sum())),
         ("photos kept for training", int((status == Status.KEPT).sum())),
     )
@@ -516,7 +517,7 @@ MARKDOWN_TEMPLATE = """## Data quality
 - and {{ r.conflicts.total - r.conflicts.groups[:lines]|length }} more
 {% endif %}
 
-**Excluded by you** ({{ r.exclude_file }}): {{ r.excluded.total }}
+**Excluded by you** (in {{ r.exclude_file }}): {{ r.excluded.total }}
 {% for g in r.excluded.groups %}{% for t in g.tiles[:lines] %}
 - `{{ t.path }}`: {{ t.lines[0] }}
 {% endfor %}{% endfor %}
