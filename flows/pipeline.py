@@ -56,11 +56,15 @@ def run_stage(
 
     When the stage before it has just produced new outputs, this one is out of date by definition
     and DVC is not asked (on 25,000 photos each `dvc status` of the data stages costs seconds).
-    (The audit is not a function of clean's outputs for DVC, but runs after new ones: new photos.)
+    (The audit is not a function of clean's outputs for DVC, but runs whenever dedup has to: new photos.)
     accept_removals: ingest may remove more of the collection than ingest.max_removed_fraction.
     """
     log = get_run_logger()
     changed = None if force or upstream_changed else versioning.stage_status(root, stage)
+    if stage == "audit" and changed == {}:
+        # New photos are audited before dedup takes them, also when the run that brought them (or a
+        # `dvc repro`) stopped after clean: the audit runs whenever dedup has to.
+        changed = versioning.stage_status(root, "dedup")
     if changed == {}:
         return Completed(
             name="Skipped", message="up to date in dvc.lock", data={"stage": stage, "ran": False}
