@@ -55,14 +55,7 @@ def copy_new_files(
         known = {} if refresh else store.get_stats(con)
     cfg = params.ingest
     result = ingest.update(
-        listing.entries,
-        params.paths.raw,
-        known,
-        cfg.mode,
-        cfg.max_removed_fraction,
-        listing.location,
-        accept_all,
-        accept_count,
+        listing, params.paths.raw, known, cfg.mode, cfg.max_removed_fraction, accept_all, accept_count
     )
     with store.connect(params.paths.cache) as con:
         store.put_stats(con, result.hashes)

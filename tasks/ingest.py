@@ -152,15 +152,40 @@ def raw_files(raw: Path) -> dict[str, Path]:
     return {p.relative_to(raw).as_posix(): p for p in files}
 
 
+# Skip reasons of source files that are not there as photos at all: the others (unreadable, a symlink,
+# a name that is not UTF-8, a folder that cannot be read) are still in the source.
+NOT_IN_SOURCE = ("not inside a class folder", "empty class folder")
+
+
+def still_in_source(rel: str, skipped: list[dict[str, str]]) -> bool:
+    """Whether data/raw's `rel` (<label>/<file>) is a file or under a folder that the source still has
+    but could not read (listing.skipped, whose paths may start with folders above the class folders)."""
+    for s in skipped:
+        if s["reason"].startswith(NOT_IN_SOURCE):
+            continue
+        parts = s["path"].rstrip("/").split("/")
+        for k in range(len(parts)):
+            tail = "/".join(parts[k:])
+            if rel == tail or rel.startswith(tail + "/"):
+                return True
+    return False
+
+
 def plan_mirror(
-    entries: list[Entry], raw: Path, known: dict[str, tuple[tuple[int, int, int], str]], progress: bool = True
+    entries: list[Entry],
+    raw: Path,
+    known: dict[str, tuple[tuple[int, int, int], str]],
+    skipped: list[dict[str, str]] | None = None,
+    progress: bool = True,
 ) -> MirrorPlan:
-    """The moves and removals that make data/raw hold exactly the source's files. Reads nothing but the
-    files that could be moves: a source file at a new path whose size equals that of a data/raw file
-    at a path the source lost (their sha256 decides), read in source order (an archive forward, once)."""
+    """The moves and removals that make data/raw hold exactly the source's files. A file the source still
+    has but cannot read (skipped: unreadable, a symlink, ...) is neither: it stays as it is. Reads
+    nothing but the files that could be moves: a source file at a new path whose size equals that of a
+    data/raw file at a path the source lost (their sha256 decides), read in source order (an archive
+    forward, once)."""
     present = raw_files(raw)
     in_source = {e.path for e in entries}
-    gone = [rel for rel in present if rel not in in_source]
+    gone = [rel for rel in present if rel not in in_source and not still_in_source(rel, skipped or [])]
     if not gone:
         return MirrorPlan([], [], len(present))
     arrivals = [e for e in entries if e.path not in present]
@@ -233,22 +258,22 @@ def apply_mirror(plan: MirrorPlan, entries: list[Entry], raw: Path) -> SyncResul
 
 
 def update(
-    entries: list[Entry],
+    listing: Listing,
     raw: Path,
     known: dict[str, tuple[tuple[int, int, int], str]],
     mode: str,
     max_removed_fraction: float,
-    location: str,
     accept_all: bool = False,
     accept_count: int | None = None,
     progress: bool = True,
 ) -> SyncResult:
     """Bring data/raw up to date with the source: in mirror mode, moves and removals first (refused as a
     whole when too many: guard_removals), then the copies of new and changed files."""
+    entries = listing.entries
     if mode == "append":
         return sync(entries, raw, known, progress)
-    plan = plan_mirror(entries, raw, known, progress)
-    guard_removals(plan, max_removed_fraction, location, accept_all, accept_count)
+    plan = plan_mirror(entries, raw, known, listing.skipped, progress)
+    guard_removals(plan, max_removed_fraction, listing.location, accept_all, accept_count)
     mirrored = apply_mirror(plan, entries, raw)
     result = sync(entries, raw, known, progress, check_raw_labels=False)
     result.moved, result.removed = mirrored.moved, mirrored.removed

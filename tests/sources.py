@@ -35,15 +35,7 @@ def run_ingest(
     listing = ingest.resolve(cfg, raw.parent / "downloads", progress=False)
     known = {} if known is None else known
     result = ingest.update(
-        listing.entries,
-        raw,
-        known,
-        cfg.mode,
-        cfg.max_removed_fraction,
-        listing.location,
-        accept_all,
-        accept_count,
-        progress=False,
+        listing, raw, known, cfg.mode, cfg.max_removed_fraction, accept_all, accept_count, progress=False
     )
     known.update(result.hashes)
     df, fresh = ingest.manifest(raw, known, progress=False)

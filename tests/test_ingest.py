@@ -7,6 +7,7 @@ from pathlib import Path
 import imagegen
 import pytest
 from sources import (
+    limits,
     run_ingest,
     snapshot,
     zip_of,
@@ -195,3 +196,23 @@ def test_archive_rerun_copies_nothing(dataset: Path, tmp_path: Path):
     run_ingest(z, tmp_path / "raw", known)
     _, again, _ = run_ingest(z, tmp_path / "raw", known)
     assert again.copied == [] and again.updated == [] and again.unchanged == 40
+
+
+def test_mirror_keeps_a_photo_the_source_still_has_but_cannot_read(dataset: Path, tmp_path: Path):
+    raw, known = tmp_path / "raw", {}
+    run_ingest(dataset, raw, known)
+    (dataset / "Cat" / "cat.4.jpg").unlink()
+    # The listing as a source with an unreadable file and an unreadable class folder gives it (tests run
+    # as root, who reads anything: the listing is edited to say so).
+    listing = ingest.resolve(limits(dataset), tmp_path / "dl", progress=False)
+    listing.entries = [e for e in listing.entries if e.path != "Cat/cat.3.jpg"]
+    listing.skipped.append({"path": "Cat/cat.3.jpg", "reason": "unreadable: permission denied"})
+    listing.skipped.append({"path": "PetImages/Dog", "reason": "folder cannot be read: Permission denied"})
+    listing.entries = [e for e in listing.entries if e.label != "Dog"]
+    result = ingest.update(listing, raw, known, "mirror", 0.2, progress=False)
+    assert result.removed == ["Cat/cat.4.jpg"]  # not cat.3, nor any Dog photo: still in the source
+    assert (raw / "Cat" / "cat.3.jpg").exists() and len(list((raw / "Dog").iterdir())) == 20
+    assert ingest.still_in_source("Cat/x.jpg", [{"path": "src/Cat/", "reason": "folder cannot be read: x"}])
+    assert not ingest.still_in_source(
+        "Bird/x.jpg", [{"path": "Bird/", "reason": "empty class folder: ignored"}]
+    )
