@@ -10,7 +10,7 @@ with params.yaml's audit settings) is taken on batches drawn from them:
 at 50, 100 and 200 photos per batch, the batches of one size disjoint. A photo's scores do not depend on
 its label, so one scoring pass serves every batch. Results: bench/results/audit.json.
 
-    python -m bench.audit            # ~15 min here (2 cores shared): training ~8, scoring ~3
+    python -m bench.audit            # ~15 min here (2 cores shared): data stages ~1, training ~8, scoring ~3
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ SWAPPED = 0.30  # the fraction of a bad batch's labels that are swapped
 SIZES = (50, 100, 200)  # photos per batch
 CLEAN_POOL = 5000  # photos of petimages-16k for clean batches (25 batches of 200, 100 of 50)
 SWAP_POOL = 1000  # other photos for the swapped batches (5 of 200, 20 of 50)
-# The champion: the shipped model at 128 px for 12 epochs, to keep the bench near 15 min of this machine
-# (the shipped recipe, 160 px for 32 epochs, takes ~10 min on a quiet machine and reaches ~0.85).
-CHAMPION_TRAIN = {"image_size": 128, "epochs": 12}
+# The champion: the shipped recipe with 20 epochs instead of 32, to keep the bench near 15 min of this
+# machine (32 epochs take ~10 min on a quiet machine and reach ~0.85; at 128 px for 12 epochs it reached
+# 0.72). It is promoted whatever its accuracy (evaluate.min_accuracy 0): the audit compares new photos
+# with the champion's own test error, whatever it is.
+CHAMPION_TRAIN = {"epochs": 20}
+CHAMPION_EVALUATE = {"min_accuracy": 0.0}
 # The audit's scores of the clean pool do not depend on labels: a swapped photo gets the other class.
 OTHER = {"Cat": "Dog", "Dog": "Cat"}
 
@@ -57,7 +60,7 @@ def train_champion(work) -> tuple[dict, float]:
     from flows.shard import shard_flow
     from flows.train import train_flow
 
-    params = params_in(ROOT / "params.yaml", work, SAMPLE, train=CHAMPION_TRAIN)
+    params = params_in(ROOT / "params.yaml", work, SAMPLE, train=CHAMPION_TRAIN, evaluate=CHAMPION_EVALUATE)
     card = params.paths.models / "champion" / "champion.json"
     settings = work / "champion-settings.json"
     if card.exists() and settings.exists() and json.loads(settings.read_text()) == CHAMPION_TRAIN:
@@ -97,7 +100,7 @@ def main() -> dict:
     started = time.monotonic()
     rng = np.random.default_rng(SEED)
     work = WORK / "audit"
-    params = params_in(ROOT / "params.yaml", work, SAMPLE, train=CHAMPION_TRAIN)
+    params = params_in(ROOT / "params.yaml", work, SAMPLE, train=CHAMPION_TRAIN, evaluate=CHAMPION_EVALUATE)
     with prefect_api():
         card, train_s = train_champion(work)
     champ, why = audit.champion(params.paths.models / "champion")
@@ -152,7 +155,7 @@ def main() -> dict:
         "load_average_1_5_15_min_at_save": [round(x, 2) for x in os.getloadavg()],
         "champion": {
             "how": f"trained here on petimages-sample with params.yaml's train section and {CHAMPION_TRAIN} "
-            "(the shipped recipe at a smaller size and fewer epochs, to fit the bench's time)",
+            "(the shipped recipe with fewer epochs, to fit the bench's time), promoted whatever its accuracy",
             "reused_from_an_earlier_run": train_s == 0.0,
             "train_and_data_stages_s": round(train_s, 1),
             "test_accuracy": champ.test_accuracy,
