@@ -265,7 +265,7 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     (bytes and names), the new photos get shards of their own, dataset_info lists exactly the files
     with their sha256 and counts, old photos keep their split, and a rebuild from the same ledger
     (shards deleted) gives the same bytes again. Then corrections: a photo removed, one relabelled, one
-    excluded, and the removed one re-added."""
+    excluded (a re-added photo's return to its split: test_corrections_never_move_a_photo_property)."""
     import imagegen
     from conftest import params_for
 
@@ -329,7 +329,6 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     first_train = sorted(ledger[(ledger["split"] == "train") & (ledger["arrival"] == 0)]["sha256"])
     by_sha = {sha256_file(p): p for p in source.rglob("*.jpg")}
     removed, moved, excluded = (by_sha[s] for s in first_train[:3])
-    removed_bytes = removed.read_bytes()
     removed.unlink()
     moved_to = source / ("Dog" if moved.parent.name == "Cat" else "Cat") / moved.name
     moved.rename(moved_to)
@@ -349,16 +348,6 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     new_ledger = pd.read_parquet(params.paths.interim / "split.parquet").set_index("sha256")
     assert new_ledger["split"].to_dict() == ledger.set_index("sha256")["split"].to_dict()  # nobody moved
     assert new_ledger.at[first_train[1], "label"] == moved_to.parent.name
-    # The deleted photo comes back: to its old split and arrival, under its label.
-    removed.write_bytes(removed_bytes)
-    run()
-    found = {path: label for n in shard_files(processed) for path, label, _ in records(processed / n)}
-    assert (
-        found[f"{removed.parent.name}/{removed.name}"] == removed.parent.name
-        and len(found) == len(ledger) - 1
-    )
-    back = pd.read_parquet(params.paths.interim / "split.parquet").set_index("sha256").loc[first_train[0]]
-    assert (back["split"], back["arrival"]) == ("train", 0)
 
 
 def test_fifty_labels_of_four_photos_leave_the_test_split_empty_and_that_is_reported():
