@@ -152,7 +152,9 @@ def workspace(name: str, source: Path, **overrides: dict) -> Path:
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     for f in files:
-        if f.startswith(("tests/", "bench/", "reports/", "data/", "models/")) or f == "dvc.lock":
+        if (
+            f.startswith(("tests/", "bench/", "reports/", "data/", "models/")) and f != "data/exclude.txt"
+        ) or (f == "dvc.lock"):
             continue
         (ws / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, ws / f)

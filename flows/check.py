@@ -1,6 +1,6 @@
-"""check: the first stage of dvc.yaml. Validates params.yaml and ingest.source (and, with runner.kind dask
-and an address, the cluster: tasks.workers.check_cluster) before DVC removes any output of a later stage
-(DVC runs stages in order and stops at the first that fails).
+"""check: the first stage of dvc.yaml. Validates params.yaml, ingest.source and the exclude list (and, with
+runner.kind dask and an address, the cluster: tasks.workers.check_cluster) before DVC removes any output of
+a later stage (DVC runs stages in order and stops at the first that fails).
 
 Exit 0 and write `<paths.interim>/checked.txt` (constant text, so it never makes a later stage out of
 date), or print one message and exit 2. Light imports only: no Prefect, no TensorFlow.
@@ -25,7 +25,7 @@ def main(params_path: Path = Path("params.yaml")) -> int:
         print(f"\npawflow check: {err}", file=sys.stderr)
         return 2
     write_checked(params)
-    print("pawflow check: params.yaml and ingest.source are fine")
+    print("pawflow check: params.yaml, ingest.source and the exclude list are fine")
     return 0
 
 

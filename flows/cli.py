@@ -45,8 +45,8 @@ class RunFailed(PawflowError):
     exit_code = 1
 
 
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=tool_env())
+def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env={**tool_env(), **(env or {})})
     if check and proc.returncode != 0:
         # The stage's own message above says what to do; finished stages are recorded in dvc.lock.
         raise RunFailed(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}); its message is above.")
@@ -80,6 +80,7 @@ def cmd_run(
     source: str | None = None,
     epochs: int | None = None,
     warm_start: bool = False,
+    accept_removals: bool = False,
 ) -> int:
     """dvc repro with a Prefect API for its stage flows, then dvc push to the default remote.
 
@@ -87,9 +88,10 @@ def cmd_run(
     the Prefect pipeline does. models/base is then chosen as the pipeline chooses it: when train has to
     run, a from-scratch model, or with --warm-start a fine-tune of the champion (if nothing model-shaping
     changed and the collection did not outgrow train.finetune); so the data stages run first, then base
-    is set and recorded, then the rest."""
+    is set and recorded, then the rest. accept_removals: ingest may remove what the source lost even
+    above ingest.max_removed_fraction (this dvc repro only: flows.ingest reads PAWFLOW_ACCEPT_REMOVALS)."""
     from tasks import versioning
-    from tasks.preflight import check_source
+    from tasks.preflight import check_planned
 
     cwd = Path.cwd()
     root = project_root(cwd)
@@ -100,10 +102,11 @@ def cmd_run(
     updates = run_overrides(source, epochs, cwd, root)
     # light: pipeline.schedule's cron is checked by `pawflow serve`, which uses it (Prefect parses it).
     params, _, _ = versioning.planned_params(Path("params.yaml"), updates, light=True)
-    check_source(params.ingest.source, root)
+    check_planned(params, root)
     from flows.base import prepare_base
     from flows.common import run_lock
     from flows.server import prefect_api
+    from tasks.ingest import ACCEPT_ENV
     from tasks.workers import check_cluster
 
     with run_lock(root):
@@ -120,12 +123,13 @@ def cmd_run(
         # runner.kind dask: a cluster that cannot do the work is refused before DVC removes any output.
         check_cluster(params, root, print)
         with prefect_api(PREFECT_HOME):
-            dvc("repro", *forced, "shard")  # the data that models/base is chosen from
+            accept = {ACCEPT_ENV: "any"} if accept_removals else None
+            dvc("repro", *forced, "shard", env=accept)  # the data that models/base is chosen from
             with run_lock(root):
                 choice, why, _ = prepare_base(params, root, warm_start, False, force)
             print(f"models/base: {'the champion' if choice == 'champion' else choice} ({why})")
             # --force re-runs only what follows the data stages now: they were just forced.
-            dvc("repro", *(["--force", "--downstream", "base"] if force else []))
+            dvc("repro", *(["--force", "--downstream", "base"] if force else []), env=accept)
     pushed = None
     if push and params.pipeline.push and has_remote():
         dvc("push")
@@ -287,7 +291,7 @@ def deployments(params_path: Path) -> list:
         tags=["pawflow"],
         parameters=defaults,
         description="The whole pipeline on demand: prefect deployment run 'pipeline/manual' "
-        "[--param epochs=3] [--param source=...] [--param force=true]",
+        "[--param epochs=3] [--param source=...] [--param force=true] [--param accept_removals=true]",
     )
     nightly = pipeline.to_deployment(
         name="retrain-nightly",
@@ -387,6 +391,11 @@ server_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(server_app, name="server")
+quarantine_app = typer.Typer(
+    help="Batches of new photos the label audit held out of training (docs/collection.md).",
+    no_args_is_help=True,
+)
+app.add_typer(quarantine_app, name="quarantine")
 
 
 def package_version() -> str:
@@ -471,9 +480,26 @@ def run_command(
             "nothing model-shaping changed and the collection did not outgrow train.finetune).",
         ),
     ] = False,
+    accept_removals: Annotated[
+        bool,
+        typer.Option(
+            "--accept-removals",
+            help="Let this run remove what the source no longer holds, even more than "
+            "ingest.max_removed_fraction of the collection.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
-    _finish("run", cmd_run, force=force, push=push, source=source, epochs=epochs, warm_start=warm_start)
+    _finish(
+        "run",
+        cmd_run,
+        force=force,
+        push=push,
+        source=source,
+        epochs=epochs,
+        warm_start=warm_start,
+        accept_removals=accept_removals,
+    )
 
 
 @app.command(
@@ -568,6 +594,66 @@ def server_status() -> None:
 def server_stop() -> None:
     """Stop the background server now (it also stops itself when idle)."""
     _finish("server stop", cmd_server, action="stop")
+
+
+def cmd_quarantine_list() -> int:
+    """Print each batch held in quarantine: its id, photos, why, and a few of its photos."""
+    from tasks import quarantine
+
+    root = project_root(Path.cwd())
+    params = load_params(root / "params.yaml")
+    held = quarantine.read(root / params.paths.interim).held_batches()
+    if not held:
+        print("no batch is held in quarantine")
+        return 0
+    for b in held:
+        shown = ", ".join(p.path for p in b.photos[:3]) + (", ..." if len(b.photos) > 3 else "")
+        print(f"{b.id}\t{len(b.photos)} photos\t{b.reason}\n\te.g. {shown}")
+    page = params.paths.reports / "data.html"
+    print(f"their thumbnails: {page}#quarantine; to release one: pawflow quarantine release ID")
+    return 0
+
+
+def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
+    """Mark batches released (the next run splits and trains on their photos) and record it in dvc.lock."""
+    from flows.common import run_lock
+    from tasks import quarantine, versioning
+
+    if not ids and not everything:
+        raise PawflowError("name the batches to release (as `pawflow quarantine list` shows them), or --all.")
+    root = project_root(Path.cwd())
+    params = load_params(root / "params.yaml")
+    interim = root / params.paths.interim
+    with run_lock(root):  # not while a run reads the quarantine
+        q, released = quarantine.release(quarantine.read(interim), ids, everything)
+        if not released:
+            print("no batch is held in quarantine")
+            return 0
+        quarantine.write(interim, q)
+        if (root / ".dvc").is_dir() and (root / "dvc.lock").exists():
+            versioning.commit_stage(root, "audit")  # dvc.lock records it: dedup is now out of date
+    for b in released:
+        print(f"released batch {b.id} ({len(b.photos)} photos)")
+    print("the next run (pawflow run, dvc repro or a deployment) splits and trains on them")
+    return 0
+
+
+@quarantine_app.command("list")
+def quarantine_list() -> None:
+    """List the batches held in quarantine, with why."""
+    _finish("quarantine list", cmd_quarantine_list)
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="BATCH...", help="Batch ids (or unique prefixes), as `list` shows them."),
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Release every held batch.")] = False,
+) -> None:
+    """Release batches: the next run splits and trains on their photos (fix or exclude bad ones first)."""
+    _finish("quarantine release", cmd_quarantine_release, ids=ids or [], everything=everything)
 
 
 def main(argv: list[str] | None = None) -> int:

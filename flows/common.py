@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.errors import PawflowError
+from tasks.errors import PawflowError, Refused
 from tasks.fileio import append_history, code_fingerprint, remove_leftovers
 from tasks.params import Params, Runner, load_params
 
@@ -319,11 +319,16 @@ def ctrl_c_is_final() -> Iterator[None]:
 
 
 def stage_main(
-    stage: str, flow: Any, argv: list[str] | None = None, load: Callable[[Path], Params] = load_params
+    stage: str,
+    flow: Any,
+    argv: list[str] | None = None,
+    load: Callable[[Path], Params] = load_params,
+    options: dict[str, Any] | None = None,
 ) -> int:
     """`python -m flows.<stage>`: validate params, take the lock, run the flow; exit 0, 2 (bad params,
-    or another run holds the workspace) or 1 (the run failed). `load` reads and checks the params file
-    (ingest also checks its source there: refused in one message before a flow or server starts)."""
+    another run holds the workspace, or the flow refused its input before changing anything: Refused)
+    or 1 (the run failed). `load` reads and checks the params file (ingest also checks its source
+    there: refused in one message before a flow or server starts); `options`: more flow parameters."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
@@ -336,7 +341,7 @@ def stage_main(
             for leftover in tidy_workspace(params):
                 print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
             runnable = flow.with_options(task_runner=task_runner(params.runner))
-            state = runnable(params=params, refresh=args.refresh, return_state=True)
+            state = runnable(params=params, refresh=args.refresh, return_state=True, **(options or {}))
     except PawflowError as err:
         print(f"\npawflow {stage}: {err}", file=sys.stderr)
         return 2
@@ -348,7 +353,11 @@ def stage_main(
         )
         return 130
     if not state.is_completed():
-        print(f"\npawflow {stage} failed: {error_of(state)}", file=sys.stderr)
+        err = error_of(state)
+        if isinstance(err, Refused):
+            print(f"\npawflow {stage}: {err}", file=sys.stderr)
+            return 2
+        print(f"\npawflow {stage} failed: {err}", file=sys.stderr)
         return 1
     print(f"pawflow {stage}: done in {time.monotonic() - started:.1f}s")
     return 0

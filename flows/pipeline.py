@@ -35,7 +35,7 @@ from flows.common import (
 from tasks import summary, versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
-from tasks.preflight import check_source_of, write_checked
+from tasks.preflight import check_exclude, check_source_of, write_checked
 
 
 def stage_flow(stage: str):
@@ -59,15 +59,36 @@ def stage_task_name(parameters: dict) -> str:
     return f"{parameters['stage']} (skipped: {UP_TO_DATE})" if skip else parameters["stage"]
 
 
+def what_changed(root: Path, stage: str, force: bool, upstream_changed: bool) -> dict | None:
+    """What DVC's status finds changed for a stage ({}: up to date), or None when it must run anyway.
+    The audit is not a function of clean's outputs for DVC, but runs whenever dedup has to: new photos
+    are audited before dedup takes them, also when the run that brought them (or a `dvc repro`) stopped
+    after clean."""
+    if force or upstream_changed:
+        return None
+    changed = versioning.stage_status(root, stage)
+    if stage == "audit" and changed == {}:
+        changed = versioning.stage_status(root, "dedup")
+    return changed
+
+
 @task(name="stage", task_run_name=stage_task_name)
 def run_stage(
-    stage: str, params: Params, force: bool, root: Path, upstream_changed: bool, changed: dict | None = None
+    stage: str,
+    params: Params,
+    force: bool,
+    root: Path,
+    upstream_changed: bool,
+    changed: dict | None = None,
+    accept_removals: bool = False,
 ):
-    """Run one stage as a subflow unless DVC says it is up to date (`changed` is {}: what DVC's status
-    found, asked before the task run so that its name can say it); then record it in dvc.lock.
+    """Run one stage as a subflow unless DVC says it is up to date (`changed` is {}: what_changed, asked
+    before the task run so that its name can say it); then record it in dvc.lock.
 
     When the stage before it has just produced new outputs, this one is out of date by definition
     and DVC is not asked (on 25,000 photos each `dvc status` of the data stages costs seconds).
+    (The audit is not a function of clean's outputs for DVC, but runs whenever dedup has to: new photos.)
+    accept_removals: ingest may remove more of the collection than ingest.max_removed_fraction.
     """
     log = get_run_logger()
     if changed == {}:
@@ -80,7 +101,8 @@ def run_stage(
     if stage in versioning.DATA_STAGES:
         runnable = runnable.with_options(task_runner=task_runner(params.runner))
     started = time.monotonic()
-    state = runnable(params=params, refresh=force, return_state=True)
+    options = {"accept_removals": accept_removals} if stage == "ingest" else {}
+    state = runnable(params=params, refresh=force, return_state=True, **options)
     if not state.is_completed():
         # Not raised here, nor put in the state: Prefect would log it twice more. The flow reports it.
         _stage_errors[stage] = error_of(state)
@@ -88,11 +110,14 @@ def run_stage(
     before = versioning.lock_summary(root).get(stage)
     versioning.commit_stage(root, stage)
     new_outputs = versioning.lock_summary(root).get(stage) != before
+    result = state.result()
     return {
         "stage": stage,
         "ran": True,
         "new_outputs": new_outputs,
         "seconds": round(time.monotonic() - started, 1),
+        # ingest's: what this run changed in the collection (run history and summary, never tracked)
+        "figures": result.get("figures") if isinstance(result, dict) else None,
     }
 
 
@@ -116,6 +141,7 @@ def preflight(root: Path, source: str | None, epochs: int | None, until: str | N
     updates = {k: v for k, v in {"ingest.source": source, "train.epochs": epochs}.items() if v is not None}
     params, _, _ = versioning.planned_params(root / "params.yaml", updates)
     check_source_of(params, root)
+    check_exclude(params, root)  # a malformed line is refused here; unmatched entries: dedup warns
     return updates
 
 
@@ -166,8 +192,10 @@ def pipeline(
     until: str | None = None,
     warm_start: bool = False,
     full_retrain: bool = False,
+    accept_removals: bool = False,
 ) -> dict:
-    """ingest -> clean -> dedup -> shard -> train -> evaluate, each skipped when DVC says it is up to date.
+    """ingest -> clean -> audit -> dedup -> shard -> base -> train -> evaluate, each skipped when DVC says
+    it is up to date.
 
     source/epochs override params.yaml (and are written into it, so that dvc.lock and params agree);
     force re-runs every stage without caches; push overrides pipeline.push.
@@ -175,6 +203,8 @@ def pipeline(
     warm_start: when train has to run, fine-tune the champion if nothing model-shaping changed and the
     collection did not outgrow train.finetune (docs/design.md, "Warm start"); full_retrain: a model
     trained from scratch, even when nothing else changed.
+    accept_removals: let ingest remove whatever the source no longer holds, even more than
+    ingest.max_removed_fraction of the collection (docs/collection.md "The guard").
     """
     quiet_user_errors()
     log = get_run_logger()
@@ -191,6 +221,7 @@ def pipeline(
             log.warning("removed %s (left by an interrupted run)", leftover)
         record_check(root, params)
         stages: dict[str, str] = {}
+        collection = None  # ingest's figures: what this run changed in the collection
         upstream_changed = False
         for stage in stages_to_run:
             if stage == "base":
@@ -198,13 +229,16 @@ def pipeline(
                     params, root, warm_start, full_retrain, force, upstream_changed, return_state=True
                 )
             else:
-                changed = None if force or upstream_changed else versioning.stage_status(root, stage)
-                state = run_stage(stage, params, force, root, upstream_changed, changed, return_state=True)
+                changed = what_changed(root, stage, force, upstream_changed)
+                state = run_stage(
+                    stage, params, force, root, upstream_changed, changed, accept_removals, return_state=True
+                )
             if state.is_failed():
                 # The stage's message says what to do; the stages before it are recorded in dvc.lock.
                 err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")
                 raise PawflowError(f"stage {stage} failed: {err.what}", err.fix)
             out = state.result()
+            collection = out.get("figures") if stage == "ingest" else collection
             # base passes on a change upstream of it: train must run for new shards even if base is kept
             upstream_changed = bool(out.get("new_outputs")) or (stage == "base" and upstream_changed)
             stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
@@ -228,12 +262,15 @@ def pipeline(
                 "seconds": seconds,
                 "pushed": pushed,
                 "no_new_data": no_new_data,
+                "collection": collection,
                 **summary.train_start(params.paths.reports),
             },
         )
     create_markdown_artifact(
         key="pipeline-summary",
-        markdown=summary.pipeline_markdown(params.paths.reports, stages, no_new_data, versioning.STAGES),
+        markdown=summary.pipeline_markdown(
+            params.paths.reports, stages, no_new_data, versioning.STAGES, collection
+        ),
         description="what this pipeline run did",
     )
     create_table_artifact(
@@ -246,7 +283,7 @@ def pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.pipeline [--source S] [--epochs N] [--force] [--no-push]
-    [--warm-start | --full-retrain]`: one run, no deployment."""
+    [--warm-start | --full-retrain] [--accept-removals]`: one run, no deployment."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.description)
@@ -267,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--warm-start", action="store_true", help="fine-tune the champion when train runs")
     start.add_argument("--full-retrain", action="store_true", help="a model trained from scratch")
+    parser.add_argument(
+        "--accept-removals",
+        action="store_true",
+        help="let ingest remove what the source lost even above ingest.max_removed_fraction",
+    )
     args = parser.parse_args(argv)
     quiet_user_errors()
     root = Path.cwd()
@@ -288,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 until=args.until,
                 warm_start=args.warm_start,
                 full_retrain=args.full_retrain,
+                accept_removals=args.accept_removals,
                 return_state=True,
             )
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from tasks.reports import SHARD, ShardReport
 
 @task(name="assign-splits")
 def assign_splits(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, shard.SplitStats]:
-    """Every non-conflict photo gets a split; the ledger keeps earlier assignments stable."""
+    """Every kept photo and duplicate gets a split; the ledger keeps earlier assignments stable."""
     return shard.assign_splits(params.paths.interim, params.shard.split.as_dict(), params.shard.salt)
 
 

@@ -1,4 +1,5 @@
-"""The data-quality report: what clean rejected or flagged and dedup removed, with the photos themselves.
+"""The data-quality report: what clean rejected or flagged, dedup removed, and what is held out of the split
+(the exclude list's photos, the label audit's contradicted photos and quarantined batches), with the photos.
 
 `reports/data.html` is one self-contained file (thumbnails inlined as data: URIs, no scripts, no links
 outside it), so it opens offline like reports/evaluation.html; a Markdown summary of the same facts
@@ -25,8 +26,11 @@ import pandas as pd
 from PIL import Image, ImageFile
 
 from tasks import present
-from tasks.dedup import distances, hash_bits
+from tasks.dedup import HELD_COLUMNS, distances, hash_bits
+from tasks.exclude import Entry
 from tasks.images import FLAGS, REASONS, encode_jpeg, orient, to_rgb
+from tasks.quarantine import Batch
+from tasks.reports import AuditReport
 from tasks.status import Status
 
 # Bounds that keep the page small on a big collection. A 128 px thumbnail of a PetImages photo is
@@ -137,6 +141,18 @@ class Flagged:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """What keeps photos out of the split besides clean and dedup: the exclude list and the label audit."""
+
+    held: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_COLUMNS))  # dedup.held_out
+    unmatched: tuple[Entry, ...] = ()  # exclude list entries that name no photo
+    # How the page names the exclude list: the params key, not a path (same inputs, same page, anywhere).
+    exclude_file: str = "the exclude list (params.yaml paths.exclude)"
+    audit: AuditReport | None = None  # reports/audit.json
+    batches: tuple[Batch, ...] = ()  # quarantine batches still held
+
+
+@dataclass(frozen=True)
 class DataReport:
     counts: tuple[tuple[str, int], ...]
     reasons: tuple[tuple[str, int, str], ...]  # reason, files, what it means
@@ -150,6 +166,12 @@ class DataReport:
     kept: int  # photos clean kept (what the flags' shares are of)
     max_distance: int
     limits: dict = field(default_factory=dict)
+    excluded: Section = Section()
+    unmatched: tuple[Entry, ...] = ()
+    exclude_file: str = ""
+    audit_reason: str = ""
+    contradicted: Section = Section()
+    quarantine: Section = Section()
 
 
 def _size(row: pd.Series) -> str:
@@ -315,6 +337,56 @@ def _flagged(
     return tuple(out)
 
 
+def _tiles(
+    items: list[tuple[str, tuple[str, ...], str]], raw: Path, formats: tuple[str, ...], max_pixels: int
+) -> tuple[tuple[Tile, ...], int]:
+    """Tiles of (path, caption lines, badge), at most MAX_THUMBNAILS drawn; and how many were left out."""
+    tiles = []
+    for path, lines, badge in items[:MAX_THUMBNAILS]:
+        image, why = _draw(path, raw, formats, max_pixels)
+        tiles.append(
+            Tile(path=path, lines=lines, image=image, why_not=why, badge=badge, badge_class="removed")
+        )
+    return tuple(tiles), max(0, len(items) - MAX_THUMBNAILS)
+
+
+def _excluded(held: pd.DataFrame, raw: Path, formats: tuple[str, ...], max_pixels: int) -> Section:
+    part = held[held["status"] == Status.EXCLUDED]
+    items = [(p, (r,), "excluded") for p, r in zip(part["path"], part["reason"], strict=True)]
+    tiles, more = _tiles(items, raw, formats, max_pixels)
+    return Section(groups=(Group(title="", tiles=tiles),) if tiles else (), more=more, total=len(items))
+
+
+def _contradicted(
+    audit: AuditReport | None, present: set[str], raw: Path, formats: tuple[str, ...], max_pixels: int
+) -> Section:
+    """The audit's confidently contradicted photos that are still in the collection at their path."""
+    listed = [c for c in (audit or {}).get("contradicted_photos", []) if c["path"] in present]
+    items = [
+        (c["path"], (f"labelled {c['label']}", f"champion: {c['predicted']} ({c['confidence']:.1%})"), "")
+        for c in listed
+    ]
+    tiles, more = _tiles(items, raw, formats, max_pixels)
+    total = (audit or {}).get("contradicted", 0)
+    return Section(groups=(Group(title="", tiles=tiles),) if tiles else (), more=more, total=total)
+
+
+def _quarantine(
+    batches: tuple[Batch, ...], held: pd.DataFrame, raw: Path, formats: tuple[str, ...], max_pixels: int
+) -> Section:
+    """One group per held batch: its photos where they are now (a moved photo is still held)."""
+    where = dict(zip(held["sha256"], held["path"], strict=True))
+    groups, drawn = [], 0
+    for b in batches:
+        paths = sorted(where[p.sha256] for p in b.photos if p.sha256 in where)
+        shown = paths[: max(0, min(MAX_COPIES * 2, MAX_THUMBNAILS - drawn))]
+        tiles, _ = _tiles([(p, (), "held") for p in shown], raw, formats, max_pixels)
+        drawn += len(tiles)
+        title = f"batch {b.id}: {len(b.photos)} photos held. {b.reason}"
+        groups.append(Group(title=title, tiles=tiles, more=len(paths) - len(shown)))
+    return Section(groups=tuple(groups), total=len(batches))
+
+
 def build(
     clean_df: pd.DataFrame,
     dedup_df: pd.DataFrame,
@@ -323,12 +395,15 @@ def build(
     max_pixels: int,
     max_distance: int,
     limits: Any,
+    held_out: HeldOut | None = None,
 ) -> DataReport:
     """Everything the page and the artifact show, with the thumbnails drawn from raw (bounded work).
 
     clean_df is clean.parquet (every ingested file, its verdict and quality flags), dedup_df is
-    dedup.parquet; limits are the clean.flags the flags were set with (shown beside each flag).
+    dedup.parquet; limits are the clean.flags the flags were set with (shown beside each flag); held_out:
+    the exclude list's and the label audit's photos (dedup.held_out, reports/audit.json, the quarantine).
     """
+    h = held_out or HeldOut()
     rejected = clean_df[clean_df["status"] == Status.REJECTED]
     photos = clean_df.set_index("path")
     rejected_section, undrawn = _rejected(rejected, raw, formats, max_pixels)
@@ -344,6 +419,8 @@ def build(
         ("exact duplicates removed", int((dedup_df["kind"] == "exact").sum())),
         ("near duplicates removed", int((dedup_df["kind"] == "near").sum())),
         ("photos in label conflicts (dropped)", int((status == Status.CONFLICT).sum())),
+        ("photos excluded by you", int((status == Status.EXCLUDED).sum())),
+        ("photos held in quarantine by the label audit", int((status == Status.QUARANTINED).sum())),
         ("photos kept for training", int((status == Status.KEPT).sum())),
     )
     return DataReport(
@@ -364,6 +441,12 @@ def build(
             "listed": MAX_LISTED,
             "flagged": MAX_FLAGGED,
         },
+        excluded=_excluded(h.held, raw, formats, max_pixels),
+        unmatched=h.unmatched,
+        exclude_file=h.exclude_file,
+        audit_reason=h.audit["reason"] if h.audit else "",
+        contradicted=_contradicted(h.audit, set(clean_df["path"]), raw, formats, max_pixels),
+        quarantine=_quarantine(h.batches, h.held, raw, formats, max_pixels),
     )
 
 
@@ -496,6 +579,33 @@ Each distance below is to the kept copy.</p>
 <p>One photo (same bytes, or within pHash distance {{ r.max_distance }}) under more than one label: every
 copy is dropped, since its label cannot be trusted. Distances are to the first copy shown.</p>
 {{ section(r.conflicts, "label conflicts") }}
+
+<h2 id="excluded">Excluded by you ({{ "{:,}".format(r.excluded.total) }})</h2>
+<p>Named in {{ r.exclude_file }}, with the reason shown: never split, trained or tested on, while the source
+keeps them. Remove the line to bring a photo back (it returns to its old split).</p>
+{{ section(r.excluded, "excluded photos") }}
+{% if r.unmatched %}
+<h3>Entries that name no photo of the collection</h3>
+<p>A typo, or a photo that left the source (a path no longer matches a moved photo: its sha256 does).</p>
+<table><tr><th>line</th><th>entry</th><th>reason</th></tr>
+{% for e in r.unmatched %}
+<tr><td class="n">{{ e.line }}</td><td>{{ e.key }}</td><td>{{ e.reason }}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
+
+<h2 id="audit">Label audit</h2>
+<p>{{ r.audit_reason or "No audit yet." }}</p>
+<h3>Photos the champion confidently contradicts ({{ "{:,}".format(r.contradicted.total) }})</h3>
+<p>New photos of the last audited run whose label the champion contradicts with at least audit.confidence:
+check them; move a mislabelled one to its class folder in the source, or exclude it.</p>
+{{ section(r.contradicted, "contradicted photos") }}
+
+<h2 id="quarantine">Quarantine ({{ "{:,}".format(r.quarantine.total) }} batches held)</h2>
+<p>Batches of new photos that the champion contradicted far more often than its test error allows: held out
+of the split, not trained or tested on, until you release them. Check them (fix labels in the source, or
+exclude photos), then <code>pawflow quarantine release BATCH</code>; the next run trains on them.</p>
+{{ section(r.quarantine, "batches") }}
 </body></html>
 """
 

@@ -115,6 +115,43 @@ def kept_photos(clean_rows: pd.DataFrame) -> pd.DataFrame:
     return kept
 
 
+HELD_COLUMNS = ["path", "sha256", "status", "reason"]
+
+
+def held_out(kept: pd.DataFrame, excluded: pd.DataFrame, held: dict[str, str]) -> pd.DataFrame:
+    """The kept photos that never reach the split (HELD_COLUMNS, by path): those the exclude list names
+    (excluded: path, reason) and those a quarantine batch holds (held: sha256 -> the batch's reason).
+    Held out before duplicates are grouped: a wrong photo cannot make a good copy a label conflict."""
+    reasons = dict(zip(excluded["path"], excluded["reason"], strict=True))
+    rows = []
+    for path, sha in zip(kept["path"], kept["sha256"], strict=True):
+        if path in reasons:
+            rows.append((path, sha, str(Status.EXCLUDED), reasons[path]))
+        elif sha in held:
+            rows.append((path, sha, str(Status.QUARANTINED), held[sha]))
+    return pd.DataFrame(rows, columns=HELD_COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def with_held(dd: pd.DataFrame, held: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """dedup.parquet: the grouped photos and the held-out ones (each its own group), sorted by path."""
+    labels = dict(zip(kept["path"], kept["label"], strict=True))
+    extra = pd.DataFrame(
+        {
+            "path": held["path"],
+            "label": [labels[p] for p in held["path"]],
+            "sha256": held["sha256"],
+            "group": held["sha256"].str[:16],
+            "status": held["status"],
+            "duplicate_of": "",
+            "kind": "",
+            "distance": 0,
+        },
+        columns=COLUMNS,
+    )
+    out = pd.concat([x for x in (dd, extra) if len(x)], ignore_index=True) if len(extra) else dd
+    return out.astype({"distance": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
+
+
 def _pieces(nbits: int, max_distance: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, nbits, min(max_distance + 1, nbits) + 1).astype(int)
     return list(itertools.pairwise(bounds.tolist()))
@@ -309,8 +346,9 @@ def find_duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     return find_duplicates_indexed(photos, max_distance)[0]
 
 
-def report(dd: pd.DataFrame) -> DedupReport:
-    """reports/dedup.json: counts, every duplicate group and every label conflict."""
+def report(dd: pd.DataFrame, held: pd.DataFrame | None = None) -> DedupReport:
+    """reports/dedup.json: counts, every duplicate group and label conflict, every photo held out
+    (held: held_out's rows, with their reasons)."""
     groups = []
     for gid, g in dd[dd["status"] == Status.DUPLICATE].groupby("group"):
         kept = dd[(dd["group"] == gid) & (dd["status"] == Status.KEPT)].iloc[0]
@@ -329,8 +367,14 @@ def report(dd: pd.DataFrame) -> DedupReport:
         {"group": str(gid), "files": [{"path": str(r.path), "label": str(r.label)} for r in g.itertuples()]}
         for gid, g in dd[dd["status"] == Status.CONFLICT].groupby("group")
     ]
-    after_dedup = (Status.KEPT, Status.DUPLICATE, Status.CONFLICT)
+    after_dedup = (Status.KEPT, Status.DUPLICATE, Status.CONFLICT, Status.EXCLUDED, Status.QUARANTINED)
     counts = {str(s): int((dd["status"] == s).sum()) for s in after_dedup}
+    held = held if held is not None else pd.DataFrame(columns=HELD_COLUMNS)
+
+    def listed(status: Status) -> list:
+        part = held[held["status"] == status]
+        return [{"path": str(p), "reason": str(r)} for p, r in zip(part["path"], part["reason"], strict=True)]
+
     return {
         "photos": len(dd),
         **counts,
@@ -343,4 +387,6 @@ def report(dd: pd.DataFrame) -> DedupReport:
         },
         "groups": groups,
         "conflicts": conflicts,
+        "excluded_photos": listed(Status.EXCLUDED),
+        "quarantined_photos": listed(Status.QUARANTINED),
     }

@@ -10,3 +10,8 @@ class PawflowError(Exception):
         self.what = what
         self.fix = fix
         super().__init__(what if fix is None else f"{what}\n  What to do: {fix}")
+
+
+class Refused(PawflowError):
+    """Input refused by a stage before it changed anything (exit 2, like bad usage): e.g. a source that
+    lost most of the collection (tasks.ingest.guard_removals)."""

@@ -42,6 +42,7 @@ class Paths(Section):
     models: Path
     reports: Path
     cache: Path
+    exclude: Path
 
 
 # runner.workers: the per-photo work is CPU-bound, so workers beyond the machine's cores only cost memory
@@ -61,6 +62,8 @@ class Runner(Section):
 
 class Ingest(Section):
     source: str = Field(min_length=1)
+    mode: Literal["mirror", "append"]
+    max_removed_fraction: Fraction
     sha256: str | None
     max_archive_bytes: PositiveInt
     max_archive_files: PositiveInt
@@ -135,6 +138,15 @@ class Clean(Section):
                 f"(a file's format, not its extension: JPEG for .jpg). Valid: {', '.join(sorted(valid))}"
             )
         return names
+
+
+class Audit(Section):
+    """audit: the champion's check of a run's new photos (tasks/audit.py)."""
+
+    confidence: Annotated[float, Field(gt=0.5, le=1.0)]
+    tolerance: Fraction
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    min_photos: PositiveInt
 
 
 def image_formats() -> set[str]:
@@ -363,6 +375,7 @@ class Params(Section):
     runner: Runner
     ingest: Ingest
     clean: Clean
+    audit: Audit
     dedup: Dedup
     shard: Shard
     train: Train

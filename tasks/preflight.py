@@ -1,4 +1,5 @@
-"""Checks that run before DVC touches anything: params.yaml is valid and ingest.source can be read.
+"""Checks that run before DVC touches anything: params.yaml is valid, ingest.source can be read and the
+exclude list (paths.exclude) is well formed.
 
 DVC removes a stage's outputs before it runs the stage's command, and hashes a folder dependency by
 opening every file in it (a named pipe blocks it forever). So these checks run first, in the `check`
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tarfile
 import zipfile
 from collections import Counter
 from pathlib import Path
 
+from tasks import exclude
 from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
 from tasks.listing import list_directory
@@ -23,6 +26,8 @@ from tasks.splitrule import min_per_class, too_few
 
 # What the check stage writes: constant, so its hash never makes a later stage out of date.
 CHECKED_TEXT = "params.yaml and ingest.source passed the pawflow checks\n"
+# Entries of the exclude list that name no photo, shown one per line up to this many.
+MAX_UNMATCHED_SHOWN = 10
 CHECKED_NAME = "checked.txt"
 KINDS = {
     stat.S_IFIFO: "a named pipe",
@@ -153,10 +158,38 @@ def check_source_of(params: Params, root: Path = Path(".")) -> None:
     check_class_sizes(params, root)
 
 
+def check_exclude(params: Params, root: Path = Path(".")) -> list[str]:
+    """The exclude list is well formed (PawflowError naming each malformed line otherwise); returns a
+    warning per entry that names no photo of the collection as last ingested (data/interim/ingest.parquet,
+    when there is one: the source itself is only read by ingest)."""
+    entries = exclude.read(root / params.paths.exclude)
+    manifest = root / params.paths.interim / "ingest.parquet"
+    if not entries or not manifest.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest, columns=["path", "sha256"])
+    photos = {"path": table.column("path").to_pylist(), "sha256": table.column("sha256").to_pylist()}
+    lost = [e for e in entries if e.key not in set(photos[e.kind])]
+    lines = [f"{params.paths.exclude} line {e.line}: {e.key} names no photo of the collection" for e in lost]
+    if len(lines) > MAX_UNMATCHED_SHOWN:
+        lines = [*lines[:MAX_UNMATCHED_SHOWN], f"... and {len(lines) - MAX_UNMATCHED_SHOWN} more"]
+    return lines
+
+
+def check_planned(params: Params, root: Path = Path(".")) -> None:
+    """Everything about a valid params file that can be checked before a run: the source (check_source_of)
+    and the exclude list (check_exclude; entries that name no photo are warnings on stderr)."""
+    check_source_of(params, root)
+    for warning in check_exclude(params, root):
+        print(f"warning: {warning} (a typo, or it left the source)", file=sys.stderr)
+
+
 def preflight(params_path: Path = Path("params.yaml"), light: bool = False) -> Params:
-    """Validate params.yaml and check ingest.source (relative to the workspace, the file's folder)."""
+    """Validate params.yaml, check ingest.source and the exclude list (relative to the workspace, the
+    file's folder); warnings (exclude list entries that name no photo) go to stderr."""
     params = load_params(params_path, light=light)
-    check_source_of(params, params_path.parent)
+    check_planned(params, params_path.parent)
     return params
 
 

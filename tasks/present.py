@@ -8,7 +8,7 @@ builders (tasks/summary.py) where they write it. A missing value (None, NaN) is 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 NA = "n/a"
@@ -182,3 +182,21 @@ def gate_checks(g: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         rows.append(("compared with the champion", needs, this, verdict(g["p_worse"] >= g["alpha"])))
     return rows
+
+
+def collection_line(figures: dict, name: Callable[[str], str] = str) -> str:
+    """What a run changed in the collection (ingest's run figures) in one line: "+5 new, 2 updated,
+    removed 3, relabelled 2 (Cat -> Dog 2), renamed 1"; "no change" when there is none. name: how a class
+    name is written (tasks.text.md in Markdown: the names are the user's folders)."""
+    parts = [f"+{figures['copied']} new"] if figures.get("copied") else []
+    parts += [f"{figures['updated']} updated"] if figures.get("updated") else []
+    parts += [f"removed {figures['removed']}"] if figures.get("removed") else []
+    if figures.get("relabelled"):
+        moves = ", ".join(
+            f"{name(old)} -> {name(new)} {n}"
+            for old, to in figures.get("relabelled_per_class", {}).items()
+            for new, n in to.items()
+        )
+        parts.append(f"relabelled {figures['relabelled']} ({moves})")
+    parts += [f"renamed {figures['renamed']}"] if figures.get("renamed") else []
+    return ", ".join(parts) or "no change"

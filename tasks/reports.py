@@ -53,12 +53,13 @@ class IgnoredFolder(TypedDict):
 @with_config(CONTRACT)
 class IngestReport(TypedDict):
     source: Source
+    mode: Literal["mirror", "append"]  # ingest.mode: data/raw follows the source, or only grows
     files: int
     bytes: int
     per_label: dict[str, int]
     skipped: list[Skipped]
     ignored_folders: list[IgnoredFolder]
-    not_in_source: list[str]  # files of data/raw the source no longer has (raw data is never deleted)
+    not_in_source: list[str]  # files of data/raw the source no longer has (append mode keeps them)
 
 
 # --------------------------------------------------------------------------- clean.json
@@ -89,6 +90,39 @@ class CleanReport(TypedDict):
     per_flag: dict[str, int]  # quality flag (tasks.images.FLAGS) -> kept photos
     reasons: dict[str, str]  # reason -> what it means, for the reasons met
     rejected_files: list[RejectedFile]
+
+
+# --------------------------------------------------------------------------- audit.json
+
+
+@with_config(CONTRACT)
+class ContradictedPhoto(TypedDict):
+    path: str
+    label: str  # its folder's label
+    predicted: str  # the champion's
+    confidence: float  # the champion's probability of `predicted`
+
+
+@with_config(CONTRACT)
+class AuditReport(TypedDict):
+    """The label audit of a run's new photos (tasks/audit.py), read by the run's alerts: `tripped`."""
+
+    tripped: bool  # the batch was quarantined: held out of the split until released
+    reason: str  # one line a person reads
+    batch: str | None  # the audited batch's id (its name in the quarantine), None when none was audited
+    champion_sha256: str | None
+    new_photos: int  # photos not split before (the split ledger) nor held or released by a quarantine
+    scored: int  # of them, scored by the champion (the others are of a class it does not know)
+    disagreements: int  # scored photos the champion labels otherwise
+    contradicted: int  # ... with at least audit.confidence
+    disagreement_rate: float | None
+    champion_test_error: float | None  # 1 - the test accuracy the champion was promoted with
+    champion_test_photos: int | None
+    normal_rate: float | None  # the disagreement rate the test takes as normal
+    p_value: float | None  # one-sided exact binomial: P(at least this many disagreements | normal_rate)
+    quarantined: int  # photos held out by this audit
+    settings: dict[str, float]  # audit.* as used: confidence, tolerance, alpha, min_photos
+    contradicted_photos: list[ContradictedPhoto]  # sorted by path, at most tasks.audit.MAX_LISTED
 
 
 # --------------------------------------------------------------------------- dedup.json
@@ -122,11 +156,21 @@ class ConflictGroup(TypedDict):
 
 
 @with_config(CONTRACT)
+class HeldOut(TypedDict):
+    path: str
+    reason: str  # the exclude list's reason, or the quarantine batch's
+
+
+@with_config(CONTRACT)
 class DedupReport(TypedDict):
     photos: int
     kept: int  # photos of each Status after dedup
     duplicate: int
     conflict: int
+    excluded: int  # named in the exclude list (paths.exclude)
+    quarantined: int  # in a batch the label audit holds out
+    excluded_photos: list[HeldOut]
+    quarantined_photos: list[HeldOut]
     exact_duplicates: int
     near_duplicates: int
     duplicate_groups: int
@@ -327,10 +371,11 @@ class Report(Generic[T]):
 
 INGEST = Report("ingest.json", IngestReport, "ingest")
 CLEAN = Report("clean.json", CleanReport, "clean")
+AUDIT = Report("audit.json", AuditReport, "audit")
 DEDUP = Report("dedup.json", DedupReport, "dedup")
 SHARD = Report("shard.json", ShardReport, "shard")
 TRAIN = Report("train.json", TrainReport, "train")
 METRICS = Report("metrics.json", MetricsReport, "evaluate")
 GATE = Report("gate.json", GateReport, "evaluate")
 SCORES = Report("scores.json", ScoresReport, "evaluate")
-REPORTS = (INGEST, CLEAN, DEDUP, SHARD, TRAIN, METRICS, GATE, SCORES)
+REPORTS = (INGEST, CLEAN, AUDIT, DEDUP, SHARD, TRAIN, METRICS, GATE, SCORES)

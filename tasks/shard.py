@@ -82,9 +82,13 @@ def ledger_meta(fractions: dict[str, float], salt: str) -> dict[str, str]:
 def assign(
     photos: pd.DataFrame, ledger: pd.DataFrame | None, fractions: dict[str, float], salt: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
-    """Split every non-conflict photo (dedup rows); returns (photos + split, new ledger, stats)."""
+    """Split every kept photo and duplicate (dedup rows: not those in label conflicts, excluded or
+    quarantined); returns (photos + split, new ledger, stats). The ledger keeps every photo it ever
+    split, by sha256, with its last label: a photo that leaves the collection (removed, excluded) and
+    comes back returns to its split, and a relabelled one (moved to another class folder) keeps its split
+    under its new label."""
     stats = SplitStats()
-    rows = photos[photos["status"] != Status.CONFLICT]
+    rows = photos[photos["status"].isin([Status.KEPT, Status.DUPLICATE])]
     rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
     if ledger is not None and "arrival" not in ledger:  # a ledger written before arrivals were recorded
         ledger = ledger.assign(arrival=0)
@@ -196,7 +200,7 @@ def counts_table(examples: pd.DataFrame, class_names: list[str]) -> dict[str, di
 def assign_splits(
     interim: Path, fractions: dict[str, float], salt: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
-    """Every non-conflict photo of dedup.parquet gets a split; the ledger in interim keeps earlier
+    """Every kept photo and duplicate of dedup.parquet gets a split; the ledger in interim keeps earlier
     assignments stable (one made with other fractions or salt is dropped: ledger_reset)."""
     dd = read_parquet(interim / "dedup.parquet")
     path = interim / LEDGER

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tasks import present
-from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
+from tasks.reports import AUDIT, CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
 from tasks.text import md
 
 # The data-quality and evaluation builders take tasks.datareport's and tasks.evaluate's objects without
@@ -48,11 +48,17 @@ def warm_start_markdown(reports: Path, origin: str = "") -> list[str]:
     return ["", f"**train**{origin}: {start}: {md(rep['start_reason'])}"]
 
 
-def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, order: Sequence[str]) -> str:
+def pipeline_markdown(
+    reports: Path,
+    stages: dict[str, str],
+    no_new_data: bool,
+    order: Sequence[str],
+    collection: dict | None = None,
+) -> str:
     """The run's summary: what each stage of this run did (stages: stage -> "ran (…)" or "skipped …",
     order: every stage of the pipeline). A stage's numbers appear only when the stage is in this run,
     and are marked as an earlier run's when DVC found it up to date; stages outside the run (--until)
-    show none."""
+    show none. collection: what this run's ingest changed (its run figures), when it ran."""
 
     def read(report: Report[T]) -> T | None:
         """The stage's report if the stage is part of this run and has written it."""
@@ -62,6 +68,7 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
         return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
 
     clean, dedup, shard, metrics, gate = read(CLEAN), read(DEDUP), read(SHARD), read(METRICS), read(GATE)
+    audit = read(AUDIT)
     lines = ["## pawflow pipeline", ""]
     if no_new_data:
         lines += ["**No new data**: the source has not changed, nothing was retrained.", ""]
@@ -69,6 +76,9 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
     left_out = [s for s in order if s not in stages]
     if left_out:
         lines += ["", f"Not part of this run: {', '.join(left_out)} (nothing of theirs is shown)."]
+    if collection is not None:
+        changes = present.collection_line(collection, md)  # class names are the user's folders
+        lines += ["", f"**ingest**: the collection follows the source: {changes}"]
     if clean:
         rejected = f"{present.count(clean['rejected'])} rejected"
         if clean["rejected"]:
@@ -81,12 +91,17 @@ def pipeline_markdown(reports: Path, stages: dict[str, str], no_new_data: bool, 
             f"**clean**{origin('clean')}: {present.count(clean['files'])} files: "
             f"{present.count(clean['kept'])} kept, {rejected}; of the kept, {flagged}",
         ]
+    if audit:
+        flag = "**QUARANTINED**: " if audit["tripped"] and stages["audit"].startswith("ran") else ""
+        lines += ["", f"**label audit**{origin('audit')}: {flag}{md(audit['reason'])}"]
     if dedup:
         lines += [
             "",
             f"**dedup**{origin('dedup')}: {present.count(dedup['exact_duplicates'])} exact and "
             f"{present.count(dedup['near_duplicates'])} near duplicates removed, "
-            f"{present.count(dedup['conflict'])} photos in label conflicts dropped",
+            f"{present.count(dedup['conflict'])} photos in label conflicts dropped, "
+            f"{present.count(dedup['excluded'])} excluded by you, "
+            f"{present.count(dedup['quarantined'])} held in quarantine",
         ]
     if shard:
         lines += [
@@ -292,8 +307,21 @@ def data_quality_markdown(r: Any, page: str) -> str:
         if section.total > len(groups):
             lines.append(f"- and {present.count(section.total - len(groups))} more")
         lines.append("")
+    lines += [f"**Excluded by you** (in {r.exclude_file}): {present.count(r.excluded.total)}", ""]
+    for g in r.excluded.groups:
+        lines += [f"- {md(t.path)}: {md(t.lines[0])}" for t in g.tiles[:MARKDOWN_LINES]]
+    lines += [f"- line {e.line} names no photo: {md(e.key)}" for e in r.unmatched[:MARKDOWN_LINES]]
+    lines += [
+        "",
+        f"**Label audit**: {r.audit_reason or 'no audit yet'} "
+        f"({present.count(r.contradicted.total)} photos confidently contradicted)",
+        "",
+        f"**Quarantine**: {present.count(r.quarantine.total)} batches held",
+    ]
+    lines += [f"- {md(g.title)}" for g in r.quarantine.groups[:MARKDOWN_LINES]]
+    lines.append("")
     lines.append(
-        f"Every picture (rejected files, flagged photos, duplicate groups, conflicts): {page} in the "
-        "workspace (self-contained, opens offline)."
+        "Every picture (rejected files, flagged photos, duplicate groups, conflicts, held-out photos): "
+        f"{page} in the workspace (self-contained, opens offline)."
     )
     return "\n".join(lines)

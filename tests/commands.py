@@ -17,9 +17,16 @@ from flows.common import LOCK_FILE
 T = TypeVar("T")
 
 
-def sh(ws: Path, *args: str, api: str | None, timeout: float = 900) -> subprocess.CompletedProcess:
+def sh(
+    ws: Path, *args: str, api: str | None, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        list(args), cwd=ws, env=tool_env(api), capture_output=True, text=True, timeout=timeout
+        list(args),
+        cwd=ws,
+        env={**tool_env(api), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -112,7 +112,7 @@ def make_workspace(dest: Path, source: Path, **overrides: dict) -> Path:
     for f in files:
         src = ROOT / f
         if (
-            f.startswith(("tests/", "bench/", "reports/", "data/", "models/"))
+            (f.startswith(("tests/", "bench/", "reports/", "data/", "models/")) and f != "data/exclude.txt")
             or f == "dvc.lock"
             or not src.is_file()
         ):

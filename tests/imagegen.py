@@ -298,17 +298,32 @@ def quality_issues(seed: int = 3000, size: tuple[int, int] = (160, 120)) -> dict
     }
 
 
+# Channel weights of tinted photos, per class index: red, blue, green casts a tiny model learns in an epoch.
+TINTS = ((1.0, 0.25, 0.25), (0.25, 0.25, 1.0), (0.25, 1.0, 0.25))
+
+
+def tinted_jpeg(seed: int, tint: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    """A distinct photo (its own blobs, so its own perceptual hash) with a strong colour cast per class:
+    labels a model can learn from a few dozen photos (a champion that can contradict a wrong label)."""
+    pixels = np.asarray(photo(seed, size), dtype=np.float32) * np.array(TINTS[tint], dtype=np.float32)
+    return encode(Image.fromarray(pixels.astype(np.uint8), "RGB"), "JPEG", quality=92)
+
+
 def make_dataset(
     root: Path,
     per_class: int = 20,
     classes: tuple[str, ...] = ("Cat", "Dog"),
     seed: int = 0,
     size: tuple[int, int] = (48, 40),
+    tinted: bool = False,
 ) -> Path:
-    """A PetImages-style folder: <class>/<class>.<n>.jpg with distinct photos."""
+    """A PetImages-style folder: <class>/<class>.<n>.jpg with distinct photos (tinted: a colour cast per
+    class, so that a model can learn the labels; else the classes look alike)."""
     for c_idx, cls in enumerate(classes):
         folder = root / cls
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            (folder / f"{cls.lower()}.{i}.jpg").write_bytes(jpeg(seed + c_idx * 100_000 + i, size))
+            k = seed + c_idx * 100_000 + i
+            data = tinted_jpeg(k, c_idx, size) if tinted else jpeg(k, size)
+            (folder / f"{cls.lower()}.{i}.jpg").write_bytes(data)
     return root

@@ -9,6 +9,7 @@ from tasks.fileio import write_json
 SAMPLES: dict[str, dict] = {
     "ingest.json": {
         "source": {"kind": "folder", "location": "/photos", "archive_sha256": None},
+        "mode": "mirror",
         "files": 40,
         "bytes": 40_000,
         "per_label": {"Cat": 20, "Dog": 20},
@@ -31,16 +32,42 @@ SAMPLES: dict[str, dict] = {
             {"path": "Cat/b.jpg", "reason": "truncated", "detail": ""},
         ],
     },
+    "audit.json": {
+        "tripped": True,
+        "reason": "the champion disagrees with 14 of 30 new photos' labels (46.7%; normal up to 26.4%, its "
+        "test error 15.0% + audit.tolerance), p=0.0123 < audit.alpha 0.05: batch 0123456789ab quarantined, "
+        "not trained on",
+        "batch": "0123456789ab",
+        "champion_sha256": "ab" * 32,
+        "new_photos": 30,
+        "scored": 30,
+        "disagreements": 14,
+        "contradicted": 1,
+        "disagreement_rate": 14 / 30,
+        "champion_test_error": 0.15,
+        "champion_test_photos": 600,
+        "normal_rate": 0.264,
+        "p_value": 0.0123,
+        "quarantined": 30,
+        "settings": {"confidence": 0.9, "tolerance": 0.05, "alpha": 0.05, "min_photos": 20},
+        "contradicted_photos": [
+            {"path": "Cat/new.1.jpg", "label": "Cat", "predicted": "Dog", "confidence": 0.97}
+        ],
+    },
     "dedup.json": {
         "photos": 38,
-        "kept": 37,
+        "kept": 36,
         "duplicate": 1,
         "conflict": 0,
+        "excluded": 1,
+        "quarantined": 0,
+        "excluded_photos": [{"path": "Cat/drawing.jpg", "reason": "a drawing, not a photo"}],
+        "quarantined_photos": [],
         "exact_duplicates": 1,
         "near_duplicates": 0,
         "duplicate_groups": 1,
         "conflict_groups": 0,
-        "kept_per_label": {"Cat": 18, "Dog": 19},
+        "kept_per_label": {"Cat": 17, "Dog": 19},
         "groups": [
             {
                 "group": "0123456789abcdef",

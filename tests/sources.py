@@ -22,10 +22,21 @@ def limits(source: str | Path = "unused", **kw) -> Ingest:
     return shipped("ingest", source=str(source), **values)
 
 
-def run_ingest(source: str | Path, raw: Path, known: dict | None = None, **kw):
-    listing = ingest.resolve(limits(source, **kw), raw.parent / "downloads", progress=False)
+def run_ingest(
+    source: str | Path,
+    raw: Path,
+    known: dict | None = None,
+    accept_all: bool = False,
+    accept_count: int | None = None,
+    **kw,
+):
+    """One ingest of source into raw (ingest.mode and the other limits as shipped, or as given)."""
+    cfg = limits(source, **kw)
+    listing = ingest.resolve(cfg, raw.parent / "downloads", progress=False)
     known = {} if known is None else known
-    result = ingest.sync(listing.entries, raw, known, progress=False)
+    result = ingest.update(
+        listing, raw, known, cfg.mode, cfg.max_removed_fraction, accept_all, accept_count, progress=False
+    )
     known.update(result.hashes)
     df, fresh = ingest.manifest(raw, known, progress=False)
     known.update(fresh)

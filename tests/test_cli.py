@@ -101,12 +101,12 @@ def test_exit_code_per_kind_of_error(raised: BaseException, code: int, message: 
     seen = {}
 
     def fake_run(force: bool, push: bool, **overrides: object) -> int:
-        seen.update(force=force, push=push)
+        seen.update(force=force, push=push, **overrides)
         raise raised
 
     monkeypatch.setattr(cli, "cmd_run", fake_run)
-    assert main(["run", "--force", "--no-push"]) == code
-    assert seen == {"force": True, "push": False}
+    assert main(["run", "--force", "--no-push", "--accept-removals"]) == code
+    assert seen["force"] is True and seen["push"] is False and seen["accept_removals"] is True
     err = capsys.readouterr().err
     assert message in err and err.count("pawflow run:") == 1
 

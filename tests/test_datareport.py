@@ -293,3 +293,48 @@ def test_hostile_file_and_class_names_are_text_in_the_page_and_the_artifact():
     assert "<img" not in rendered and "<code>" not in rendered and "<em>" not in rendered
     assert "<b>" not in rendered and "<a " not in rendered
     assert "x` &lt;img src=x onerror=alert(1)&gt; `*y* | [l](u).jpg" in rendered
+
+
+def test_excluded_contradicted_and_quarantined_photos_are_shown_with_why(made):
+    from reportsamples import sample
+
+    from tasks import exclude, quarantine
+
+    raw, clean_df, _ = made
+    kept = clean_df[clean_df["status"] == "kept"]
+    entries = exclude.parse("Cat/cat.0.jpg # a drawing\nCat/typo.jpg # gone\n", "x")
+    excluded = exclude.matches(entries, kept)
+    batch = quarantine.new_batch(kept[kept["path"].isin(["Dog/dog.3.jpg", "Dog/dog.4.jpg"])], "30 % swapped")
+    held = dedup.held_out(kept, excluded, {p.sha256: f"label audit batch {batch.id}" for p in batch.photos})
+    grouped = dedup.find_duplicates(kept[~kept["path"].isin(held["path"])], 4)
+    dd = dedup.with_held(grouped, held, kept)
+    audit = sample("audit.json")
+    audit["contradicted_photos"] = [
+        {"path": "Dog/dog.5.jpg", "label": "Dog", "predicted": "Cat", "confidence": 0.97},
+        {"path": "Cat/gone.jpg", "label": "Cat", "predicted": "Dog", "confidence": 0.99},  # left since
+    ]
+    held_out = datareport.HeldOut(
+        held, tuple(exclude.unmatched(entries, clean_df)), audit=audit, batches=(batch,)
+    )
+    report = datareport.build(clean_df, dd, raw, SETTINGS.formats, SETTINGS.max_pixels, 4, LIMITS, held_out)
+    page = datareport.render_html(report)
+    pictures = images(page)
+    assert {"Cat/cat.0.jpg", "Dog/dog.5.jpg", "Dog/dog.3.jpg", "Dog/dog.4.jpg"} <= set(pictures)
+    assert "Excluded by you (1)" in page and "a drawing" in page
+    assert '<tr><td class="n">2</td><td>Cat/typo.jpg</td><td>gone</td></tr>' in page  # names nothing
+    assert "labelled Dog<br>champion: Cat (97.0%)" in page and "Cat/gone.jpg" not in page
+    assert "photos&#39; labels (46.7%; normal up to 26.4%" in page  # the audit's reason, escaped
+    assert f"batch {batch.id}: 2 photos held. 30 % swapped" in page and "pawflow quarantine release" in page
+    assert '<tr><th>photos excluded by you</th><td class="n">1</td></tr>' in page
+    assert '<tr><th>photos held in quarantine by the label audit</th><td class="n">2</td></tr>' in page
+    markdown = summary.data_quality_markdown(report, "reports/data.html")
+    assert f"- {md('Cat/cat.0.jpg')}: a drawing" in markdown
+    assert f"- line 2 names no photo: {md('Cat/typo.jpg')}" in markdown
+    assert f"- {md(f'batch {batch.id}: 2 photos held')}" in markdown
+    # The same inputs give the same page, and without any hold-out the sections say so.
+    again = datareport.build(clean_df, dd, raw, SETTINGS.formats, SETTINGS.max_pixels, 4, LIMITS, held_out)
+    assert datareport.render_html(again) == page
+    plain = datareport.render_html(
+        datareport.build(clean_df, dd, raw, SETTINGS.formats, SETTINGS.max_pixels, 4, LIMITS)
+    )
+    assert "Quarantine (0 batches held)" in plain and "No audit yet." in plain

@@ -218,3 +218,37 @@ def test_an_unusable_index_is_ignored(tmp_path, content: bytes | None):
         path.write_bytes(content)
     assert HashIndex.load(path, 4, 8) is None
     assert HashIndex.load(tmp_path / "missing.npz", 4, 8) is None
+
+
+def test_excluded_and_quarantined_photos_are_held_out_before_grouping():
+    """A misfiled copy that the exclude list names (or a quarantine holds) makes no label conflict: the
+    good copy stays kept; the held photos are listed with their reasons, each in its own group."""
+    from tasks.dedup import held_out, with_held
+
+    cats = distinct(4)
+    misfiled = {**cats[0], "path": "Dog/misfiled.jpg", "label": "Dog"}  # Cat/0.jpg's bytes under Dog
+    suspect = distinct(1, label="Dog", start=50)[0]
+    kept = frame([*cats, misfiled, suspect])
+    excluded = pd.DataFrame({"path": ["Dog/misfiled.jpg"], "reason": ["a cat in the dog folder"]})
+    held = held_out(kept, excluded, {suspect["sha256"]: "label audit batch abc"})
+    assert held[["path", "status", "reason"]].values.tolist() == [
+        ["Dog/0.jpg", "quarantined", "label audit batch abc"],
+        ["Dog/misfiled.jpg", "excluded", "a cat in the dog folder"],
+    ]
+    grouped = find_duplicates(kept[~kept["path"].isin(held["path"])], max_distance=4)
+    dd = with_held(grouped, held, kept)
+    assert dd["path"].tolist() == sorted(kept["path"])
+    assert dict(zip(dd["path"], dd["status"], strict=True)) == {
+        "Cat/0.jpg": "kept",  # without the hold-out: a conflict, and both copies dropped
+        "Cat/1.jpg": "kept",
+        "Cat/2.jpg": "kept",
+        "Cat/3.jpg": "kept",
+        "Dog/0.jpg": "quarantined",
+        "Dog/misfiled.jpg": "excluded",
+    }
+    assert find_duplicates(kept, 4).set_index("path").at["Cat/0.jpg", "status"] == "conflict"
+    rep = report(dd, held)
+    assert (rep["kept"], rep["excluded"], rep["quarantined"], rep["conflict"]) == (4, 1, 1, 0)
+    assert rep["excluded_photos"] == [{"path": "Dog/misfiled.jpg", "reason": "a cat in the dog folder"}]
+    assert rep["quarantined_photos"] == [{"path": "Dog/0.jpg", "reason": "label audit batch abc"}]
+    assert rep["kept_per_label"] == {"Cat": 4}

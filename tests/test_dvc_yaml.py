@@ -94,7 +94,7 @@ def test_stages_are_listed_after_the_stages_they_read():
 
     spec = stages()
     assert tuple(s for s in spec if s != versioning.CHECK_STAGE) == versioning.STAGES
-    assert versioning.DATA_STAGES == ("ingest", "clean", "dedup", "shard")
+    assert versioning.DATA_STAGES == ("ingest", "clean", "audit", "dedup", "shard")
     writer = {
         (o if isinstance(o, str) else next(iter(o))): name for name, st in spec.items() for o in st["outs"]
     }

@@ -301,7 +301,7 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
 
     first = dvc(ws, "repro", "shard", api=prefect_server)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert ran(first.stdout) == ["check", "ingest", "clean", "dedup", "shard"]
+    assert ran(first.stdout) == ["check", "ingest", "clean", "audit", "dedup", "shard"]
     info = json.loads((ws / "data/processed/dataset_info.json").read_text())
     assert sum(info["splits"][s]["examples"] for s in ("train", "val", "test")) == 40
     assert json.loads((ws / "reports/dedup.json").read_text())["near_duplicates"] == 1

@@ -125,3 +125,51 @@ def test_a_download_that_trickles_is_stopped_at_the_deadline(tmp_path: Path, mak
     err = state.result(raise_on_failure=False)
     assert "took longer than ingest.download_deadline_s (1 s); stopped." in err.what
     assert "resumed by the next run" in err.fix
+
+
+def test_pawflow_accept_removals_takes_a_count_or_any():
+    from flows.ingest import accepted_removals
+    from tasks.errors import PawflowError
+
+    assert accepted_removals(None) == accepted_removals("  ") == (False, None)
+    assert accepted_removals("any") == (True, None)
+    assert accepted_removals("120") == (False, 120)
+    for wrong in ("yes", "-3", "true", "1.5"):
+        with pytest.raises(PawflowError, match="expected the number of photos whose removal you accept"):
+            accepted_removals(wrong)
+
+
+def test_the_flow_returns_and_records_what_the_run_changed(dataset: Path, make_params):
+    params = make_params(dataset)
+    run(params, ingest_flow)
+    (dataset / "Cat" / "cat.0.jpg").unlink()
+    (dataset / "Cat" / "cat.1.jpg").rename(dataset / "Dog" / "cat.1.jpg")
+    (dataset / "Dog" / "new.jpg").write_bytes(imagegen.jpeg(31337))
+    state = ingest_flow(params=params, return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert out["report"]["files"] == 40 and out["report"]["mode"] == "mirror"
+    figures = out["figures"]
+    assert (figures["copied"], figures["removed"], figures["relabelled"]) == (1, 1, 1)
+    assert figures["copied_per_class"] == {"Dog": 1} and figures["removed_per_class"] == {"Cat": 1}
+    assert figures["relabelled_per_class"] == {"Cat": {"Dog": 1}}
+    lines = [json.loads(x) for x in params.pipeline.history.read_text().splitlines()]
+    assert lines[-1]["stage"] == "ingest" and lines[-1]["relabelled_per_class"] == {"Cat": {"Dog": 1}}
+    tracked = (params.paths.reports / "ingest.json").read_text()
+    assert "relabel" not in tracked and "removed" not in tracked  # per-run deltas stay out of tracked files
+
+
+def test_a_refused_removal_fails_the_flow_with_one_message_and_changes_nothing(dataset: Path, make_params):
+    from tasks.errors import Refused
+
+    params = make_params(dataset)
+    run(params, ingest_flow)
+    before = snapshot(params.paths.raw), (params.paths.interim / "ingest.parquet").read_bytes()
+    for p in sorted((dataset / "Dog").iterdir())[:15]:
+        p.unlink()
+    state = ingest_flow(params=params, return_state=True)
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), Refused)
+    assert "no longer holds 15 of the 40 photos" in state.message
+    assert (snapshot(params.paths.raw), (params.paths.interim / "ingest.parquet").read_bytes()) == before
+    state = ingest_flow(params=params, accept_count=15, return_state=True)
+    assert state.is_completed() and state.result()["figures"]["removed"] == 15

@@ -70,12 +70,15 @@ def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path, raw_wi
     before = snapshot(raw_with_history)
     with pytest.raises(PawflowError, match=r"differ only in case.*: 'Cat' and 'cat'\. .*Nothing was copied"):
         run_ingest(src, raw_with_history)
-    # data/raw keeps earlier labels: a source that renamed Cat/ to cat/ would leave two classes there
+    # In append mode data/raw keeps earlier labels: a source that renamed Cat/ to cat/ would leave two
+    # classes there. (In mirror mode the photos move to cat/: tests/test_ingest.py.)
     assert (raw_with_history / "Cat").is_dir()
     renamed = imagegen.make_dataset(tmp_path / "renamed", per_class=2, classes=("cat", "Dog"))
     with pytest.raises(PawflowError, match=r"'Cat' and 'cat'.*already holds the other"):
-        run_ingest(renamed, raw_with_history)
+        run_ingest(renamed, raw_with_history, mode="append")
     assert snapshot(raw_with_history) == before
+    _, result, df = run_ingest(renamed, raw_with_history)
+    assert sorted(df["label"].unique()) == ["Dog", "cat"] and len(result.moved) == 2 and not result.removed
 
 
 def test_ignored_folders_are_reported(tmp_path: Path):
@@ -86,7 +89,7 @@ def test_ignored_folders_are_reported(tmp_path: Path):
             (src / junk / f"{i}.jpg").write_bytes(imagegen.jpeg(100 + i))
     listing, result, df = run_ingest(src, tmp_path / "raw")
     assert sorted(df["label"].unique()) == ["Cat", "Dog"]
-    rep = ingest.report(listing, result, df)
+    rep = ingest.report(listing, result, df, "mirror")
     assert rep["ignored_folders"] == [
         {
             "path": ".../",
@@ -170,8 +173,9 @@ def test_class_folders_that_look_alike_are_refused_in_folders_archives_and_again
     raw = tmp_path / "raw2"
     run_ingest(earlier, raw)
     renamed = imagegen.make_dataset(tmp_path / "renamed", per_class=2, classes=(other, "Bird"))
+    # Against data/raw in append mode (it keeps earlier labels); in mirror mode the old spelling leaves.
     with pytest.raises(PawflowError, match="already holds the other from an earlier ingest") as against:
-        run_ingest(renamed, raw)
+        run_ingest(renamed, raw, mode="append")
     assert named in str(against.value)
     assert snapshot(raw_with_history) == before
 

@@ -148,3 +148,79 @@ def test_classes_too_small_for_the_split_are_refused_and_the_last_shards_kept(
     assert {p.name: p.read_bytes() for p in (ws / "data/processed").iterdir()} == shards
     status = dvc(ws, "status", "shard", api=api).stdout
     assert "changed deps" in status and "changed outs" not in status  # not recorded, nothing removed
+
+
+@pytest.mark.slow
+def test_corrections_reach_the_collection_and_a_swapped_batch_is_quarantined(
+    tmp_path: Path, prefect_server: str
+):
+    """docs/collection.md end to end, through the real entry points: a photo removed from the source, one
+    moved to the other class folder, one excluded, and a batch whose every label is swapped, in one
+    night; then a source that lost 30 photos (refused, then accepted for one dvc repro), and a release."""
+    import json
+
+    api = prefect_server
+    source = imagegen.make_dataset(tmp_path / "source", per_class=40, tinted=True)  # labels a model learns
+    learnable = {**FAST["train"], "epochs": 3, "learning_rate": 0.01}
+    ws = make_workspace(
+        tmp_path / "ws", source, train=learnable, evaluate=FAST["evaluate"], audit={"min_photos": 10}
+    )
+    first = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((ws / "reports/audit.json").read_text())["reason"].startswith("no audit has run")
+    champion = json.loads((ws / "models/champion/champion.json").read_text())
+    assert champion["metrics"]["accuracy"] >= 0.9, champion  # a champion worth auditing with
+
+    (source / "Cat" / "cat.0.jpg").unlink()
+    (source / "Cat" / "cat.1.jpg").rename(source / "Dog" / "cat.1.jpg")  # relabelled by moving it
+    (ws / "data/exclude.txt").write_text("Dog/dog.2.jpg  # blurred beyond recognition\n")
+    for i in range(20):  # a night whose labels are all swapped: cat-tinted photos in Dog/ and back
+        truth = i % 2
+        (source / ("Dog", "Cat")[truth] / f"night.{i}.jpg").write_bytes(
+            imagegen.tinted_jpeg(60_000 + i, truth)
+        )
+    night = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
+    assert night.returncode == 0, night.stderr[-3000:]
+    record = [json.loads(x) for x in (ws / "reports/runs.jsonl").read_text().splitlines() if '"entry"' in x][
+        -1
+    ]
+    figures = record["collection"]
+    assert (figures["copied"], figures["removed"], figures["relabelled"]) == (20, 1, 1), figures
+    assert figures["relabelled_per_class"] == {"Cat": {"Dog": 1}}
+    audit = json.loads((ws / "reports/audit.json").read_text())
+    assert audit["tripped"] and audit["new_photos"] == audit["quarantined"] == 20, audit
+    assert audit["disagreement_rate"] >= 0.9 and audit["p_value"] < 0.01
+    dd = __import__("pandas").read_parquet(ws / "data/interim/dedup.parquet").set_index("path")
+    assert dd.at["Dog/cat.1.jpg", "label"] == "Dog" and dd.at["Dog/dog.2.jpg", "status"] == "excluded"
+    assert (dd["status"] == "quarantined").sum() == 20 and "Cat/cat.0.jpg" not in dd.index
+    info = json.loads((ws / "data/processed/dataset_info.json").read_text())
+    assert sum(s["examples"] for s in info["splits"].values()) == 80 - 2  # removed and excluded; batch held
+    page = (ws / "reports/data.html").read_text()
+    assert f"batch {audit['batch']}: 20 photos held" in page and "blurred beyond recognition" in page
+    assert up_to_date(ws, api)  # the night is recorded in dvc.lock: dvc repro has nothing to do
+
+    # A source that lost 30 of the 99 photos (an unmounted share looks like this): refused before anything.
+    for p in sorted((source / "Dog").glob("dog.*.jpg"))[:30]:
+        p.unlink()
+    lock = (ws / "dvc.lock").read_bytes()
+    raw = sorted(p.relative_to(ws).as_posix() for p in (ws / "data/raw").rglob("*") if p.is_file())
+    refused = py(ws, "-m", "flows.pipeline", "--no-push", "--until", "ingest", api=api)
+    assert refused.returncode == 1 and "no longer holds 30 of the 99 photos" in refused.stderr
+    repro = dvc(ws, "repro", "ingest", api=api)
+    assert repro.returncode != 0 and "PAWFLOW_ACCEPT_REMOVALS=30 dvc repro" in repro.stderr, repro.stderr[
+        -3000:
+    ]
+    assert sorted(p.relative_to(ws).as_posix() for p in (ws / "data/raw").rglob("*") if p.is_file()) == raw
+    assert (ws / "dvc.lock").read_bytes() == lock
+    accepted = sh(
+        ws, sys.executable, "-m", "dvc", "repro", "ingest", api=api, env={"PAWFLOW_ACCEPT_REMOVALS": "30"}
+    )
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    assert len(list((ws / "data/raw").rglob("*.jpg"))) == len(raw) - 30
+
+    # The batch, checked by a person, is released: dvc.lock records it, and dedup is out of date.
+    listed = sh(ws, str(Path(sys.executable).parent / "pawflow"), "quarantine", "list", api=api)
+    assert audit["batch"] in listed.stdout and "20 photos" in listed.stdout
+    released = sh(ws, str(Path(sys.executable).parent / "pawflow"), "quarantine", "release", "--all", api=api)
+    assert released.returncode == 0 and f"released batch {audit['batch']} (20 photos)" in released.stdout
+    assert "dedup" in dvc(ws, "status", "dedup", api=api).stdout and up_to_date(ws, api, "audit")

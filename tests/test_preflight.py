@@ -163,3 +163,31 @@ def test_a_class_too_small_for_every_split_is_refused_by_the_check_with_the_mini
     data["ingest"]["source"] = str(imagegen.make_dataset(tmp_path / "pairs", per_class=2))
     (ws / "params.yaml").write_text(yaml.safe_dump(data))
     assert run_check(ws).returncode == 0
+
+
+def test_the_check_stage_refuses_a_malformed_exclude_list_and_warns_of_entries_naming_nothing(tmp_path: Path):
+    import pandas as pd
+
+    from tasks.fileio import write_parquet
+
+    src = source_with_photos(tmp_path)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["ingest"]["source"] = str(src)
+    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    (ws / "data").mkdir()
+    (ws / "data/exclude.txt").write_text("# my list\nCat/cat.0.jpg # blurred\nCat/cat.1.jpg\n")
+    bad = run_check(ws)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "data/exclude.txt: 1 line(s) cannot be read:\n  line 3: give the reason after ' # '" in bad.stderr
+    assert not (ws / "data/interim/checked.txt").exists()  # refused before anything
+
+    (ws / "data/exclude.txt").write_text("Cat/cat.0.jpg # blurred\nCat/typo.jpg # a typo\n")
+    assert run_check(ws).returncode == 0  # nothing ingested yet: nothing to compare with
+    manifest = pd.DataFrame({"path": ["Cat/cat.0.jpg", "Dog/dog.0.jpg"], "sha256": ["1" * 64, "2" * 64]})
+    write_parquet(ws / "data/interim/ingest.parquet", manifest)
+    warned = run_check(ws)
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: data/exclude.txt line 2: Cat/typo.jpg names no photo of the collection" in warned.stderr
+    assert "line 1" not in warned.stderr

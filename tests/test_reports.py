@@ -127,7 +127,7 @@ def stage_reports(work: Path) -> dict[Report, dict]:
     sizes = shard.thumb_sizes(todo, p.cache, fp)
     info = shard.write_shards(plans, sizes, p.processed, p.cache, params.shard.shard_bytes, fp, info)
     return {
-        INGEST: ingest.report(listing, result, manifest),
+        INGEST: ingest.report(listing, result, manifest, "mirror"),
         CLEAN: clean.report(checked),
         DEDUP: dedup.report(dd),
         SHARD: shard.report(info),

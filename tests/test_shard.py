@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 
 import pandas as pd
 import pytest
@@ -117,6 +118,38 @@ def test_growth_stability_property(n_old: int, n_new: int, removed: list[int]):
     assert (grown.groupby("group")["split"].nunique() == 1).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(10, 100),
+    st.lists(st.tuples(st.integers(0, 99), st.sampled_from(["remove", "relabel", "readd"])), max_size=40),
+)
+def test_corrections_never_move_a_photo_property(n: int, edits: list[tuple[int, str]]):
+    """Runs in which photos are removed, relabelled (moved to the other class) and re-added: a photo the
+    ledger has seen always gets its first split back, under whatever label it has now; the ledger keeps
+    removed photos (so a re-added one returns to its split) and each photo's current label."""
+    rows = photos(n)
+    first, ledger, _ = assign(rows, None, FRACTIONS, "s")
+    original = split_of(first)
+    present = rows.set_index("sha256")
+    gone: dict[str, pd.Series] = {}
+    for i, action in edits:
+        sha = rows["sha256"].iloc[i % n]
+        if action == "remove" and sha in present.index:
+            gone[sha] = present.loc[sha]
+            present = present.drop(index=sha)
+        elif action == "readd" and sha in gone:
+            present.loc[sha] = gone.pop(sha)
+        elif action == "relabel" and sha in present.index:
+            other = "Dog" if present.at[sha, "label"] == "Cat" else "Cat"
+            present.loc[sha, ["label", "path"]] = [other, f"{other}/{i}.jpg"]
+        now = present.reset_index()
+        done, ledger, stats = assign(now, ledger, FRACTIONS, "s")
+        assert split_of(done) == {sha: original[sha] for sha in now["sha256"]} and stats.moved_photos == 0
+        assert set(ledger["sha256"]) == set(original)
+        labels = dict(zip(ledger["sha256"], ledger["label"], strict=True))
+        assert all(labels[sha] == lbl for sha, lbl in zip(now["sha256"], now["label"], strict=True))
+
+
 def reference_assign(photos_: pd.DataFrame, ledger: pd.DataFrame, fractions: dict, salt: str) -> dict:
     """The split rules, group by group: a group with photos in the ledger
     goes where most of them are (ties: the first of SPLITS); new groups, in order of (label, salted hash
@@ -211,6 +244,19 @@ def test_names_of_later_arrivals():
     assert shard_name("val", 1, 2, arrival=3) == "val.arrival-00003.tfrecord-00001-of-00002"
 
 
+def records(shard) -> list[tuple[str, str, str]]:
+    """(path, label name, sha256) of every record of a TFRecord shard file, read without TensorFlow."""
+    from tasks import tfrecord
+
+    data, at, out = shard.read_bytes(), 0, []
+    while at < len(data):
+        (n,) = struct.unpack("<Q", data[at : at + 8])
+        f = tfrecord._example_class().FromString(data[at + 12 : at + 12 + n]).features.feature
+        out.append(tuple(f[k].bytes_list.value[0].decode() for k in ("path", "label/name", "sha256")))
+        at += 12 + n + 4
+    return out
+
+
 def shard_files(processed) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(processed.iterdir()) if p.name != "dataset_info.json"}
 
@@ -220,7 +266,8 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     """Data stages on 24 photos per class, then 6 more per class: the old shard files stay as they are
     (bytes and names), the new photos get shards of their own, dataset_info lists exactly the files
     with their sha256 and counts, old photos keep their split, and a rebuild from the same ledger
-    (shards deleted) gives the same bytes again."""
+    (shards deleted) gives the same bytes again. Then corrections: a photo removed, one relabelled, one
+    excluded (a re-added photo's return to its split: test_corrections_never_move_a_photo_property)."""
     import imagegen
     from conftest import params_for
 
@@ -275,6 +322,34 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     assert state.is_completed(), state.message
     assert shard_files(processed) == after
     assert (processed / "dataset_info.json").read_bytes() == info_bytes
+
+    # Corrections (docs/collection.md): of the first arrival's train photos, one is deleted from the source,
+    # one moved to the other class folder, one excluded. Every other photo keeps its split; the moved one
+    # keeps its split under its new label; the shards of that split and arrival are written again, with
+    # the moved photo's new label and without the two others; every other shard file is reused as it is.
+    ledger = pd.read_parquet(params.paths.interim / "split.parquet")
+    first_train = sorted(ledger[(ledger["split"] == "train") & (ledger["arrival"] == 0)]["sha256"])
+    by_sha = {sha256_file(p): p for p in source.rglob("*.jpg")}
+    removed, moved, excluded = (by_sha[s] for s in first_train[:3])
+    removed.unlink()
+    moved_to = source / ("Dog" if moved.parent.name == "Cat" else "Cat") / moved.name
+    moved.rename(moved_to)
+    params.paths.exclude.parent.mkdir(parents=True, exist_ok=True)
+    params.paths.exclude.write_text(f"{excluded.parent.name}/{excluded.name}  # a drawing\n")
+    inodes = {n: (processed / n).stat().st_ino for n in shard_files(processed)}
+    before = shard_files(processed)
+    run()
+    corrected = shard_files(processed)
+    rewritten = {n for n in corrected if n not in before or corrected[n] != before[n]}
+    assert rewritten and all(n.startswith("train.tfrecord-") for n in rewritten)
+    assert all((processed / n).stat().st_ino == inodes[n] for n in corrected if n not in rewritten)
+    held = {"Cat/" + removed.name, "Dog/" + removed.name, f"{excluded.parent.name}/{excluded.name}"}
+    found = {path: label for n in corrected for path, label, _ in records(processed / n)}
+    assert not held & set(found) and found[f"{moved_to.parent.name}/{moved.name}"] == moved_to.parent.name
+    assert len(found) == len(ledger) - 2
+    new_ledger = pd.read_parquet(params.paths.interim / "split.parquet").set_index("sha256")
+    assert new_ledger["split"].to_dict() == ledger.set_index("sha256")["split"].to_dict()  # nobody moved
+    assert new_ledger.at[first_train[1], "label"] == moved_to.parent.name
 
 
 def test_fifty_labels_of_four_photos_leave_the_test_split_empty_and_that_is_reported():

@@ -12,7 +12,14 @@ from tasks.status import Decision, Status
 
 
 def test_values_are_the_strings_the_files_hold():
-    assert [str(s) for s in Status] == ["kept", "rejected", "duplicate", "conflict"]
+    assert [str(s) for s in Status] == [
+        "kept",
+        "rejected",
+        "duplicate",
+        "conflict",
+        "excluded",
+        "quarantined",
+    ]
     assert [str(d) for d in Decision] == ["promoted", "rejected"]
     assert Status("duplicate") is Status.DUPLICATE and Status.KEPT == "kept"
 

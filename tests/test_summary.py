@@ -32,7 +32,9 @@ def test_after_until_shard_no_model_numbers_from_committed_reports(tmp_path: Pat
 
 def test_numbers_of_a_skipped_stage_are_marked_as_an_earlier_runs(tmp_path: Path):
     params = reports(tmp_path)
-    stages = dict.fromkeys(("ingest", "clean", "dedup", "shard", "base", "train"), "skipped (up to date)")
+    stages = dict.fromkeys(
+        ("ingest", "clean", "audit", "dedup", "shard", "base", "train"), "skipped (up to date)"
+    )
     stages["evaluate"] = "ran (3.0s)"
     md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
     assert "**clean** (from an earlier run: up to date in dvc.lock): 40 files" in md
@@ -55,6 +57,29 @@ def test_a_warm_started_model_and_the_run_history_record(tmp_path: Path):
     (params.paths.reports / "train.json").unlink()
     assert summary.warm_start_markdown(params.paths.reports) == []
     assert summary.train_start(params.paths.reports) == {"warm_start": None}
+
+
+def test_what_the_run_changed_in_the_collection_and_the_audit(tmp_path: Path):
+    params = reports(tmp_path)
+    stages = dict.fromkeys(versioning.STAGES, "ran (1.0s)")
+    figures = {
+        "copied": 5,
+        "updated": 0,
+        "removed": 3,
+        "relabelled": 2,
+        "renamed": 0,
+        "relabelled_per_class": {"Cat": {"Dog": 2}},
+    }
+    md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES, figures)
+    assert (
+        "**ingest**: the collection follows the source: +5 new, removed 3, relabelled 2 (Cat -> Dog 2)" in md
+    )
+    assert "**label audit**: **QUARANTINED**: the champion disagrees with 14 of 30" in md
+    assert "1 excluded by you, 0 held in quarantine" in md
+    stages["audit"] = "skipped (up to date)"  # an earlier run's audit: its verdict, not flagged as new
+    md = summary.pipeline_markdown(params.paths.reports, stages, False, versioning.STAGES)
+    assert "**label audit** (from an earlier run: up to date in dvc.lock): the champion" in md
+    assert "QUARANTINED" not in md and "**ingest**" not in md
 
 
 def test_no_new_data_is_said_first():
