@@ -100,7 +100,7 @@ def test_bad_input_is_one_clear_error_without_traceback(tmp_path: Path, prefect_
     ws = make_workspace(tmp_path / "ws", tmp_path / "does-not-exist")
     out = py(ws, "-m", "flows.ingest", api=prefect_server)
     assert out.returncode != 0
-    assert "does not exist" in out.stderr and "Set ingest.source" in out.stderr
+    assert "does not exist" in out.stderr and "set ingest.source in params.yaml" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     assert not (ws / "data" / "interim" / "ingest.parquet").exists()
 
