@@ -232,6 +232,10 @@ class Pipeline(Section):
     timezone: str
     push: bool
     history: Path
+    keep_runs: PositiveInt
+    alert_url: str | None = Field(pattern=r"^https?://\S+$")
+    alert_timeout_s: Annotated[float, Field(gt=0)]
+    alert_reject_fraction: Fraction
 
     @field_validator("schedule", "full_schedule")
     @classmethod
