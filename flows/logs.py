@@ -100,7 +100,9 @@ def exit_code(state: Any) -> int:
     return 1
 
 
-def follow(run: str | None, write: Callable[[str], None] = print, poll_s: float = POLL_S) -> int:
+def follow(
+    run: str | None, write: Callable[[str], None] = print, poll_s: float = POLL_S, drain_s: float = DRAIN_S
+) -> int:
     """Print the run's log lines as they arrive; returns the run's outcome as an exit code."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
@@ -133,7 +135,7 @@ def follow(run: str | None, write: Callable[[str], None] = print, poll_s: float 
             state = client.read_flow_run(flow_run.id).state
             if state is not None and state.is_final():
                 final_since = final_since or time.monotonic()
-                if time.monotonic() - final_since >= DRAIN_S:
+                if time.monotonic() - final_since >= drain_s:
                     write(
                         f"flow run {flow_run.name}: {state.name}"
                         + (f": {state.message}" if state.message else "")
