@@ -65,14 +65,15 @@ def stage_lines(path: Path) -> list[dict]:
 
 
 def history(root: Path, params: Params | None) -> list[dict]:
-    """Every run, newest first: the recorded versions (their facts, with `version` = the commit), and
-    the runs of the local run history that recorded none. Runs in neither are unknown here."""
+    """Every run, newest first: the recorded versions (their facts, with `version` = the commit and
+    `restorable` true), and the runs of the local run history that recorded none or whose version
+    retention dropped (`restorable` false). Runs in neither are unknown here."""
     found = runstore.versions(root) if runstore.is_repo(root) else []
-    by_id = {v.id: {**v.facts, "id": v.id, "version": v.commit} for v in found}
+    by_id = {v.id: {**v.facts, "id": v.id, "version": v.commit, "restorable": True} for v in found}
     if params is not None:
         for f in jsonl_runs(root / params.pipeline.history):
-            if f["id"] not in by_id and not f.get("version"):
-                by_id[f["id"]] = f
+            if f["id"] not in by_id:  # no version, or one that retention dropped
+                by_id[f["id"]] = {**f, "restorable": False}
     return [by_id[k] for k in sorted(by_id, reverse=True)]
 
 

@@ -1,0 +1,256 @@
+"""tasks/nightly.py: the end of every run (history, versions, restore, retention, alerts), and the
+nightly service end to end: five nights through `pawflow serve` and `prefect deployment run`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imagegen
+import pytest
+import yaml
+from commands import dvc, sh
+from conftest import ROOT, shipped, tool_env
+from httpserver import Receiver
+from workspace import workspace
+
+from tasks import nightly, runstore
+from tasks.fileio import sha256_file
+
+PAWFLOW = str(Path(sys.executable).parent / "pawflow")
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+# --------------------------------------------------------------------------- the pure parts
+
+
+def test_history_is_the_versions_plus_the_local_runs_that_recorded_none(tmp_path: Path, monkeypatch):
+    from tasks.params import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    history = tmp_path / params.pipeline.history
+    history.parent.mkdir(parents=True)
+    lines = [
+        {"stage": "ingest", "copied": 3},  # a stage's line: not a run
+        {
+            "run_id": "20261203-030000",
+            "run": {"id": "20261203-030000", "outcome": "completed"},
+            "version": "c3",
+        },
+        {"run_id": "20261202-030000", "run": {"id": "20261202-030000"}, "version": "c2"},  # dropped by gc
+        {"run_id": "20261204-030000", "run": {"id": "20261204-030000", "no_new_data": True}, "version": None},
+        {"run_id": "20261205-030000", "run": {"id": "20261205-030000", "outcome": "failed"}, "version": None},
+    ]
+    history.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
+    recorded = [
+        runstore.Version("20261203-030000", "c3", "t3", {"id": "20261203-030000", "test_accuracy": 0.8})
+    ]
+    monkeypatch.setattr(runstore, "is_repo", lambda root: True)
+    monkeypatch.setattr(runstore, "versions", lambda root: recorded)
+    got = nightly.history(tmp_path, params)
+    assert [f["id"] for f in got] == [
+        "20261205-030000",
+        "20261204-030000",
+        "20261203-030000",
+        "20261202-030000",
+    ]
+    assert got[3] == {"id": "20261202-030000", "version": "c2", "restorable": False}
+    assert got[2] == {"id": "20261203-030000", "test_accuracy": 0.8, "version": "c3", "restorable": True}
+    assert not got[0]["restorable"] and not got[1]["restorable"]
+    assert nightly.history(tmp_path, None) == [got[2]]  # a clone without runs.jsonl: the versions
+
+
+def test_collection_diff_says_what_moved_between_two_runs():
+    a = {"id": "1", "photos": {"total": 10, "per_class": {"Cat": 5, "Dog": 5}}, "champion_sha256": "a" * 64}
+    b = {
+        "id": "2",
+        "photos": {"total": 14, "per_class": {"Cat": 5, "Dog": 7, "Bird": 2}},
+        "champion_sha256": "b" * 64,
+        "gate": "rejected",
+        "gate_reason": "worse",
+        "stages": {"evaluate": "ran"},
+    }
+    text = nightly.collection_diff(a, b).splitlines()
+    assert text == [
+        "photos: 10 -> 14",
+        "  Bird: 0 -> 2 (+2)",
+        "  Dog: 5 -> 7 (+2)",
+        f"champion: {'a' * 12} -> {'b' * 12}",
+        "gate of 2: The champion was kept: worse.",
+    ]
+
+
+def test_a_failing_webhook_is_logged_and_never_raises(caplog: pytest.LogCaptureFixture):
+    params = type("P", (), {})()
+    params.pipeline = shipped("pipeline", alert_url="http://127.0.0.1:9/hook", alert_timeout_s=2)
+    facts = {"id": "1", "outcome": "failed", "error": "boom", "entry": "retrain-nightly"}
+    with caplog.at_level(logging.WARNING):
+        assert nightly.alert(params, facts, None, logging.getLogger("t")) == []
+    assert "alert run_failed: the run failed: boom" in caplog.text
+    assert "not delivered to pipeline.alert_url" in caplog.text
+    with Receiver() as hook:
+        params.pipeline = shipped("pipeline", alert_url=hook.url)
+        (sent,) = nightly.alert(params, facts, None, logging.getLogger("t"))
+        assert hook.received == [sent] and sent["event"] == "run_failed"
+
+
+# --------------------------------------------------------------------------- five nights, served
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def set_evaluate(ws: Path, **values: float) -> None:
+    data = yaml.safe_load((ws / "params.yaml").read_text())
+    data["evaluate"].update(values)
+    (ws / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def history_json(ws: Path, api: str) -> list[dict]:
+    out = sh(ws, PAWFLOW, "history", "--json", api=api)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def cache_object(ws: Path, commit: str, out_path: str) -> Path:
+    """The DVC cache file of one output of a recorded run (from its dvc.lock)."""
+    lock = yaml.safe_load(runstore.show(ws, commit, "dvc.lock"))
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            if out["path"] == out_path:
+                return Path(out["md5"][:2]) / out["md5"][2:]
+    raise AssertionError(f"{out_path} not in {commit}'s dvc.lock")
+
+
+@pytest.mark.slow
+def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Path, prefect_server: str):
+    from browser import dom_of
+    from prefect.client.orchestration import get_client
+
+    api = prefect_server
+    with Receiver() as hook:
+        pipeline = {**yaml.safe_load((ROOT / "params.yaml").read_text())["pipeline"]}
+        pipeline.update(alert_url=hook.url, keep_runs=1)
+        ws, source = workspace(tmp_path, per_class=12, pipeline=pipeline)
+        sh(ws, "git", "add", "-A", api=api)  # the remote's configuration is the user's, committed
+        sh(ws, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "remote", api=api)
+        log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the server writes to it until stopped)
+        serve = subprocess.Popen(
+            [PAWFLOW, "serve"],
+            cwd=ws,
+            env=tool_env(api),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+
+            def registered() -> bool:
+                with get_client(sync_client=True) as c:
+                    return {"retrain-nightly", "retrain-full"} <= {d.name for d in c.read_deployments()}
+
+            wait_for(registered, 120, "pawflow serve to register its deployments")
+
+            def night(deployment: str) -> subprocess.CompletedProcess:
+                return sh(ws, PREFECT, "deployment", "run", f"pipeline/{deployment}", "--watch", api=api)
+
+            # 1: the first night trains from scratch and promotes (a gate that takes any model).
+            assert night("retrain-nightly").returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+            first = {p: (ws / p).read_bytes() for p in runstore.VERIFIED}
+            # 2: new photos, half of them damaged, and a gate no model passes.
+            for i in range(8):
+                cls = ("Cat", "Dog")[i % 2]
+                data = imagegen.jpeg(800_000 + i) if i < 4 else b"damaged " * (i + 1)
+                (source / cls / f"night2.{i}.jpg").write_bytes(data)
+            set_evaluate(ws, min_accuracy=1.0, min_robust_accuracy=1.0)
+            assert night("retrain-nightly").returncode == 0
+            # 3: nothing new: quiet.
+            assert night("retrain-nightly").returncode == 0
+            # 4: the source is unreachable.
+            source.rename(tmp_path / "away")
+            assert night("retrain-nightly").returncode != 0
+            (tmp_path / "away").rename(source)
+            # 5: the weekly full retrain, with a gate any model passes again.
+            set_evaluate(ws, min_accuracy=0.0, min_robust_accuracy=0.0)
+            assert night("retrain-full").returncode == 0
+        finally:
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(timeout=60)
+            log.close()
+
+        # Every run in the history, newest first, with what happened.
+        runs = history_json(ws, api)
+        assert [r["entry"] for r in runs] == ["retrain-full"] + ["retrain-nightly"] * 4
+        full, failed, quiet, second, first_run = runs
+        assert first_run["promoted"] and first_run["new_photos"] == 24 and first_run["version"]
+        assert second["new_photos"] == 8 and second["new_per_class"] == {"Cat": 4, "Dog": 4}
+        assert second["rejected_new_count"] == 4 and second["gate"] == "rejected" and second["version"]
+        assert second["trained"]["warm_start"] and not full["trained"]["warm_start"]
+        assert quiet["no_new_data"] and quiet["version"] is None
+        assert failed["outcome"] == "failed" and "does not exist" in failed["error"]
+        assert full["promoted"] and full["version"]
+        for r in runs:
+            assert {"id", "started", "new_photos", "test_accuracy", "gate", "model_sha256"} <= r.keys() or (
+                r["outcome"] == "failed"
+            )
+        table = sh(ws, PAWFLOW, "history", api=api).stdout.splitlines()
+        assert len(table) == 6 and "FAILED" in table[2] and "no new data" in table[3]
+        detail = sh(ws, PAWFLOW, "history", second["id"], api=api).stdout
+        assert "arrived: 8 (+4 Cat, +4 Dog)" in detail and "gate: The champion was kept:" in detail
+
+        # Alerts: the damaged batch, the kept champion, the unreachable source; none for the quiet night.
+        events = [(m["event"], m["run_id"]) for m in hook.received]
+        assert events == [
+            ("data_quality", second["id"]),
+            ("champion_kept", second["id"]),
+            ("run_failed", failed["id"]),
+        ], hook.received
+        assert all(m["text"] and m["link"] and m["reason"] for m in hook.received)
+
+    # Following a run from the terminal: its epoch lines, and its outcome as the exit code.
+    out = sh(ws, PAWFLOW, "logs", second["flow_run_id"], api=api)
+    assert out.returncode == 0 and "| epoch 1/3: " in out.stdout, out.stdout[-2000:]  # a warm start: 3 epochs
+    out = sh(ws, PAWFLOW, "logs", failed["flow_run_id"], api=api)
+    assert out.returncode == 1 and "does not exist" in out.stdout
+    # The printed link opens the run's page.
+    assert "<title>Flow Run: " in dom_of(second["flow_run_url"])
+
+    # Retention (keep_runs 1): the last run and every champion kept; night 2's version and its model gone
+    # (the run itself stays in the local history, no longer restorable).
+    assert [v.id for v in runstore.versions(ws)] == [full["id"], first_run["id"]]
+    assert [r["restorable"] for r in runs] == [True, False, False, False, True]
+    gone = cache_object(ws, second["version"], "models/model.keras")
+    assert not (ws / ".dvc/cache/files/md5" / gone).exists()
+    assert not (tmp_path / "remote/files/md5" / gone).exists()
+    kept = cache_object(ws, first_run["version"], "models/model.keras")
+    assert (ws / ".dvc/cache/files/md5" / kept).exists() and (tmp_path / "remote/files/md5" / kept).exists()
+
+    # A kept run restores byte for byte after the collection, even from the remote alone.
+    shutil.rmtree(ws / ".dvc/cache")
+    out = sh(ws, PAWFLOW, "restore", first_run["id"], api=api)
+    assert out.returncode == 0, out.stderr
+    assert {p: (ws / p).read_bytes() for p in runstore.VERIFIED} == first
+    assert {p: sha256_file(ws / p) for p in runstore.VERIFIED} == first_run["sha256"]
+    assert "up to date" in dvc(ws, "status", "train", "evaluate", api=api).stdout
+    # A change of the user's own is refused in one message, before anything is written.
+    (ws / "dvc.yaml").write_text((ws / "dvc.yaml").read_text() + "\n# mine\n")
+    out = sh(ws, PAWFLOW, "restore", full["id"], api=api)
+    assert out.returncode == 2 and "dvc.yaml" in out.stderr and out.stderr.count("What to do") == 1
+    assert {p: (ws / p).read_bytes() for p in runstore.VERIFIED} == first
+    # The dropped run is gone.
+    out = sh(ws, PAWFLOW, "restore", second["id"], api=api)
+    assert out.returncode == 2 and "no recorded run" in out.stderr
