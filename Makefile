@@ -43,7 +43,7 @@ test: install ## run every test (unit + end to end)
 test-fast: install ## run the unit tests only
 	$(PY) -m pytest -m "not slow"
 
-bench: install ## run the benchmarks (about 4.5 hours: P6, P8 and P9 train models; prints one table, writes bench/results/P1-P9.json)
+bench: install ## run the benchmarks (about 7.5 hours: P6, P8, P9 and P10 train models; prints one table, writes bench/results/P1-P10.json)
 	@$(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c requirements.lock -e '.[dev,bench]'
 	@$(BIN)/uv pip install -q --python $(PY) --compile-bytecode --no-deps imagededup==0.3.3.post2
 	$(PY) -m bench.run

@@ -171,22 +171,21 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
             # 1: the first night trains from scratch and promotes (a gate that takes any model).
             assert night("retrain-nightly").returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
             first = {p: (ws / p).read_bytes() for p in runstore.VERIFIED}
-            # 2: new photos, half of them damaged, and a gate no model passes.
-            for i in range(8):
-                cls = ("Cat", "Dog")[i % 2]
-                data = imagegen.jpeg(800_000 + i) if i < 4 else b"damaged " * (i + 1)
-                (source / cls / f"night2.{i}.jpg").write_bytes(data)
+            # 2: the weekly full retrain, with new photos and a gate no model passes.
+            for i in range(4):
+                (source / ("Cat", "Dog")[i % 2] / f"night2.{i}.jpg").write_bytes(imagegen.jpeg(800_000 + i))
             set_evaluate(ws, min_accuracy=1.0, min_robust_accuracy=1.0)
-            assert night("retrain-nightly").returncode == 0
+            assert night("retrain-full").returncode == 0
             # 3: nothing new: quiet.
             assert night("retrain-nightly").returncode == 0
             # 4: the source is unreachable.
             source.rename(tmp_path / "away")
             assert night("retrain-nightly").returncode != 0
             (tmp_path / "away").rename(source)
-            # 5: the weekly full retrain, with a gate any model passes again.
-            set_evaluate(ws, min_accuracy=0.0, min_robust_accuracy=0.0)
-            assert night("retrain-full").returncode == 0
+            # 5: only damaged files arrive: nothing to train on, but clean's reports change (a version).
+            for i in range(4):
+                (source / ("Cat", "Dog")[i % 2] / f"night5.{i}.jpg").write_bytes(b"damaged " * (i + 1))
+            assert night("retrain-nightly").returncode == 0
         finally:
             os.killpg(serve.pid, signal.SIGTERM)
             serve.wait(timeout=60)
@@ -194,15 +193,16 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
 
         # Every run in the history, newest first, with what happened.
         runs = history_json(ws, api)
-        assert [r["entry"] for r in runs] == ["retrain-full"] + ["retrain-nightly"] * 4
-        full, failed, quiet, second, first_run = runs
+        assert [r["entry"] for r in runs] == ["retrain-nightly"] * 3 + ["retrain-full", "retrain-nightly"]
+        damaged, failed, quiet, second, first_run = runs
         assert first_run["promoted"] and first_run["new_photos"] == 24 and first_run["version"]
-        assert second["new_photos"] == 8 and second["new_per_class"] == {"Cat": 4, "Dog": 4}
-        assert second["rejected_new_count"] == 4 and second["gate"] == "rejected" and second["version"]
-        assert second["trained"]["warm_start"] and not full["trained"]["warm_start"]
+        assert first_run["trained"] == {"warm_start": False, "count": 0, "epochs": 1}
+        assert second["new_photos"] == 4 and second["new_per_class"] == {"Cat": 2, "Dog": 2}
+        assert second["gate"] == "rejected" and not second["trained"]["warm_start"]
         assert quiet["no_new_data"] and quiet["version"] is None
         assert failed["outcome"] == "failed" and "does not exist" in failed["error"]
-        assert full["promoted"] and full["version"]
+        assert damaged["rejected_new_count"] == 4 and damaged["new_files"] == 4 and damaged["trained"] is None
+        assert damaged["version"] and damaged["champion_sha256"] == first_run["champion_sha256"]
         for r in runs:
             assert {"id", "started", "new_photos", "test_accuracy", "gate", "model_sha256"} <= r.keys() or (
                 r["outcome"] == "failed"
@@ -210,30 +210,31 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
         table = sh(ws, PAWFLOW, "history", api=api).stdout.splitlines()
         assert len(table) == 6 and "FAILED" in table[2] and "no new data" in table[3]
         detail = sh(ws, PAWFLOW, "history", second["id"], api=api).stdout
-        assert "arrived: 8 (+4 Cat, +4 Dog)" in detail and "gate: The champion was kept:" in detail
+        assert "arrived: 4 (+2 Cat, +2 Dog)" in detail and "gate: The champion was kept:" in detail
 
-        # Alerts: the damaged batch, the kept champion, the unreachable source; none for the quiet night.
+        # Alerts: the kept champion, the unreachable source, the damaged batch; none for the quiet night.
         events = [(m["event"], m["run_id"]) for m in hook.received]
         assert events == [
-            ("data_quality", second["id"]),
             ("champion_kept", second["id"]),
             ("run_failed", failed["id"]),
+            ("data_quality", damaged["id"]),
         ], hook.received
         assert all(m["text"] and m["link"] and m["reason"] for m in hook.received)
 
     # Following a run from the terminal: its epoch lines, and its outcome as the exit code.
     out = sh(ws, PAWFLOW, "logs", second["flow_run_id"], api=api)
-    assert out.returncode == 0 and "| epoch 1/3: " in out.stdout, out.stdout[-2000:]  # a warm start: 3 epochs
+    assert out.returncode == 0 and "| epoch 1/1: " in out.stdout, out.stdout[-2000:]
     out = sh(ws, PAWFLOW, "logs", failed["flow_run_id"], api=api)
     assert out.returncode == 1 and "does not exist" in out.stdout
     # The printed link opens the run's page.
     assert "<title>Flow Run: " in dom_of(second["flow_run_url"])
 
-    # Retention (keep_runs 1): the last run and every champion kept; night 2's version and its model gone
+    # Retention (keep_runs 1): the last run and every champion kept; night 2's version and its data gone
     # (the run itself stays in the local history, no longer restorable).
-    assert [v.id for v in runstore.versions(ws)] == [full["id"], first_run["id"]]
+    assert [v.id for v in runstore.versions(ws)] == [damaged["id"], first_run["id"]]
     assert [r["restorable"] for r in runs] == [True, False, False, False, True]
-    gone = cache_object(ws, second["version"], "models/model.keras")
+    # night 2's manifest is no other kept run's (its model is: the last run still holds it, not promoted)
+    gone = cache_object(ws, second["version"], "data/interim/ingest.parquet")
     assert not (ws / ".dvc/cache/files/md5" / gone).exists()
     assert not (tmp_path / "remote/files/md5" / gone).exists()
     kept = cache_object(ws, first_run["version"], "models/model.keras")
@@ -248,9 +249,32 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
     assert "up to date" in dvc(ws, "status", "train", "evaluate", api=api).stdout
     # A change of the user's own is refused in one message, before anything is written.
     (ws / "dvc.yaml").write_text((ws / "dvc.yaml").read_text() + "\n# mine\n")
-    out = sh(ws, PAWFLOW, "restore", full["id"], api=api)
+    out = sh(ws, PAWFLOW, "restore", damaged["id"], api=api)
     assert out.returncode == 2 and "dvc.yaml" in out.stderr and out.stderr.count("What to do") == 1
     assert {p: (ws / p).read_bytes() for p in runstore.VERIFIED} == first
     # The dropped run is gone.
     out = sh(ws, PAWFLOW, "restore", second["id"], api=api)
     assert out.returncode == 2 and "no recorded run" in out.stderr
+    (ws / "dvc.yaml").write_text((ws / "dvc.yaml").read_text().removesuffix("\n# mine\n"))
+    # ... and so is a restore while a run holds the workspace.
+    from flows.common import workspace_lock
+
+    with workspace_lock(ws):
+        out = sh(ws, PAWFLOW, "restore", damaged["id"], api=api)
+    assert out.returncode == 2 and "another pawflow run is using this workspace" in out.stderr
+
+    # Two runs compared: the params that changed between them, and their metrics.
+    out = sh(ws, PAWFLOW, "diff", first_run["id"], damaged["id"], api=api)
+    assert out.returncode == 0 and "evaluate.min_accuracy" in out.stdout and "photos: 24 -> 32" in out.stdout
+    page = tmp_path / "history.html"
+    assert sh(ws, PAWFLOW, "history", "--html", str(page), api=api).returncode == 0
+    assert "<svg" in page.read_text() and page.read_text().count("<tr>") == 6
+
+    # A clone that fetches the refs sees the same runs and restores them from the remote.
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ws), str(clone)], check=True)
+    subprocess.run(["git", "fetch", "-q", "origin", runstore.REFSPEC], cwd=clone, check=True)
+    assert [r["id"] for r in history_json(clone, api)] == [damaged["id"], first_run["id"]]
+    out = sh(clone, PAWFLOW, "restore", first_run["id"], api=api)
+    assert out.returncode == 0 and "pulled from the default remote" in out.stdout, out.stderr
+    assert {p: (clone / p).read_bytes() for p in runstore.VERIFIED} == first
