@@ -13,6 +13,7 @@ from-scratch runs at two more collection sizes (the first night is the third), a
 
 Bench params (the workspace's params.yaml; the month must fit a few hours of both cores): train.epochs
 12 (a from-scratch model on the final ~20k photos in ~20 min; P9's 18-epoch recipe takes 33 min there),
+pipeline.keep_runs 10 (3 in --quick: the month must exercise retention; 30 would keep every run),
 everything else as shipped, the warm-start policy included (train.finetune.max_growth 0.25,
 max_warm_starts 7: early nights grow the collection fast enough to trigger full retrains by themselves).
 --quick: 8 nights on 240 of the sample's photos, batches of 20-40, a 1-epoch 32-px model: proves the
@@ -167,7 +168,8 @@ def sample_subset(quick: bool) -> list[Path]:
 
 def bench_params(quick: bool, epochs: int, hook_url: str) -> dict:
     pipeline = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["pipeline"]
-    pipeline.update(alert_url=hook_url, push=True)
+    # keep_runs: 10 (3 quick) so that retention drops runs within the month (30 would keep them all)
+    pipeline.update(alert_url=hook_url, push=True, keep_runs=3 if quick else 10)
     train: dict = {"epochs": epochs}
     evaluate: dict = {}
     if quick:
@@ -270,6 +272,8 @@ def kept_model_bytes(ws: Path) -> int:
 
 
 def start_serve(ws: Path, api: str, log: Path) -> subprocess.Popen:
+    from flows.server import _die_with_parent
+
     out = open(log, "a")  # noqa: SIM115 (the serve process writes to it until stopped)
     proc = subprocess.Popen(
         [str(BIN / "pawflow"), "serve"],
@@ -278,6 +282,7 @@ def start_serve(ws: Path, api: str, log: Path) -> subprocess.Popen:
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,  # a benchmark killed with -9 leaves no serve process behind
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -515,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict:
             state = {"quick": args.quick, "params": overrides, "nights": [], "listings": {}}
         remote = WORK / "p10-remote"
         proc, api = start_server(home)
+        os.environ["PREFECT_API_URL"] = api  # the prefect and pawflow commands below use this server
+        # SIGTERM (a stopped benchmark) ends it like Ctrl-C: the finally below stops serve and the server
+        signal.signal(signal.SIGTERM, interrupted)
         serve = None
         try:
             serve = start_serve(ws, api, WORK / "p10-serve.log")
@@ -566,6 +574,10 @@ def main(argv: list[str] | None = None) -> dict:
             if serve is not None:
                 stop(serve)
             stop_server(proc)
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 IDENT = {

@@ -31,7 +31,7 @@ from flows.common import (
     task_runner,
     tidy_workspace,
 )
-from tasks import nightly, runs, summary, versioning, warmstart
+from tasks import nightly, runs, runstore, summary, versioning, warmstart
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
@@ -336,7 +336,9 @@ def finish_run(
     )
     facts["wall_s"] = round(time.monotonic() - started, 1)
     facts["version"] = nightly.record_version(root, facts)
-    if facts["version"]:
+    if not runstore.is_repo(root):
+        log.warning("%s is not a git repository with a commit: runs are not recorded as versions", root)
+    elif facts["version"]:
         log.info("recorded as run %s (pawflow restore %s)", run["id"], run["id"])
     log.info("%s", runs.gate_sentence(facts))
     return facts, next((f for f in earlier if f.get("outcome") == "completed"), None)
