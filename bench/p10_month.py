@@ -17,7 +17,7 @@ pipeline.keep_runs 10 (3 in --quick: the month must exercise retention; 30 would
 everything else as shipped, the warm-start policy included (train.finetune.max_growth 0.25,
 max_warm_starts 7: early nights grow the collection fast enough to trigger full retrains by themselves).
 --quick: 8 nights on 240 of the sample's photos, batches of 20-40, a 1-epoch 32-px model: proves the
-harness in ~10 min, its figures mean nothing.
+harness in ~15 min on a shared machine; its figures mean nothing (bench/results/P10-quick.json).
 
 python -m bench.p10_month [--quick] [--resume] [--nights N] [--epochs N]
 python -m bench.p10_month --table      (the per-night table of bench/results/P10.json, as Markdown)
@@ -485,10 +485,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resume", action="store_true", help="go on from the last finished night")
     parser.add_argument("--nights", type=int, help="nights in all (default 30; quick 8)")
     parser.add_argument("--epochs", type=int, default=12, help="train.epochs of the bench workspace")
-    parser.add_argument("--table", action="store_true", help="print P10.json's nights as Markdown and exit")
+    parser.add_argument(
+        "--table",
+        nargs="?",
+        const=str(RESULTS / "P10.json"),
+        metavar="RESULTS",
+        help="print a results file's nights as Markdown and exit (default P10.json)",
+    )
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads((RESULTS / "P10.json").read_text())))
+        print(table(json.loads(Path(args.table).read_text())))
         return {}
     from flows.server import start_server, stop_server
 
@@ -555,15 +561,8 @@ def main(argv: list[str] | None = None) -> dict:
             state["every_run_listed"] = ids <= listed and len(ids) == len(state["nights"])
             state["restored"] = restore_three(ws)
             state["cache_growth"] = cache_growth(state, ws)
-            first = state["nights"][0]
-            refs = [
-                {
-                    "photos": (first["run"].get("photos") or {}).get("total") or 0,
-                    "seconds": first["seconds"],
-                    "how": "night 0 (the first run, from scratch)",
-                }
-            ]
-            for key in sorted(state["listings"], key=int)[1:]:
+            refs = []  # the three sizes measured alike (night 0's deployment run also paid first-run costs)
+            for key in sorted(state["listings"], key=int):
                 ref = from_scratch(key, state["listings"][key], source, overrides)
                 ref["how"] = f"python -m flows.pipeline --no-push on night {key}'s source"
                 refs.append(ref)
@@ -638,23 +637,26 @@ def cache_growth(state: dict, ws: Path) -> dict:
 def table(result: dict) -> str:
     """The per-night table (docs/nightly.md)."""
     rows = [
-        "| night | deployment | kind | arrived | rc | s | trained | test acc | gate | champion kept "
+        "| night | deployment | kind | arrived | photos | rc | s | trained | test acc | gate | champion kept "
         "| alerts |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in result.get("per_night", []):
         r = n["run"]
         t = r.get("trained")
-        trained = (
-            "-"
-            if not t
-            else (f"warm #{t['count']} {t['epochs']} ep" if t["warm_start"] else f"scratch {t['epochs']} ep")
-        )
+        trained = "-"
+        if t:
+            trained = (
+                f"warm #{t['count']} {t['epochs']} ep" if t["warm_start"] else f"scratch {t['epochs']} ep"
+            )
         acc = "-" if r.get("test_accuracy") is None else f"{r['test_accuracy']:.3f}"
+        photos = (r.get("photos") or {}).get("total", "-")
+        gate = (r.get("gate") if t else None) or "-"  # the gate decides again only after training
+        kept = "yes" if n["champion_kept"] else "no"
+        alerts = ", ".join(a["event"] for a in n["alerts"]) or "-"
         rows.append(
-            f"| {n['night']} | {n['deployment']} | {n['kind']} | {n['arrived']['files']} | {n['returncode']} "
-            f"| {n['seconds']:.0f} | {trained} | {acc} | {r.get('gate') or '-'} | {n['champion_kept']} "
-            f"| {', '.join(a['event'] for a in n['alerts']) or '-'} |"
+            f"| {n['night']} | {n['deployment']} | {n['kind']} | {n['arrived']['files']} | {photos} "
+            f"| {n['returncode']} | {n['seconds']:.0f} | {trained} | {acc} | {gate} | {kept} | {alerts} |"
         )
     return "\n".join(rows)
 
