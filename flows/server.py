@@ -88,6 +88,9 @@ def start_server(
         "PREFECT_UI_API_URL": api_url,
         "PREFECT_SERVER_UI_API_URL": api_url,
     }
+    # Bounded history: Prefect's vacuum deletes flow runs that ended over 90 days ago (its default
+    # retention period), not only old events; set the variable to change it.
+    env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,flow_runs")
     env.pop("PREFECT_API_URL", None)
     out = open(log_file or home / "server.log", "ab")  # noqa: SIM115 (the server writes to it until stopped)
     proc = subprocess.Popen(

@@ -218,14 +218,20 @@ def record_version(root: Path, facts: dict, fail_before_ref: Callable[[], None] 
 
 
 def retention(root: Path, params: Params) -> dict | None:
-    """pipeline.keep_runs applied (after a run that recorded a version): refs of dropped runs deleted,
-    then what nothing kept uses removed from the DVC cache and the default remote. None when no run
-    was dropped (then nothing new became garbage)."""
+    """pipeline.keep_runs applied (after a run that recorded a version): the local run history cut to
+    its newest pipeline.keep_history runs (and the kept versions' lines), refs of dropped runs deleted,
+    then what
+    nothing kept uses removed from the DVC cache and the default remote. None when no version was
+    dropped (then nothing new became garbage)."""
     found = runstore.versions(root)
-    _, dropped = runstore.select_kept(found, params.pipeline.keep_runs)
+    kept, dropped = runstore.select_kept(found, params.pipeline.keep_runs)
+    pruned = prune_history(root / params.pipeline.history, params.pipeline.keep_history, {v.id for v in kept})
     if not dropped:
         return None
-    return runstore.collect_garbage(root, params.pipeline.keep_runs, cloud=True)
+    return {
+        **runstore.collect_garbage(root, params.pipeline.keep_runs, cloud=True),
+        "history_lines_pruned": pruned,
+    }
 
 
 def alert(params: Params, facts: dict, previous: dict | None, logger: Any = log) -> list[dict]:
@@ -305,3 +311,30 @@ def collection_diff(a: dict, b: dict) -> str:
     )
     lines.append(f"gate of {b.get('id')}: {runs.gate_sentence(b)}")
     return "\n".join(lines)
+
+
+def prune_history(path: Path, keep_runs: int, kept_ids: set[str]) -> int:
+    """Bound the local run history (runs.jsonl) like the versions: keep every line from the oldest of the
+    newest `keep_runs` runs on, and the run lines of kept versions before it; returns lines removed.
+    Rewritten atomically (the caller holds the workspace lock, so no stage appends meanwhile)."""
+    from tasks.fileio import write_bytes
+
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    run_at = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("run"), dict):
+            run_at.append((i, rec["run"].get("id")))
+    if len(run_at) <= keep_runs:
+        return 0
+    start = run_at[-keep_runs - 1][0] + 1  # a run's stage lines come before its own line
+    # what ran before the oldest kept run line: only kept versions' run lines stay
+    older = {i for i, rid in run_at if i < start and rid in kept_ids}
+    kept = [line for i, line in enumerate(lines) if i >= start or i in older]
+    write_bytes(path, "".join(kept).encode("utf-8"))
+    return len(lines) - len(kept)

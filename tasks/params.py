@@ -233,6 +233,7 @@ class Pipeline(Section):
     push: bool
     history: Path
     keep_runs: PositiveInt
+    keep_history: PositiveInt
     alert_url: str | None = Field(pattern=r"^https?://\S+$")
     alert_timeout_s: Annotated[float, Field(gt=0)]
     alert_reject_fraction: Fraction

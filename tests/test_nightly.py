@@ -278,3 +278,23 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
     out = sh(clone, PAWFLOW, "restore", first_run["id"], api=api)
     assert out.returncode == 0 and "pulled from the default remote" in out.stdout, out.stderr
     assert {p: (clone / p).read_bytes() for p in runstore.VERIFIED} == first
+
+
+def test_the_local_history_is_cut_to_the_kept_runs(tmp_path: Path):
+    path = tmp_path / "runs.jsonl"
+    lines = []
+    for day in range(1, 7):
+        rid = f"2026120{day}-030000"
+        lines += [{"stage": "ingest", "finished": rid}, {"run_id": rid, "run": {"id": rid}}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert nightly.prune_history(path, 10, set()) == 0 and len(path.read_text().splitlines()) == 12
+    removed = nightly.prune_history(path, 2, {"20261202-030000"})  # run 2: a kept champion's version
+    left = [json.loads(x) for x in path.read_text().splitlines()]
+    assert removed == 7
+    assert [x.get("run_id") or x["stage"] for x in left] == [
+        "20261202-030000",
+        "ingest",
+        "20261205-030000",
+        "ingest",
+        "20261206-030000",
+    ]
