@@ -376,10 +376,19 @@ def predict_command(
     _finish("predict", cmd_predict, targets=targets, model=model, csv_out=csv_out)
 
 
-def _workspace() -> tuple[Path, Params]:
+def _workspace(need_params: bool = True) -> tuple[Path, Params | None]:
+    """The project root (made the working folder) and its params; with need_params=False, None when
+    params.yaml is not valid (a restored run's file may predate a key: the runs stay listable and
+    restorable)."""
     root = project_root(Path.cwd())
     os.chdir(root)
-    return root, load_params(root / "params.yaml")
+    try:
+        return root, load_params(root / "params.yaml")
+    except PawflowError as err:
+        if need_params:
+            raise
+        print(f"pawflow: params.yaml not used ({err.what.splitlines()[0]})", file=sys.stderr)
+        return root, None
 
 
 def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | None) -> int:
@@ -389,7 +398,7 @@ def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | 
     from tasks import nightly, runs, runstore
     from tasks.fileio import write_bytes
 
-    root, params = _workspace()
+    root, params = _workspace(need_params=False)
     found = nightly.history(root, params)
     if run is not None:
         ids = [runstore.Version(f["id"], "", "", f) for f in found]
@@ -412,7 +421,7 @@ def cmd_restore(run: str) -> int:
     from flows.common import run_lock
     from tasks import nightly
 
-    root, _ = _workspace()
+    root, _ = _workspace(need_params=False)
     with run_lock(root):
         done = nightly.restore(root, run)
     print(
@@ -426,7 +435,7 @@ def cmd_diff(first: str, second: str | None) -> int:
     """Params and metrics changes between two recorded runs (DVC's params and metrics diff)."""
     from tasks import nightly
 
-    root, params = _workspace()
+    root, params = _workspace(need_params=False)
     a, b = nightly.pair(root, params, first, second)
     print(f"run {a.id} -> run {b.id}")
     for what in ("params", "metrics"):
@@ -449,7 +458,7 @@ def cmd_gc(keep: int | None, cloud: bool) -> int:
     from flows.common import run_lock
     from tasks import runstore
 
-    root, params = _workspace()
+    root, params = _workspace(need_params=keep is None)
     with run_lock(root):
         out = runstore.collect_garbage(root, keep or params.pipeline.keep_runs, cloud=cloud)
     print(

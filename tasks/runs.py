@@ -313,8 +313,11 @@ def chart_svg(runs: Sequence[dict]) -> str:
     xs = list(range(len(done)))
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
     if done:
-        candidate = [f["test_accuracy"] for f in done]
-        ax.plot(xs, candidate, "o", color="#888", label="candidate (each run's model)")
+        # a candidate only where the run evaluated a model (other runs carry the last one's figures)
+        candidate = [
+            f["test_accuracy"] if ran(f.get("stages") or {}, "evaluate") else float("nan") for f in done
+        ]
+        ax.plot(xs, candidate, "o", color="#888", label="candidate (the model the run evaluated)")
         ax.step(
             xs,
             [c if c is not None else float("nan") for c in champ_acc],
