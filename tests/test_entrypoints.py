@@ -102,9 +102,18 @@ def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server:
     assert closing[1] == f"report: {ws / 'reports/evaluation.html'}"
     assert closing[2].startswith("try it: pawflow predict ")
     assert_up_to_date(ws, prefect_server)
+    # The run is a version (refs/pawflow/runs/<id>), with its facts; the user's HEAD and index untouched.
+    from tasks import runstore
+
+    (version,) = runstore.versions(ws)
+    assert run["version"] == version.commit and version.id == run["run_id"]
+    assert version.facts["entry"] == "pawflow run" and version.facts["trained"]["warm_start"] is False
+    assert sh(ws, "git", "rev-list", "--count", "HEAD", api=prefect_server).stdout.strip() == "1"
+    assert f"recorded as run {version.id}" in out.stdout
     again = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+    assert len(runstore.versions(ws)) == 1 and history(ws)[-1]["version"] is None  # nothing changed
 
 
 def test_nightly_retraining_picks_up_new_photos_only(tmp_path: Path, prefect_server: str):
