@@ -290,7 +290,11 @@ def _pipeline(
             },
         )
         if facts.get("version"):
-            collected = nightly.retention(root, params)
+            try:
+                collected = nightly.retention(root, params)
+            except PawflowError as err:  # the run itself succeeded and is recorded: say so, go on
+                log.warning("retention not applied: %s %s", err.what, err.fix or "")
+                collected = None
             if collected:
                 log.info(
                     "retention (pipeline.keep_runs %d): dropped run(s) %s; removed %d cache and %d remote "

@@ -97,7 +97,10 @@ def previous_manifest(root: Path, params: Params, version: runstore.Version | No
         return None
     with _repo(root) as repo:
         path = Path(repo.cache.local.oid_to_path(md5))
-    return read_parquet(path) if path.exists() else None
+    try:
+        return read_parquet(path) if path.exists() else None
+    except Exception:  # a damaged cache object: the counts of the last run's facts stand in (gather)
+        return None
 
 
 def _read_audit(reports: Path) -> dict | None:

@@ -335,6 +335,24 @@ def recorded_hashes(root: Path, paths: Iterable[str] = VERIFIED) -> dict[str, st
 # --------------------------------------------------------------------------- retention
 
 
+def dir_listings(root: Path, commit: str) -> set[str]:
+    """The directory hashes (md5 ending .dir) that a commit's dvc.lock and .dvc files name."""
+    import yaml
+
+    names = [n for n in git(root, "ls-tree", "-r", "--name-only", commit).splitlines()]
+    found: set[str] = set()
+    for name in names:
+        if name == "dvc.lock" or name.endswith("/dvc.lock") or name.endswith(".dvc"):
+            data = yaml.safe_load(show(root, commit, name)) or {}
+            stages = data.get("stages", {}).values() if "stages" in data else [data]
+            for stage in stages:
+                for out in (stage or {}).get("outs", []) or []:
+                    md5 = str(out.get("md5") or "")
+                    if md5.endswith(".dir"):
+                        found.add(md5)
+    return found
+
+
 def select_kept(found: Sequence[Version], keep_runs: int) -> tuple[list[Version], list[Version]]:
     """(kept, dropped): the newest keep_runs runs, and every run whose model became champion."""
     kept, dropped = [], []
@@ -348,23 +366,47 @@ def collect_garbage(root: Path, keep_runs: int, cloud: bool = True) -> dict[str,
     default remote, when `cloud`) every object that no kept run, branch, tag, commit of theirs nor the
     workspace uses. Nothing is removed if any of those cannot be read completely. The caller holds
     flows.common.run_lock."""
+    from dvc.exceptions import DvcException
     from dvc_data.hashfile.gc import gc as odb_gc
 
     from tasks.versioning import _repo
 
     found = versions(root)
     kept, dropped = select_kept(found, keep_runs)
-    delete(root, (v.id for v in dropped))
     removed_local = removed_remote = 0
     with _repo(root) as repo:  # the caller holds run_lock (DVC's repo lock included)
-        used = repo.used_objs(
-            all_branches=True,
-            all_tags=True,
-            all_commits=True,
-            revs=[v.commit for v in kept] or None,
-            force=True,
-        )
+        try:  # what everything kept uses, read in full before anything is deleted
+            used = repo.used_objs(
+                all_branches=True,
+                all_tags=True,
+                all_commits=True,
+                revs=[v.commit for v in kept] or None,
+                force=True,
+            )
+        except DvcException as err:
+            raise PawflowError(
+                f"cannot read what the kept runs and branches use ({err}); nothing was removed.",
+                "Fetch the missing objects (`dvc fetch --all-commits`, or `pawflow restore RUN` of the run "
+                "named), then run `pawflow gc` again.",
+            ) from None
         ids = set().union(*used.values()) if used else set()
+        # DVC lists a directory's files from its listing in the cache, and silently skips a listing
+        # that is missing: its files would then look unused and be removed. Refuse instead.
+        unread = sorted(
+            {h for v in kept for h in dir_listings(root, v.commit) if not repo.cache.local.exists(h)}
+        )
+        if unread:
+            raise PawflowError(
+                f"the DVC cache lacks the directory listing(s) {', '.join(unread[:3])} of kept runs, so "
+                "what they hold cannot be known; nothing was removed.",
+                "Fetch them (`dvc fetch --all-commits`, or `pawflow restore RUN`), then `pawflow gc` again.",
+            )
+        if not ids:  # a workspace and runs that use nothing: something is wrong, not everything garbage
+            raise PawflowError(
+                "no DVC output of the workspace, a branch or a kept run was found; nothing was removed.",
+                "Check `dvc status` and `pawflow history` in this folder.",
+            )
+        delete(root, (v.id for v in dropped))
         for _, odb in repo.cache.by_scheme():
             if odb is not None:
                 removed_local += odb_gc(odb, ids)

@@ -182,3 +182,62 @@ def test_put_back_writes_the_commits_files_and_removes_those_it_lacks(repo: Path
     assert (repo / "dvc.lock").read_text() == "schema: '2.0'\nacc: 0.75\n"
     assert not (repo / "reports/plots/extra.csv").exists()
     assert "reports/plots/extra.csv" in written and "params.yaml" not in written  # unchanged: not rewritten
+
+
+def dvc_runs(tmp_path: Path, first_promoted: bool) -> tuple[Path, dict[str, str]]:
+    """A DVC workspace whose folder d/ held "one" (committed), "two" (run 1) and "three" (run 2, the
+    workspace now): the md5 of each content."""
+    import hashlib
+
+    from dvc.repo import Repo
+
+    r = tmp_path / "ws"
+    r.mkdir()
+
+    def dvc_add(text: str) -> None:
+        (r / "d").mkdir(exist_ok=True)
+        (r / "d/a.txt").write_text(text)
+        with Repo(str(r)) as repo:
+            repo.add(str(r / "d"))
+
+    git(r, "init", "-q")
+    Repo.init(str(r)).close()
+    dvc_add("one\n")
+    git(r, "add", "-A")
+    git(r, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "one")
+    dvc_add("two\n")
+    runstore.record(r, "20261201-000000", "h", {"promoted": first_promoted}, ["d.dvc"])
+    dvc_add("three\n")
+    runstore.record(r, "20261202-000000", "h", {"promoted": False}, ["d.dvc"])
+    md5 = {t: hashlib.md5(f"{t}\n".encode()).hexdigest() for t in ("one", "two", "three")}
+    return r, md5
+
+
+def in_cache(r: Path, md5: str) -> bool:
+    return (r / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).exists()
+
+
+def test_gc_removes_what_only_a_dropped_run_used(tmp_path: Path):
+    r, md5 = dvc_runs(tmp_path, first_promoted=False)
+    assert all(in_cache(r, m) for m in md5.values())
+    out = runstore.collect_garbage(r, keep_runs=1, cloud=False)
+    assert out["kept"] == ["20261202-000000"] and out["dropped"] == ["20261201-000000"]
+    assert [v.id for v in runstore.versions(r)] == ["20261202-000000"]
+    assert not in_cache(r, md5["two"])  # run 1's data
+    assert in_cache(r, md5["one"]) and in_cache(r, md5["three"])  # the branch's commit, the kept run
+
+
+def test_gc_keeps_every_champion_and_removes_nothing_it_cannot_read(tmp_path: Path):
+    r, md5 = dvc_runs(tmp_path, first_promoted=True)
+    out = runstore.collect_garbage(r, keep_runs=1, cloud=False)
+    assert out["dropped"] == [] and in_cache(r, md5["two"])  # run 1's model became champion: kept
+    # A kept run whose directory listing is missing from the cache (and no remote to fetch it from):
+    # refused before any ref or object is removed.
+    lock = runstore.show(r, runstore.versions(r)[1].commit, "d.dvc").decode()
+    listing = next(line.split()[-1] for line in lock.splitlines() if ".dir" in line)
+    (r / ".dvc/cache/files/md5" / listing[:2] / listing[2:]).unlink()
+    before = sorted(p for p in (r / ".dvc/cache").rglob("*") if p.is_file())
+    with pytest.raises(PawflowError, match="nothing was removed"):
+        runstore.collect_garbage(r, keep_runs=1, cloud=False)
+    assert sorted(p for p in (r / ".dvc/cache").rglob("*") if p.is_file()) == before
+    assert len(runstore.versions(r)) == 2
