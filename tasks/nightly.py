@@ -70,11 +70,22 @@ def history(root: Path, params: Params | None) -> list[dict]:
     retention dropped (`restorable` false). Runs in neither are unknown here."""
     found = runstore.versions(root) if runstore.is_repo(root) else []
     by_id = {v.id: {**v.facts, "id": v.id, "version": v.commit, "restorable": True} for v in found}
-    if params is not None:
-        for f in jsonl_runs(root / params.pipeline.history):
+    path = root / params.pipeline.history if params is not None else _history_path(root)
+    if path is not None:
+        for f in jsonl_runs(path):
             if f["id"] not in by_id:  # no version, or one that retention dropped
                 by_id[f["id"]] = {**f, "restorable": False}
     return [by_id[k] for k in sorted(by_id, reverse=True)]
+
+
+def _history_path(root: Path) -> Path | None:
+    """pipeline.history read from params.yaml without validating the rest (a file that no longer
+    validates still names its run history)."""
+    try:
+        data = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+        return root / str(data["pipeline"]["history"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def previous_manifest(root: Path, params: Params, version: runstore.Version | None):

@@ -335,8 +335,10 @@ def recorded_hashes(root: Path, paths: Iterable[str] = VERIFIED) -> dict[str, st
 # --------------------------------------------------------------------------- retention
 
 
-def dir_listings(root: Path, commit: str) -> set[str]:
-    """The directory hashes (md5 ending .dir) that a commit's dvc.lock and .dvc files name."""
+def dir_listings(root: Path, commit: str, git_kept: Iterable[str] = ()) -> set[str]:
+    """The directory hashes (md5 ending .dir) of the cached outputs a commit's dvc.lock and .dvc files
+    name (`git_kept`: the `cache: false` outputs, which dvc.lock hashes but the cache never holds)."""
+    skip = set(git_kept)
     import yaml
 
     names = [n for n in git(root, "ls-tree", "-r", "--name-only", commit).splitlines()]
@@ -348,6 +350,8 @@ def dir_listings(root: Path, commit: str) -> set[str]:
             for stage in stages:
                 for out in (stage or {}).get("outs", []) or []:
                     md5 = str(out.get("md5") or "")
+                    if out.get("cache") is False or out.get("path") in skip:
+                        continue
                     if md5.endswith(".dir"):
                         found.add(md5)
     return found
@@ -373,6 +377,7 @@ def collect_garbage(root: Path, keep_runs: int, cloud: bool = True) -> dict[str,
 
     found = versions(root)
     kept, dropped = select_kept(found, keep_runs)
+    git_kept = run_paths(root) if (root / "dvc.yaml").exists() else []
     removed_local = removed_remote = 0
     with _repo(root) as repo:  # the caller holds run_lock (DVC's repo lock included)
         try:  # what everything kept uses, read in full before anything is deleted
@@ -392,9 +397,8 @@ def collect_garbage(root: Path, keep_runs: int, cloud: bool = True) -> dict[str,
         ids = set().union(*used.values()) if used else set()
         # DVC lists a directory's files from its listing in the cache, and silently skips a listing
         # that is missing: its files would then look unused and be removed. Refuse instead.
-        unread = sorted(
-            {h for v in kept for h in dir_listings(root, v.commit) if not repo.cache.local.exists(h)}
-        )
+        listings = {h for v in kept for h in dir_listings(root, v.commit, git_kept)}
+        unread = sorted(h for h in listings if not repo.cache.local.exists(h))
         if unread:
             raise PawflowError(
                 f"the DVC cache lacks the directory listing(s) {', '.join(unread[:3])} of kept runs, so "
