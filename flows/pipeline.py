@@ -3,7 +3,8 @@
 Each stage is a task that asks DVC whether the stage is up to date (its deps, params and outs match
 dvc.lock). If it is, the task ends Skipped; if not, it runs the stage's flow as a subflow and records
 the result with `dvc commit`, so dvc.lock, the outputs and the DVC cache agree exactly as after
-`dvc repro`. Then `dvc push`, a line in reports/runs.jsonl, and a summary artifact.
+`dvc repro`. Then `dvc push`, the run recorded as a version when an output changed (refs/pawflow/runs,
+tasks.nightly) with a line in reports/runs.jsonl, retention, alerts, and summary artifacts.
 """
 
 from __future__ import annotations
