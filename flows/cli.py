@@ -1,4 +1,5 @@
-"""The `pawflow` command: run the pipeline, serve its deployments, predict with the champion."""
+"""The `pawflow` command: run the pipeline, serve its deployments, predict with the champion, and list,
+compare, restore and follow the runs."""
 
 from __future__ import annotations
 

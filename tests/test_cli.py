@@ -34,7 +34,11 @@ def test_version_comes_from_the_package_metadata(capsys):
     assert capsys.readouterr().out.strip() == f"pawflow {version('pawflow')}"
 
 
-@pytest.mark.parametrize("command", [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]])
+@pytest.mark.parametrize(
+    "command",
+    [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]]
+    + [[c] for c in ("history", "restore", "diff", "gc", "logs")],
+)
 def test_every_command_has_help(command: list[str], capsys):
     assert main([*command, "-h"]) == 0
     out = capsys.readouterr().out
