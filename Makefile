@@ -46,7 +46,7 @@ test: install ## run every test (unit + end to end)
 test-fast: install ## run the unit tests only
 	$(PY) -m pytest -m "not slow"
 
-bench: install ## run the benchmarks (hours: P6, P8, P9 train models), write bench/results/, regenerate the docs' tables
+bench: install ## run the benchmarks (hours: P6, P8, P9 and P10 train models), write bench/results/, regenerate the docs' tables
 	@$(BIN)/uv pip install -q --python $(PY) --compile-bytecode -c requirements.lock -e '.[dev,bench]'
 	@$(BIN)/uv pip install -q --python $(PY) --compile-bytecode --no-deps imagededup==0.3.3.post2
 	$(PY) -m bench.run

@@ -215,3 +215,53 @@ def write_result(path: Path, result: dict) -> None:
     """A results file, in the one format every bench/results/P<n>.json has."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class Webhook:
+    """A local HTTP endpoint that keeps the JSON body of every POST (pipeline.alert_url in a benchmark)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[dict] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    hook.received.append(json.loads(body))
+                except ValueError:
+                    hook.received.append({"unreadable": body[:200].decode(errors="replace")})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Webhook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under a folder (0 when it does not exist); links counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for f in path.rglob("*") if path.exists() else ():
+        if f.is_file() and not f.is_symlink():
+            st = f.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total

@@ -1,4 +1,4 @@
-"""make bench: P1-P9 on this machine; prints one table and writes bench/results/P<n>.json.
+"""make bench: P1-P10 on this machine; prints one table and writes bench/results/P<n>.json.
 
 python -m bench.run [--only P1,P4]
 """
@@ -37,6 +37,7 @@ def main() -> int:
             p7_runtime,
             p8_nightly,
             p9_full,
+            p10_month,
         )
 
         steps = {
@@ -49,6 +50,7 @@ def main() -> int:
             "P3": lambda: p3_incremental.main(WORK / "p5", WORK / "p5-source", p5_full_seconds()),
             "P8": lambda: p8_nightly.main(),
             "P9": lambda: p9_full.main(),
+            "P10": lambda: p10_month.main([]),  # a month of served nights: ~3 h of both cores
         }
         for name, step in steps.items():  # P4, P6 and P7 use P2's workspace, P3 uses P5's
             if only and name not in only:

@@ -1,7 +1,9 @@
-"""The `pawflow` command: run the pipeline, serve its deployments, predict with the champion."""
+"""The `pawflow` command: run the pipeline, serve its deployments, predict with the champion, and list,
+compare, restore and follow the runs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -106,6 +108,7 @@ def cmd_run(
     from flows.base import prepare_base
     from flows.common import run_lock
     from flows.server import prefect_api
+    from tasks import nightly, runs
     from tasks.ingest import ACCEPT_ENV
     from tasks.workers import check_cluster
 
@@ -113,6 +116,8 @@ def cmd_run(
         for key, (old, new) in versioning.set_params(Path("params.yaml"), updates).items():
             print(f"params.yaml: {key} {old!r} -> {new!r}")
     started = time.monotonic()
+    started_at = nightly.now()
+    run_id = runs.run_id(started_at)
     before = versioning.lock_stages(root)
     stages = (versioning.CHECK_STAGE, *versioning.STAGES)
     forced = ["--force"] if force else []
@@ -139,9 +144,27 @@ def cmd_run(
         s: "ran" if before.get(s) != after.get(s) or force else "skipped (up to date)"
         for s in versioning.STAGES
     }
-    versioning.record_run(
-        root, params, "dvc repro", stages, {"seconds": round(time.monotonic() - started, 1), "pushed": pushed}
-    )
+    no_new_data = all(v.startswith("skipped") for v in stages.values())
+    with run_lock(root):
+        facts = nightly.gather(root, params, run_id, started_at, "pawflow run", stages, no_new_data)
+        facts["wall_s"] = round(time.monotonic() - started, 1)
+        facts["version"] = nightly.record_version(root, facts)
+        versioning.record_run(
+            root,
+            params,
+            "dvc repro",
+            stages,
+            {
+                "seconds": facts["wall_s"],
+                "pushed": pushed,
+                "run_id": run_id,
+                "run": facts,
+                "version": facts["version"],
+            },
+        )
+        if facts["version"]:
+            print(f"recorded as run {run_id} (pawflow history; pawflow restore {run_id})")
+            nightly.retention(root, params)
     print(closing_lines(root, params))
     return 0
 
@@ -572,6 +595,120 @@ def predict_command(
     _finish("predict", cmd_predict, targets=targets, model=model, csv_out=csv_out)
 
 
+def _workspace(need_params: bool = True) -> tuple[Path, Params | None]:
+    """The project root (made the working folder) and its params; with need_params=False, None when
+    params.yaml is not valid (a restored run's file may predate a key: the runs stay listable and
+    restorable)."""
+    root = project_root(Path.cwd())
+    os.chdir(root)
+    try:
+        return root, load_params(root / "params.yaml")
+    except PawflowError as err:
+        if need_params:
+            raise
+        print(f"pawflow: params.yaml not used ({err.what.splitlines()[0]})", file=sys.stderr)
+        return root, None
+
+
+def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | None) -> int:
+    """The recorded runs, newest first (or one run in detail)."""
+    import json
+
+    from tasks import nightly, runs, runstore
+    from tasks.fileio import write_bytes
+
+    root, params = _workspace(need_params=False)
+    found = nightly.history(root, params)
+    if run is not None:
+        ids = [runstore.Version(f["id"], "", "", f) for f in found]
+        chosen = runstore.resolve(ids, run).facts
+        print(json.dumps(chosen, indent=2, sort_keys=True) if as_json else runs.detail(chosen))
+        return 0
+    shown = found[:limit] if limit else found
+    if html is not None:
+        write_bytes(html, runs.history_html(found).encode("utf-8"))
+        print(f"wrote {html} ({len(found)} runs)")
+    if as_json:
+        print(json.dumps(shown, indent=2, sort_keys=True))
+    elif html is None:
+        print(runs.history_table(shown))
+    return 0
+
+
+def cmd_restore(run: str) -> int:
+    """Put back a recorded run's params, dvc.lock, data, shards, models and reports, checked by sha256."""
+    from flows.common import run_lock
+    from tasks import nightly
+
+    root, _ = _workspace(need_params=False)
+    with run_lock(root):
+        done = nightly.restore(root, run)
+    print(
+        f"restored run {done['id']}: {done['git_files']} git-kept file(s) put back, DVC outputs "
+        f"{done['outputs']}; sha256 checked: {', '.join(done['verified']) or 'nothing recorded'}"
+    )
+    return 0
+
+
+def cmd_diff(first: str, second: str | None) -> int:
+    """Params and metrics changes between two recorded runs (DVC's params and metrics diff)."""
+    from tasks import nightly
+
+    root, params = _workspace(need_params=False)
+    a, b = nightly.pair(root, params, first, second)
+    print(f"run {a.id} -> run {b.id}")
+    for what in ("params", "metrics"):
+        out = subprocess.run(
+            [sys.executable, "-m", "dvc", what, "diff", a.commit, b.commit, "--md"],
+            cwd=root,
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RunFailed(f"`dvc {what} diff` failed: {out.stderr.strip()}")
+        print(f"\n{what}:\n{out.stdout.strip() or '(no change)'}")
+    print("\n" + nightly.collection_diff(a.facts, b.facts))
+    return 0
+
+
+def cmd_gc(keep: int | None, cloud: bool) -> int:
+    """Apply the retention policy now (pipeline.keep_runs unless --keep)."""
+    from flows.common import run_lock
+    from tasks import runstore
+
+    root, params = _workspace(need_params=keep is None)
+    with run_lock(root):
+        out = runstore.collect_garbage(root, keep or params.pipeline.keep_runs, cloud=cloud)
+    print(
+        f"kept {len(out['kept'])} run(s), dropped {len(out['dropped'])}"
+        + (f" ({', '.join(out['dropped'])})" if out["dropped"] else "")
+        + f"; removed {out['removed_cache_objects']} object(s) from the DVC cache and "
+        f"{out['removed_remote_objects']} from the default remote"
+    )
+    return 0
+
+
+def cmd_logs(run: str | None) -> int:
+    """Follow a flow run's log lines (its subflows' too) until it ends; exit with its outcome."""
+    from flows.logs import follow
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from flows.server import background_url
+
+        with contextlib.suppress(PawflowError):
+            os.chdir(project_root(Path.cwd()))
+        url = background_url()
+        if not url:
+            raise PawflowError(
+                "no Prefect API to read logs from (PREFECT_API_URL is unset and no background server runs).",
+                "Set PREFECT_API_URL to the server `pawflow serve` uses, e.g. "
+                "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.",
+            )
+        os.environ["PREFECT_API_URL"] = url
+    return follow(run)
+
+
 def cmd_server(action: str) -> int:
     """`status`: the background server's API URL (or that none runs); `stop`: stop it now."""
     from flows.server import background_url, stop_background
@@ -582,6 +719,99 @@ def cmd_server(action: str) -> int:
     else:
         print(background_url() or "no background Prefect server is running")
     return 0
+
+
+@app.command(
+    "history",
+    cls=_Command,
+    epilog=examples(
+        "pawflow history                      # one line per run, newest first",
+        "pawflow history 20261205T030000      # one run in detail: what arrived, metrics, the gate",
+        "pawflow history --json --limit 7     # the last week, for a script",
+        "pawflow history --html history.html  # the champion's accuracy over the runs",
+    ),
+)
+def history_command(
+    run: Annotated[
+        str | None,
+        typer.Argument(metavar="[RUN]", help="A run id (or a unique start of one): that run in detail."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (a list of runs, or the one run).")
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write a self-contained page charting accuracy over the runs."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", help="Only the newest N runs.")] = None,
+) -> None:
+    """One line per run, newest first: photos, what arrived, training, accuracy, the gate, the champion."""
+    _finish("history", cmd_history, run=run, as_json=as_json, html=html, limit=limit)
+
+
+@app.command(
+    "restore",
+    cls=_Command,
+    epilog=examples("pawflow restore latest", "pawflow restore 20261205T030000"),
+)
+def restore_command(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A run id from `pawflow history`.")],
+) -> None:
+    """Put back a run's params, dvc.lock, data, shards, models and reports, byte for byte."""
+    _finish("restore", cmd_restore, run=run)
+
+
+@app.command(
+    "diff",
+    cls=_Command,
+    epilog=examples(
+        "pawflow diff latest            # the newest run against the one before it",
+        "pawflow diff 20261201 latest   # two runs (a unique start of an id is enough)",
+    ),
+)
+def diff_command(
+    first: Annotated[str, typer.Argument(metavar="RUN", help="A run id.")],
+    second: Annotated[
+        str | None, typer.Argument(metavar="[RUN2]", help="Another run id (default: the run before RUN).")
+    ] = None,
+) -> None:
+    """Params and metrics changes between two recorded runs."""
+    _finish("diff", cmd_diff, first=first, second=second)
+
+
+@app.command(
+    "gc",
+    cls=_Command,
+    epilog=examples("pawflow gc                # pipeline.keep_runs", "pawflow gc --keep 10 --no-cloud"),
+)
+def gc_command(
+    keep: Annotated[
+        int | None,
+        typer.Option(metavar="N", min=1, help="Keep the newest N runs (default: pipeline.keep_runs)."),
+    ] = None,
+    cloud: Annotated[
+        bool, typer.Option("--cloud/--no-cloud", help="Also remove unused objects from the default remote.")
+    ] = True,
+) -> None:
+    """Drop old runs (all but the newest pipeline.keep_runs and every champion) and their unused data."""
+    _finish("gc", cmd_gc, keep=keep, cloud=cloud)
+
+
+@app.command(
+    "logs",
+    cls=_Command,
+    epilog=examples(
+        "pawflow logs                       # follow the latest run until it ends",
+        "pawflow logs nightly-2026-12-05-0300",
+    ),
+)
+def logs_command(
+    run: Annotated[
+        str | None, typer.Argument(metavar="[RUN]", help="A flow run id or name (default: the latest run).")
+    ] = None,
+) -> None:
+    """Follow a flow run's log lines live (subflows included); exit with its outcome."""
+    _finish("logs", cmd_logs, run=run)
 
 
 @server_app.command("status", cls=_Command)

@@ -3,7 +3,8 @@
 Each stage is a task that asks DVC whether the stage is up to date (its deps, params and outs match
 dvc.lock). If it is, the task ends Skipped; if not, it runs the stage's flow as a subflow and records
 the result with `dvc commit`, so dvc.lock, the outputs and the DVC cache agree exactly as after
-`dvc repro`. Then `dvc push`, a line in reports/runs.jsonl, and a summary artifact.
+`dvc repro`. Then `dvc push`, the run recorded as a version when an output changed (refs/pawflow/runs,
+tasks.nightly) with a line in reports/runs.jsonl, retention, alerts, and summary artifacts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
 
 from flows.base import prepare_base
@@ -26,13 +27,14 @@ from flows.common import (
     ctrl_c_is_final,
     error_of,
     friendly,
+    one_line,
     pipeline_run_name,
     quiet_user_errors,
     run_lock,
     task_runner,
     tidy_workspace,
 )
-from tasks import summary, versioning
+from tasks import nightly, runs, runstore, summary, versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
 from tasks.preflight import check_exclude, check_source_of, write_checked
@@ -209,8 +211,65 @@ def pipeline(
     quiet_user_errors()
     log = get_run_logger()
     root = Path.cwd()
+    started_at = nightly.now()
+    run = {"id": runs.run_id(started_at), "started": started_at, "entry": deployment.name or "pipeline"}
+    run["flow_run"] = {"id": flow_run.id, "url": run_url(flow_run.id)}
+    try:
+        return _pipeline(
+            log, root, run, source, epochs, force, push, until, warm_start, full_retrain, accept_removals
+        )
+    except PawflowError as err:
+        failed_run(log, root, run, err)
+        raise
+    except Exception as err:  # a crash: alerted too, then Prefect reports it with its traceback
+        failed_run(log, root, run, PawflowError(f"{type(err).__name__}: {err}"))
+        raise
+
+
+def run_url(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI (what "View at" prints; prefect.runtime's ui_url names a
+    path the UI does not have)."""
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None
+
+
+def failed_run(log, root: Path, run: dict, err: PawflowError) -> None:
+    """A failed run: its line in the run history and a `run_failed` alert (when params.yaml can be read).
+    A run refused before it started (bad params, a bad source: preflight) by a person at a terminal is
+    only the message they see, nothing written; a deployment's (a scheduled night) is recorded and alerted,
+    as nobody watches it."""
+    if not run.get("started_work") and not deployment.id:
+        return
+    facts = nightly.base_facts(run["id"], run["started"], run["entry"], run["flow_run"])
+    facts.update(outcome="failed", error=one_line(err.what))
+    try:
+        params = load_params(root / "params.yaml")
+    except PawflowError:
+        log.warning("run %s failed; params.yaml cannot be read, so no alert was sent", run["id"])
+        return
+    with contextlib.suppress(OSError):
+        extra = {"run_id": run["id"], "run": facts, "version": None}
+        versioning.record_run(root, params, "prefect", {}, extra)
+    nightly.alert(params, facts, None, log)
+
+
+def _pipeline(
+    log,
+    root: Path,
+    run: dict,
+    source: str | None,
+    epochs: int | None,
+    force: bool,
+    push: bool | None,
+    until: str | None,
+    warm_start: bool,
+    full_retrain: bool,
+    accept_removals: bool,
+) -> dict:
     started = time.monotonic()
     updates = preflight(root, source, epochs, until)  # before any lock, DVC call or write
+    run["started_work"] = True
     stages_to_run = versioning.STAGES[: versioning.STAGES.index(until) + 1] if until else versioning.STAGES
     with workspace_limit(), run_lock(root):
         changed = versioning.set_params(root / "params.yaml", updates)
@@ -252,33 +311,77 @@ def pipeline(
                 root
             )
             log.info("dvc push: %s file(s) sent to the default remote", pushed)
-        seconds = round(time.monotonic() - started, 1)
+        facts, previous = finish_run(log, root, params, run, stages, no_new_data, started)
         record = versioning.record_run(
             root,
             params,
             "prefect",
             stages,
             {
-                "seconds": seconds,
+                "seconds": facts["wall_s"],
                 "pushed": pushed,
                 "no_new_data": no_new_data,
                 "collection": collection,
                 **summary.train_start(params.paths.reports),
+                "run_id": run["id"],
+                "run": facts,
+                "version": facts.get("version"),
             },
         )
+        if facts.get("version"):
+            try:
+                collected = nightly.retention(root, params)
+            except PawflowError as err:  # the run itself succeeded and is recorded: say so, go on
+                log.warning("retention not applied: %s %s", err.what, err.fix or "")
+                collected = None
+            if collected:
+                log.info(
+                    "retention (pipeline.keep_runs %d): dropped run(s) %s; removed %d cache and %d remote "
+                    "object(s)",
+                    params.pipeline.keep_runs,
+                    ", ".join(collected["dropped"]),
+                    collected["removed_cache_objects"],
+                    collected["removed_remote_objects"],
+                )
+    nightly.alert(params, facts, previous, log)
     create_markdown_artifact(
         key="pipeline-summary",
         markdown=summary.pipeline_markdown(
             params.paths.reports, stages, no_new_data, versioning.STAGES, collection
-        ),
+        )
+        + runs.changes_markdown(facts),
         description="what this pipeline run did",
     )
     create_table_artifact(
         key="pipeline-run",
-        table=[{"key": k, "value": json.dumps(v, default=str)} for k, v in record.items()],
+        table=[{"key": k, "value": json.dumps(v, default=str)} for k, v in record.items() if k != "run"],
         description="dvc.lock hashes, params and metrics of this run",
     )
+    history = nightly.history(root, params)
+    create_markdown_artifact(
+        key="pipeline-history",
+        markdown=runs.history_markdown(history),
+        description="every recorded run: accuracy of the champion and of each run's model",
+    )
     return record
+
+
+def finish_run(
+    log, root: Path, params: Params, run: dict, stages: dict[str, str], no_new_data: bool, started: float
+) -> tuple[dict, dict | None]:
+    """The run's facts and its version (when an output changed); (facts, the previous run's facts)."""
+    earlier = nightly.history(root, params)
+    facts = nightly.gather(
+        root, params, run["id"], run["started"], run["entry"], stages, no_new_data, run["flow_run"]
+    )
+    facts["wall_s"] = round(time.monotonic() - started, 1)
+    facts["version"] = nightly.record_version(root, facts)
+    if not runstore.is_repo(root):
+        log.warning("%s is not a git repository with a commit: runs are not recorded as versions", root)
+    elif facts["version"]:
+        log.info("recorded as run %s (pawflow restore %s)", run["id"], run["id"])
+    log.info("%s", runs.gate_sentence(facts))
+    return facts, next((f for f in earlier if f.get("outcome") == "completed"), None)
 
 
 def main(argv: list[str] | None = None) -> int:

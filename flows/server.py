@@ -78,12 +78,19 @@ def start_server(
     """Start `prefect server start` on a loopback port; returns (process, api_url) once healthy."""
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        # The UI asks this URL for its data; unset, it asks 127.0.0.1:4200 and every run page is a 404.
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_UI_API_URL": api_url,
     }
+    # Bounded history: Prefect's vacuum deletes flow runs that ended over 90 days ago (its default
+    # retention period), not only old events; set the variable to change it.
+    env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,flow_runs")
     env.pop("PREFECT_API_URL", None)
     out = open(log_file or home / "server.log", "ab")  # noqa: SIM115 (the server writes to it until stopped)
     proc = subprocess.Popen(
@@ -94,7 +101,6 @@ def start_server(
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
-    api_url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -329,6 +329,11 @@ class Pipeline(Section):
     push_retries: Annotated[int, Field(ge=0)]
     push_retry_delay_s: Annotated[float, Field(ge=0)]
     history: Path
+    keep_runs: PositiveInt
+    keep_history: PositiveInt
+    alert_url: str | None = Field(pattern=r"^https?://\S+$")
+    alert_timeout_s: Annotated[float, Field(gt=0)]
+    alert_reject_fraction: Fraction
 
     @field_validator("schedule", "full_schedule")
     @classmethod

@@ -127,3 +127,23 @@ def chart_status(page: Path, timeout_s: float = 90) -> tuple[list[tuple[str, boo
     assert found, f"the page's load event never ran: {out.stdout[:500]!r} {out.stderr[-1000:]!r}"
     seen = json.loads(html.unescape(found.group(1)))
     return [(name, drew) for name, drew in seen["charts"]], seen["errors"]
+
+
+def dom_of(url: str, timeout_s: float = 90, budget_ms: int = 15000) -> str:
+    """The page's DOM after its scripts ran (a live page, e.g. the Prefect UI on a loopback port)."""
+    with tempfile.TemporaryDirectory(prefix="pawflow-chromium-") as tmp:
+        out = subprocess.run(
+            [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={Path(tmp) / 'profile'}",
+                f"--virtual-time-budget={budget_ms}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout

@@ -52,7 +52,11 @@ def test_the_changelogs_top_entry_is_the_version_pawflow_prints():
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) or (date == "Unreleased" and number == declared), date
 
 
-@pytest.mark.parametrize("command", [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]])
+@pytest.mark.parametrize(
+    "command",
+    [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]]
+    + [[c] for c in ("history", "restore", "diff", "gc", "logs")],
+)
 def test_every_command_has_help(command: list[str], capsys):
     assert main([*command, "-h"]) == 0
     out = capsys.readouterr().out

@@ -126,9 +126,18 @@ def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server:
     # Every stage process (train and evaluate import TensorFlow) starts without TensorFlow's start-up lines.
     for line in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
         assert line not in out.stderr, out.stderr[-3000:]
+    # The run is a version (refs/pawflow/runs/<id>), with its facts; the user's HEAD and index untouched.
+    from tasks import runstore
+
+    (version,) = runstore.versions(ws)
+    assert run["version"] == version.commit and version.id == run["run_id"]
+    assert version.facts["entry"] == "pawflow run" and version.facts["trained"]["warm_start"] is False
+    assert sh(ws, "git", "rev-list", "--count", "HEAD", api=prefect_server).stdout.strip() == "1"
+    assert f"recorded as run {version.id}" in out.stdout
     again = sh(ws, str(Path(sys.executable).parent / "pawflow"), "run", api=prefect_server)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
+    assert len(runstore.versions(ws)) == 1 and history(ws)[-1]["version"] is None  # nothing changed
 
     # --epochs is written into params.yaml (dvc.lock agrees), and --warm-start fine-tunes the champion
     # when train has to run (epochs shape no model): the pipeline's choice of models/base.

@@ -127,3 +127,30 @@ def test_a_server_dies_with_the_run_that_started_it_even_on_kill_9(tmp_path: Pat
     else:
         os.kill(server_pid, 9)
         pytest.fail("the Prefect server outlived the process that started it")
+
+
+def test_the_view_at_link_opens_the_runs_page_in_the_ui(prefect_server: str):
+    # The session's server is started by flows.server.start_server, as the background server is.
+    import re
+
+    from browser import dom_of
+    from prefect import flow
+
+    from flows.pipeline import run_url
+
+    @flow(name="ui-link-check")
+    def tiny() -> int:
+        return 1
+
+    state = tiny(return_state=True)
+    run_id = state.state_details.flow_run_id
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(run_id).name
+    url = run_url(str(run_id))
+    assert url == f"{prefect_server.removesuffix('/api')}/runs/flow-run/{run_id}"
+    dom = dom_of(url)
+    title = re.search(r"<title>(.*?)</title>", dom, re.S)
+    assert title and f"Flow Run: {name}" in title.group(1), (title, dom[:2000])
+    assert "404" not in title.group(1)
