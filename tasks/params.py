@@ -59,6 +59,8 @@ class Ingest(Section):
     ratio_grace_bytes: Annotated[int, Field(ge=0)]
     download_retries: PositiveInt
     download_timeout_s: Annotated[float, Field(gt=0)]
+    download_deadline_s: Annotated[float, Field(gt=0)]
+    max_download_bytes: PositiveInt
 
     @field_validator("source")
     @classmethod
