@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tasks import images, store
+from tasks import images, stopping, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
 from tasks.images import REASONS, CheckSettings, PhotoCheck
@@ -99,6 +99,7 @@ def check_items(
     rows, todo = ([], items) if cache_dir is None or refresh else stored_verdicts(items, settings, cache_dir)
     new_checks, new_thumbs = {}, {}
     for path, sha in todo:
+        stopping.check()  # a run being stopped leaves its chunk here, not at the chunk's end
         check, thumb = images.check_file(raw / path, sha, settings)
         record = check.record()
         if check.reason not in UNCACHEABLE:

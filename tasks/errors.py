@@ -10,3 +10,8 @@ class PawflowError(Exception):
         self.what = what
         self.fix = fix
         super().__init__(what if fix is None else f"{what}\n  What to do: {fix}")
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from what and fix, not from the joined text: an error raised in a worker process (the
+        # processes or Dask task runner) reaches the flow with its "What to do" intact.
+        return type(self), (self.what, self.fix)

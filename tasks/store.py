@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from tasks.fileio import no_space_cause, no_space_error, no_space_is_a_clear_error
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS thumbs (key TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
@@ -31,15 +33,24 @@ def store_path(cache_dir: Path) -> Path:
 
 @contextmanager
 def connect(cache_dir: Path) -> Iterator[sqlite3.Connection]:
-    """Open (creating if needed) the cache; commits on success."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(store_path(cache_dir), timeout=BUSY_TIMEOUT_MS / 1000)) as con:
-        con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.executescript(SCHEMA)
-        with con:
-            yield con
+    """Open (creating if needed) the cache; commits on success. A full disk ("database or disk is full")
+    ends the block with NoSpace naming the cache file; SQLite has rolled the transaction back."""
+    path = store_path(cache_dir)
+    with no_space_is_a_clear_error(path):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as con:
+            con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.executescript(SCHEMA)
+            with con:
+                yield con
+    except sqlite3.Error as err:  # only SQLite's: the block may write elsewhere (shard writes its shards)
+        cause = no_space_cause(err, path)
+        if cause is None:
+            raise
+        raise no_space_error(path, cause) from None
 
 
 def _batches(items: list[str]) -> Iterator[list[str]]:

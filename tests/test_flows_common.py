@@ -240,58 +240,24 @@ def test_code_cache_key_imports_a_module_not_loaded_yet():
     assert CodeOf(modules=("tabnanny",)).compute_key(None, {}, {}) == key
 
 
-def test_a_swallowed_ctrl_c_still_ends_the_block_with_keyboard_interrupt():
-    import signal
-
-    before = signal.getsignal(signal.SIGINT)
-    ended = False
-    with pytest.raises(KeyboardInterrupt), common.ctrl_c_is_final():
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # the handler runs between bytecodes of the main thread
-                pass
-        except KeyboardInterrupt:
-            pass  # swallowed here, as an engine's `except BaseException` can
-        ended = True  # the block itself runs to its end
-    assert ended
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_a_swallowed_ctrl_c_wins_over_a_later_error_in_the_block():
-    import signal
-
-    with pytest.raises(KeyboardInterrupt) as caught, common.ctrl_c_is_final():
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):
-                pass
-        except KeyboardInterrupt:
-            pass
-        raise PawflowError("the run failed after the interrupt", "-")
-    assert isinstance(caught.value.__cause__, PawflowError)
-
-
-def test_a_block_without_ctrl_c_ends_normally_and_restores_the_handler():
-    import signal
-
-    before = signal.getsignal(signal.SIGINT)
-    with common.ctrl_c_is_final():
-        assert signal.getsignal(signal.SIGINT) is not before
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_a_stage_interrupted_where_the_interrupt_was_swallowed_exits_130(
-    prefect_server: str, monkeypatch, capsys
+@pytest.mark.parametrize(
+    ("signame", "code", "says"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_a_stage_stopped_where_the_stop_was_swallowed_exits_with_its_code(
+    signame: str, code: int, says: str, prefect_server: str, monkeypatch, capsys
 ):
+    """SIGINT raises KeyboardInterrupt; SIGTERM, while a flow runs, Prefect's TerminationSignal (its
+    handler replaces the stage's). Either swallowed, the run goes on and completes: the stage still
+    exits with the stop's code and says so."""
     import signal
 
     @flow
     def swallows(params, refresh: bool = False) -> None:
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, signame))
             for _ in range(1000):
                 pass
-        except KeyboardInterrupt:
+        except BaseException:
             pass  # as Prefect's engine does under load: the run goes on and completes
 
     from contextlib import nullcontext
@@ -302,6 +268,43 @@ def test_a_stage_interrupted_where_the_interrupt_was_swallowed_exits_130(
     monkeypatch.setattr(common, "run_lock", nullcontext)
     monkeypatch.setattr(common, "tidy_workspace", lambda params: [])
     monkeypatch.setattr(common, "task_runner", lambda runner: ThreadPoolTaskRunner())
-    code = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
-    assert code == 130
-    assert "pawflow clean: interrupted" in capsys.readouterr().err
+    got = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
+    assert got == code
+    assert capsys.readouterr().err.count(f"pawflow clean: {says}") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_flow_does_not_wait_for_the_chunks_its_threads_are_working_on(prefect_server: str):
+    """Prefect's thread pool waits for every running task when its flow ends; a stopped run's does not:
+    its chunks leave at their next photo (tasks.stopping), so the run ends now, not after the chunk."""
+    import time
+
+    from prefect import task
+
+    from tasks import stopping
+    from tasks.params import Runner
+
+    @task
+    def chunk() -> None:
+        for _ in range(3000):  # ~30 s of photos unless the run stops
+            stopping.check()
+            time.sleep(0.01)
+
+    futures = []
+
+    @flow(task_runner=common.task_runner(Runner(kind="threads", workers=2, chunk_size=1, dask_address=None)))
+    def stopped() -> None:
+        futures.extend(chunk.submit() for _ in range(2))
+        time.sleep(1)  # the chunks are running
+        assert not any(f.state.is_final() for f in futures)
+        raise KeyboardInterrupt  # what Ctrl-C raises in the flow's main thread
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        stopped()
+    assert time.monotonic() - started < 10
+    assert stopping.requested()
+    for f in futures:  # the chunks left too, at their next photo
+        with pytest.raises(stopping.Stopped):
+            f.wait(timeout=10)
+    stopping.clear()

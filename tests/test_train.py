@@ -4,7 +4,9 @@ cache hit rewriting them)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -248,3 +250,41 @@ def test_keras_draws_ignore_other_threads_drawing_from_pythons_random():
         busy.join()
     assert len(quiet) == len(noisy) and all(np.array_equal(a, b) for a, b in zip(quiet, noisy, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(quiet, build(8), strict=True))  # the seed matters
+
+
+def _no_room(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _tensorboard_no_room(*args, **kwargs):
+    import tensorflow as tf
+
+    # What TensorFlow's event writer raises on a full disk (measured on a 12 kB tmpfs).
+    raise tf.errors.ResourceExhaustedError(
+        None, None, "/x/events.out.tfevents.1.v2; No space left on device\n\tFailed to flush 11 events"
+    )
+
+
+@pytest.mark.parametrize(
+    ("writer", "target", "fails"),
+    [
+        ("dvclive", "dvclive.live.Live.make_summary", _no_room),
+        ("tensorboard", "keras.callbacks.TensorBoard.on_epoch_end", _tensorboard_no_room),
+    ],
+)
+def test_a_full_disk_under_training_is_one_message_naming_the_scratch_folder(
+    trained: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, target: str, fails
+):
+    """DVCLive's metrics, Keras's checkpoints and TensorBoard's events are written as training goes;
+    whichever finds the disk full (an OSError, or TensorFlow's ResourceExhaustedError, worded), training
+    ends with NoSpace naming the folder and its file system."""
+    from tasks.datasetinfo import DatasetInfo
+    from tasks.fileio import NoSpace
+
+    monkeypatch.setattr(target, fails)
+    processed = trained.paths.processed
+    workdir = tmp_path / "scratch"
+    with pytest.raises(NoSpace) as caught:
+        train.train(processed, DatasetInfo.read(processed), trained.train, workdir, progress=False)
+    assert f"no space left while writing {workdir} (No space left on device)" in str(caught.value)
+    assert "Free space on the file system at" in caught.value.fix
