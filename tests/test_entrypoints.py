@@ -193,6 +193,47 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def cancel_a_run_mid_training(ws: Path, serve: subprocess.Popen, api: str) -> None:
+    """Cancel in the UI (`prefect flow-run cancel ID`) while a deployment's run trains: the run ends
+    Cancelled within seconds, its process gone, the workspace free, the finished stages' outputs and
+    records as they were, nothing half-written."""
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from flows.common import lock_holder
+    from tasks import versioning
+
+    kept = ["models/model.keras", *(str(p.relative_to(ws)) for p in (ws / "data").rglob("*.*"))]
+    before = {rel: (ws / rel).read_bytes() for rel in kept if (ws / rel).is_file()}
+    recorded = versioning.lock_stages(ws)  # what dvc.lock says of each stage's outputs
+    run = run_deployment("pipeline/manual", parameters={"epochs": 1000}, timeout=0)
+    epoch_log = ws / ".pawflow/cache/train/dvclive/plots/metrics/train/loss.tsv"
+    wait_for(lambda: epoch_log.exists() and len(epoch_log.read_text().split()) > 4, 300, "training")
+    engine = psutil.Process(serve.pid).children(recursive=True)
+    assert engine and lock_holder(ws)  # the run's process holds the workspace
+    cancelled = time.monotonic()
+    out = sh(ws, str(Path(sys.executable).parent / "prefect"), "flow-run", "cancel", str(run.id), api=api)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    def final():
+        with get_client(sync_client=True) as c:
+            state = c.read_flow_run(run.id).state
+        return state if state.is_final() else None
+
+    state = wait_for(final, 120, "the cancelled run to end")
+    took = time.monotonic() - cancelled
+    assert state.is_cancelled(), state
+    assert took < 30, took
+    psutil.wait_procs(engine, timeout=30)
+    assert not psutil.Process(serve.pid).children(recursive=True)  # no process of the run left
+    assert lock_holder(ws) is None
+    assert {rel: (ws / rel).read_bytes() for rel in before} == before
+    now = versioning.lock_stages(ws)
+    assert all(now[s]["outs"] == recorded[s]["outs"] for s in versioning.STAGES)  # train not recorded
+    assert not [p for p in ws.rglob("*") if ".tmp-" in p.name and ".pawflow" not in p.parts]
+
+
 def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server: str):
     from prefect.client.orchestration import get_client
 
@@ -242,7 +283,9 @@ def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server:
         assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
         assert second_s < first_s
 
-        failing = sh(
+        cancel_a_run_mid_training(ws, serve, prefect_server)
+
+        failing = sh(  # also shows the cancelled run gave its place back (the workspace's concurrency slot)
             ws,
             prefect,
             "deployment",
