@@ -123,8 +123,9 @@ class NoSpace(PawflowError):
 
 
 def mount_point(path: Path) -> Path:
-    """The mount point of the file system that holds path (or would hold it: its nearest existing folder)."""
-    p = Path(os.path.abspath(path))
+    """The mount point of the file system that holds path (or would hold it: its nearest existing folder),
+    symbolic links followed (`data` may be a link to another disk)."""
+    p = Path(os.path.realpath(path))
     while not p.exists() and p != p.parent:
         p = p.parent
     while not os.path.ismount(p):

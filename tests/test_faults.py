@@ -358,13 +358,13 @@ def test_sigterm_stops_a_stage_in_seconds_and_an_orphaned_stage_stops_by_itself(
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A 6 MB tmpfs (a real ENOSPC); needs root, like CI on this machine."""
+    """A 16 MB tmpfs (a real ENOSPC); needs root, like CI on this machine."""
     mount = tmp_path / "disk"
     mount.mkdir()
     if (
         os.geteuid() != 0
         or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
         ).returncode
         != 0
     ):
@@ -373,9 +373,28 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def failed_on_a_full_disk(ws: Path, name: str, api: str, *extra: str) -> str:
+    """Run a stage that must fail for want of room: exit 1, one message saying so, no traceback."""
+    out = subprocess.run(
+        [sys.executable, "-m", f"flows.{name}", *extra],
+        cwd=ws,
+        env=tool_env(api),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.count(f"pawflow {name} failed: no space left") == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    return out.stderr
+
+
 def test_disk_full_while_writing_shards(tmp_path: Path, small_disk: Path, prefect_server: str):
+    """A real full disk under shard (its shards), clean (the per-photo cache's SQLite: "database or disk
+    is full") and train (DVCLive's metrics, checkpoints, TensorBoard events in its scratch folder)."""
     source = imagegen.make_dataset(tmp_path / "source", per_class=30, size=(256, 192))
-    ws = make_workspace(tmp_path / "ws", source, **PARAMS)
+    cache = {"cache": "data/.cache"}  # the per-photo cache and training's scratch folder on the small disk
+    ws = make_workspace(tmp_path / "ws", source, **PARAMS, paths=cache)
     (ws / "data").symlink_to(small_disk)
     for name in STAGES:
         stage(ws, name, prefect_server)
@@ -396,7 +415,7 @@ def test_disk_full_while_writing_shards(tmp_path: Path, small_disk: Path, prefec
         text=True,
         timeout=600,
     )
-    assert out.returncode != 0
+    assert out.returncode == 1
     assert "no space left while writing" in out.stderr and "Traceback" not in out.stderr
     assert (ws / "data/processed/dataset_info.json").read_bytes() == info_before
     assert {p.name: p.read_bytes() for p in (ws / "data/processed").glob("*.tfrecord-*")} == shards
@@ -404,6 +423,20 @@ def test_disk_full_while_writing_shards(tmp_path: Path, small_disk: Path, prefec
     assert not [p for p in small_disk.iterdir() if ".tmp-" in p.name]
     filler.unlink()
     stage(ws, "shard", prefect_server)
+
+    clean_table = (ws / "data/interim/clean.parquet").read_bytes()
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * free)  # not a byte left
+    err = failed_on_a_full_disk(ws, "clean", prefect_server, "--refresh")
+    assert f"while writing {ws / 'data/.cache/photos.sqlite'}" in err or "data/.cache/photos.sqlite" in err
+    assert (ws / "data/interim/clean.parquet").read_bytes() == clean_table
+    err = failed_on_a_full_disk(ws, "train", prefect_server, "--refresh")
+    assert "data/.cache/train" in err
+    assert (ws / "models/model.keras").read_bytes() == model
+    assert not [p for p in ws.rglob("*") if ".tmp-" in p.name and ".cache" not in p.parts]
+    filler.unlink()
+    stage(ws, "clean", prefect_server)
+    assert (ws / "data/interim/clean.parquet").read_bytes() == clean_table
 
 
 def test_a_prefect_server_killed_under_a_stage_ends_it_in_seconds_with_one_message(

@@ -195,3 +195,9 @@ def test_a_history_line_that_finds_no_room_is_undone(tmp_path: Path):
     assert out.returncode == 0, out.stderr
     assert f"no space left while writing {history}" in out.stdout
     assert history.read_bytes() == before
+
+
+def test_the_file_system_of_a_path_is_found_through_symbolic_links(tmp_path: Path):
+    (tmp_path / "data").symlink_to("/proc/self")  # /proc is a file system of its own
+    assert mount_point(tmp_path / "data" / "status") == Path("/proc")
+    assert mount_point(tmp_path / "not" / "yet" / "there") == mount_point(tmp_path)
