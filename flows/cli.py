@@ -333,12 +333,18 @@ def _root(
     """A folder, archive or URL of labelled photos in; a versioned, evaluated image classifier out."""
 
 
-def _finish(command: str, fn, guard: bool = False, **kwargs) -> None:
+RUN_KEPT = (
+    "Finished stages are recorded in dvc.lock and nothing half-written carries a final name; run it again "
+    "to finish."
+)
+
+
+def _finish(command: str, fn, guard: bool = False, kept: str = "Run it again to finish.", **kwargs) -> None:
     """Run a command: one message and its exit code (2 bad usage or params, 1 a failed run, 130 Ctrl-C;
-    with guard, 143 for SIGTERM too, and the process ends within seconds of a stop: flows.stops)."""
+    with guard, 143 for SIGTERM too, and the process ends within seconds of a stop: flows.stops). kept:
+    what a stopped command leaves, as its message says."""
     from flows.stops import StopGuard, Terminated, message
 
-    kept = "finished work is kept (finished stages are recorded in dvc.lock); run it again to finish."
     stops = StopGuard(
         lambda stop: print(message(f"pawflow {command}", stop, kept), file=sys.stderr, flush=True),
         owner=_OWNER,
@@ -365,7 +371,7 @@ def run_command(
     ] = True,
 ) -> None:
     """Run the whole pipeline (dvc repro, with a Prefect server for its stages), then dvc push."""
-    _finish("run", cmd_run, guard=True, force=force, push=push)
+    _finish("run", cmd_run, guard=True, kept=RUN_KEPT, force=force, push=push)
 
 
 @app.command("serve")

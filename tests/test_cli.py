@@ -77,8 +77,8 @@ def test_bad_params_exit_2_with_one_message(tmp_path: Path, monkeypatch, capsys)
     [
         (RunFailed("`dvc repro` failed (exit 1); its message is above."), 1, "`dvc repro` failed"),
         (PawflowError("bad", "fix it"), 2, "What to do: fix it"),
-        (KeyboardInterrupt(), 130, "pawflow run: interrupted. finished work is kept"),
-        (Terminated(), 143, "pawflow run: terminated (SIGTERM). finished work is kept"),
+        (KeyboardInterrupt(), 130, "pawflow run: interrupted. Finished stages are recorded"),
+        (Terminated(), 143, "pawflow run: terminated (SIGTERM). Finished stages are recorded"),
     ],
 )
 def test_exit_code_per_kind_of_error(raised: BaseException, code: int, message: str, monkeypatch, capsys):
