@@ -248,3 +248,32 @@ def test_predict_without_a_model_is_a_clear_error(tmp_path: Path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
     assert "--model " + str(tmp_path / "none") + ": the path does not exist" in capsys.readouterr().err
+
+
+FAKE_DVC = """
+import signal, subprocess, sys, time
+# Like `dvc repro`: a stage command as child; Ctrl-C is ignored while the stage runs (DVC does so), so
+# dvc waits for its stage, then says how it ended.
+stage = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("dvc: stage ended with", stage.wait(), flush=True)
+"""
+FAKE_STAGE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+print("READY", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_terminated_run_stops_dvc_and_its_stage_before_it_ends(tmp_path: Path):
+    """SIGTERM to `pawflow run`: the stage gets SIGTERM (it reports, exit 143), DVC a Ctrl-C, so it waits
+    for its stage instead of dying mid-write; both have ended when stop_dvc returns."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, FAKE_STAGE], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    (stage,) = psutil.Process(proc.pid).children()
+    cli.stop_dvc(proc, terminate=True)
+    assert proc.returncode == 0 and not stage.is_running()
+    assert proc.stdout.read().strip() == "dvc: stage ended with 143"

@@ -247,7 +247,11 @@ def test_fuzz_2000_mutated_photos(tmp_path: Path, make_params):
 
 
 def test_a_full_disk_under_the_cache_fails_the_stage_with_one_message_and_exit_1(
-    dataset: Path, make_params, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+    dataset: Path,
+    make_params,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ):
     """SQLite's "database or disk is full" while clean records its verdicts: no traceback anywhere (the
     task runs' logs included), one message naming the cache file and its file system, exit 1, no
@@ -263,11 +267,12 @@ def test_a_full_disk_under_the_cache_fails_the_stage_with_one_message_and_exit_1
     monkeypatch.setattr(store, "SCHEMA", store.SCHEMA + "PRAGMA max_page_count = 1;")
     monkeypatch.setattr(common, "run_lock", nullcontext)
     capfd.readouterr()
-    code = common.stage_main("clean", clean_flow, argv=["--refresh"], load=lambda path: params)
+    with caplog.at_level(logging.INFO):
+        code = common.stage_main("clean", clean_flow, argv=["--refresh"], load=lambda path: params)
     out = capfd.readouterr()
     err = out.out + out.err
     assert code == 1, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and not [r for r in caplog.records if r.exc_info]  # Prefect's logs too
     db = store.store_path(params.paths.cache)
     said = f"pawflow clean failed: no space left while writing {db} (database or disk is full)"
     assert err.count(said) == 1

@@ -308,3 +308,35 @@ def test_a_stopped_flow_does_not_wait_for_the_chunks_its_threads_are_working_on(
         with pytest.raises(stopping.Stopped):
             f.wait(timeout=10)
     stopping.clear()
+
+
+def test_a_full_disk_that_no_writer_of_ours_names_is_still_one_message(
+    prefect_server: str, caplog: pytest.LogCaptureFixture
+):
+    """A library's own write that finds the disk full (here a task's, without a file name, as Prefect
+    persisting a result fails): no traceback in the task's log, the run Failed with one message naming
+    the file systems the stage writes to."""
+    import errno
+
+    from prefect import task
+
+    from tasks.fileio import NoSpace
+
+    @task
+    def writes() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    @flow
+    @common.friendly
+    def stage(params=None, refresh: bool = False) -> None:
+        writes()
+
+    common.quiet_user_errors()
+    with caplog.at_level(logging.INFO):
+        state = stage(return_state=True)
+    assert state.is_failed()
+    err = common.error_of(state)
+    assert isinstance(err, NoSpace) and err.exit_code == 1
+    assert "no space left on a disk this stage writes to (No space left on device)" in err.what
+    failed = [r for r in caplog.records if "Task run failed with exception" in r.getMessage()]
+    assert failed and not [r for r in caplog.records if r.exc_info]  # said, without a traceback

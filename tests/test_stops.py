@@ -121,7 +121,11 @@ guard = StopGuard(lambda stop: print("MESSAGE", stop.kind, stop.detail, file=sys
                   owner=True, api_url={api!r})
 try:
     with guard:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         print("READY", os.getpid(), child.pid, flush=True)
         while True:
             try:
