@@ -300,8 +300,8 @@ def stage_main(
     gone), 130 (Ctrl-C) or 143 (SIGTERM, or the process that started it, e.g. `dvc repro`, gone). `load`
     reads and checks the params file (ingest also checks its source there: refused in one message before
     a flow or server starts). argv None: the process's own command line, so this call is the process's
-    main (flows.stops.StopGuard owner: it watches its parent and its API, and ends the process within
-    STOP_GRACE_S of a stop whatever is still running)."""
+    main (flows.stops.StopGuard owner: it watches its Prefect API, and its parent when DVC started it,
+    and ends the process within STOP_GRACE_S of a stop whatever is still running)."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
@@ -312,6 +312,7 @@ def stage_main(
     guard = StopGuard(
         lambda stop: print(message(f"pawflow {stage}", stop, STAGE_KEPT), file=sys.stderr, flush=True),
         owner=owner,
+        watch_parent=bool(os.environ.get("DVC_STAGE")),  # run by `dvc repro`: it ends when DVC does
         api_url=os.environ.get("PREFECT_API_URL") if owner else None,
     )
     try:

@@ -148,15 +148,25 @@ class StopGuard:
     ended with otherwise); the per-photo loops of the task runner's threads give up (tasks.stopping).
 
     owner: the block is this process's whole job (an entry point's main, not a test calling it): then the
-    process also ends when the process that started it goes (the stop "orphaned"), when its Prefect API
-    (api_url) refuses connections for API_LOST_S (the stop "api": ended at once, since the flow engine can
-    record nothing without it), and at the latest STOP_GRACE_S after the first stop signal (its children
-    with it). `say(stop)` prints the run's one message; finish() or the ending process calls it once.
+    process ends at the latest STOP_GRACE_S after the first stop signal (its children with it), when its
+    Prefect API (api_url) refuses connections for API_LOST_S (the stop "api": at once, since the flow
+    engine can record nothing without it), and, with watch_parent, when the process that started it
+    goes (the stop "orphaned"; for a stage that `dvc repro` runs: a process started by hand and left to
+    run on, `nohup ... &`, must not stop when its shell exits). `say(stop)` prints the run's one message;
+    finish() or the ending process calls it once.
     """
 
-    def __init__(self, say: Callable[[Stop], None], *, owner: bool, api_url: str | None = None) -> None:
+    def __init__(
+        self,
+        say: Callable[[Stop], None],
+        *,
+        owner: bool,
+        watch_parent: bool = False,
+        api_url: str | None = None,
+    ) -> None:
         self.say = say
         self.owner = owner
+        self.watch_parent = watch_parent
         self.api_url = api_url
         self.stop: Stop | None = None
         self._lock = threading.Lock()
@@ -180,11 +190,11 @@ class StopGuard:
             previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
             self._wakeup = (read_end, write_end, previous)
             self._start(self._watch_signals, read_end)
-        if self.owner:
+        if self.owner and self.watch_parent:
             parent = os.getppid()
             self._start(self._watch_parent, parent, process_name(parent))  # named while it is there
-            if self.api_url:
-                self._start(self._watch_api, self.api_url)
+        if self.owner and self.api_url:
+            self._start(self._watch_api, self.api_url)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:

@@ -118,7 +118,7 @@ stops.STOP_GRACE_S, stops.PARENT_POLL_S, stops.API_POLL_S, stops.API_LOST_S = {g
 from flows.stops import StopGuard, Terminated
 
 guard = StopGuard(lambda stop: print("MESSAGE", stop.kind, stop.detail, file=sys.stderr, flush=True),
-                  owner=True, api_url={api!r})
+                  owner=True, watch_parent={watch_parent}, api_url={api!r})
 try:
     with guard:
         child = subprocess.Popen(
@@ -126,9 +126,12 @@ try:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        print("READY", os.getpid(), child.pid, flush=True)
+        ready = False
         while True:
-            try:
+            try:  # READY is printed inside: a signal sent when it is read lands in the try
+                if not ready:
+                    ready = True
+                    print("READY", os.getpid(), child.pid, flush=True)
                 while True:
                     time.sleep(0.05)
             except (KeyboardInterrupt, Terminated):
@@ -140,9 +143,12 @@ except (KeyboardInterrupt, Terminated) as err:
 """
 
 
-def guarded(tmp_path: Path, grace: float = 30.0, api: str | None = None, swallow: bool = False) -> Path:
-    script = tmp_path / "guarded.py"
-    script.write_text(textwrap.dedent(GUARDED.format(grace=grace, api=api, swallow=swallow)))
+def guarded(
+    tmp_path: Path, grace: float = 30.0, api: str | None = None, swallow: bool = False, watch_parent=False
+) -> Path:
+    script = tmp_path / f"guarded-{watch_parent}.py"
+    code = GUARDED.format(grace=grace, api=api, swallow=swallow, watch_parent=watch_parent)
+    script.write_text(textwrap.dedent(code))
     return script
 
 
@@ -194,10 +200,17 @@ def test_a_stage_whose_parent_dies_stops_by_itself(tmp_path: Path):
         "import subprocess, sys; p = subprocess.Popen([sys.executable, sys.argv[1]], stdout=sys.stdout, "
         "stderr=sys.stderr); import time; time.sleep(120)"
     )
-    proc, stage, _ = start([sys.executable, "-c", parent, str(guarded(tmp_path))])
-    proc.kill()
-    proc.wait()
+    proc, stage, _ = start([sys.executable, "-c", parent, str(guarded(tmp_path, watch_parent=True))])
+    left, kept, kept_child = start([sys.executable, "-c", parent, str(guarded(tmp_path, watch_parent=False))])
+    for p in (proc, left):
+        p.kill()
+        p.wait()
     assert gone(stage, within=10), "the orphaned stage went on"
+    # Not watching its parent (started by hand, `nohup ... &`): it runs on when its shell exits.
+    time.sleep(2)
+    assert not gone(kept, within=0.1)
+    for pid in (kept, kept_child):
+        os.kill(pid, signal.SIGKILL)
     err = proc.stderr.read()  # the stage wrote to the same pipe until it ended
     assert (
         err.count(f"MESSAGE orphaned the process that started it (pid {proc.pid}: {sys.executable} -c") == 1
