@@ -107,7 +107,8 @@ def task_runner(runner: Runner) -> Any:
             def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
                 if _stopping(exc_type) and self._executor is not None:
                     stopping.request()
-                    for worker in list(self._executor._processes.values()):  # the executor's own workers
+                    workers = getattr(self._executor, "_processes", None) or {}  # the executor's own
+                    for worker in list(workers.values()):
                         worker.terminate()
                     self._executor.shutdown(wait=False, cancel_futures=True)
                     self._executor = None
