@@ -11,8 +11,8 @@ Prefect's flow engine owns SIGTERM while a flow runs: it raises TerminationSigna
 records the run Crashed (or Cancelled, when its runner asked), then delivers SIGTERM again to the handler
 it replaced. StopGuard's handler is that one: it turns the signal into Terminated, which the entry point
 reports. What Prefect's engine swallows (it can, under load, for Ctrl-C) is still seen: every signal
-that reaches Python is also written to a wakeup file descriptor that a thread of StopGuard reads, and
-a process that has not ended STOP_GRACE_S after its first stop signal is ended by that thread.
+that reaches Python is also written to a wakeup file descriptor that a thread of StopGuard reads; and a
+process that has not ended STOP_GRACE_S after its first stop signal is ended then, its children with it.
 """
 
 from __future__ import annotations
