@@ -3,7 +3,8 @@ runner.kind dask and an address, the cluster: tasks.workers.check_cluster) befor
 a later stage (DVC runs stages in order and stops at the first that fails).
 
 Exit 0 and write `<paths.interim>/checked.txt` (constant text, so it never makes a later stage out of
-date), or print one message and exit 2. Light imports only: no Prefect, no TensorFlow.
+date), or print one message and exit 2 (1 if the disk is too full to write it). Light imports only:
+no Prefect, no TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ def main(params_path: Path = Path("params.yaml")) -> int:
     except PawflowError as err:
         print(f"\npawflow check: {err}", file=sys.stderr)
         return 2
-    write_checked(params)
+    try:
+        write_checked(params)
+    except PawflowError as err:  # a full disk (tasks.fileio.NoSpace): the check ran, its write failed
+        print(f"\npawflow check: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 1)
     print("pawflow check: params.yaml, ingest.source and the exclude list are fine")
     return 0
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import inspect
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from tasks.params import Params
 
 PREFECT_HOME = Path(".pawflow/prefect")
+# True when the command runs as this process's own command line (main() without argv), not in-process.
+_OWNER = False
 
 
 def tool_env() -> dict[str, str]:
@@ -48,11 +51,44 @@ class RunFailed(PawflowError):
 
 
 def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env={**tool_env(), **(env or {})})
+    with subprocess.Popen([sys.executable, "-m", "dvc", *args], env={**tool_env(), **(env or {})}) as proc:
+        try:
+            proc.wait()
+        except BaseException as stop:  # Ctrl-C or SIGTERM (flows.stops): dvc and its stage end first
+            stop_dvc(proc, terminate=not isinstance(stop, KeyboardInterrupt))
+            raise
     if check and proc.returncode != 0:
         # The stage's own message above says what to do; finished stages are recorded in dvc.lock.
         raise RunFailed(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}); its message is above.")
     return proc
+
+
+def stop_dvc(proc: subprocess.Popen, terminate: bool) -> None:
+    """A `dvc` command and the stage it runs end before this command does: nothing left running, the
+    workspace free. Ctrl-C at a terminal reached all of them already: they are given the time to end as
+    interrupted runs do. SIGTERM: the stage gets it too (it reports and exits 143), and dvc a Ctrl-C
+    (SIGINT), which it answers by waiting for its stage and recording nothing half-done, where SIGTERM
+    would kill it at once, perhaps while it writes dvc.lock. Whatever is left after STOP_GRACE_S (and
+    the stage's own grace to end its children) is killed."""
+    import psutil
+
+    from flows.stops import CHILD_GRACE_S, STOP_GRACE_S
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:  # dvc ended already
+        return
+    if terminate:
+        for child in tree[1:]:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
+        with contextlib.suppress(psutil.Error):
+            tree[0].send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S + CHILD_GRACE_S)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    proc.wait()
 
 
 def has_remote() -> bool:
@@ -181,9 +217,7 @@ def cmd_data() -> int:
     d, ingest = params.data, params.ingest
     print(f"pawflow data: {d.url}\n  -> {d.archive} (sha256 {d.sha256[:16]}...)")
     try:
-        got = getdata.fetch(
-            d, params.paths.cache / "downloads", ingest.download_retries, ingest.download_timeout_s
-        )
+        got = getdata.fetch(d, params.paths.cache / "downloads", ingest)
     except PawflowError as err:  # the download started: a failed run, not bad usage
         raise RunFailed(err.what, err.fix) from None
     print(
@@ -444,19 +478,30 @@ def _root(
     """A folder, archive or URL of labelled photos in; a versioned, evaluated image classifier out."""
 
 
-def _finish(command: str, fn, **kwargs) -> None:
-    """Run a command: one message and its exit code (2 bad usage or params, 1 a failed run, 130 Ctrl-C)."""
+RUN_KEPT = (
+    "Finished stages are recorded in dvc.lock and nothing half-written carries a final name; run it again "
+    "to finish."
+)
+
+
+def _finish(command: str, fn, guard: bool = False, kept: str = "Run it again to finish.", **kwargs) -> None:
+    """Run a command: one message and its exit code (2 bad usage or params, 1 a failed run, 130 Ctrl-C;
+    with guard, 143 for SIGTERM too, and the process ends within seconds of a stop: flows.stops). kept:
+    what a stopped command leaves, as its message says."""
+    from flows.stops import StopGuard, Terminated, message
+
+    stops = StopGuard(
+        lambda stop: print(message(f"pawflow {command}", stop, kept), file=sys.stderr, flush=True),
+        owner=_OWNER,
+    )
     try:
-        code = fn(**kwargs)
+        with stops if guard else contextlib.nullcontext():
+            code = fn(**kwargs)
     except PawflowError as err:
         print(f"\npawflow {command}: {err}", file=sys.stderr)
         code = getattr(err, "exit_code", 2)
-    except KeyboardInterrupt:
-        print(
-            f"\npawflow {command}: interrupted; run it again to finish (finished work is kept).",
-            file=sys.stderr,
-        )
-        code = 130
+    except (KeyboardInterrupt, Terminated) as err:
+        code = stops.finish(err)
     if code:
         raise typer.Exit(code)
 
@@ -516,6 +561,8 @@ def run_command(
     _finish(
         "run",
         cmd_run,
+        guard=True,
+        kept=RUN_KEPT,
         force=force,
         push=push,
         source=source,
@@ -889,6 +936,8 @@ def quarantine_release(
 def main(argv: list[str] | None = None) -> int:
     """The console script. typer parses and reports bad usage (the subcommand's usage, the error and a
     "Did you mean ...?", exit 2); the commands report their own errors once (see _finish)."""
+    global _OWNER
+    _OWNER = argv is None  # the process's own command line: a stopped run ends the process (flows.stops)
     try:
         app(args=sys.argv[1:] if argv is None else list(argv), prog_name="pawflow", standalone_mode=True)
     except SystemExit as done:

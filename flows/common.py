@@ -10,9 +10,7 @@ import io
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,9 +26,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.stops import StopGuard, Terminated, message
+from tasks import stopping
 from tasks.errors import PawflowError, Refused
-from tasks.fileio import append_history, code_fingerprint, remove_leftovers
+from tasks.fileio import (
+    append_history,
+    code_fingerprint,
+    no_space_cause,
+    no_space_somewhere,
+    remove_leftovers,
+)
 from tasks.params import Params, Runner, load_params
+from tasks.stopping import Stopped
 
 LOCK_FILE = Path(".pawflow/workspace.lock")
 
@@ -108,20 +115,55 @@ def stage_run_name() -> str:
 # --------------------------------------------------------------------------- task runners
 
 
+def _stopping(exc_type: type[BaseException] | None) -> bool:
+    """The runner's flow is ending because the run was stopped (Ctrl-C, SIGTERM, a cancelled run), not
+    normally or with an error: a BaseException that is not an Exception."""
+    return exc_type is not None and not issubclass(exc_type, Exception)
+
+
 def task_runner(runner: Runner) -> Any:
     """The Prefect task runner of a stage's tasks: processes for runner.kind processes, else threads.
 
     Under runner.kind dask the per-photo chunks do not go through it: clean and shard hand them to the
     cluster's workers as plain functions (flows/mapping.py), so a worker never needs Prefect or its API;
-    the stage's few other tasks run in threads of the stage's process.
-    """
+    the stage's few other tasks run in threads of the stage's process. On a stop neither waits for the
+    chunks under way: the threads leave them at their next photo (tasks.stopping), worker processes are
+    ended."""
     if runner.kind == "processes":
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        return ProcessPoolTaskRunner(max_workers=runner.workers)
+        class StoppableProcesses(ProcessPoolTaskRunner):
+            def __enter__(self) -> Any:
+                stopping.clear()
+                return super().__enter__()
+
+            def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+                if _stopping(exc_type) and self._executor is not None:
+                    stopping.request()
+                    workers = getattr(self._executor, "_processes", None) or {}  # the executor's own
+                    for worker in list(workers.values()):
+                        worker.terminate()
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = None
+                super().__exit__(exc_type, exc, tb)
+
+        return StoppableProcesses(max_workers=runner.workers)
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=runner.workers)
+    class StoppableThreads(ThreadPoolTaskRunner):
+        def __enter__(self) -> Any:
+            stopping.clear()  # a new run (in-process tests run one after another)
+            return super().__enter__()
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            if _stopping(exc_type):
+                stopping.request()
+                if self._executor is not None:  # Prefect's own exit waits for every running chunk
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = None
+            super().__exit__(exc_type, exc, tb)
+
+    return StoppableThreads(max_workers=runner.workers)
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -147,6 +189,14 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PawflowError as err:
             _printed_in_full.add(one_line(err.what))
             return Failed(message=one_line(err.what), data=err)
+        except Exception as err:
+            # A full disk where no writer of ours named the file (a library's own write): still one
+            # message, naming the file systems the stage writes to.
+            cause = no_space_cause(err)
+            if cause is None:
+                raise
+            failed = no_space_somewhere(cause, write_places(kwargs.get("params")))
+            return Failed(message=one_line(failed.what), data=failed)
 
     return wrapper
 
@@ -157,12 +207,40 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 _printed_in_full: set[str] = set()
 
 
+def _user_error_names() -> set[str]:
+    """PawflowError and its subclasses by name, as Prefect's task failure lines print them."""
+    names, todo = set(), [PawflowError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
 class _UserErrorOnce(logging.Filter):
+    """On the console only (the Prefect API still gets every line): Prefect's copies of a message the
+    entry point prints in full once. A task that raised a PawflowError logs it twice ("Task run failed
+    with exception: Refused(...)", then its Failed state); a flow that returned it as a Failed state,
+    once."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "pawflow_user_error", False):
+            return False
         text = record.getMessage()
         if not text.startswith("Finished in state Failed("):
             return True
+        if any(f"encountered an exception {name}:" in text for name in _user_error_names()):
+            return False
         return not any(repr(message) in text for message in _printed_in_full)
+
+
+def write_places(params: Params | None) -> list[Path]:
+    """Where a stage writes: the workspace's output folders, its cache and Prefect's home."""
+    places = [Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))]
+    if params is not None:
+        p = params.paths
+        places = [p.raw, p.interim, p.processed, p.models, p.reports, p.cache, *places]
+    return places
 
 
 def error_of(state: State) -> PawflowError:
@@ -178,9 +256,13 @@ class _NoTracebackForUserErrors(logging.Filter):
     """Prefect logs every task failure with its traceback; a PawflowError is a message for a person."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PawflowError):
+        err = record.exc_info[1] if record.exc_info else None
+        if err is not None and (
+            isinstance(err, PawflowError | Stopped) or no_space_cause(err) is not None
+        ):  # the entry point says it once, in full (a full disk named by friendly, a stop by StopGuard)
             record.exc_info = None
             record.exc_text = None
+            record.pawflow_user_error = True  # and the console leaves this copy out (_UserErrorOnce)
         return True
 
 
@@ -285,37 +367,9 @@ def state_message(state: State) -> str:
     return state.message or state.name or "failed"
 
 
-@contextmanager
-def ctrl_c_is_final() -> Iterator[None]:
-    """Ctrl-C (SIGINT) ends the block with KeyboardInterrupt, even where the code inside swallowed it.
-
-    The first SIGINT raises KeyboardInterrupt as usual and is also remembered: Prefect's engine can
-    swallow a KeyboardInterrupt raised while the main thread is inside one of its own calls (measured
-    under load: the run went on and completed). A block that then ends, normally or with another
-    exception, ends with KeyboardInterrupt instead, so the command still ends with 130. The previous
-    handler is restored on exit (main thread only: elsewhere Python cannot set handlers, and nothing
-    changes; a handler not set from Python comes back as the default one).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    seen = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        seen.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    except BaseException as err:
-        if seen.is_set() and not isinstance(err, KeyboardInterrupt):
-            raise KeyboardInterrupt from err
-        raise
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-    if seen.is_set():
-        raise KeyboardInterrupt
+STAGE_KEPT = (
+    "Finished outputs are intact and nothing half-written carries a final name; run again to complete."
+)
 
 
 def stage_main(
@@ -326,32 +380,39 @@ def stage_main(
     options: dict[str, Any] | None = None,
 ) -> int:
     """`python -m flows.<stage>`: validate params, take the lock, run the flow; exit 0, 2 (bad params,
-    another run holds the workspace, or the flow refused its input before changing anything: Refused)
-    or 1 (the run failed). `load` reads and checks the params file (ingest also checks its source
-    there: refused in one message before a flow or server starts); `options`: more flow parameters."""
+    another run holds the workspace, or the flow refused its input before changing anything: Refused),
+    1 (the run failed: its error, a full disk, its Prefect API gone), 130 (Ctrl-C) or 143 (SIGTERM, or the
+    process that started it, e.g. `dvc repro`, gone). `load` reads and checks the params file (ingest also
+    checks its source there: refused in one message before a flow or server starts); `options`: more flow
+    parameters. argv None: the process's own command line, so this call is the process's main
+    (flows.stops.StopGuard owner: it watches its Prefect API, and its parent when DVC started it, and ends
+    the process within STOP_GRACE_S of a stop whatever is still running)."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
     args = parser.parse_args(argv)
     started = time.monotonic()
     quiet_user_errors()
+    owner = argv is None
+    guard = StopGuard(
+        lambda stop: print(message(f"pawflow {stage}", stop, STAGE_KEPT), file=sys.stderr, flush=True),
+        owner=owner,
+        watch_parent=bool(os.environ.get("DVC_STAGE")),  # run by `dvc repro`: it ends when DVC does
+        api_url=os.environ.get("PREFECT_API_URL") if owner else None,
+    )
     try:
-        params = load(args.params)
-        with run_lock(), ctrl_c_is_final():
-            for leftover in tidy_workspace(params):
-                print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
-            runnable = flow.with_options(task_runner=task_runner(params.runner))
-            state = runnable(params=params, refresh=args.refresh, return_state=True, **(options or {}))
+        with guard:
+            params = load(args.params)
+            with run_lock():
+                for leftover in tidy_workspace(params):
+                    print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
+                runnable = flow.with_options(task_runner=task_runner(params.runner))
+                state = runnable(params=params, refresh=args.refresh, return_state=True, **(options or {}))
     except PawflowError as err:
         print(f"\npawflow {stage}: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"\npawflow {stage}: interrupted. Finished outputs are intact and nothing half-written "
-            "carries a final name; run again to complete.",
-            file=sys.stderr,
-        )
-        return 130
+        return getattr(err, "exit_code", 2)
+    except (KeyboardInterrupt, Terminated) as err:
+        return guard.finish(err)
     if not state.is_completed():
         err = error_of(state)
         if isinstance(err, Refused):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,6 @@ from prefect.states import Completed, Failed
 
 from flows.base import prepare_base
 from flows.common import (
-    ctrl_c_is_final,
     error_of,
     friendly,
     one_line,
@@ -34,6 +34,7 @@ from flows.common import (
     task_runner,
     tidy_workspace,
 )
+from flows.stops import StopGuard, Terminated, message
 from tasks import nightly, runs, runstore, summary, versioning
 from tasks.errors import PawflowError
 from tasks.params import Params, load_params
@@ -423,8 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     except PawflowError as err:
         print(f"\npawflow pipeline: {err}", file=sys.stderr)
         return 2
+    owner = argv is None  # the process's own command line: it ends itself on a stop (flows.stops)
+    kept = (
+        "Finished stages are recorded in dvc.lock and nothing half-written carries a final name; run "
+        "again to complete."
+    )
+    guard = StopGuard(
+        lambda stop: print(message("pawflow pipeline", stop, kept), file=sys.stderr, flush=True),
+        owner=owner,
+        api_url=os.environ.get("PREFECT_API_URL") if owner else None,
+    )
     try:
-        with ctrl_c_is_final():
+        with guard:
             state = pipeline(
                 source=args.source,
                 epochs=args.epochs,
@@ -436,13 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 accept_removals=args.accept_removals,
                 return_state=True,
             )
-    except KeyboardInterrupt:
-        print(
-            "\npawflow pipeline: interrupted. Finished stages are recorded in dvc.lock and nothing "
-            "half-written carries a final name; run again to complete.",
-            file=sys.stderr,
-        )
-        return 130
+    except (KeyboardInterrupt, Terminated) as err:
+        return guard.finish(err)
     if not state.is_completed():
         print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tasks import images, store
+from tasks import images, stopping, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
 from tasks.images import FLAGS, REASONS, CheckSettings, PhotoCheck
@@ -106,6 +107,7 @@ def judge_items(items: list[tuple[str, str]], settings: CheckSettings, raw: Path
     fp = settings_fingerprint(settings)
     out = Judged([], {}, {})
     for path, sha in items:
+        stopping.check()  # a run being stopped leaves its chunk here, not at the chunk's end
         check, thumb = images.check_file(raw / path, sha, settings)
         record = check.record()
         if check.reason == "missing":  # the detail is where it was looked for: not the workspace's business
@@ -121,9 +123,12 @@ def judge_items(items: list[tuple[str, str]], settings: CheckSettings, raw: Path
 def store_judged(cache_dir: Path, judged: Judged) -> None:
     """Keep a chunk's cacheable verdicts and thumbnails in the per-photo cache (the stage's process only)."""
     if judged.checks:
-        with store.connect(cache_dir) as con:
+
+        def fill(con: sqlite3.Connection) -> None:
             store.put_checks(con, judged.checks)
             store.put_thumbs(con, judged.thumbs)
+
+        store.write(cache_dir, fill)  # a stop still reaches this process while another holds the cache
 
 
 def check_items(

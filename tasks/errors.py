@@ -11,6 +11,11 @@ class PawflowError(Exception):
         self.fix = fix
         super().__init__(what if fix is None else f"{what}\n  What to do: {fix}")
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from what and fix, not from the joined text: an error raised in a worker process (the
+        # processes or Dask task runner) reaches the flow with its "What to do" intact.
+        return type(self), (self.what, self.fix)
+
 
 class Refused(PawflowError):
     """Input refused by a stage before it changed anything (exit 2, like bad usage): e.g. a source that

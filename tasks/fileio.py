@@ -117,32 +117,144 @@ def _usual_mode(path: Path, is_dir: bool) -> None:
 
 # Write errors that mean "no room": a person can fix these, so they get a message, not a traceback.
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# The same, as libraries that do not raise OSError word them: TensorFlow's file writers (TensorBoard events,
+# tf.io) raise ResourceExhaustedError "...; No space left on device"; SQLite says "database or disk is full".
+NO_SPACE_TEXTS = (*(os.strerror(code) for code in sorted(NO_SPACE)), "database or disk is full")
+# SQLite reports some writes that failed for want of room as a generic I/O error (SQLITE_IOERR_*, e.g. while
+# it grows its WAL index): such an error counts as a full disk when less than this is free where it writes.
+LOW_SPACE_BYTES = 16 * 2**20
+
+
+class NoSpace(PawflowError):
+    """A write failed for want of room: the run started and failed (exit 1), nothing half-written kept."""
+
+    exit_code = 1
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds path (or would hold it: its nearest existing folder),
+    symbolic links followed (`data` may be a link to another disk)."""
+    p = Path(os.path.realpath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer can still use on the file system holding path (None if unknown)."""
+    try:
+        return shutil.disk_usage(mount_point(path)).free
+    except OSError:
+        return None
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """err, then what caused it or was being handled when it was raised, and so on."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def no_space_cause(err: BaseException, path: Path | None = None) -> BaseException | None:
+    """The exception in err's chain that says a write found no room, or None: an OSError whose errno is
+    in NO_SPACE; SQLite's SQLITE_FULL; an SQLite I/O error while the file system holding `path` has
+    less than LOW_SPACE_BYTES free; any other library's error worded as the system words ENOSPC, EDQUOT
+    or EFBIG (NO_SPACE_TEXTS)."""
+    import sqlite3
+
+    for e in _chain(err):
+        if isinstance(e, OSError):
+            if e.errno in NO_SPACE:
+                return e
+        elif isinstance(e, sqlite3.Error):
+            name = getattr(e, "sqlite_errorname", "") or ""
+            if name == "SQLITE_FULL":
+                return e
+            if name.startswith("SQLITE_IOERR") and path is not None:
+                free = free_bytes(path)
+                if free is not None and free < LOW_SPACE_BYTES:
+                    return e
+        if any(text in str(e) for text in NO_SPACE_TEXTS):
+            return e
+    return None
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    if n < 2**20:
+        return f"{n:,} bytes"
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def _reason(cause: BaseException) -> str:
+    """What the system or the library said, in its own short words."""
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    text = str(cause)
+    return next((t for t in NO_SPACE_TEXTS if t in text), " ".join(text.split()) or type(cause).__name__)
+
+
+def no_space_error(path: Path, cause: BaseException) -> NoSpace:
+    """One message for a write that found no room: the file, the file system, what is free, what to do."""
+    mount = mount_point(path)
+    return NoSpace(
+        f"no space left while writing {path} ({_reason(cause)}); the file system at {mount} has "
+        f"{_size(free_bytes(path))} free. Nothing was half-written: what was there before is untouched.",
+        f"Free space on the file system at {mount} (it holds {path.parent}), or point params.yaml paths.* "
+        "at another disk, then run again.",
+    )
+
+
+def no_space_somewhere(cause: BaseException, places: list[Path]) -> NoSpace:
+    """NoSpace for a write that found no room where the failing file is not known (a library's own
+    write, e.g. Prefect persisting a task result): the file if the error names it, else every file
+    system among `places` (where the stage writes) with what it has free."""
+    named = getattr(cause, "filename", None)
+    if named:
+        return no_space_error(Path(named), cause)
+    mounts: dict[Path, list[str]] = {}
+    for place in places:
+        mounts.setdefault(mount_point(place), []).append(str(place))
+    listed = "; ".join(f"{m}: {_size(free_bytes(m))} free (holds {', '.join(p)})" for m, p in mounts.items())
+    return NoSpace(
+        f"no space left on a disk this stage writes to ({_reason(cause)}): {listed}. Nothing was "
+        "half-written: what was there before is untouched.",
+        "Free space on the fullest of these file systems, or point params.yaml paths.* at another disk, "
+        "then run again.",
+    )
 
 
 @contextlib.contextmanager
 def no_space_is_a_clear_error(path: Path) -> Iterator[None]:
+    """A write in the block that finds no room (no_space_cause) ends it with NoSpace naming path."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in NO_SPACE:
+    except PawflowError:
+        raise
+    except Exception as err:
+        cause = no_space_cause(err, path)
+        if cause is None:
             raise
-        raise PawflowError(
-            f"no space left while writing {path} ({err.strerror}). The previous version of it is untouched.",
-            f"Free space on the disk holding {path.parent} (or point params.yaml paths.* elsewhere), then "
-            "run again.",
-        ) from None
+        raise no_space_error(path, cause) from None
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A short temporary name: a 255-byte final name must still fit the file system's limit.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with no_space_is_a_clear_error(path):  # creating the temporary name needs room too
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A short temporary name: a 255-byte final name must still fit the file system's limit.
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    _usual_mode(tmp_path, is_dir=False)
     try:
+        _usual_mode(tmp_path, is_dir=False)
         with no_space_is_a_clear_error(path):
             yield tmp_path
             with open(tmp_path, "rb+") as f:
@@ -200,10 +312,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
     Readers never see a half-written folder: either the old one or the complete new one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    _usual_mode(tmp, is_dir=True)
+    with no_space_is_a_clear_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        _usual_mode(tmp, is_dir=True)
         with no_space_is_a_clear_error(path):
             yield tmp
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -231,7 +344,18 @@ def remove_leftovers(folder: Path) -> list[Path]:
 
 
 def append_history(path: Path, record: dict) -> None:
-    """Append one JSON line (a single write, so a crash cannot leave half a line in the middle)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    """Append one JSON line (a single write, so a crash cannot leave half a line in the middle). A write
+    that finds no room is undone (the file cut back to its last whole line) and ends with NoSpace."""
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
+    with no_space_is_a_clear_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
+            end = f.seek(0, os.SEEK_END)
+            try:
+                rest = memoryview(line)
+                while rest:  # a disk filling up mid-line takes part of it, then refuses the rest
+                    rest = rest[f.write(rest) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(end)
+                raise

@@ -20,7 +20,7 @@ from tasks.errors import PawflowError
 from tasks.fileio import atomic_path, sha256_file
 
 if TYPE_CHECKING:
-    from tasks.params import Data
+    from tasks.params import Data, Ingest
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,24 @@ def place(src: Path, dest: Path) -> None:
         src.unlink()
 
 
-def fetch(data: Data, downloads: Path, retries: int, timeout_s: float, progress: bool = True) -> Fetched:
+def fetch(data: Data, downloads: Path, ingest: Ingest, progress: bool = True) -> Fetched:
     """data.archive, downloaded (resumed, retried, sha256-checked) unless it is there with data.sha256.
 
-    downloads is ingest's download folder (a partial download there is resumed, whoever started it).
+    downloads is ingest's download folder (a partial download there is resumed, whoever started it);
+    ingest: its retries, timeouts, deadline and size cap apply as they do to an ingest.source URL.
     Raises PawflowError when the download fails or its sha256 differs (nothing gets the final name)."""
     if data.archive.is_file() and sha256_file(data.archive) == data.sha256:
         return Fetched(data.archive, False, data.archive.stat().st_size)
-    got = download(data.url, downloads, retries, timeout_s, None, progress)
+    got = download(
+        data.url,
+        downloads,
+        ingest.download_retries,
+        ingest.download_timeout_s,
+        None,
+        deadline_s=ingest.download_deadline_s,
+        max_bytes=ingest.max_download_bytes,
+        progress=progress,
+    )
     if got.sha256 != data.sha256:
         got.path.unlink()  # so that the next run downloads it again instead of revalidating this copy
         raise PawflowError(

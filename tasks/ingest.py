@@ -55,7 +55,16 @@ def resolve(cfg: Ingest, downloads: Path, progress: bool = True) -> Listing:
     """Turn ingest.source into a Listing, downloading a URL first; an archive is verified whole."""
     source = cfg.source
     if is_url(source):
-        d = download(source, downloads, cfg.download_retries, cfg.download_timeout_s, cfg.sha256, progress)
+        d = download(
+            source,
+            downloads,
+            cfg.download_retries,
+            cfg.download_timeout_s,
+            cfg.sha256,
+            deadline_s=cfg.download_deadline_s,
+            max_bytes=cfg.max_download_bytes,
+            progress=progress,
+        )
         listing = list_archive(d.path, cfg)
         listing.kind, listing.location, listing.archive_sha256 = "url", source, d.sha256
         return listing

@@ -73,6 +73,7 @@ class Ingest(Section):
     download_retries: PositiveInt
     download_timeout_s: Annotated[float, Field(gt=0)]
     download_deadline_s: Annotated[float, Field(gt=0)]
+    max_download_bytes: PositiveInt
 
     @field_validator("source")
     @classmethod

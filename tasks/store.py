@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+
+from tasks.fileio import no_space_cause, no_space_error, no_space_is_a_clear_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -21,6 +24,9 @@ CREATE TABLE IF NOT EXISTS stats (
 );
 """
 BUSY_TIMEOUT_MS = 60_000
+# write() waits for another process's write lock in steps of this long, back in Python between them: a
+# process waiting for the lock still handles Ctrl-C and SIGTERM (SQLite's own wait is one C call).
+WAIT_STEP_MS = 200
 # Each SQL statement may bind at most this many values.
 SQL_BATCH = 500
 
@@ -30,16 +36,41 @@ def store_path(cache_dir: Path) -> Path:
 
 
 @contextmanager
-def connect(cache_dir: Path) -> Iterator[sqlite3.Connection]:
-    """Open (creating if needed) the cache; commits on success."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(store_path(cache_dir), timeout=BUSY_TIMEOUT_MS / 1000)) as con:
-        con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.executescript(SCHEMA)
-        with con:
-            yield con
+def connect(cache_dir: Path, busy_ms: int = BUSY_TIMEOUT_MS) -> Iterator[sqlite3.Connection]:
+    """Open (creating if needed) the cache; commits on success. A full disk ("database or disk is full")
+    ends the block with NoSpace naming the cache file; SQLite has rolled the transaction back. busy_ms:
+    how long SQLite waits for another process's lock before it raises "database is locked"."""
+    path = store_path(cache_dir)
+    with no_space_is_a_clear_error(path):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with closing(sqlite3.connect(path, timeout=busy_ms / 1000)) as con:
+            con.execute(f"PRAGMA busy_timeout={busy_ms}")
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.executescript(SCHEMA)
+            with con:
+                yield con
+    except sqlite3.Error as err:  # only SQLite's: the block may write elsewhere (shard writes its shards)
+        cause = no_space_cause(err, path)
+        if cause is None:
+            raise
+        raise no_space_error(path, cause) from None
+
+
+def write(cache_dir: Path, fill: Callable[[sqlite3.Connection], None]) -> None:
+    """One transaction of `fill(con)`, committed; while another process holds the write lock, tried again
+    every WAIT_STEP_MS for up to BUSY_TIMEOUT_MS in all (then SQLite's "database is locked" is raised),
+    so that a stop reaches a stage waiting for the cache within a fraction of a second."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            with connect(cache_dir, busy_ms=WAIT_STEP_MS) as con:
+                fill(con)
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
 
 
 def _batches(items: list[str]) -> Iterator[list[str]]:

@@ -22,7 +22,7 @@ from tasks import distributed, tfrecord
 from tasks.augment import augment_image
 from tasks.cluster import Role, role
 from tasks.datasetinfo import DatasetInfo
-from tasks.fileio import atomic_dir, write_bytes
+from tasks.fileio import atomic_dir, no_space_is_a_clear_error, write_bytes
 from tasks.model import make_model, save_model
 from tasks.params import Augment, Clean, TensorFlow, Train
 from tasks.reports import Trained
@@ -401,7 +401,13 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     devices = choose_strategy(tf_config)
     policy = precision_policy(cfg.mixed_precision, devices.gpus)
-    with global_precision(policy), keras_draws_privately(cfg.seed):
+    # The scratch folder takes DVCLive's metrics, TensorBoard's events and Keras's checkpoints as training
+    # goes: a full disk there (an OSError, or TensorFlow's ResourceExhaustedError) is one message naming it.
+    with (
+        global_precision(policy),
+        keras_draws_privately(cfg.seed),
+        no_space_is_a_clear_error(workdir),
+    ):
         log.info("training on %s, precision %s", devices.description, policy)
         return _train(
             processed, info, cfg, workdir, devices, policy, say if progress else None, start, callbacks

@@ -10,14 +10,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FileServer:
     """Serves in-memory files on 127.0.0.1; `fail_next` answers 503 that many times; `cut_next`
-    closes the connection after that many body bytes once (a dropped download); `trickle_s` sends the
-    body one byte every that many seconds (a server that never times a read out, and never ends)."""
+    closes the connection after that many body bytes once (a dropped download). A hostile server:
+    `drip` sends the body one byte every that many seconds (each read gets a byte well within any
+    per-read timeout); `drip_headers` does the same to the headers; `no_length` sends no Content-Length
+    and ends the body by closing the connection (so a client cannot know the size in advance)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.fail_next = 0
         self.cut_next: int | None = None
-        self.trickle_s: float | None = None
+        self.drip: float | None = None
+        self.drip_headers = False
+        self.no_length = False
+        self.stop = threading.Event()  # ends a drip at once when the server shuts down
         self.requests: list[dict[str, str]] = []
         self.modified = formatdate(1_700_000_000, usegmt=True)
         server = self
@@ -49,28 +54,38 @@ class FileServer:
                         return
                     status = 206
                 part = body[start:]
+                if server.drip_headers:
+                    self.drip(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"x" * len(part) + b"\r\n\r\n")
+                    return
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(part)))
+                if server.no_length:
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(part)))
                 self.send_header("Last-Modified", server.modified)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.end_headers()
+                if server.drip is not None:
+                    self.drip(part)
+                    return
                 if server.cut_next is not None:
                     cut, server.cut_next = server.cut_next, None
                     self.wfile.write(part[:cut])
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                if server.trickle_s is not None:
-                    for i in range(len(part)):
-                        delay = server.trickle_s
-                        if delay is None:  # the test is over: stop sending
-                            break
-                        self.wfile.write(part[i : i + 1])
-                        self.wfile.flush()
-                        time.sleep(delay)
-                    return
                 self.wfile.write(part)
+
+            def drip(self, data: bytes) -> None:
+                for i in range(len(data)):
+                    if server.stop.wait(server.drip or 0):
+                        return
+                    try:
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client hung up
+                        return
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -81,6 +96,7 @@ class FileServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -90,7 +106,6 @@ class Receiver:
 
     def __init__(self, status: int = 200, delay_s: float = 0.0) -> None:
         import json
-        import time
 
         self.received: list[dict] = []
         self.status = status

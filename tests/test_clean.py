@@ -156,3 +156,27 @@ def test_the_cache_holds_the_quality_measures(tmp_path: Path):
     assert len(kept) == 6
     for r in kept:
         assert all(isinstance(r[k], int | float) for k in images.QUALITY_COLUMNS), r
+
+
+def test_a_run_being_stopped_leaves_its_chunk_at_the_next_photo(tmp_path: Path, monkeypatch):
+    """Stopped (Ctrl-C, SIGTERM, a cancelled run) while a task runner's thread judges a chunk: the thread
+    gives up before its next photo instead of decoding the rest of the chunk."""
+    from tasks import stopping
+
+    raw = tmp_path / "raw"
+    items = write_raw(raw)
+    decoded: list[Path] = []
+    real = images.check_file
+
+    def check_then_stop(path: Path, sha: str, settings) -> tuple:
+        decoded.append(path)
+        stopping.request()  # the stop comes while the first photo is being judged
+        return real(path, sha, settings)
+
+    monkeypatch.setattr(images, "check_file", check_then_stop)
+    try:
+        with pytest.raises(stopping.Stopped):
+            clean.check_items(raw, items, SETTINGS, tmp_path / "cache")
+    finally:
+        stopping.clear()
+    assert decoded == [raw / items[0][0]]

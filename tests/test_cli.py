@@ -21,6 +21,7 @@ from reportsamples import write_samples
 
 from flows import cli
 from flows.cli import RunFailed, closing_lines, main, run_overrides, summary_line
+from flows.stops import Terminated
 from tasks.errors import PawflowError
 from tasks.params import Params
 
@@ -98,7 +99,8 @@ def test_bad_params_exit_2_with_one_message(tmp_path: Path, monkeypatch, capsys)
     [
         (RunFailed("`dvc repro` failed (exit 1); its message is above."), 1, "`dvc repro` failed"),
         (PawflowError("bad", "fix it"), 2, "What to do: fix it"),
-        (KeyboardInterrupt(), 130, "interrupted; run it again"),
+        (KeyboardInterrupt(), 130, "pawflow run: interrupted. Finished stages are recorded"),
+        (Terminated(), 143, "pawflow run: terminated (SIGTERM). Finished stages are recorded"),
     ],
 )
 def test_exit_code_per_kind_of_error(raised: BaseException, code: int, message: str, monkeypatch, capsys):
@@ -353,3 +355,32 @@ def test_every_deployment_shows_every_parameter_with_its_value():
     assert manual.parameters["warm_start"] is False and manual.parameters["full_retrain"] is False
     assert nightly.parameters == {**manual.parameters, "warm_start": True}
     assert full.parameters == {**manual.parameters, "full_retrain": True}
+
+
+FAKE_DVC = """
+import signal, subprocess, sys, time
+# Like `dvc repro`: a stage command as child; Ctrl-C is ignored while the stage runs (DVC does so), so
+# dvc waits for its stage, then says how it ended.
+stage = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("dvc: stage ended with", stage.wait(), flush=True)
+"""
+FAKE_STAGE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+print("READY", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_terminated_run_stops_dvc_and_its_stage_before_it_ends(tmp_path: Path):
+    """SIGTERM to `pawflow run`: the stage gets SIGTERM (it reports, exit 143), DVC a Ctrl-C, so it waits
+    for its stage instead of dying mid-write; both have ended when stop_dvc returns."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, FAKE_STAGE], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    (stage,) = psutil.Process(proc.pid).children()
+    cli.stop_dvc(proc, terminate=True)
+    assert proc.returncode == 0 and not stage.is_running()
+    assert proc.stdout.read().strip() == "dvc: stage ended with 143"

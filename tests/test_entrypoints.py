@@ -223,6 +223,47 @@ def test_two_runs_at_once_never_interleave(tmp_path: Path, prefect_server: str):
     assert_up_to_date(ws, prefect_server)
 
 
+def cancel_a_run_mid_training(ws: Path, serve: subprocess.Popen, api: str) -> None:
+    """Cancel in the UI (`prefect flow-run cancel ID`) while a deployment's run trains: the run ends
+    Cancelled within seconds, its process gone, the workspace free, the finished stages' outputs and
+    records as they were, nothing half-written."""
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from flows.common import lock_holder
+    from tasks import versioning
+
+    kept = ["models/model.keras", *(str(p.relative_to(ws)) for p in (ws / "data").rglob("*.*"))]
+    before = {rel: (ws / rel).read_bytes() for rel in kept if (ws / rel).is_file()}
+    recorded = versioning.lock_stages(ws)  # what dvc.lock says of each stage's outputs
+    run = run_deployment("pipeline/manual", parameters={"epochs": 1000}, timeout=0)
+    epoch_log = ws / ".pawflow/cache/train/dvclive/plots/metrics/train/loss.tsv"
+    wait_for(lambda: epoch_log.exists() and len(epoch_log.read_text().split()) > 4, 300, "training")
+    engine = psutil.Process(serve.pid).children(recursive=True)
+    assert engine and lock_holder(ws)  # the run's process holds the workspace
+    cancelled = time.monotonic()
+    out = sh(ws, str(Path(sys.executable).parent / "prefect"), "flow-run", "cancel", str(run.id), api=api)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    def final():
+        with get_client(sync_client=True) as c:
+            state = c.read_flow_run(run.id).state
+        return state if state.is_final() else None
+
+    state = wait_for(final, 120, "the cancelled run to end")
+    took = time.monotonic() - cancelled
+    assert state.is_cancelled(), state
+    assert took < 30, took
+    psutil.wait_procs(engine, timeout=30)
+    assert not psutil.Process(serve.pid).children(recursive=True)  # no process of the run left
+    assert lock_holder(ws) is None
+    assert {rel: (ws / rel).read_bytes() for rel in before} == before
+    now = versioning.lock_stages(ws)
+    assert all(now[s]["outs"] == recorded[s]["outs"] for s in versioning.STAGES)  # train not recorded
+    assert not [p for p in ws.rglob("*") if ".tmp-" in p.name and ".pawflow" not in p.parts]
+
+
 def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server: str):
     from prefect.client.orchestration import get_client
 
@@ -277,7 +318,9 @@ def test_deployments_served_and_run_from_the_cli(tmp_path: Path, prefect_server:
         assert all(v.startswith("skipped") for v in history(ws)[-1]["stages"].values())
         assert second_s < first_s
 
-        failing = sh(
+        cancel_a_run_mid_training(ws, serve, prefect_server)
+
+        failing = sh(  # also shows the cancelled run gave its place back (the workspace's concurrency slot)
             ws,
             prefect,
             "deployment",
@@ -358,7 +401,8 @@ def test_dvc_repro_data_stages(tmp_path: Path, prefect_server: str):
 def test_a_source_of_non_images_is_refused_with_the_files_named_and_the_last_reports_kept(
     tmp_path: Path, prefect_server: str
 ):
-    """`pawflow run` (make run) after a good run, on a source of 7 files that are not photos: exit 1, a
+    """`pawflow run` (make run) after a good run, on a source of 7 files that are not photos (the old
+    photos' removal accepted: the collection follows the source): exit 1, a
     short transcript whose message names the files and the page that shows them, and the last good
     clean report, verdicts and data report still in place."""
     ws, _ = workspace(tmp_path, per_class=5)
@@ -384,6 +428,7 @@ def test_a_source_of_non_images_is_refused_with_the_files_named_and_the_last_rep
         str(Path(sys.executable).parent / "pawflow"),
         "run",
         "--no-push",
+        "--accept-removals",  # the collection follows the source: the 10 photos leave, as asked
         "--source",
         str(junk),
         api=prefect_server,
@@ -392,7 +437,7 @@ def test_a_source_of_non_images_is_refused_with_the_files_named_and_the_last_rep
     assert out.returncode == 1, transcript[-3000:]
     page = ws / "reports/rejected.html"
     assert transcript.count("Every rejected file is shown in reports/rejected.html.") == 1, transcript
-    assert transcript.count("41% of 17 files were rejected") == 1, transcript  # not Prefect's copy too
+    assert transcript.count("all 7 files were rejected") == 1, transcript  # not Prefect's copy too
     assert "  Cat/Thumbs.db: not_an_image" in transcript and "... and 2 more" in transcript
     assert transcript.count("What to do") == 1 and "Traceback" not in transcript
     # From the clean stage's start: its progress line, the message (13 lines) and DVC's and pawflow's one line

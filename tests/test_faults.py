@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import imagegen
@@ -25,6 +27,8 @@ from tasks import versioning
 pytestmark = pytest.mark.slow
 
 STAGES = (*versioning.DATA_STAGES, "train")
+# A stopped stage ends within this long (flows.stops: STOP_GRACE_S at most, plus a loaded machine's slack).
+STOPS_WITHIN_S = 30
 PARAMS = {
     "runner": {"chunk_size": 25, "workers": 2},
     "train": {"epochs": 3, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0},
@@ -171,91 +175,96 @@ def test_kill_9_mid_training_restarts_cleanly(
     assert json.loads((ws / "reports/train.json").read_text())["epochs_run"] == 3
 
 
-def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefect_server: str):
-    import re
-    import sqlite3
-    import threading
+class Stage:
+    """A stage process started with its stderr read as it comes (the flow run's id is taken from it)."""
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
+    def __init__(self, ws: Path, name: str, api: str, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"flows.{name}", *extra],
+            cwd=ws,
+            env=tool_env(api),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.run_id: list[str] = []
+        self.started = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    # As many chunks as workers: every chunk's task run starts at once, so "all of them running" is a state
-    # the test can see, reached only once the flow has handed out its last chunk.
-    workers = PARAMS["runner"]["workers"]
-    chunk = math.ceil(len(list(source.rglob("*.*"))) / workers)
-    ws = make_workspace(
-        tmp_path / "ws", source, **{**PARAMS, "runner": {"chunk_size": chunk, "workers": workers}}
-    )
-    stage(ws, "ingest", prefect_server)
-    chunks = math.ceil(len(pd.read_parquet(ws / "data/interim/ingest.parquet")) / chunk)
-    # Hold the per-photo cache's write lock: clean cannot record a verdict, so it cannot finish, and the
-    # signal below reaches a running stage on any machine, however fast (a state, not a time).
-    db = sqlite3.connect(ws / ".pawflow/cache/photos.sqlite", timeout=60, isolation_level=None)
-    db.execute("BEGIN IMMEDIATE")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.clean"],
-        cwd=ws,
-        env=tool_env(prefect_server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    started = threading.Event()
-    run_id: list[str] = []
-
-    def read_stderr() -> None:
-        for line in proc.stderr:
-            lines.append(line)
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
             if found := re.search(r"/runs/flow-run/([0-9a-f-]{36})", line):
-                run_id.append(found.group(1))
-                started.set()
+                self.run_id.append(found.group(1))
+                self.started.set()
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    try:
-        assert started.wait(300), "".join(lines)[-3000:]
-        # Wait until the flow's own code runs (its progress artifact exists): a SIGINT that lands while
-        # Prefect's engine is still starting the run can be swallowed by the engine. From here on the
-        # main thread waits for the chunks, which cannot finish while the cache is locked.
+    @property
+    def err(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_chunks(self, progress_key: str) -> None:
+        """Until the flow's own code runs (its progress artifact exists) and a chunk has finished while the
+        per-photo cache is held (cache_held): the flow's main thread, which alone stores verdicts, is then
+        waiting for that lock, or for the other chunks; a signal is handled in either wait. A state, not
+        a time: a signal sent while Prefect's engine is still starting the run can be swallowed by it."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            ArtifactFilterKey,
+            TaskRunFilter,
+            TaskRunFilterFlowRunId,
+            TaskRunFilterState,
+            TaskRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        assert self.started.wait(300), self.err[-3000:]
         with get_client(sync_client=True) as client:
             wanted = ArtifactFilter(
-                key=ArtifactFilterKey(any_=["clean-progress"]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id[0]]),
+                key=ArtifactFilterKey(any_=[progress_key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[self.run_id[0]]),
             )
-            wait_for(lambda: client.read_artifacts(artifact_filter=wanted), 120, "clean's progress artifact")
-            # ... and every chunk's task run is running (blocked on the cache): the flow has handed out all
-            # its chunks and its main thread waits for them, where a SIGINT is always delivered (under CI
-            # load one sent while the chunks were being submitted was lost, the lock released and clean
-            # completed).
-            running = TaskRunFilter(
-                flow_run_id=TaskRunFilterFlowRunId(any_=[run_id[0]]),
-                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+            wait_for(lambda: client.read_artifacts(artifact_filter=wanted), 120, f"{progress_key} artifact")
+            done = TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[self.run_id[0]]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED])),
             )
-            wait_for(
-                lambda: len(client.read_task_runs(task_run_filter=running)) == chunks,
-                120,
-                f"clean's {chunks} chunks to be running",
-            )
-        assert proc.poll() is None, "".join(lines)[-3000:]
-        proc.send_signal(signal.SIGINT)
+            wait_for(lambda: client.read_task_runs(task_run_filter=done), 120, "a chunk to finish")
+        assert self.proc.poll() is None, self.err[-3000:]
+
+    def finish(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=30)
+        return code
+
+
+@contextmanager
+def cache_held(ws: Path) -> Iterator[None]:
+    """The per-photo cache's write lock, held: clean cannot record a verdict, so it cannot finish, and
+    a signal reaches a running stage on any machine, however fast."""
+    import sqlite3
+
+    db = sqlite3.connect(ws / ".pawflow/cache/photos.sqlite", timeout=60, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
     finally:
         db.execute("ROLLBACK")
         db.close()
-    proc.wait(timeout=120)
-    reader.join(timeout=30)
-    err = "".join(lines)
-    assert proc.returncode == 130, err[-3000:]
-    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefect_server: str):
+    ws = make_workspace(tmp_path / "ws", source, **PARAMS)
+    stage(ws, "ingest", prefect_server)
+    with cache_held(ws):
+        clean = Stage(ws, "clean", prefect_server)
+        clean.wait_for_chunks("clean-progress")
+        clean.proc.send_signal(signal.SIGINT)
+    assert clean.finish(timeout=120) == 130, clean.err[-3000:]
+    assert "interrupted" in clean.err and "Traceback" not in clean.err
     # Nothing half-written: no table, or (when Prefect's engine swallowed the KeyboardInterrupt and the
     # run went on; the exit code still says interrupted) a whole one, a verdict for every file.
     out = ws / "data/interim/clean.parquet"
@@ -264,15 +273,96 @@ def test_ctrl_c_exits_cleanly_with_a_message(tmp_path: Path, source: Path, prefe
     )
 
 
+def running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_stopped_cleanly(ws: Path, pids: list[int]) -> None:
+    """The workspace free, no process of the run left, no temporary name with a final one beside it."""
+    from flows.common import lock_holder
+
+    assert lock_holder(ws) is None
+    deadline = time.monotonic() + 10
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if running(p)]
+    assert_no_half_written_outputs(ws)
+
+
+def test_sigterm_stops_a_stage_in_seconds_and_an_orphaned_stage_stops_by_itself(
+    tmp_path: Path, source: Path, prefect_server: str
+):
+    """`kill PID` (or systemctl stop) of a data stage whose pool workers are mid-chunk: exit 143 with one
+    message within seconds, its workers ended. Then `dvc repro` killed under a training stage: the
+    stage, orphaned, notices and stops in seconds (it went on training for minutes)."""
+    import psutil
+
+    ws = make_workspace(
+        tmp_path / "ws", source, **{**PARAMS, "runner": {**PARAMS["runner"], "kind": "processes"}}
+    )
+    stage(ws, "ingest", prefect_server)
+    with cache_held(ws):  # the workers cannot finish their chunk
+        clean = Stage(ws, "clean", prefect_server)
+        clean.wait_for_chunks("clean-progress")
+        workers = [p.pid for p in psutil.Process(clean.proc.pid).children(recursive=True)]
+        assert workers
+        signalled = time.monotonic()
+        clean.proc.send_signal(signal.SIGTERM)
+        code = clean.finish(timeout=60)
+        took = time.monotonic() - signalled
+    assert code == 143, clean.err[-3000:]
+    assert took < STOPS_WITHIN_S, took
+    assert clean.err.count("pawflow clean: terminated (SIGTERM)") == 1 and "Traceback" not in clean.err
+    assert not (ws / "data/interim/clean.parquet").exists()
+    assert_stopped_cleanly(ws, [clean.proc.pid, *workers])
+
+    for name in ("clean", "dedup", "shard", "check", "base"):
+        stage(ws, name, prefect_server)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"]["epochs"] = 1000  # minutes of training, unless it stops
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "--single-item", "train"],
+        cwd=ws,
+        env=tool_env(prefect_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    epoch_log = ws / ".pawflow/cache/train/dvclive/plots/metrics/train/loss.tsv"
+    deadline = time.monotonic() + 300
+    while not (epoch_log.exists() and len(epoch_log.read_text().split()) > 4):
+        assert dvc.poll() is None and time.monotonic() < deadline, dvc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    (train,) = [p for p in psutil.Process(dvc.pid).children(recursive=True) if "flows.train" in p.cmdline()]
+    dvc.kill()  # DVC gone at once (kill -9, or a SIGTERM to it alone): nothing tells its stage
+    dvc.wait()
+    killed = time.monotonic()
+    psutil.wait_procs([train], timeout=60)
+    assert time.monotonic() - killed < STOPS_WITHIN_S
+    out = dvc.stdout.read()  # the stage kept writing to DVC's pipe until it ended
+    assert out.count(f"pawflow train: stopped: the process that started it (pid {dvc.pid}: ") == 1, out[
+        -3000:
+    ]
+    assert "Traceback" not in out
+    assert not (ws / "models/model.keras").exists()  # DVC removed it before the run; never half-written
+    assert_stopped_cleanly(ws, [train.pid])
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A 6 MB tmpfs (a real ENOSPC); needs root, like CI on this machine."""
+    """A 16 MB tmpfs (a real ENOSPC); needs root, like CI on this machine."""
     mount = tmp_path / "disk"
     mount.mkdir()
     if (
         os.geteuid() != 0
         or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
         ).returncode
         != 0
     ):
@@ -281,9 +371,28 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def failed_on_a_full_disk(ws: Path, name: str, api: str, *extra: str) -> str:
+    """Run a stage that must fail for want of room: exit 1, one message saying so, no traceback."""
+    out = subprocess.run(
+        [sys.executable, "-m", f"flows.{name}", *extra],
+        cwd=ws,
+        env=tool_env(api),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.count(f"pawflow {name} failed: no space left") == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    return out.stderr
+
+
 def test_disk_full_while_writing_shards(tmp_path: Path, small_disk: Path, prefect_server: str):
+    """A real full disk under shard (its shards), clean (the per-photo cache's SQLite: "database or disk
+    is full") and train (DVCLive's metrics, checkpoints, TensorBoard events in its scratch folder)."""
     source = imagegen.make_dataset(tmp_path / "source", per_class=30, size=(256, 192))
-    ws = make_workspace(tmp_path / "ws", source, **PARAMS)
+    cache = {"cache": "data/.cache"}  # the per-photo cache and training's scratch folder on the small disk
+    ws = make_workspace(tmp_path / "ws", source, **PARAMS, paths=cache)
     (ws / "data").symlink_to(small_disk)
     for name in STAGES:
         stage(ws, name, prefect_server)
@@ -304,7 +413,7 @@ def test_disk_full_while_writing_shards(tmp_path: Path, small_disk: Path, prefec
         text=True,
         timeout=600,
     )
-    assert out.returncode != 0
+    assert out.returncode == 1
     assert "no space left while writing" in out.stderr and "Traceback" not in out.stderr
     assert (ws / "data/processed/dataset_info.json").read_bytes() == info_before
     assert {p.name: p.read_bytes() for p in (ws / "data/processed").glob("*.tfrecord-*")} == shards
@@ -312,3 +421,53 @@ def test_disk_full_while_writing_shards(tmp_path: Path, small_disk: Path, prefec
     assert not [p for p in small_disk.iterdir() if ".tmp-" in p.name]
     filler.unlink()
     stage(ws, "shard", prefect_server)
+
+    clean_table = (ws / "data/interim/clean.parquet").read_bytes()
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * free)  # not a byte left
+    err = failed_on_a_full_disk(ws, "clean", prefect_server, "--refresh")
+    assert f"while writing {ws / 'data/.cache/photos.sqlite'}" in err or "data/.cache/photos.sqlite" in err
+    assert (ws / "data/interim/clean.parquet").read_bytes() == clean_table
+    err = failed_on_a_full_disk(ws, "train", prefect_server, "--refresh")
+    assert "data/.cache/train" in err
+    assert (ws / "models/model.keras").read_bytes() == model
+    assert not [p for p in ws.rglob("*") if ".tmp-" in p.name and ".cache" not in p.parts]
+    filler.unlink()
+    stage(ws, "clean", prefect_server)
+    assert (ws / "data/interim/clean.parquet").read_bytes() == clean_table
+
+
+def test_a_prefect_server_killed_under_a_stage_ends_it_in_seconds_with_one_message(
+    tmp_path: Path, source: Path, prefect_server: str
+):
+    """Its Prefect server killed mid-training, a stage used to train on, then retry its API calls for
+    minutes and fail with tracebacks. It stops within seconds of the server's end: exit 1, one message
+    naming the API and what to run, the workspace free, nothing half-written."""
+    from flows.server import start_server, stop_server
+    from flows.stops import API_LOST_S
+
+    ws = make_workspace(tmp_path / "ws", source, **{**PARAMS, "train": {**PARAMS["train"], "epochs": 1000}})
+    for name in STAGES[:-1]:
+        stage(ws, name, prefect_server)
+    server, api = start_server(tmp_path / "throwaway-prefect")  # not the session's: this one is killed
+    try:
+        train = Stage(ws, "train", api)
+        epoch_log = ws / ".pawflow/cache/train/dvclive/plots/metrics/train/loss.tsv"
+        deadline = time.monotonic() + 300
+        while not (epoch_log.exists() and len(epoch_log.read_text().split()) > 4):
+            assert train.proc.poll() is None and time.monotonic() < deadline, train.err[-3000:]
+            time.sleep(0.2)
+        server.kill()
+        server.wait()
+        killed = time.monotonic()
+        code = train.finish(timeout=300)
+        took = time.monotonic() - killed
+    finally:
+        stop_server(server)
+    assert code == 1, train.err[-3000:]
+    assert API_LOST_S <= took < API_LOST_S + STOPS_WITHIN_S, took
+    assert train.err.count(f"pawflow train failed: the Prefect API at {api} stopped answering") == 1
+    assert train.err.count("What to do: Run again") == 1
+    assert "Traceback" not in train.err and "ConnectError" not in train.err
+    assert not (ws / "models/model.keras").exists()
+    assert_stopped_cleanly(ws, [train.proc.pid])

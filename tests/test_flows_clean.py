@@ -287,3 +287,38 @@ def test_fuzz_2000_mutated_photos(tmp_path: Path, make_params):
         decoded += sum(int(x.shape[0]) for x, _ in ds)
     dedup = pd.read_parquet(params.paths.interim / "dedup.parquet")
     assert decoded == int((dedup["status"] == "kept").sum()) > 0
+
+
+def test_a_full_disk_under_the_cache_fails_the_stage_with_one_message_and_exit_1(
+    dataset: Path,
+    make_params,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+):
+    """SQLite's "database or disk is full" while clean records its verdicts: no traceback anywhere (the
+    task runs' logs included), one message naming the cache file and its file system, exit 1, no
+    output written."""
+    from contextlib import nullcontext
+
+    from flows import common
+    from tasks import store
+
+    params = make_params(dataset)
+    run(params, ingest_flow)
+    # The cache may not grow by a page: SQLite then fails as on a full disk (SQLITE_FULL).
+    monkeypatch.setattr(store, "SCHEMA", store.SCHEMA + "PRAGMA max_page_count = 1;")
+    monkeypatch.setattr(common, "run_lock", nullcontext)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        code = common.stage_main("clean", clean_flow, argv=["--refresh"], load=lambda path: params)
+    out = capfd.readouterr()
+    err = out.out + out.err
+    assert code == 1, err
+    assert "Traceback" not in err and not [r for r in caplog.records if r.exc_info]  # Prefect's logs too
+    db = store.store_path(params.paths.cache)
+    said = f"pawflow clean failed: no space left while writing {db} (database or disk is full)"
+    assert err.count(said) == 1
+    assert err.count("What to do: Free space on the file system at") == 1
+    assert not (params.paths.interim / "clean.parquet").exists()
+    assert not (params.paths.reports / "clean.json").exists()

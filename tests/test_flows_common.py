@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shipped
 from dataflows import DATA_FILES
 from prefect import flow
 
@@ -243,73 +243,6 @@ def test_code_cache_key_imports_a_module_not_loaded_yet():
     assert CodeOf(modules=("tabnanny",)).compute_key(None, {}, {}) == key
 
 
-def test_a_swallowed_ctrl_c_still_ends_the_block_with_keyboard_interrupt():
-    import signal
-
-    before = signal.getsignal(signal.SIGINT)
-    ended = False
-    with pytest.raises(KeyboardInterrupt), common.ctrl_c_is_final():
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # the handler runs between bytecodes of the main thread
-                pass
-        except KeyboardInterrupt:
-            pass  # swallowed here, as an engine's `except BaseException` can
-        ended = True  # the block itself runs to its end
-    assert ended
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_a_swallowed_ctrl_c_wins_over_a_later_error_in_the_block():
-    import signal
-
-    with pytest.raises(KeyboardInterrupt) as caught, common.ctrl_c_is_final():
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):
-                pass
-        except KeyboardInterrupt:
-            pass
-        raise PawflowError("the run failed after the interrupt", "-")
-    assert isinstance(caught.value.__cause__, PawflowError)
-
-
-def test_a_block_without_ctrl_c_ends_normally_and_restores_the_handler():
-    import signal
-
-    before = signal.getsignal(signal.SIGINT)
-    with common.ctrl_c_is_final():
-        assert signal.getsignal(signal.SIGINT) is not before
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_a_stage_interrupted_where_the_interrupt_was_swallowed_exits_130(
-    prefect_server: str, monkeypatch, capsys
-):
-    import signal
-
-    @flow
-    def swallows(params, refresh: bool = False) -> None:
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):
-                pass
-        except KeyboardInterrupt:
-            pass  # as Prefect's engine does under load: the run goes on and completes
-
-    from contextlib import nullcontext
-    from types import SimpleNamespace
-
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    monkeypatch.setattr(common, "run_lock", nullcontext)
-    monkeypatch.setattr(common, "tidy_workspace", lambda params: [])
-    monkeypatch.setattr(common, "task_runner", lambda runner: ThreadPoolTaskRunner())
-    code = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
-    assert code == 130
-    assert "pawflow clean: interrupted" in capsys.readouterr().err
-
-
 def test_summary_table_cells_are_written_for_a_person():
     cells = [1234567, 0.9229888888888889, 173.5, 602.0, None, float("nan"), True, False, "pawnet"]
     assert [common.cell(v) for v in cells] == [
@@ -413,3 +346,104 @@ def test_summary_tables_show_class_names_as_they_are():
         "shard", ["split", "[/]x", "[bold]Dog"], [["train", 3, 1_000], ["[red]", "", ""]]
     )
     assert "[/]x" in text and "[bold]Dog" in text and "[red]" in text and "1,000" in text
+
+
+@pytest.mark.parametrize(
+    ("signame", "code", "says"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_a_stage_stopped_where_the_stop_was_swallowed_exits_with_its_code(
+    signame: str, code: int, says: str, prefect_server: str, monkeypatch, capsys
+):
+    """SIGINT raises KeyboardInterrupt; SIGTERM, while a flow runs, Prefect's TerminationSignal (its
+    handler replaces the stage's). Either swallowed, the run goes on and completes: the stage still
+    exits with the stop's code and says so."""
+    import signal
+
+    @flow
+    def swallows(params, refresh: bool = False) -> None:
+        try:
+            os.kill(os.getpid(), getattr(signal, signame))
+            for _ in range(1000):
+                pass
+        except BaseException:
+            pass  # as Prefect's engine does under load: the run goes on and completes
+
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    monkeypatch.setattr(common, "run_lock", nullcontext)
+    monkeypatch.setattr(common, "tidy_workspace", lambda params: [])
+    monkeypatch.setattr(common, "task_runner", lambda runner: ThreadPoolTaskRunner())
+    got = common.stage_main("clean", swallows, argv=[], load=lambda path: SimpleNamespace(runner=None))
+    assert got == code
+    assert capsys.readouterr().err.count(f"pawflow clean: {says}") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_flow_does_not_wait_for_the_chunks_its_threads_are_working_on(prefect_server: str):
+    """Prefect's thread pool waits for every running task when its flow ends; a stopped run's does not:
+    its chunks leave at their next photo (tasks.stopping), so the run ends now, not after the chunk."""
+    import time
+
+    from prefect import task
+
+    from tasks import stopping
+
+    @task
+    def chunk() -> None:
+        for _ in range(3000):  # ~30 s of photos unless the run stops
+            stopping.check()
+            time.sleep(0.01)
+
+    futures = []
+
+    @flow(task_runner=common.task_runner(shipped("runner", kind="threads", workers=2, chunk_size=1)))
+    def stopped() -> None:
+        futures.extend(chunk.submit() for _ in range(2))
+        time.sleep(1)  # the chunks are running
+        assert not any(f.state.is_final() for f in futures)
+        raise KeyboardInterrupt  # what Ctrl-C raises in the flow's main thread
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        stopped()
+    assert time.monotonic() - started < 10
+    assert stopping.requested()
+    for f in futures:  # the chunks left too, at their next photo
+        with pytest.raises(stopping.Stopped):
+            f.wait(timeout=10)
+    stopping.clear()
+
+
+def test_a_full_disk_that_no_writer_of_ours_names_is_still_one_message(
+    prefect_server: str, caplog: pytest.LogCaptureFixture
+):
+    """A library's own write that finds the disk full (here a task's, without a file name, as Prefect
+    persisting a result fails): no traceback in the task's log, the run Failed with one message naming
+    the file systems the stage writes to."""
+    import errno
+
+    from prefect import task
+
+    from tasks.fileio import NoSpace
+
+    @task
+    def writes() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    @flow
+    @common.friendly
+    def stage(params=None, refresh: bool = False) -> None:
+        writes()
+
+    common.quiet_user_errors()
+    with caplog.at_level(logging.INFO):
+        state = stage(return_state=True)
+    assert state.is_failed()
+    err = common.error_of(state)
+    assert isinstance(err, NoSpace) and err.exit_code == 1
+    assert "no space left on a disk this stage writes to (No space left on device)" in err.what
+    failed = [r for r in caplog.records if "Task run failed with exception" in r.getMessage()]
+    assert failed and not [r for r in caplog.records if r.exc_info]  # said, without a traceback

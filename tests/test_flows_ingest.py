@@ -116,11 +116,10 @@ def test_a_download_that_trickles_is_stopped_at_the_deadline(tmp_path: Path, mak
 
     with FileServer() as srv:
         srv.files["/pets.zip"] = b"x" * 10_000
-        srv.trickle_s = 0.2
+        srv.drip = 0.2
         params = make_params(srv.url + "/pets.zip", ingest={"download_deadline_s": 1, "download_retries": 1})
         started = time.monotonic()
         state = ingest_flow(params=params, return_state=True)
-        srv.trickle_s = None  # let the handler thread finish
     assert state.is_failed() and time.monotonic() - started < 30
     err = state.result(raise_on_failure=False)
     assert "took longer than ingest.download_deadline_s (1 s); stopped." in err.what

@@ -16,6 +16,7 @@ from pathlib import Path
 import imagegen
 import pytest
 import yaml
+from conftest import shipped
 from httpserver import FileServer
 from sources import zip_of
 
@@ -26,6 +27,7 @@ from tasks.params import Data, load_params
 from tasks.preflight import check_source
 
 ROOT = Path(__file__).resolve().parents[1]
+INGEST = shipped("ingest", download_retries=2, download_timeout_s=5)
 
 
 def petimages_zip(tmp_path: Path) -> bytes:
@@ -46,10 +48,10 @@ def test_fetch_downloads_checks_and_keeps_the_archive(tmp_path: Path):
     with FileServer() as srv:
         srv.files["/pets.zip"] = body
         d = data_for(srv.url + "/pets.zip", body, tmp_path / "ws" / "downloads" / "pets.zip")
-        got = getdata.fetch(d, tmp_path / "cache", retries=2, timeout_s=5, progress=False)
+        got = getdata.fetch(d, tmp_path / "cache", INGEST, progress=False)
         assert got.downloaded and got.path == d.archive and d.archive.read_bytes() == body
         assert got.bytes == len(body)
-        again = getdata.fetch(d, tmp_path / "cache", retries=2, timeout_s=5, progress=False)
+        again = getdata.fetch(d, tmp_path / "cache", INGEST, progress=False)
         assert not again.downloaded and len(srv.requests) == 1  # there with its sha256: not asked again
 
 
@@ -61,7 +63,7 @@ def test_fetch_resumes_a_download_cut_off_in_an_earlier_run(tmp_path: Path):
         part = download._Target.of(url, tmp_path / "cache").part  # what a cut-off run left
         part.write_bytes(body[:120_000])
         d = data_for(url, body, tmp_path / "downloads" / "pets.zip")
-        got = getdata.fetch(d, tmp_path / "cache", retries=2, timeout_s=5, progress=False)
+        got = getdata.fetch(d, tmp_path / "cache", INGEST, progress=False)
         assert srv.requests[0]["Range"] == "bytes=120000-" and got.path.read_bytes() == body
 
 
@@ -71,11 +73,11 @@ def test_a_wrong_sha256_keeps_nothing_under_the_final_name(tmp_path: Path):
         srv.files["/pets.zip"] = body
         d = Data(url=srv.url + "/pets.zip", sha256="0" * 64, archive=tmp_path / "downloads" / "pets.zip")
         with pytest.raises(PawflowError, match=f"sha256 is {hashlib.sha256(body).hexdigest()}"):
-            getdata.fetch(d, tmp_path / "cache", retries=2, timeout_s=5, progress=False)
+            getdata.fetch(d, tmp_path / "cache", INGEST, progress=False)
         assert not d.archive.exists()
         # The bad copy is not kept: the next run downloads the archive again (no revalidation of it).
         with pytest.raises(PawflowError):
-            getdata.fetch(d, tmp_path / "cache", retries=2, timeout_s=5, progress=False)
+            getdata.fetch(d, tmp_path / "cache", INGEST, progress=False)
         assert [r.get("If-Modified-Since") for r in srv.requests] == [None, None]
 
 

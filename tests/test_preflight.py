@@ -63,10 +63,26 @@ def test_a_source_that_is_not_a_folder_or_archive_is_refused(tmp_path: Path, mak
         check_source(str(target))
 
 
-def run_check(ws: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_check(ws: Path, max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """`python -m flows.check` in ws; max_file_bytes: no file it writes may grow past this (RLIMIT_FSIZE:
+    a write past it fails with EFBIG, as one on a full disk fails with ENOSPC)."""
+
+    def limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error to handle, not a signal that kills
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "flows.check"], cwd=ws, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "flows.check"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=None if max_file_bytes is None else limit,
     )
 
 
@@ -88,6 +104,15 @@ def test_the_check_stage_exits_2_with_one_message_or_writes_its_constant_output(
     assert "train.epochz: unknown key" in bad.stderr and bad.stderr.count("What to do") == 1
     assert "Traceback" not in bad.stderr
     assert (ws / "data/interim/checked.txt").read_text() == CHECKED_TEXT  # untouched
+
+    del data["train"]["epochz"]
+    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    full = run_check(ws, max_file_bytes=0)  # no room for a byte
+    assert full.returncode == 1  # the check ran; writing its result failed
+    checked = ws / "data/interim/checked.txt"
+    assert f"no space left while writing {checked.relative_to(ws)} (File too large)" in full.stderr
+    assert full.stderr.count("What to do") == 1 and "Traceback" not in full.stderr
+    assert checked.read_text() == CHECKED_TEXT
 
 
 @pytest.mark.parametrize(

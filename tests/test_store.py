@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tasks import store
+from tasks.fileio import NoSpace
 
 
 def test_checks_thumbs_and_stats_read_back(tmp_path: Path):
@@ -27,3 +30,19 @@ def test_stat_key_changes_with_size_mtime_or_inode(tmp_path: Path):
     before = store.stat_key(p.stat())
     p.write_bytes(b"three")
     assert store.stat_key(p.stat()) != before
+
+
+def test_a_full_disk_is_one_message_naming_the_cache_and_the_last_batch_is_rolled_back(tmp_path: Path):
+    """SQLite's "database or disk is full" (here its page limit, which fails the same way a full disk
+    does) becomes NoSpace naming the cache file; what was committed before stays readable."""
+    with store.connect(tmp_path) as con:
+        store.put_checks(con, {"kept": {"status": "kept"}})
+    with pytest.raises(NoSpace) as caught, store.connect(tmp_path) as con:
+        con.execute("PRAGMA max_page_count = 1")  # no page more than it holds now
+        store.put_thumbs(con, {f"k{i}": bytes(50_000) for i in range(10)})
+    assert f"no space left while writing {store.store_path(tmp_path)} (database or disk is full)" in str(
+        caught.value
+    )
+    with store.connect(tmp_path) as con:
+        assert store.get_checks(con, ["kept"]) == {"kept": {"status": "kept"}}
+        assert store.get_thumb_sizes(con, ["k0"]) == {}

@@ -4,7 +4,9 @@ cache hit rewriting them)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -297,3 +299,41 @@ def test_a_shard_damaged_in_place_is_refused_before_training(trained: Params, tm
     err = state.result(raise_on_failure=False)
     assert "dvc checkout" in err.fix and "dvc repro --force shard" in err.fix
     assert (params.paths.models / "model.keras").read_bytes() == model
+
+
+def _no_room(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _tensorboard_no_room(*args, **kwargs):
+    import tensorflow as tf
+
+    # What TensorFlow's event writer raises on a full disk (measured on a 12 kB tmpfs).
+    raise tf.errors.ResourceExhaustedError(
+        None, None, "/x/events.out.tfevents.1.v2; No space left on device\n\tFailed to flush 11 events"
+    )
+
+
+@pytest.mark.parametrize(
+    ("writer", "target", "fails"),
+    [
+        ("dvclive", "dvclive.live.Live.make_summary", _no_room),
+        ("tensorboard", "keras.callbacks.TensorBoard._push_writer", _tensorboard_no_room),  # its events file
+    ],
+)
+def test_a_full_disk_under_training_is_one_message_naming_the_scratch_folder(
+    trained: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, target: str, fails
+):
+    """DVCLive's metrics, Keras's checkpoints and TensorBoard's events are written as training goes;
+    whichever finds the disk full (an OSError, or TensorFlow's ResourceExhaustedError, worded), training
+    ends with NoSpace naming the folder and its file system."""
+    from tasks.datasetinfo import DatasetInfo
+    from tasks.fileio import NoSpace
+
+    monkeypatch.setattr(target, fails)
+    processed = trained.paths.processed
+    workdir = tmp_path / "scratch"
+    with pytest.raises(NoSpace) as caught:
+        train.train(processed, DatasetInfo.read(processed), trained.train, workdir, progress=False)
+    assert f"no space left while writing {workdir} (No space left on device)" in str(caught.value)
+    assert "Free space on the file system at" in caught.value.fix
