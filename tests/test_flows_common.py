@@ -218,10 +218,10 @@ def test_every_task_runner_gives_the_same_outputs(built, tmp_path: Path, kind: s
         clean={"max_reject_fraction": 0.5},
         runner={"kind": kind, "workers": 2, "chunk_size": 16},
     )
-    runner = task_runner(other.runner)
-    assert (
-        type(runner).__name__ == {"processes": "ProcessPoolTaskRunner", "dask": "ThreadPoolTaskRunner"}[kind]
-    )
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    runner = task_runner(other.runner)  # dask: the chunks go to the cluster, the rest runs on threads
+    assert isinstance(runner, {"processes": ProcessPoolTaskRunner, "dask": ThreadPoolTaskRunner}[kind])
     for stage_flow in (ingest_flow, clean_flow, dedup_flow, shard_flow):
         state = stage_flow.with_options(task_runner=task_runner(other.runner))(
             params=other, return_state=True
