@@ -19,7 +19,8 @@ def tables(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def copy_of_the_project(dest: Path) -> Path:
-    """What the script reads and writes: itself, the results, the committed reports, the documents."""
+    """What the script reads and writes: itself, the results, the committed reports, params.yaml, the
+    documents."""
     (dest / "bench").mkdir(parents=True)
     for name in ("__init__.py", "tables.py"):
         shutil.copy2(ROOT / "bench" / name, dest / "bench" / name)
@@ -27,6 +28,7 @@ def copy_of_the_project(dest: Path) -> Path:
     shutil.copytree(ROOT / "reports", dest / "reports", ignore=shutil.ignore_patterns("*.html", "*.png"))
     shutil.copytree(ROOT / "docs", dest / "docs", ignore=shutil.ignore_patterns("*.png", "*.py"))
     shutil.copy2(ROOT / "README.md", dest / "README.md")
+    shutil.copy2(ROOT / "params.yaml", dest / "params.yaml")
     return dest
 
 
