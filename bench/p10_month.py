@@ -467,6 +467,7 @@ def report(state: dict, done: bool) -> dict:
         commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         params=state["params"],
+        targets=TARGETS,  # bench.tables renders the targets table from these
         figures=figures,
         per_night=nights,
         scratch_runs=refs,

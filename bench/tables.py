@@ -13,7 +13,9 @@ A table sits between two markers, which Markdown does not show:
 
 Under each table a line says where its numbers were measured: the commit, the date, the load average
 and the machine, as the results file records them (`measured`; marked when recovered from git log).
-Only the standard library is used, so the check runs anywhere in a second.
+The `params-*` tables show params.yaml's shipped values with its own comments, so that a page never
+types a parameter's value either. Only the standard library is used (and PyYAML, as pawflow reads
+params.yaml), so the check runs anywhere in a second.
 """
 
 from __future__ import annotations
@@ -85,9 +87,22 @@ def where(m: Result, label: str = "") -> str:
     return said + (" (recovered from git history)" if m.get("recovered") else "")
 
 
+def measurement(r: Result) -> Result:
+    """Where a result was measured: its `measured` record, or the same facts from the top-level keys that
+    some benchmarks write themselves (commit, date, load average at save, machine)."""
+    if "measured" in r:
+        return r["measured"]
+    return {
+        "commit": r["commit"],
+        "date": r["date"],
+        "load_average_1_5_15_min": r.get("load_average_1_5_15_min_at_save"),
+        "machine": r["machine"],
+    }
+
+
 def measured_on(*labelled: tuple[str, Result]) -> str:
     """The line under a table: where each of its sources was measured."""
-    parts = [where(r["measured"], f"{label}: " if label else "") for label, r in labelled]
+    parts = [where(measurement(r), f"{label}: " if label else "") for label, r in labelled]
     return "Measured: " + "; ".join(parts) + "."
 
 
@@ -151,25 +166,35 @@ def make_run() -> str:
 SUMMARY = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 
 
+def summarised() -> list[tuple[str, str, Result]]:
+    """(name, anchor on docs/benchmarks.md, results) of each benchmark the summary lists: P1-P9, the label
+    audit, and P10 once its month has been run (its quick harness run proves nothing to summarise)."""
+    rows = [(name, name.lower(), result(name)) for name in SUMMARY]
+    rows.append(("audit", "label-audit", result("audit")))
+    p10, quick = p10_result()
+    if not quick:
+        rows.append(("P10", "p10", p10))
+    return rows
+
+
 def summary() -> str:
     rows = []
-    for name in SUMMARY:
-        r = result(name)
-        m = r["measured"]
+    for name, anchor, r in summarised():
+        m = measurement(r)
         met = {True: "yes", False: "no", None: "-"}[r["met"]]
         rows.append(
             (
-                f"[{name}](#{name.lower()})",
+                f"[{name}](#{anchor})",
                 r["figure"],
                 r["target"],
                 met,
-                num(r["bench_seconds"] / 60, 0),
+                "-" if r.get("bench_seconds") is None else num(r["bench_seconds"] / 60, 0),
                 f"`{m['commit'][:7]}`{' (recovered)' if m.get('recovered') else ''}",
                 m["date"][:10],
                 load_of(m).removeprefix("load "),
             )
         )
-    machines = sorted({result(n)["measured"]["machine"] for n in SUMMARY})
+    machines = sorted({measurement(r)["machine"] for _, _, r in summarised()})
     return "\n".join(
         [
             table(["", "figure", "target", "met", "minutes", "commit", "date", "load"], rows, right=(4,)),
@@ -658,6 +683,379 @@ def multiworker() -> str:
     )
 
 
+# --------------------------------------------------------------------------- the label audit
+
+
+def audit() -> str:
+    r = result("audit")
+    champ = r["champion"]
+    rows = []
+    for size, b in sorted(r["per_batch_size"].items(), key=lambda kv: -int(kv[0])):
+        rows.append(
+            (
+                f"{int(size):,}",
+                f"{b['false_alarms']} of {b['clean_batches']} (smallest p {b['clean_p_value_min']:.2f})",
+                f"{b['caught']} of {b['swapped_batches']} (largest p {b['swapped_p_value_max']:.3f})",
+                f"{pct(b['clean_disagreement_rate_mean'])} / {pct(b['swapped_disagreement_rate_mean'])}",
+                f"{b['clean_contradicted_mean']:.1f} / {b['swapped_contradicted_mean']:.1f}",
+            )
+        )
+    swapped = pct(r["swapped_fraction"], 0)
+    s = r["audit_settings"]
+    return "\n".join(
+        [
+            table(
+                [
+                    "photos per batch",
+                    "clean batches tripped (false alarms)",
+                    f"batches with {swapped} of labels swapped, caught",
+                    "mean disagreement, clean / swapped",
+                    "confidently contradicted per batch, clean / swapped",
+                ],
+                rows,
+                right=(0,),
+            ),
+            "",
+            f"The champion: {champ['how']}; test accuracy {champ['test_accuracy']:.3f} on "
+            f"{champ['test_photos']:,} photos, so a normal disagreement rate of "
+            f"{pct(champ['normal_rate'])}. {r['photos_scored']:,} photos of petimages-16k (disjoint from the "
+            f"sample) scored by the audit's own scorer at {num(r['scoring_photos_per_s'], 0)} photos/s; "
+            f"the audit's decision taken on disjoint batches with `audit` settings confidence "
+            f"{s['confidence']}, tolerance {s['tolerance']}, alpha {s['alpha']}, min_photos "
+            f"{s['min_photos']}; {minutes(r['bench_seconds'])} in all. {measured_on(('', r))}",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- the quality flags
+
+
+# flag: (its measure, clean.parquet's column, its limit in clean.flags, whether it flags above the limit)
+FLAG_MEASURES = {
+    "near_blank": ("standard deviation of the grey levels", "grey_std", "near_blank_contrast", False),
+    "dark": ("99th percentile grey level", "grey_p99", "dark_level", False),
+    "bright": ("5th percentile grey level", "grey_p05", "bright_level", True),
+    "blurry": ("variance of the Laplacian of a half-size grey copy", "sharpness", "blurry_sharpness", False),
+    "low_information": ("entropy of the grey levels, bits", "entropy", "low_information_bits", False),
+}
+
+
+def flags() -> str:
+    r = result("flags")
+    colls = r["collections"]
+    names = sorted(colls, key=lambda n: colls[n]["kept"])  # the sample first
+
+    def share(c: Result, n: int) -> str:
+        return f"{n:,}" if not n else f"{n:,} ({pct(n / c['kept'], 2)})"
+
+    rows = []
+    for flag, (measure, column, limit, above) in FLAG_MEASURES.items():
+        when = f"{'above' if above else 'below'} {r['limits'][limit]:g}"
+        rows.append(
+            (
+                f"`{flag}`",
+                f"{measure} (`{column}`)",
+                f"{when} (`{limit}`)",
+                *(share(colls[n], colls[n]["per_flag"][flag]) for n in names),
+            )
+        )
+    rows.append(("any", "", "", *(share(colls[n], colls[n]["any"]) for n in names)))
+    extremes = []
+    for n in names:
+        e = colls[n]["extremes"]
+        extremes.append(
+            f"{n}: the darkest photo's 99th percentile {e['grey_p99']['value']:.0f}, the brightest 5th "
+            f"percentile {e['grey_p05']['value']:.0f}, the flattest photo's standard deviation "
+            f"{e['grey_std']['value']:.1f}, the lowest sharpness {e['sharpness']['value']:.1f}, the lowest "
+            f"entropy {e['entropy']['value']:.2f} bits (median {colls[n]['entropy_median']:.2f})"
+        )
+    cost = r["cost"]
+    return "\n".join(
+        [
+            table(
+                ["flag", "measure (clean.parquet column)", "flagged when (`clean.flags`)"]
+                + [f"{n} ({colls[n]['kept']:,} kept)" for n in names],
+                rows,
+                right=tuple(range(3, 3 + len(names))),
+            ),
+            "",
+            f"Measured on the photo as the shard stage stores it (longer side at most {r['max_side']} px). "
+            f"Among the kept photos, {'; '.join(extremes)}. Cost: the measures take "
+            f"{cost['measures_ms_median']:.2f} ms of CPU per photo of a whole check of "
+            f"{cost['check_ms_median']:.2f} ms (medians over {cost['photos']:,} photos of the sample, one "
+            f"process). `python -m bench.flags`. {measured_on(('', r))}",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- P10, a month of nights
+
+
+def p10_result() -> tuple[Result, bool]:
+    """P10's results and whether they are the quick harness run: bench/results/P10.json once the month has
+    been run (python -m bench.p10_month writes it), else P10-quick.json."""
+    r = result("P10") if (RESULTS / "P10.json").exists() else result("P10-quick")
+    return r, r["figure"].startswith("quick")
+
+
+def p10_label(r: Result, quick: bool) -> str:
+    if not quick:
+        return f"The month: {len(r['per_night'])} nights of `python -m bench.p10_month`."
+    train = r["params"]["train"]
+    first = r["per_night"][0]["run"]["photos"]["total"]
+    said = (
+        f"**The quick harness run** (`python -m bench.p10_month --quick`: {len(r['per_night'])} nights "
+        f"starting from {first:,} of the sample's photos, a {train['epochs']}-epoch model at "
+        f"{train['image_size']} px): it shows that the harness works; its accuracies and times say nothing "
+        "about pawflow's."
+    )
+    if not any(n.get("audit_present") for n in r["per_night"]):
+        said += " The build it ran had no label audit (`reports/audit.json`), so the swapped night went in."
+    return said
+
+
+def p10_nights() -> str:
+    r, quick = p10_result()
+    rows = []
+    for n in r["per_night"]:
+        run = n["run"]
+        t = run.get("trained")
+        if t:
+            trained = f"{'warm #' + str(t['count']) if t['warm_start'] else 'scratch'}, {t['epochs']} ep"
+            scores = f"{run['test_accuracy']:.3f} / {run['robust_accuracy']:.3f}"
+            gate = run.get("gate") or "-"
+        else:
+            trained, scores = "no", "-"
+            audit = run.get("audit") or {}
+            gate = (
+                "run failed"
+                if run.get("outcome") != "completed"
+                else "quarantined"
+                if audit.get("tripped")
+                else "no new data"
+                if run.get("no_new_data")
+                else "-"
+            )
+        photos = run.get("photos") or {}
+        rows.append(
+            (
+                n["night"],
+                n["deployment"],
+                n["kind"],
+                "-" if not photos else f"{photos['total']:,} (+{run.get('new_photos') or 0:,})",
+                "-" if run.get("rejected_new_count") is None else f"{run['rejected_new_count']:,}",
+                trained,
+                scores,
+                gate,
+                f"`{run['champion_sha256'][:8]}`" if run.get("champion_sha256") else "-",
+                num(n["seconds"], 0),
+                ", ".join(a["event"] for a in n["alerts"]) or "-",
+            )
+        )
+    return "\n".join(
+        [
+            table(
+                [
+                    "night",
+                    "deployment",
+                    "kind",
+                    "photos (+new)",
+                    "new rejected",
+                    "trained",
+                    "test / robust accuracy",
+                    "gate",
+                    "champion",
+                    "seconds",
+                    "alerts",
+                ],
+                rows,
+                right=(0, 3, 4, 9),
+            ),
+            "",
+            f"{p10_label(r, quick)} Seconds: the deployment run, as `prefect deployment run --watch` waited "
+            f"for it. {measured_on(('', r))}",
+        ]
+    )
+
+
+def p10_targets() -> str:
+    r, quick = p10_result()
+    t, f = r["targets"], r["figures"]
+    yes = {True: "yes", False: "no", None: "-"}
+    identical = sum(1 for x in f["restored"] if x["identical"])
+    acc = f["champion_sample_accuracy_by_night"]
+    last = acc[max(acc, key=int)] if acc else None
+    share = f["mean_night_cost_share"]
+    empty = f["empty_night_s_max"]
+    growth = f["cache_growth"]
+    rows = [
+        ("every run listed by `pawflow history`", yes[f["every_run_listed"]], yes[f["every_run_listed"]]),
+        (
+            f"{t['restored_runs']} runs restored byte-identical (`pawflow restore`, sha256)",
+            f"{identical} of {len(f['restored'])}",
+            yes[identical >= t["restored_runs"]],
+        ),
+        (
+            f"the champion >= {t['accuracy_last_night']:.2f} on the sample's test photos, last night",
+            "-" if last is None else f"{last['accuracy']:.3f} on {last['photos']:,} photos",
+            yes[None if last is None else last["accuracy"] >= t["accuracy_last_night"]],
+        ),
+        (
+            f"a night with new photos <= {pct(t['night_cost_share'], 0)} of a from-scratch run on its "
+            "collection (mean)",
+            pct(share),
+            yes[None if share is None else share <= t["night_cost_share"]],
+        ),
+        (
+            f"an empty night <= {seconds(t['empty_night_s'])}",
+            seconds(empty),
+            yes[None if empty is None else empty <= t["empty_night_s"]],
+        ),
+    ]
+    for kind, b in f["bad_nights"].items():
+        checks = (("kept", "champion_kept"), ("alerted", "alerted"), ("next normal", "next_night_normal"))
+        said = ", ".join(f"{what} {yes[b[key]]}" for what, key in checks)
+        ok = all(b[key] for _, key in checks)
+        rows.append((f"the {kind} night: champion kept, an alert, the next night normal", said, yes[ok]))
+    ratio = growth.get("ratio")
+    rows += [
+        (
+            f"DVC cache growth <= {t['cache_growth_ratio']}x new photos + new shards + kept models",
+            "-" if ratio is None else f"{ratio:.2f}x",
+            yes[None if ratio is None else ratio <= t["cache_growth_ratio"]],
+        ),
+        ("no process left behind", ", ".join(f["left_behind"]) or "none", yes[not f["left_behind"]]),
+    ]
+    db, hist, rss = growth["prefect_db_bytes"], growth["runs_jsonl_bytes"], growth["serve_rss_mb"]
+    return "\n".join(
+        [
+            table(["target", "measured", "met"], rows),
+            "",
+            f"Over the {f['nights']} nights the Prefect database grew from {num(db[0] / 1e6)} to "
+            f"{num(db[1] / 1e6)} MB and `reports/runs.jsonl` from {num(hist[0] / 1e3)} to "
+            f"{num(hist[1] / 1e3)} KB; the serving processes used {num(rss[0], 0)} MB at the start, "
+            f"{num(rss[1], 0)} MB at most, {num(rss[2], 0)} MB at the end. {p10_label(r, quick)} "
+            f"{measured_on(('', r))}",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+PARAMS_FILE = ROOT / "params.yaml"
+# The keys each page shows with their shipped value and params.yaml's own comment on them.
+PARAM_TABLES: dict[str, tuple[str, ...]] = {
+    "params-nightly": (
+        "pipeline.schedule",
+        "pipeline.full_schedule",
+        "pipeline.timezone",
+        "pipeline.push",
+        "pipeline.keep_runs",
+        "pipeline.keep_history",
+        "pipeline.alert_url",
+        "pipeline.alert_timeout_s",
+        "pipeline.alert_reject_fraction",
+        "train.finetune.epochs",
+        "train.finetune.max_growth",
+        "train.finetune.max_warm_starts",
+    ),
+    "params-collection": (
+        "paths.exclude",
+        "ingest.mode",
+        "ingest.max_removed_fraction",
+        "audit.confidence",
+        "audit.tolerance",
+        "audit.alpha",
+        "audit.min_photos",
+    ),
+    "params-runner": (
+        "runner.kind",
+        "runner.workers",
+        "runner.chunk_size",
+        "runner.dask_address",
+        "runner.connect_timeout_s",
+        "runner.no_worker_timeout_s",
+    ),
+    "params-sources": (
+        "ingest.source",
+        "ingest.sha256",
+        "ingest.download_retries",
+        "ingest.download_timeout_s",
+        "ingest.download_deadline_s",
+        "ingest.max_download_bytes",
+        "ingest.max_archive_bytes",
+        "clean.max_reject_fraction",
+    ),
+}
+
+
+def params_comments(text: str) -> dict[str, str]:
+    """key.path -> its comment in params.yaml: the comment block just above the key, then the comment on
+    its line and the comment lines under it that are indented further than the key."""
+    comments: dict[str, list[str]] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key) of the keys enclosing the current line
+    above: list[str] = []
+    last: tuple[int, str] | None = None  # the last key seen, and its indent
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip(" "))
+        if not stripped:
+            above, last = [], None
+            continue
+        if stripped.startswith("#"):
+            words = stripped.lstrip("#").strip()
+            if last is not None and indent > last[0]:
+                comments[last[1]].append(words)
+            else:
+                above.append(words)
+            continue
+        key = re.match(r"([A-Za-z_][\w]*):(.*)$", stripped)
+        if not key:
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key[1]])
+        rest = key[2]
+        inline = rest.split(" #", 1)[1].strip() if " #" in rest else ""
+        comments[path] = [*above, *([inline] if inline else [])]
+        above = []
+        stack.append((indent, key[1]))
+        last = (indent, path)
+    return {k: " ".join(v) for k, v in comments.items()}
+
+
+def yaml_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def param_table(keys: Sequence[str]) -> str:
+    import yaml  # PyYAML, as pawflow reads params.yaml
+
+    text = PARAMS_FILE.read_text(encoding="utf-8")
+    shipped, comments = yaml.safe_load(text), params_comments(text)
+    rows = []
+    for key in keys:
+        node: Any = shipped
+        for part in key.split("."):
+            node = node[part]
+        cell = comments[key].replace("|", "\\|")
+        rows.append((f"`{key}`", f"`{yaml_value(node)}`", cell))
+    return "\n".join(
+        [
+            table(["key", "shipped", "what it does (params.yaml's comment)"], rows),
+            "",
+            "From `params.yaml`, as shipped.",
+        ]
+    )
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "make-run": make_run,
     "summary": summary,
@@ -676,6 +1074,11 @@ TABLES: dict[str, Callable[[], str]] = {
     "p9": p9,
     "ablation": ablation,
     "multiworker": multiworker,
+    "audit": audit,
+    "flags": flags,
+    "p10-nights": p10_nights,
+    "p10-targets": p10_targets,
+    **{name: (lambda keys=keys: param_table(keys)) for name, keys in PARAM_TABLES.items()},
 }
 
 

@@ -19,7 +19,8 @@ def tables(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def copy_of_the_project(dest: Path) -> Path:
-    """What the script reads and writes: itself, the results, the committed reports, the documents."""
+    """What the script reads and writes: itself, the results, the committed reports, params.yaml, the
+    documents."""
     (dest / "bench").mkdir(parents=True)
     for name in ("__init__.py", "tables.py"):
         shutil.copy2(ROOT / "bench" / name, dest / "bench" / name)
@@ -27,6 +28,7 @@ def copy_of_the_project(dest: Path) -> Path:
     shutil.copytree(ROOT / "reports", dest / "reports", ignore=shutil.ignore_patterns("*.html", "*.png"))
     shutil.copytree(ROOT / "docs", dest / "docs", ignore=shutil.ignore_patterns("*.png", "*.py"))
     shutil.copy2(ROOT / "README.md", dest / "README.md")
+    shutil.copy2(ROOT / "params.yaml", dest / "params.yaml")
     return dest
 
 
@@ -89,3 +91,40 @@ def test_an_unknown_table_and_a_table_shown_nowhere_are_errors(tmp_path: Path):
     readme.write_text(text[:start] + text[end:])
     nowhere = tables(work, "--check")
     assert nowhere.returncode == 1 and "tables shown nowhere: make-run" in nowhere.stderr
+
+
+def test_p10_shows_the_quick_harness_run_until_the_month_is_run(tmp_path: Path):
+    """Until bench/results/P10.json holds a month, the P10 tables render P10-quick.json, said to be the
+    quick harness run; once it does, `python -m bench.tables` alone shows the month and summarises it."""
+    import json
+
+    work = copy_of_the_project(tmp_path / "project")
+    page = work / "docs" / "benchmarks.md"
+
+    def block(name: str) -> str:
+        after = page.read_text().split(f"<!-- bench.tables {name} -->", 1)[1]
+        return after.split("<!-- /bench.tables -->")[0]
+
+    assert "The quick harness run" in block("p10-nights") and "[P10](#p10)" not in block("summary")
+    month = json.loads((work / "bench" / "results" / "P10-quick.json").read_text())
+    month["figure"] = "full: 30 nights"
+    month["bench_seconds"] = 3 * 3600.0
+    month["per_night"][0]["seconds"] = 4321.0
+    (work / "bench" / "results" / "P10.json").write_text(json.dumps(month))
+    assert tables(work, "--check").returncode == 1
+    assert tables(work).returncode == 0
+    nights = block("p10-nights")
+    assert "quick harness" not in nights and "The month:" in nights
+    assert "| 0 | retrain-nightly | sample |" in nights and "| 4,321 |" in nights
+    assert "[P10](#p10) | full: 30 nights |" in block("summary")
+    assert "quick harness" not in block("p10-targets")
+
+
+def test_a_params_table_shows_params_yaml_as_shipped(tmp_path: Path):
+    work = copy_of_the_project(tmp_path / "project")
+    params = work / "params.yaml"
+    params.write_text(params.read_text().replace("  keep_runs: 30 ", "  keep_runs: 12 ", 1))
+    assert tables(work, "--check").returncode == 1
+    assert tables(work).returncode == 0
+    nightly = (work / "docs" / "nightly.md").read_text()
+    assert "| `pipeline.keep_runs` | `12` | versions kept (refs/pawflow/runs): the newest 30" in nightly

@@ -59,3 +59,41 @@ def test_figures_come_only_from_generated_tables():
     text = text.replace(f"Python {PYTHON}", "")
     numbers = r"(?<![\w.-])\d[\d,.]*(?![\w-])"  # 0.850, 4,007, 11 (not x86-64, AVX2, sha256)
     assert not re.findall(rf".{{0,30}}{numbers}.{{0,30}}", text)
+
+
+def test_the_first_page_covers_everyday_use():
+    """What a user needs without opening docs/: getting the photos, correcting the collection, the nightly
+    service left alone, the offline views, stopping a run and its exit codes, scale-out; each linking on."""
+    needed = {
+        "getting the photos": ["make data", "pawflow data", "docs/guide.md#your-own-data"],
+        "correcting the collection": [
+            "data/exclude.txt",
+            "--accept-removals",
+            "PAWFLOW_ACCEPT_REMOVALS",
+            "docs/collection.md",
+        ],
+        "the nightly service": [
+            "pawflow serve",
+            "pawflow history",
+            "pawflow restore",
+            "pawflow diff",
+            "pawflow logs",
+            "pawflow gc",
+            "pipeline.alert_url",
+            "git fetch origin '+refs/pawflow/*:refs/pawflow/*'",
+            "docs/nightly.md",
+        ],
+        "offline views": ["dvc metrics show", "dvc plots show", "dvc exp show", "docs/views.md"],
+        "stopping a run": ["Ctrl-C", "SIGTERM", "`130`", "`143`", "docs/guide.md#stopping-a-run"],
+        "scale-out": ["runner.kind", "docs/scale-out.md"],
+    }
+    for topic, words in needed.items():
+        missing = [w for w in words if w not in README]
+        assert not missing, f"README.md, {topic}: {missing}"
+
+
+def test_watch_is_not_said_to_show_log_lines():
+    """`prefect deployment run --watch` prints state changes only; `pawflow logs` shows a run's lines."""
+    for paragraph in README.split("\n\n"):
+        if "--watch" in paragraph:
+            assert "state changes only" in paragraph and "pawflow logs" in paragraph, paragraph
