@@ -326,6 +326,7 @@ def test_sigterm_stops_a_stage_in_seconds_and_an_orphaned_stage_stops_by_itself(
         stage(ws, name, prefect_server)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"]["epochs"] = 1000  # minutes of training, unless it stops
+    params["train"]["early_stopping_patience"] = 1000  # and early stopping must not end it first
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", "train"],
