@@ -21,7 +21,6 @@ from typer.core import TyperCommand, TyperGroup
 
 from tasks.errors import PawflowError
 from tasks.params import load_params
-from tasks.reports import GATE, METRICS
 from tasks.runtime import quiet_native_stderr
 
 if TYPE_CHECKING:
@@ -201,7 +200,7 @@ def cmd_run(
         if facts["version"]:
             print(f"recorded as run {run_id} (pawflow history; pawflow restore {run_id})")
             nightly.retention(root, params)
-    print(closing_lines(root, params))
+    print(nightly.closing_lines(root, params))
     return 0
 
 
@@ -231,27 +230,6 @@ def cmd_data() -> int:
         print(f"params.yaml: {key} {old!r} -> {new!r}")
     print("next: pawflow run   (or make run)")
     return 0
-
-
-def closing_lines(root: Path, params: Params) -> str:
-    """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
-    and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
-    reports = root / params.paths.reports
-    metrics, gate = METRICS.read_if_written(reports), GATE.read_if_written(reports)
-    if metrics:
-        line = f"test accuracy {metrics['accuracy']:.4f} on {metrics['examples']} photos"
-        line += f"; gate: {gate['decision']} ({gate['reason']})" if gate else "; no gate decision yet"
-    else:
-        line = "no test accuracy yet (the evaluate stage has not run)"
-    html = reports / "evaluation.html"
-    report = f"report: {html}" if html.exists() else f"report: not written yet ({html})"
-    champion = params.paths.models / "champion"
-    if (root / champion / "model.keras").exists():
-        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {champion})"
-    else:
-        model = params.paths.models / "model.keras"
-        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
-    return "\n".join((line, report, tryit))
 
 
 def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = False) -> int:

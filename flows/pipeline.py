@@ -453,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return 1
     if state.result().get("stages", {}).get("evaluate", "").startswith("ran"):
-        from flows.cli import closing_lines
-
-        print(closing_lines(root, load_params(root / "params.yaml")))
+        print(nightly.closing_lines(root, load_params(root / "params.yaml")))
     return 0
 
 
