@@ -141,7 +141,7 @@ def cmd_run(
     params, _, _ = versioning.planned_params(Path("params.yaml"), updates, light=True)
     check_planned(params, root)
     from flows.base import prepare_base
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from flows.server import prefect_api
     from tasks import nightly, runs
     from tasks.ingest import ACCEPT_ENV
@@ -207,7 +207,7 @@ def cmd_run(
 def cmd_data() -> int:
     """Fetch the archive params.yaml `data:` names (resumed, retried, sha256-checked), then point
     ingest.source (and ingest.sha256) at it."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import getdata, versioning
 
     root = project_root(Path.cwd())
@@ -662,7 +662,7 @@ def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | 
 
 def cmd_restore(run: str) -> int:
     """Put back a recorded run's params, dvc.lock, data, shards, models and reports, checked by sha256."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import nightly
 
     root, _ = _workspace(need_params=False)
@@ -699,7 +699,7 @@ def cmd_diff(first: str, second: str | None) -> int:
 
 def cmd_gc(keep: int | None, cloud: bool) -> int:
     """Apply the retention policy now (pipeline.keep_runs unless --keep)."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import runstore
 
     root, params = _workspace(need_params=keep is None)
@@ -719,7 +719,7 @@ def cmd_logs(run: str | None) -> int:
     from flows.logs import follow
 
     if not os.environ.get("PREFECT_API_URL"):
-        from flows.server import background_url
+        from flows.server import background_url, use_api
 
         with contextlib.suppress(PawflowError):
             os.chdir(project_root(Path.cwd()))
@@ -730,7 +730,7 @@ def cmd_logs(run: str | None) -> int:
                 "Set PREFECT_API_URL to the server `pawflow serve` uses, e.g. "
                 "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.",
             )
-        os.environ["PREFECT_API_URL"] = url
+        use_api(url)
     return follow(run)
 
 
@@ -871,7 +871,7 @@ def cmd_quarantine_list() -> int:
 
 def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
     """Mark batches released (the next run splits and trains on their photos) and record it in dvc.lock."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import quarantine, versioning
 
     if not ids and not everything:

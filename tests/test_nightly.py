@@ -288,7 +288,7 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
     assert out.returncode == 2 and "no recorded run" in out.stderr
     (ws / "dvc.yaml").write_text((ws / "dvc.yaml").read_text().removesuffix("\n# mine\n"))
     # ... and so is a restore while a run holds the workspace.
-    from flows.common import workspace_lock
+    from flows.lock import workspace_lock
 
     with workspace_lock(ws):
         out = sh(ws, PAWFLOW, "restore", damaged["id"], api=api)
