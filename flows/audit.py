@@ -17,7 +17,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.common import friendly, publish, record_stage_run, stage_run_name, workspace_lock
+from flows.common import friendly, publish, record_stage_run, stage_run_name
+from flows.lock import workspace_lock
 from tasks import audit, exclude, quarantine
 from tasks.errors import PawflowError
 from tasks.fileio import read_parquet

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.common import workspace_lock
+from flows.lock import workspace_lock
 from tasks import warmstart
 from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError

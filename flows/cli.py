@@ -21,7 +21,6 @@ from typer.core import TyperCommand, TyperGroup
 
 from tasks.errors import PawflowError
 from tasks.params import load_params
-from tasks.reports import GATE, METRICS
 from tasks.runtime import quiet_native_stderr
 
 if TYPE_CHECKING:
@@ -142,7 +141,7 @@ def cmd_run(
     params, _, _ = versioning.planned_params(Path("params.yaml"), updates, light=True)
     check_planned(params, root)
     from flows.base import prepare_base
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from flows.server import prefect_api
     from tasks import nightly, runs
     from tasks.ingest import ACCEPT_ENV
@@ -201,14 +200,14 @@ def cmd_run(
         if facts["version"]:
             print(f"recorded as run {run_id} (pawflow history; pawflow restore {run_id})")
             nightly.retention(root, params)
-    print(closing_lines(root, params))
+    print(nightly.closing_lines(root, params))
     return 0
 
 
 def cmd_data() -> int:
     """Fetch the archive params.yaml `data:` names (resumed, retried, sha256-checked), then point
     ingest.source (and ingest.sha256) at it."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import getdata, versioning
 
     root = project_root(Path.cwd())
@@ -231,27 +230,6 @@ def cmd_data() -> int:
         print(f"params.yaml: {key} {old!r} -> {new!r}")
     print("next: pawflow run   (or make run)")
     return 0
-
-
-def closing_lines(root: Path, params: Params) -> str:
-    """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
-    and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
-    reports = root / params.paths.reports
-    metrics, gate = METRICS.read_if_written(reports), GATE.read_if_written(reports)
-    if metrics:
-        line = f"test accuracy {metrics['accuracy']:.4f} on {metrics['examples']} photos"
-        line += f"; gate: {gate['decision']} ({gate['reason']})" if gate else "; no gate decision yet"
-    else:
-        line = "no test accuracy yet (the evaluate stage has not run)"
-    html = reports / "evaluation.html"
-    report = f"report: {html}" if html.exists() else f"report: not written yet ({html})"
-    champion = params.paths.models / "champion"
-    if (root / champion / "model.keras").exists():
-        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {champion})"
-    else:
-        model = params.paths.models / "model.keras"
-        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
-    return "\n".join((line, report, tryit))
 
 
 def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = False) -> int:
@@ -684,7 +662,7 @@ def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | 
 
 def cmd_restore(run: str) -> int:
     """Put back a recorded run's params, dvc.lock, data, shards, models and reports, checked by sha256."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import nightly
 
     root, _ = _workspace(need_params=False)
@@ -721,7 +699,7 @@ def cmd_diff(first: str, second: str | None) -> int:
 
 def cmd_gc(keep: int | None, cloud: bool) -> int:
     """Apply the retention policy now (pipeline.keep_runs unless --keep)."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import runstore
 
     root, params = _workspace(need_params=keep is None)
@@ -741,7 +719,7 @@ def cmd_logs(run: str | None) -> int:
     from flows.logs import follow
 
     if not os.environ.get("PREFECT_API_URL"):
-        from flows.server import background_url
+        from flows.server import background_url, use_api
 
         with contextlib.suppress(PawflowError):
             os.chdir(project_root(Path.cwd()))
@@ -752,7 +730,7 @@ def cmd_logs(run: str | None) -> int:
                 "Set PREFECT_API_URL to the server `pawflow serve` uses, e.g. "
                 "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.",
             )
-        os.environ["PREFECT_API_URL"] = url
+        use_api(url)
     return follow(run)
 
 
@@ -893,7 +871,7 @@ def cmd_quarantine_list() -> int:
 
 def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
     """Mark batches released (the next run splits and trains on their photos) and record it in dvc.lock."""
-    from flows.common import run_lock
+    from flows.lock import run_lock
     from tasks import quarantine, versioning
 
     if not ids and not everything:

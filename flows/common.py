@@ -1,9 +1,8 @@
-"""What every stage flow shares: its command line, the workspace lock, task runners, caching, summaries."""
+"""What every stage flow shares: its command line, task runners, caching, errors, summaries."""
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import importlib
 import io
@@ -12,8 +11,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.lock import run_lock
+from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
 from tasks import stopping
 from tasks.errors import PawflowError, Refused
@@ -38,9 +38,6 @@ from tasks.fileio import (
 )
 from tasks.params import Params, Runner, load_params
 from tasks.stopping import Stopped
-
-LOCK_FILE = Path(".pawflow/workspace.lock")
-
 
 # --------------------------------------------------------------------------- caching
 
@@ -170,7 +167,7 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-# --------------------------------------------------------------------------- errors and the lock
+# --------------------------------------------------------------------------- errors
 
 
 def one_line(text: str) -> str:
@@ -282,78 +279,6 @@ def quiet_user_errors() -> None:
             handler.addFilter(_UserErrorOnce())
 
 
-def _refused(holder: str) -> PawflowError:
-    return PawflowError(
-        f"another pawflow run is using this workspace ({holder}); refusing to start so that "
-        "outputs are never interleaved.",
-        "Wait for it to finish (or stop it), then run again.",
-    )
-
-
-def lock_holder(root: Path = Path(".")) -> str | None:
-    """Who holds the workspace lock ('pid N: command', as its holder wrote it); None when it is free
-    (a killed run's text stays in the file, but its lock went with the process)."""
-    try:
-        f = open(root / LOCK_FILE)  # noqa: SIM115 (closed below, after the probe)
-    except FileNotFoundError:
-        return None
-    with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return f.read().strip() or "another process"
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return None
-
-
-@contextmanager
-def workspace_lock(root: Path = Path(".")) -> Iterator[None]:
-    """One pawflow run per workspace at a time; a second one is refused with who holds the lock."""
-    path = root / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise _refused(f.read().strip() or "another process") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}: {' '.join(sys.argv) or 'python'}")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def under_dvc(root: Path = Path(".")) -> bool:
-    """True in a stage command that `dvc repro`/`dvc exp run` started in this workspace: that DVC
-    process holds the stage's outputs (and takes its repo lock back when the command ends)."""
-    dvc_root = os.environ.get("DVC_ROOT")
-    return bool(os.environ.get("DVC_STAGE") and dvc_root and Path(dvc_root).resolve() == root.resolve())
-
-
-@contextmanager
-def run_lock(root: Path = Path(".")) -> Iterator[None]:
-    """The one lock of a pawflow run: DVC's repo lock (so `dvc repro` and friends are refused by DVC
-    before they remove or record anything), then the workspace lock. A stage command started by DVC
-    takes only the workspace lock: its DVC process already excludes every other entry point."""
-    if under_dvc(root):
-        with workspace_lock(root):
-            yield
-        return
-    from tasks import versioning
-
-    holder = lock_holder(root)
-    if holder:  # a pawflow run (it holds DVC's lock too): say who, without waiting for DVC's lock
-        raise _refused(holder)
-    with versioning.dvc_lock(root), workspace_lock(root):
-        yield
-
-
 def tidy_workspace(params: Params) -> list[Path]:
     """Remove what a killed run left half-written (only ever under temporary names). Needs the lock."""
     p = params.paths
@@ -384,16 +309,19 @@ def stage_main(
     1 (the run failed: its error, a full disk, its Prefect API gone), 130 (Ctrl-C) or 143 (SIGTERM, or the
     process that started it, e.g. `dvc repro`, gone). `load` reads and checks the params file (ingest also
     checks its source there: refused in one message before a flow or server starts); `options`: more flow
-    parameters. argv None: the process's own command line, so this call is the process's main
-    (flows.stops.StopGuard owner: it watches its Prefect API, and its parent when DVC started it, and ends
+    parameters. argv None: the process's own command line, so this call is the process's main: it uses
+    the background Prefect server when no API is set (flows.server.use_background_server), and is the
+    flows.stops.StopGuard owner (it watches its Prefect API, and its parent when DVC started it, and ends
     the process within STOP_GRACE_S of a stop whatever is still running)."""
     parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
     args = parser.parse_args(argv)
+    owner = argv is None
+    if owner:  # a stage process: its flow runs against the background server unless an API is set
+        use_background_server()
     started = time.monotonic()
     quiet_user_errors()
-    owner = argv is None
     guard = StopGuard(
         lambda stop: print(message(f"pawflow {stage}", stop, STAGE_KEPT), file=sys.stderr, flush=True),
         owner=owner,

@@ -30,10 +30,11 @@ from flows.common import (
     one_line,
     pipeline_run_name,
     quiet_user_errors,
-    run_lock,
     task_runner,
     tidy_workspace,
 )
+from flows.lock import run_lock
+from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
 from tasks import nightly, runs, runstore, summary, versioning
 from tasks.errors import PawflowError
@@ -414,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         help="let ingest remove what the source lost even above ingest.max_removed_fraction",
     )
     args = parser.parse_args(argv)
+    owner = argv is None  # the process's own command line: it ends itself on a stop (flows.stops)
+    if owner:  # its flow runs against the background server unless an API is set, as the stages' do
+        use_background_server()
     quiet_user_errors()
     root = Path.cwd()
     try:
@@ -424,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     except PawflowError as err:
         print(f"\npawflow pipeline: {err}", file=sys.stderr)
         return 2
-    owner = argv is None  # the process's own command line: it ends itself on a stop (flows.stops)
     kept = (
         "Finished stages are recorded in dvc.lock and nothing half-written carries a final name; run "
         "again to complete."
@@ -453,9 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return 1
     if state.result().get("stages", {}).get("evaluate", "").startswith("ran"):
-        from flows.cli import closing_lines
-
-        print(closing_lines(root, load_params(root / "params.yaml")))
+        print(nightly.closing_lines(root, load_params(root / "params.yaml")))
     return 0
 
 

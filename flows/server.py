@@ -28,6 +28,7 @@ from pathlib import Path
 
 import requests
 
+from flows.lock import LOCK_FILE
 from tasks.errors import PawflowError
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ HEALTH_TIMEOUT_S = 180.0
 BACKGROUND_HOME = Path(".pawflow/prefect")  # relative to the project root (where dvc runs the stages)
 IDLE_TIMEOUT_S = 900.0  # the background server stops after this long without a pawflow run
 IDLE_POLL_S = 5.0
-WORKSPACE_LOCK = Path(".pawflow/workspace.lock")  # held by every running stage (flows.common)
-# The processes that use it: each stage, and the Prefect pipeline run without a deployment, so that
-# every entry point keeps its Prefect history in one place (.pawflow/prefect, as `pawflow run` does).
-STAGE_MODULES = {f"flows.{s}" for s in ("ingest", "clean", "dedup", "shard", "train", "evaluate", "pipeline")}
 
 
 def healthy(api_url: str) -> bool:
@@ -185,10 +182,10 @@ def ensure_background(home: Path = BACKGROUND_HOME) -> str:
 
 
 def _running_stage() -> bool:
-    """A stage holds the workspace (flows.common.workspace_lock writes "pid N: ..." into the lock file
+    """A stage holds the workspace (flows.lock.workspace_lock writes "pid N: ..." into the lock file
     while it runs and empties it after). Read, never locked here: a stage starting now must not fail."""
     try:
-        holder = WORKSPACE_LOCK.read_text().strip()
+        holder = LOCK_FILE.read_text().strip()
     except OSError:
         return False
     if not holder.startswith("pid "):
@@ -242,31 +239,44 @@ def stop_background(home: Path = BACKGROUND_HOME) -> bool:
     return False
 
 
-def use_background_server() -> None:
-    """For a stage process (`python -m flows.<stage>`) about to import Prefect: without PREFECT_API_URL,
-    point it at the background server (started if needed). Any failure falls back to Prefect's own
-    temporary server, with the reason printed."""
-    argv = sys.orig_argv
-    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+def use_api(url: str) -> None:
+    """Point this process's Prefect at the API at url, also when Prefect was imported already: Prefect
+    builds its settings once, when first imported, and its clients and its log and event workers (which
+    run in threads of their own) read the process-wide settings that refresh_global_settings_context
+    builds again from the environment."""
+    os.environ["PREFECT_API_URL"] = url
+    if "prefect" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
+def use_background_server(params_path: Path = Path("params.yaml")) -> None:
+    """The first thing a stage process (`python -m flows.<stage>`, and the Prefect pipeline run without a
+    deployment, so that every entry point keeps its history in .pawflow/prefect as `pawflow run` does)
+    does before its flow runs: without PREFECT_API_URL, use the background server (started if needed).
+    Called explicitly by the entry points (flows.common.stage_main, flows.pipeline.main), never on import.
+    Nothing happens outside a project root, with PAWFLOW_BACKGROUND_SERVER=0, or when the params are bad
+    (the process reports them, in one message, before any server starts); any other failure falls back
+    to Prefect's own temporary server, with the reason printed."""
     if (
-        module not in STAGE_MODULES
-        or os.environ.get("PREFECT_API_URL")
+        os.environ.get("PREFECT_API_URL")
         or os.environ.get("PAWFLOW_BACKGROUND_SERVER", "1") == "0"
-        or {"-h", "--help"} & set(argv)
-        or not Path("params.yaml").is_file()  # not at a project root
+        or not params_path.is_file()  # not at a project root
     ):
         return
     from tasks.preflight import preflight
 
     try:
-        preflight(Path("params.yaml"), light=True)
+        preflight(params_path, light=True)
     except PawflowError:
-        return  # the process reports it, in one message, before any server starts
+        return
     try:
-        os.environ["PREFECT_API_URL"] = ensure_background()
+        url = ensure_background()
     except (PawflowError, OSError) as err:
         print(f"pawflow: no background Prefect server ({err}); using a temporary one.", file=sys.stderr)
         return
+    use_api(url)
     import atexit
 
     atexit.register(_touch, BACKGROUND_HOME)  # the idle time counts from the end of the last stage

@@ -1,6 +1,6 @@
 """The end of every run: its facts gathered, its state recorded as a version, retention applied, alerts
 sent. Called by the Prefect pipeline (every deployment) and by `pawflow run`, while the run holds the
-workspace (flows.common.run_lock), except alert(), which runs after the lock is released.
+workspace (flows.common.run_lock), except alert() and closing_lines(), which run after the lock is released.
 
 The run history is what the versions hold (refs/pawflow/runs, shared with clones) plus, for the runs
 that recorded no version (a quiet night, a failed run), their line in pipeline.history (runs.jsonl,
@@ -219,6 +219,27 @@ def gather(
     completed = [f for f in earlier if f.get("outcome") == "completed"]
     facts["changes"] = runs.changes(facts, completed[0] if completed else None, runs.champion_run(completed))
     return facts
+
+
+def closing_lines(root: Path, params: Params) -> str:
+    """What a finished run leaves the user with: test accuracy and the gate's decision, the report's path,
+    and the command to try the model (from reports/metrics.json and gate.json; what is missing is said)."""
+    reports = root / params.paths.reports
+    metrics, gate = METRICS.read_if_written(reports), GATE.read_if_written(reports)
+    if metrics:
+        line = f"test accuracy {metrics['accuracy']:.4f} on {metrics['examples']} photos"
+        line += f"; gate: {gate['decision']} ({gate['reason']})" if gate else "; no gate decision yet"
+    else:
+        line = "no test accuracy yet (the evaluate stage has not run)"
+    html = reports / "evaluation.html"
+    report = f"report: {html}" if html.exists() else f"report: not written yet ({html})"
+    champion = params.paths.models / "champion"
+    if (root / champion / "model.keras").exists():
+        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {champion})"
+    else:
+        model = params.paths.models / "model.keras"
+        tryit = f"try it: pawflow predict PHOTO_OR_FOLDER --model {model}   (no champion yet)"
+    return "\n".join((line, report, tryit))
 
 
 def record_version(root: Path, facts: dict, fail_before_ref: Callable[[], None] | None = None) -> str | None:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from conftest import tool_env
 
-from flows.common import LOCK_FILE
+from flows.lock import LOCK_FILE
 
 T = TypeVar("T")
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import imagegen
 import pytest
-from conftest import params_for, workspace_of
-from reportsamples import write_samples
+from conftest import workspace_of
 
 from flows import cli
-from flows.cli import RunFailed, closing_lines, main, run_overrides, summary_line
+from flows.cli import RunFailed, main, run_overrides, summary_line
 from flows.stops import Terminated
 from tasks.errors import PawflowError
 from tasks.params import Params
@@ -173,36 +172,6 @@ def test_server_status_outside_a_project_is_one_message(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert main(["server", "status"]) == 2
     assert "not inside a pawflow project" in capsys.readouterr().err
-
-
-def write_reports(params, accuracy: float = 0.84331, decision: str = "promoted") -> None:
-    reports = params.paths.reports
-    write_samples(
-        reports, metrics={"accuracy": accuracy}, gate={"decision": decision, "reason": "better than 0.8"}
-    )
-    (reports / "evaluation.html").write_text("<html></html>")
-
-
-def test_closing_lines_after_a_run(tmp_path: Path):
-    params = params_for(tmp_path, tmp_path / "photos")
-    write_reports(params)
-    (params.paths.models / "champion").mkdir(parents=True)
-    (params.paths.models / "champion" / "model.keras").write_bytes(b"k")
-    lines = closing_lines(tmp_path, params).splitlines()
-    assert lines == [
-        "test accuracy 0.8433 on 600 photos; gate: promoted (better than 0.8)",
-        f"report: {params.paths.reports / 'evaluation.html'}",
-        f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {params.paths.models / 'champion'})",
-    ]
-
-
-def test_closing_lines_say_what_is_missing(tmp_path: Path):
-    params = params_for(tmp_path, tmp_path / "photos")
-    lines = closing_lines(tmp_path, params).splitlines()
-    assert len(lines) == 3
-    assert lines[0] == "no test accuracy yet (the evaluate stage has not run)"
-    assert lines[1].startswith("report: not written yet")
-    assert f"--model {params.paths.models / 'model.keras'}" in lines[2]
 
 
 def test_server_status_in_a_project_without_a_server(tmp_path: Path, monkeypatch, capsys):

@@ -83,6 +83,33 @@ def test_closure_follows_lazy_imports():
     assert {"flows/train.py", "tasks/train.py", "tasks/model.py", "tasks/runtime.py"} <= files
 
 
+def test_no_module_imports_one_that_imports_it_back():
+    # Imports run down, from entry points to shared code: a circle (lazy imports included) means a
+    # shared piece sits too high, in a module that also needs the other.
+    files = [*ROOT.glob("flows/**/*.py"), *ROOT.glob("tasks/**/*.py")]
+    graph = {
+        f: {m for m in (module_file(n) for n in imported_modules(f)) if m is not None and m != f}
+        for f in files
+    }
+
+    def reach(start: Path) -> set[Path]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            f = todo.pop()
+            if f not in seen:
+                seen.add(f)
+                todo.extend(graph.get(f, ()))
+        return seen
+
+    circles = sorted(
+        f"{a.relative_to(ROOT)} <-> {b.relative_to(ROOT)}"
+        for a in files
+        for b in graph[a]
+        if a < b and a in reach(b)
+    )
+    assert not circles, f"modules that import each other (directly or through others): {circles}"
+
+
 def test_evaluate_depends_on_the_training_report_it_reads():
     # evaluation.html shows reports/train.json's curves and settings: a new train.json is a new report.
     assert "${paths.reports}/train.json" in stages()["evaluate"]["deps"]

@@ -231,7 +231,7 @@ def cancel_a_run_mid_training(ws: Path, serve: subprocess.Popen, api: str) -> No
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    from flows.common import lock_holder
+    from flows.lock import lock_holder
     from tasks import versioning
 
     kept = ["models/model.keras", *(str(p.relative_to(ws)) for p in (ws / "data").rglob("*.*"))]

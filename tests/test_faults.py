@@ -285,7 +285,7 @@ def running(pid: int) -> bool:
 
 def assert_stopped_cleanly(ws: Path, pids: list[int]) -> None:
     """The workspace free, no process of the run left, no temporary name with a final one beside it."""
-    from flows.common import lock_holder
+    from flows.lock import lock_holder
 
     assert lock_holder(ws) is None
     deadline = time.monotonic() + 10

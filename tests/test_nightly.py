@@ -17,8 +17,9 @@ import imagegen
 import pytest
 import yaml
 from commands import dvc, sh
-from conftest import ROOT, shipped, tool_env
+from conftest import ROOT, params_for, shipped, tool_env
 from httpserver import Receiver
+from reportsamples import write_samples
 from workspace import workspace
 
 from tasks import nightly, runstore
@@ -29,6 +30,36 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
 # --------------------------------------------------------------------------- the pure parts
+
+
+def write_reports(params, accuracy: float = 0.84331, decision: str = "promoted") -> None:
+    reports = params.paths.reports
+    write_samples(
+        reports, metrics={"accuracy": accuracy}, gate={"decision": decision, "reason": "better than 0.8"}
+    )
+    (reports / "evaluation.html").write_text("<html></html>")
+
+
+def test_closing_lines_after_a_run(tmp_path: Path):
+    params = params_for(tmp_path, tmp_path / "photos")
+    write_reports(params)
+    (params.paths.models / "champion").mkdir(parents=True)
+    (params.paths.models / "champion" / "model.keras").write_bytes(b"k")
+    lines = nightly.closing_lines(tmp_path, params).splitlines()
+    assert lines == [
+        "test accuracy 0.8433 on 600 photos; gate: promoted (better than 0.8)",
+        f"report: {params.paths.reports / 'evaluation.html'}",
+        f"try it: pawflow predict PHOTO_OR_FOLDER   (default model: {params.paths.models / 'champion'})",
+    ]
+
+
+def test_closing_lines_say_what_is_missing(tmp_path: Path):
+    params = params_for(tmp_path, tmp_path / "photos")
+    lines = nightly.closing_lines(tmp_path, params).splitlines()
+    assert len(lines) == 3
+    assert lines[0] == "no test accuracy yet (the evaluate stage has not run)"
+    assert lines[1].startswith("report: not written yet")
+    assert f"--model {params.paths.models / 'model.keras'}" in lines[2]
 
 
 def test_history_is_the_versions_plus_the_local_runs_that_recorded_none(tmp_path: Path, monkeypatch):
@@ -257,7 +288,7 @@ def test_five_nights_served_recorded_restored_alerted_and_collected(tmp_path: Pa
     assert out.returncode == 2 and "no recorded run" in out.stderr
     (ws / "dvc.yaml").write_text((ws / "dvc.yaml").read_text().removesuffix("\n# mine\n"))
     # ... and so is a restore while a run holds the workspace.
-    from flows.common import workspace_lock
+    from flows.lock import workspace_lock
 
     with workspace_lock(ws):
         out = sh(ws, PAWFLOW, "restore", damaged["id"], api=api)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from flows import server
+from flows.lock import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +29,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_running_stage_keeps_the_server_busy(project: Path):
     project.mkdir()
     assert server._idle(project, idle_s=0)  # nothing ran, nothing runs
-    server.WORKSPACE_LOCK.write_text(f"pid {os.getpid()}: python -m flows.train")
+    LOCK_FILE.write_text(f"pid {os.getpid()}: python -m flows.train")
     assert not server._idle(project, idle_s=0)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-    server.WORKSPACE_LOCK.write_text(f"pid {int(dead.stdout)}: python -m flows.train")  # killed run
+    LOCK_FILE.write_text(f"pid {int(dead.stdout)}: python -m flows.train")  # killed run
     assert server._idle(project, idle_s=0)
-    server.WORKSPACE_LOCK.write_text("")  # released
+    LOCK_FILE.write_text("")  # released
     (project / "last-used").touch()
     assert not server._idle(project, idle_s=60)
     old = time.time() - 120
@@ -39,40 +42,98 @@ def test_a_running_stage_keeps_the_server_busy(project: Path):
     assert server._idle(project, idle_s=60)
 
 
-def test_only_stage_processes_without_an_api_use_it(project: Path, monkeypatch: pytest.MonkeyPatch):
-    started = []
-    monkeypatch.setattr(server, "ensure_background", lambda: started.append(1) or "http://x/api")
+def valid_params() -> str:
+    """A params.yaml in the current folder that the light preflight passes; returns its text."""
     for label in ("Cat", "Dog"):
         (Path("photos") / label).mkdir(parents=True)
         for i in range(5):  # the check wants two class folders, each with enough files for every split
             (Path("photos") / label / f"{i}.jpg").write_bytes(b"x")
-    params = (ROOT / "params.yaml").read_text()
-    Path("params.yaml").write_text(params.replace("../shared/datasets/petimages-sample", "photos"))
+    params = (
+        (ROOT / "params.yaml")
+        .read_text()
+        .replace("source: ../shared/datasets/petimages-sample", "source: photos")
+    )
+    Path("params.yaml").write_text(params)
+    return params
+
+
+def test_a_stage_process_without_an_api_uses_it(project: Path, monkeypatch: pytest.MonkeyPatch):
+    started = []
+    monkeypatch.setattr(server, "ensure_background", lambda: started.append(1) or "http://x/api")
+    refreshed = []
+    monkeypatch.setattr("prefect.context.refresh_global_settings_context", lambda: refreshed.append(1))
+    params = valid_params()
     cases = [
-        (["python", "-m", "flows.dedup"], {"PREFECT_API_URL": "http://mine/api"}, False),
-        (["python", "-m", "flows.dedup", "--help"], {}, False),
-        (["python", "-m", "flows.cli", "run"], {}, False),
-        (["python", "-m", "flows.dedup"], {"PAWFLOW_BACKGROUND_SERVER": "0"}, False),
-        (["python", "-X", "dev", "-m", "flows.shard"], {}, True),
-        (["python", "-m", "flows.pipeline", "--until", "shard"], {}, True),  # one Prefect home for all
+        ({"PREFECT_API_URL": "http://mine/api"}, False),
+        ({"PAWFLOW_BACKGROUND_SERVER": "0"}, False),
+        ({}, True),
     ]
-    for argv, env, uses in cases:
-        monkeypatch.setattr(sys, "orig_argv", argv)
+    for env, uses in cases:
         for key in ("PREFECT_API_URL", "PAWFLOW_BACKGROUND_SERVER"):
             monkeypatch.delenv(key, raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         started.clear()
+        refreshed.clear()
         server.use_background_server()
-        assert bool(started) == uses, argv
+        assert bool(started) == uses == bool(refreshed), env  # Prefect's settings read the new URL
         assert (os.environ.get("PREFECT_API_URL") == "http://x/api") == uses
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     # Bad params: the stage says so in one message, before any server starts.
-    Path("params.yaml").write_text(params.replace("../shared/datasets/petimages-sample", "missing"))
-    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "flows.ingest"])
+    Path("params.yaml").write_text(params.replace("source: photos", "source: missing"))
     started.clear()
     server.use_background_server()
     assert not started and "PREFECT_API_URL" not in os.environ
+
+
+def test_importing_flows_starts_nothing(project: Path, monkeypatch: pytest.MonkeyPatch):
+    # As `python -m flows.shard` imports it: only the entry point's explicit call starts a server.
+    started = []
+    monkeypatch.setattr(server, "ensure_background", lambda: started.append(1) or "http://x/api")
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "flows.shard"])
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    valid_params()  # a stage would start one here
+    import flows
+
+    importlib.reload(flows)
+    assert not started and "PREFECT_API_URL" not in os.environ
+
+
+@pytest.mark.slow
+def test_a_stage_process_without_an_api_runs_in_the_background_server(tmp_path: Path):
+    # The stage imports Prefect before its entry point points it at the server: the flow run, its log
+    # lines and its events must all reach that server (not a temporary one of Prefect's own).
+    from commands import wait_for
+    from conftest import tool_env
+    from workspace import workspace
+
+    ws, _ = workspace(tmp_path, per_class=6)
+    env = tool_env()
+    env.pop("PREFECT_API_URL")  # the session's server: a stage run by hand or by dvc repro has none
+
+    def py(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=ws, env=env, capture_output=True, text=True)
+
+    out = py("-m", "flows.ingest")
+    try:
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "starting a background Prefect server" in out.stdout
+        url = json.loads((ws / ".pawflow/prefect/background.json").read_text())["url"]
+
+        def api(path: str, body: dict) -> list[dict]:
+            return requests.post(f"{url}{path}", json=body, timeout=10).json()
+
+        runs = api("/flow_runs/filter", {"flow_runs": {"name": {"like_": "ingest-"}}})
+        assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
+        run_id = runs[0]["id"]
+        logs = api("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        assert any("Finished in state Completed" in line["message"] for line in logs), logs
+        resource = {"filter": {"resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}
+        events = wait_for(lambda: api("/events/filter", resource).get("events"), 30, "the run's events")
+        assert "prefect.flow-run.Completed" in {e["event"] for e in events}
+    finally:
+        stopped = py("-m", "flows.server", "stop")
+        assert stopped.stdout.strip() == "stopped", stopped.stderr
 
 
 @pytest.mark.slow
