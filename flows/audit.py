@@ -1,6 +1,6 @@
 """audit: the champion scores a run's new photos; a batch it contradicts far more than normal is quarantined.
 
-Two entry points, like base (README "Warm-start training"): the audit needs the champion, which is
+Two entry points, like base (docs/design.md "Warm start"): the audit needs the champion, which is
 evaluate's output, so the audit stage's outputs (reports/audit.json, <paths.interim>/quarantine.json)
 are set by the Prefect pipeline, which runs `audit_flow` between clean and dedup and records them with
 `dvc commit audit`. The stage's command, `python -m flows.audit`, which `dvc repro` runs only when an

@@ -427,6 +427,7 @@ server_app = typer.Typer(
 )
 app.add_typer(server_app, name="server")
 quarantine_app = typer.Typer(
+    cls=_Group,
     help="Batches of new photos the label audit held out of training (docs/collection.md).",
     no_args_is_help=True,
 )
@@ -751,7 +752,7 @@ def cmd_server(action: str) -> int:
     cls=_Command,
     epilog=examples(
         "pawflow history                      # one line per run, newest first",
-        "pawflow history 20261205T030000      # one run in detail: what arrived, metrics, the gate",
+        "pawflow history 20261205-030001      # one run in detail: what arrived, metrics, the gate",
         "pawflow history --json --limit 7     # the last week, for a script",
         "pawflow history --html history.html  # the champion's accuracy over the runs",
     ),
@@ -777,7 +778,7 @@ def history_command(
 @app.command(
     "restore",
     cls=_Command,
-    epilog=examples("pawflow restore latest", "pawflow restore 20261205T030000"),
+    epilog=examples("pawflow restore latest", "pawflow restore 20261205-030001"),
 )
 def restore_command(
     run: Annotated[str, typer.Argument(metavar="RUN", help="A run id from `pawflow history`.")],
@@ -893,13 +894,22 @@ def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
     return 0
 
 
-@quarantine_app.command("list")
+@quarantine_app.command(
+    "list", cls=_Command, epilog=examples("pawflow quarantine list   # each held batch, why, a few of its photos")
+)
 def quarantine_list() -> None:
     """List the batches held in quarantine, with why."""
     _finish("quarantine list", cmd_quarantine_list)
 
 
-@quarantine_app.command("release")
+@quarantine_app.command(
+    "release",
+    cls=_Command,
+    epilog=examples(
+        "pawflow quarantine release 3f2a      # one batch, by a unique prefix of its id",
+        "pawflow quarantine release --all     # every held batch",
+    ),
+)
 def quarantine_release(
     ids: Annotated[
         list[str] | None,
