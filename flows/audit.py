@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from flows.common import friendly, publish, record_stage_run, stage_run_name
 from flows.lock import workspace_lock
 from tasks import audit, exclude, quarantine
-from tasks.errors import PawflowError
+from tasks.errors import PawflowError, report
 from tasks.fileio import read_parquet
 from tasks.params import Params, load_params
 from tasks.reports import AUDIT, AuditReport
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             wrote = ensure_outputs(params.paths.interim, params.paths.reports)
             held = quarantine.read(params.paths.interim).held_batches()
     except PawflowError as err:
-        print(f"\npawflow audit: {err}", file=sys.stderr)
-        return 2
+        return report("pawflow audit", err)
     state = "wrote empty ones" if wrote else "kept"
     print(
         f"pawflow audit: {state} (dvc repro never audits); {len(held)} batch(es) held in quarantine "

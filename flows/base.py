@@ -17,7 +17,7 @@ from pathlib import Path
 from flows.lock import workspace_lock
 from tasks import warmstart
 from tasks.datasetinfo import DatasetInfo
-from tasks.errors import PawflowError
+from tasks.errors import PawflowError, report
 from tasks.params import Params, load_params
 from tasks.warmstart import ensure_base
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         with workspace_lock():
             base = ensure_base(folder)
     except PawflowError as err:
-        print(f"\npawflow base: {err}", file=sys.stderr)
-        return 2
+        return report("pawflow base", err)
     if base is None:
         print(f"pawflow base: {folder} is empty: train starts from scratch")
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tasks.errors import PawflowError
+from tasks.errors import PawflowError, report
 from tasks.preflight import preflight, write_checked
 from tasks.workers import check_cluster
 
@@ -23,13 +23,11 @@ def main(params_path: Path = Path("params.yaml")) -> int:
         # A Dask cluster that cannot do the work is refused here, before DVC removes the outputs of clean.
         check_cluster(params, params_path.parent.absolute(), print)
     except PawflowError as err:
-        print(f"\npawflow check: {err}", file=sys.stderr)
-        return 2
+        return report("pawflow check", err)
     try:
         write_checked(params)
-    except PawflowError as err:  # a full disk (tasks.fileio.NoSpace): the check ran, its write failed
-        print(f"\npawflow check: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 1)
+    except PawflowError as err:  # a full disk (tasks.fileio.NoSpace, exit 1): the check ran, its write failed
+        return report("pawflow check", err)
     print("pawflow check: params.yaml, ingest.source and the exclude list are fine")
     return 0
 

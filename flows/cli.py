@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from tasks.errors import PawflowError
+from tasks.errors import ExitCode, PawflowError, report
 from tasks.params import load_params
 from tasks.runtime import quiet_native_stderr
 
@@ -46,7 +46,7 @@ def tool_env() -> dict[str, str]:
 class RunFailed(PawflowError):
     """The run started and failed (exit 1); bad params or usage are refused before it starts (exit 2)."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -477,8 +477,7 @@ def _finish(command: str, fn, guard: bool = False, kept: str = "Run it again to 
         with stops if guard else contextlib.nullcontext():
             code = fn(**kwargs)
     except PawflowError as err:
-        print(f"\npawflow {command}: {err}", file=sys.stderr)
-        code = getattr(err, "exit_code", 2)
+        code = report(f"pawflow {command}", err)
     except (KeyboardInterrupt, Terminated) as err:
         code = stops.finish(err)
     if code:
@@ -895,7 +894,9 @@ def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
 
 
 @quarantine_app.command(
-    "list", cls=_Command, epilog=examples("pawflow quarantine list   # each held batch, why, a few of its photos")
+    "list",
+    cls=_Command,
+    epilog=examples("pawflow quarantine list   # each held batch, why, a few of its photos"),
 )
 def quarantine_list() -> None:
     """List the batches held in quarantine, with why."""

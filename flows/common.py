@@ -28,7 +28,7 @@ from flows.lock import run_lock
 from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
 from tasks import stopping
-from tasks.errors import PawflowError, Refused
+from tasks.errors import ExitCode, PawflowError, Refused, report
 from tasks.fileio import (
     append_history,
     code_fingerprint,
@@ -337,19 +337,17 @@ def stage_main(
                 runnable = flow.with_options(task_runner=task_runner(params.runner))
                 state = runnable(params=params, refresh=args.refresh, return_state=True, **(options or {}))
     except PawflowError as err:
-        print(f"\npawflow {stage}: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
+        return report(f"pawflow {stage}", err)
     except (KeyboardInterrupt, Terminated) as err:
         return guard.finish(err)
     if not state.is_completed():
         err = error_of(state)
         if isinstance(err, Refused):
-            print(f"\npawflow {stage}: {err}", file=sys.stderr)
-            return 2
+            return report(f"pawflow {stage}", err)
         print(f"\npawflow {stage} failed: {err}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"pawflow {stage}: done in {time.monotonic() - started:.1f}s")
-    return 0
+    return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- summaries

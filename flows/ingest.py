@@ -12,7 +12,7 @@ from prefect.utilities.annotations import quote
 
 from flows.common import friendly, publish, record_stage_run, stage_main, stage_run_name
 from tasks import ingest, present, store
-from tasks.errors import PawflowError
+from tasks.errors import PawflowError, report
 from tasks.fileio import write_parquet
 from tasks.listing import Listing
 from tasks.params import Params
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         accept_all, accept_count = accepted_removals(os.environ.get(ingest.ACCEPT_ENV))
     except PawflowError as err:
-        print(f"\npawflow ingest: {err}", file=sys.stderr)
-        return 2
+        return report("pawflow ingest", err)
     options = {"accept_removals": accept_all, "accept_count": accept_count}
     return stage_main("ingest", ingest_flow, argv, load=preflight, options=options)
 

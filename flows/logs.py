@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from tasks.errors import PawflowError
+from tasks.errors import ExitCode, PawflowError
 
 POLL_S = 1.0
 # After the run is final, keep polling this long for log lines still on their way (the API log
@@ -92,12 +92,12 @@ def format_line(log: Any, names: dict[UUID, str]) -> str:
 
 def exit_code(state: Any) -> int:
     if state is None:
-        return 1
+        return ExitCode.FAILED
     if state.is_completed():
-        return 0
+        return ExitCode.OK
     if state.is_cancelled() or state.is_cancelling():
-        return 130
-    return 1
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED
 
 
 def follow(

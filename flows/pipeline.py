@@ -37,7 +37,7 @@ from flows.lock import run_lock
 from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
 from tasks import nightly, runs, runstore, summary, versioning
-from tasks.errors import PawflowError
+from tasks.errors import ExitCode, PawflowError, report
 from tasks.params import Params, load_params
 from tasks.preflight import check_exclude, check_source_of, write_checked
 
@@ -426,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         with run_lock(root):
             pass
     except PawflowError as err:
-        print(f"\npawflow pipeline: {err}", file=sys.stderr)
-        return 2
+        return report("pawflow pipeline", err)
     kept = (
         "Finished stages are recorded in dvc.lock and nothing half-written carries a final name; run "
         "again to complete."
@@ -454,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         return guard.finish(err)
     if not state.is_completed():
         print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     if state.result().get("stages", {}).get("evaluate", "").startswith("ran"):
         print(nightly.closing_lines(root, load_params(root / "params.yaml")))
     return 0

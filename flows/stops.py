@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tasks import stopping
+from tasks.errors import ExitCode
 
 # After the first stop signal, a process that has not ended by itself within this long is ended (its
 # children too): time for the flow to record its state and for threads to leave their photo.
@@ -44,9 +45,6 @@ API_LOST_S = 10.0
 # A child process asked to stop (SIGTERM) gets this long before SIGKILL.
 CHILD_GRACE_S = 3.0
 
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 API_FIX = (
     "Run again (`pawflow run`, `dvc repro`, or the pipeline): finished stages are not run again, and a "
@@ -69,7 +67,9 @@ class Stop:
 
     @property
     def exit_code(self) -> int:
-        return {"interrupted": EXIT_INTERRUPTED, "api": EXIT_FAILED}.get(self.kind, EXIT_TERMINATED)
+        return {"interrupted": ExitCode.INTERRUPTED, "api": ExitCode.FAILED}.get(
+            self.kind, ExitCode.TERMINATED
+        )
 
     def exception(self) -> BaseException:
         return KeyboardInterrupt() if self.kind == "interrupted" else Terminated(self.kind)

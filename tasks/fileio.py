@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from tasks.errors import PawflowError
+from tasks.errors import ExitCode, PawflowError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,7 +128,7 @@ LOW_SPACE_BYTES = 16 * 2**20
 class NoSpace(PawflowError):
     """A write failed for want of room: the run started and failed (exit 1), nothing half-written kept."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 def mount_point(path: Path) -> Path:

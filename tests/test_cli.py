@@ -55,12 +55,26 @@ def test_the_changelogs_top_entry_is_the_version_pawflow_prints():
 @pytest.mark.parametrize(
     "command",
     [["run"], ["serve"], ["predict"], ["server"], ["server", "status"]]
-    + [[c] for c in ("history", "restore", "diff", "gc", "logs")],
+    + [[c] for c in ("history", "restore", "diff", "gc", "logs")]
+    + [["quarantine"], ["quarantine", "list"], ["quarantine", "release"]],
 )
 def test_every_command_has_help(command: list[str], capsys):
     assert main([*command, "-h"]) == 0
     out = capsys.readouterr().out
     assert f"Usage: pawflow {' '.join(command)}" in out
+    assert "<bool>" not in out and "<list" not in out  # the project's plain value names (_Command)
+
+
+def test_examples_show_real_run_ids(capsys):
+    """The ids in history's and restore's examples are ids tasks.runs.run_id makes."""
+    from datetime import UTC, datetime
+
+    from tasks.runs import run_id
+
+    made = run_id(datetime(2026, 12, 5, 3, 0, 1, tzinfo=UTC))
+    for command in ("history", "restore"):
+        main([command, "--help"])
+        assert f"pawflow {command} {made}" in capsys.readouterr().out
 
 
 def test_every_option_has_help(capsys):
