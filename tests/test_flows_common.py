@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from commands import wait_for
 from conftest import ROOT, shipped
 from dataflows import DATA_FILES
 from prefect import flow
@@ -318,8 +319,11 @@ def test_a_stopped_flow_does_not_wait_for_the_chunks_its_threads_are_working_on(
 
     from tasks import stopping
 
+    working = []
+
     @task
     def chunk() -> None:
+        working.append(True)
         for _ in range(3000):  # ~30 s of photos unless the run stops
             stopping.check()
             time.sleep(0.01)
@@ -329,7 +333,7 @@ def test_a_stopped_flow_does_not_wait_for_the_chunks_its_threads_are_working_on(
     @flow(task_runner=common.task_runner(shipped("runner", kind="threads", workers=2, chunk_size=1)))
     def stopped() -> None:
         futures.extend(chunk.submit() for _ in range(2))
-        time.sleep(1)  # the chunks are running
+        wait_for(lambda: len(working) == 2, 30, "both chunks to start", every=0.05)
         assert not any(f.state.is_final() for f in futures)
         raise KeyboardInterrupt  # what Ctrl-C raises in the flow's main thread
 

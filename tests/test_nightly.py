@@ -10,13 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import imagegen
 import pytest
 import yaml
-from commands import dvc, sh
+from commands import dvc, sh, wait_for
 from conftest import ROOT, params_for, shipped, tool_env
 from httpserver import Receiver
 from reportsamples import write_samples
@@ -133,16 +132,6 @@ def test_a_failing_webhook_is_logged_and_never_raises(caplog: pytest.LogCaptureF
 
 
 # --------------------------------------------------------------------------- five nights, served
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def set_evaluate(ws: Path, **values: float) -> None:
