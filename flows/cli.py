@@ -261,7 +261,7 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
     files = predict.list_files(targets)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read at import: no C++ info/warning lines
     with quiet_native_stderr():
-        runtime.configure(predict.tensorflow_settings(card))
+        runtime.configure(card.tensorflow)
         import keras  # noqa: F401  (imported here, with its start-up lines silenced)
     predictor = predict.load(model)
     failed = 0

@@ -6,6 +6,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -17,6 +18,9 @@ from tasks.errors import PawflowError
 from tasks.fileio import sha256_file, write_bytes
 from tasks.params import Params, TensorFlow
 from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
+
+if TYPE_CHECKING:
+    from tasks.predict import ModelCard
 
 
 # Keyed on the model file's, dataset_info.json's and the test shards' hashes (content, not paths; the
@@ -42,7 +46,7 @@ def predict_test_photos(
     model_sha256: str,
     dataset_sha256: str,
     shards_sha256: dict[str, str],
-    card: dict,
+    card: ModelCard,
     batch_size: int,
     tta: bool,
     robustness: dict | None,

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import numpy as np
@@ -23,6 +24,9 @@ from tasks import images, inference, present
 from tasks.datasetinfo import DatasetInfo
 from tasks.fileio import atomic_dir, write_json
 from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
+
+if TYPE_CHECKING:
+    from tasks.predict import ModelCard
 from tasks.reports import GateDecision, MetricsReport, ScoresReport, TrainReport
 
 
@@ -143,7 +147,7 @@ def predict_test_photos(
     model_path: Path,
     processed: Path,
     info: DatasetInfo,
-    card: dict,
+    card: ModelCard,
     batch_size: int,
     tta: bool,
     robustness: dict | None = None,
@@ -154,7 +158,7 @@ def predict_test_photos(
     import keras
 
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    image_size = int(card["image_size"])
+    image_size = card.image_size
     if robustness is None:
         from tasks import train
 

@@ -8,12 +8,13 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from tasks import inference
 from tasks.errors import PawflowError
-from tasks.fileio import MODEL_SHA256, sha256_file
+from tasks.fileio import sha256_file
 from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
 from tasks.params import TensorFlow
 
@@ -21,18 +22,39 @@ BATCH = 32
 # Prediction judges nothing but decodability, format and size safety (the clean.formats and
 # clean.max_pixels the model's card records): any real photo of a format clean accepted gets a label.
 PERMISSIVE = {"min_side": 1, "max_aspect_ratio": 1e9, "hash_size": 8}
-# What model.json must hold for a prediction (written by train's model_card), and of which type.
-CARD_KEYS: dict[str, type] = {
-    "class_names": list,
-    "image_size": int,
-    "max_side": int,
-    "jpeg_quality": int,
-    "formats": list,
-    "max_pixels": int,
-    "tensorflow": dict,
+
+
+class ModelCard(BaseModel):
+    """model.json, what a prediction needs besides the weights: written by train (train.model_card, plus
+    the model's sha256 and lineage), given the champion's `tta` by evaluate, read by evaluate and predict
+    (read_card). Keys it does not name (the architecture, the lineage) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    class_names: Annotated[list[str], Field(min_length=1)]
+    image_size: PositiveInt
+    max_side: PositiveInt  # the shards' photos: normalised to this side and JPEG quality
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)]
+    formats: Annotated[list[str], Field(min_length=1)]  # clean.formats and clean.max_pixels, as trained
+    max_pixels: PositiveInt
+    tensorflow: TensorFlow  # params.yaml tensorflow: as the model was trained and evaluated
+    model_sha256: str | None = None  # the .keras file's, checked before it is loaded (model_files)
+    tta: bool = False  # the champion's test-time augmentation, as evaluate promoted it
+
+
+# What a card's check says a wrong value should be.
+EXPECTED = {
+    "class_names": "a non-empty list of names",
+    "image_size": "a positive integer",
+    "max_side": "a positive integer",
+    "jpeg_quality": "an integer from 1 to 100",
+    "formats": "a non-empty list of image format names",
+    "max_pixels": "a positive integer",
+    "model_sha256": "a sha256 in hex",
+    "tta": "true or false",
 }
-# The keys train's card gained when `pawflow predict` stopped reading params (issue 12): a card without
-# them comes from a model trained before.
+# The keys train's card gained when `pawflow predict` stopped reading params: a card without them comes
+# from a model trained before.
 RUN_KEYS = ("formats", "max_pixels", "tensorflow")
 NOT_REGULAR = "not a regular file (named pipe, socket or device): skipped"
 
@@ -54,20 +76,20 @@ class Predictor:
     tta: bool = False
 
 
-def settings_for(card: dict, max_pixels: int, formats: tuple[str, ...]) -> CheckSettings:
+def settings_for(card: ModelCard, max_pixels: int, formats: tuple[str, ...]) -> CheckSettings:
     """How a photo is prepared for the model described by `card` (its model.json): normalised as the
     shards it was trained on were (max_side, jpeg_quality), judged only on decodability, its format
     (one of `formats`, clean.formats) and size (max_pixels, clean.max_pixels)."""
     return CheckSettings(
         max_pixels=max_pixels,
         formats=formats,
-        max_side=int(card["max_side"]),
-        jpeg_quality=int(card["jpeg_quality"]),
+        max_side=card.max_side,
+        jpeg_quality=card.jpeg_quality,
         **PERMISSIVE,
     )
 
 
-def model_files(model_path: Path) -> tuple[Path, dict]:
+def model_files(model_path: Path) -> tuple[Path, ModelCard]:
     """The .keras file (model_path, or model.keras in that folder) and its checked model.json; no TF.
     A card that records the model's sha256 (train writes it) must match the file: a damaged or replaced
     model is refused before it is loaded (hashing a model costs milliseconds)."""
@@ -81,8 +103,7 @@ def model_files(model_path: Path) -> tuple[Path, dict]:
             "Use a model written by pawflow's train stage (models/ or models/champion/).",
         )
     card = read_card(card_path)
-    recorded = card.get(MODEL_SHA256)
-    if recorded is not None and sha256_file(file) != recorded:
+    if card.model_sha256 is not None and sha256_file(file) != card.model_sha256:
         raise PawflowError(
             f"{file} does not match {card_path}: its sha256 is not the one train recorded (the file was "
             "damaged or replaced after training).",
@@ -90,12 +111,6 @@ def model_files(model_path: Path) -> tuple[Path, dict]:
             "damaged, train again (`dvc repro --force train`, or `pawflow run --force`).",
         )
     return file, card
-
-
-def tensorflow_settings(card: dict) -> TensorFlow:
-    """The TensorFlow settings the model was trained with (its card's, checked by read_card): predict
-    applies them (tasks.runtime.configure), so it computes as evaluate did, wherever it runs."""
-    return TensorFlow.model_validate(card["tensorflow"])
 
 
 def load(model_path: Path, tta: bool | None = None) -> Predictor:
@@ -117,15 +132,16 @@ def load(model_path: Path, tta: bool | None = None) -> Predictor:
         ) from None
     return Predictor(
         model,
-        list(card["class_names"]),
-        int(card["image_size"]),
-        settings_for(card, card["max_pixels"], tuple(card["formats"])),
-        bool(card.get("tta", False)) if tta is None else tta,
+        list(card.class_names),
+        card.image_size,
+        settings_for(card, card.max_pixels, tuple(card.formats)),
+        card.tta if tta is None else tta,
     )
 
 
-def read_card(card_path: Path) -> dict:
-    """model.json, checked for every key a prediction needs (one message naming what is missing)."""
+def read_card(card_path: Path) -> ModelCard:
+    """model.json, checked for every key a prediction needs (one message naming what is missing or
+    wrong)."""
     what_to_do = "Use the model.json that pawflow's train stage wrote beside the model, or re-run train."
     try:
         card = json.loads(card_path.read_text())
@@ -133,7 +149,8 @@ def read_card(card_path: Path) -> dict:
         raise PawflowError(f"{card_path} cannot be read as JSON ({err}).", what_to_do) from None
     if not isinstance(card, dict):
         raise PawflowError(f"{card_path} holds a {type(card).__name__}, not an object.", what_to_do)
-    missing = [k for k in CARD_KEYS if k not in card]
+    required = [name for name, field in ModelCard.model_fields.items() if field.is_required()]
+    missing = [k for k in required if k not in card]
     if missing and set(missing) <= set(RUN_KEYS):
         raise PawflowError(
             f"{card_path} was written by an older pawflow: it lacks {', '.join(missing)} (the formats, "
@@ -142,36 +159,32 @@ def read_card(card_path: Path) -> dict:
             "Re-run the pipeline (`pawflow run`): train rewrites the model's model.json and evaluate the "
             "champion's; or use a model trained since.",
         )
-    wrong = [
-        f"{k} (a {t.__name__} expected)"
-        for k, t in CARD_KEYS.items()
-        if k in card and (not isinstance(card[k], t) or isinstance(card[k], bool))
-    ]
-    if not missing and not wrong:
-        wrong += _wrong_values(card)
-    if missing or wrong:
-        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"wrong {', '.join(wrong)}"] if wrong else []
-        )
-        raise PawflowError(f"{card_path} is incomplete: {'; '.join(problems)}.", what_to_do)
-    return card
-
-
-def _wrong_values(card: dict) -> list[str]:
-    """What in a card of the right types cannot be used (names of classes and formats, settings)."""
-    wrong = []
-    if not (card["class_names"] and all(isinstance(c, str) for c in card["class_names"])):
-        wrong.append("class_names (a non-empty list of names expected)")
-    if not (card["formats"] and all(isinstance(f, str) for f in card["formats"])):
-        wrong.append("formats (a non-empty list of image format names expected)")
-    if card["max_pixels"] <= 0:
-        wrong.append("max_pixels (a positive number expected)")
     try:
-        tensorflow_settings(card)
+        return ModelCard.model_validate(card)
     except ValidationError as err:
-        keys = ", ".join(".".join(str(p) for p in e["loc"]) for e in err.errors())
-        wrong.append(f"tensorflow ({keys}: not as params.yaml tensorflow: allows)")
-    return wrong
+        raise PawflowError(f"{card_path} is incomplete: {card_problems(err)}.", what_to_do) from None
+
+
+def card_problems(err: ValidationError) -> str:
+    """A card's validation errors as one clause: "missing a, b; wrong c (what it should be)"."""
+    missing: list[str] = []
+    wrong: dict[str, list[str]] = {}
+    for e in err.errors():
+        key = str(e["loc"][0])
+        if e["type"] == "missing" and len(e["loc"]) == 1:
+            missing.append(key)
+        else:
+            wrong.setdefault(key, []).append(".".join(str(p) for p in e["loc"][1:]))
+    described = [
+        f"tensorflow ({', '.join(sorted(set(inner)))}: not as params.yaml tensorflow: allows)"
+        if key == "tensorflow"
+        else f"{key} ({EXPECTED.get(key, 'a valid value')} expected)"
+        for key, inner in wrong.items()
+    ]
+    return "; ".join(
+        ([f"missing {', '.join(missing)}"] if missing else [])
+        + ([f"wrong {', '.join(described)}"] if described else [])
+    )
 
 
 def list_files(targets: list[Path]) -> list[Path]:

@@ -64,7 +64,7 @@ def configure(cfg: TensorFlow) -> None:
     """Apply params.yaml `tensorflow:` to this process: before TensorFlow is imported, or refuse.
 
     Called by every entry point that runs a model: train and evaluate with params.yaml's, predict with
-    the copy the model's model.json keeps (tasks.predict.tensorflow_settings). A process that imported
+    the copy the model's model.json keeps (tasks.predict.ModelCard.tensorflow). A process that imported
     TensorFlow with other settings cannot change them any more, and would silently compute another
     model, so that is an error rather than a warning.
     """

@@ -15,7 +15,7 @@ import browser
 import imagegen
 import numpy as np
 import pytest
-from conftest import run_flows, workspace_of
+from conftest import run_flows, shipped, workspace_of
 from PIL import Image
 
 from tasks import evaluate, gate, images, predict, present, reports, summary
@@ -100,7 +100,15 @@ def tiny_model():
     return make_model((32, 32, 3), 2, width=4, blocks=(1,), dropout=0.0)
 
 
-CARD = {"class_names": ["Cat", "Dog"], "image_size": 32, "max_side": 224, "jpeg_quality": 90}
+CARD = predict.ModelCard(
+    class_names=["Cat", "Dog"],
+    image_size=32,
+    max_side=224,
+    jpeg_quality=90,
+    formats=["JPEG"],
+    max_pixels=10**8,
+    tensorflow=shipped("tensorflow"),
+)
 
 
 def test_robust_predictions_are_what_predict_says_of_the_rendered_photo(tiny_model, tmp_path: Path):
@@ -109,7 +117,7 @@ def test_robust_predictions_are_what_predict_says_of_the_rendered_photo(tiny_mod
     records = []
     for i in range(5):
         _, thumb = images.check_bytes(imagegen.jpeg(10 + i, (300, 220)), settings)
-        records.append((f"{CARD['class_names'][i % 2]}/{i}.jpg", i % 2, thumb))
+        records.append((f"{CARD.class_names[i % 2]}/{i}.jpg", i % 2, thumb))
     for tta in (False, True):
         robust = evaluate.predict_robust(tiny_model, records, 32, 2, tta, WEB, settings)
         assert robust.paths == [r[0] for r in records] and list(robust.labels) == [r[1] for r in records]
@@ -118,9 +126,9 @@ def test_robust_predictions_are_what_predict_says_of_the_rendered_photo(tiny_mod
             f = tmp_path / path.replace("/", "_")
             f.write_bytes(render_web(jpeg, path, **WEB))
             files.append(f)
-        p = predict.Predictor(tiny_model, CARD["class_names"], 32, settings, tta)
+        p = predict.Predictor(tiny_model, CARD.class_names, 32, settings, tta)
         rows = list(predict.predict(p, iter(files)))
-        assert [r.label for r in rows] == [CARD["class_names"][k] for k in robust.predicted]
+        assert [r.label for r in rows] == [CARD.class_names[k] for k in robust.predicted]
         np.testing.assert_allclose([r.confidence for r in rows], robust.confidence, atol=1e-5)
 
 

@@ -58,7 +58,7 @@ def model_and_shard(tmp_path_factory: pytest.TempPathFactory):
     (root / "models").mkdir()
     model.save(root / "models" / "model.keras")
     (root / "models" / "model.json").write_text(json.dumps(CARD))
-    settings = predict.settings_for(CARD, max_pixels=10**8, formats=FORMATS)
+    settings = predict.settings_for(predict.ModelCard.model_validate(CARD), max_pixels=10**8, formats=FORMATS)
     photos, records = root / "photos", []
     photos.mkdir()
     for i in range(PHOTOS):
@@ -84,7 +84,12 @@ def evaluate_probs(root: Path, tta: bool) -> np.ndarray:
 
     info = DatasetInfo.read(root / "processed")
     pred, _ = evaluate.predict_test_photos(
-        root / "models" / "model.keras", root / "processed", info, CARD, 4, tta
+        root / "models" / "model.keras",
+        root / "processed",
+        info,
+        predict.ModelCard.model_validate(CARD),
+        4,
+        tta,
     )
     assert pred.paths == [f"{i}.jpg" for i in range(PHOTOS)]
     return pred.probs
@@ -209,12 +214,22 @@ def test_predict_labels_the_photos_beside_a_named_pipe(tmp_path: Path, capsys, m
 def test_a_format_clean_does_not_accept_is_refused_and_a_size_above_its_limit_too(tmp_path: Path):
     (tmp_path / "a.png").write_bytes(imagegen.encode(imagegen.photo(2, (80, 80)), "PNG"))
     (tmp_path / "b.jpg").write_bytes(imagegen.jpeg(1, (80, 60)))
-    jpeg_only = predict.settings_for(SMALL_CARD, max_pixels=10**8, formats=("JPEG",))
+    jpeg_only = predict.settings_for(
+        predict.ModelCard.model_validate(SMALL_CARD), max_pixels=10**8, formats=("JPEG",)
+    )
     thumb, error = predict._prepare(tmp_path / "a.png", jpeg_only)
     assert thumb is None and error.startswith("unsupported_format"), error
     assert predict._prepare(tmp_path / "b.jpg", jpeg_only)[1] == ""
-    assert predict._prepare(tmp_path / "a.png", predict.settings_for(SMALL_CARD, 10**8, FORMATS))[1] == ""
-    small = predict.settings_for(SMALL_CARD, max_pixels=80 * 60 - 1, formats=FORMATS)
+    assert (
+        predict._prepare(
+            tmp_path / "a.png",
+            predict.settings_for(predict.ModelCard.model_validate(SMALL_CARD), 10**8, FORMATS),
+        )[1]
+        == ""
+    )
+    small = predict.settings_for(
+        predict.ModelCard.model_validate(SMALL_CARD), max_pixels=80 * 60 - 1, formats=FORMATS
+    )
     assert predict._prepare(tmp_path / "b.jpg", small)[1].startswith("decompression_bomb")
 
 
@@ -234,7 +249,7 @@ def test_an_empty_folder_is_an_error(tmp_path: Path, capsys, monkeypatch):
     ("card", "message"),
     [
         ({"class_names": ["Cat", "Dog"], "image_size": 16}, "missing max_side, jpeg_quality"),
-        ({**SMALL_CARD, "image_size": "16"}, "wrong image_size (a int expected)"),
+        ({**SMALL_CARD, "image_size": "16"}, "wrong image_size (a positive integer expected)"),
         ({**SMALL_CARD, "class_names": []}, "class_names (a non-empty list of names expected)"),
         ({**SMALL_CARD, "formats": []}, "formats (a non-empty list of image format names expected)"),
         ({**SMALL_CARD, "tensorflow": {**SMALL_CARD["tensorflow"], "threads": 0}}, "tensorflow (threads: "),
@@ -335,7 +350,7 @@ def test_a_model_that_is_not_the_one_its_card_records_is_refused_before_loading(
     model = write_model(tmp_path / "model", SMALL_CARD)
     card = {**SMALL_CARD, "model_sha256": sha256_file(model / "model.keras")}
     (model / "model.json").write_text(json.dumps(card))
-    assert predict.model_files(model)[1] == card
+    assert predict.model_files(model)[1] == predict.ModelCard.model_validate(card)
     (model / "model.keras").write_bytes((model / "model.keras").read_bytes() + b"\0")
     (tmp_path / "a.jpg").write_bytes(imagegen.jpeg(1))
     monkeypatch.chdir(tmp_path)
@@ -343,3 +358,16 @@ def test_a_model_that_is_not_the_one_its_card_records_is_refused_before_loading(
     err = capsys.readouterr().err
     assert f"{model / 'model.keras'} does not match {model / 'model.json'}" in err and "dvc checkout" in err
     assert err.count("What to do") == 1 and "Traceback" not in err
+
+
+def test_the_card_train_writes_is_the_card_predict_reads():
+    """train.model_card plus the sha256 key flows.train adds: a ModelCard, nothing dropped or renamed."""
+    from tasks.fileio import MODEL_SHA256
+
+    written = {**SMALL_CARD, MODEL_SHA256: "ab" * 32, "lineage": {"warm_starts": 0}}
+    card = predict.ModelCard.model_validate(written)
+    assert card.model_sha256 == "ab" * 32 and card.model_extra == {
+        "model": SMALL_CARD["model"],
+        "lineage": {"warm_starts": 0},
+    }
+    assert card.model_dump(mode="json", exclude_defaults=True) == {k: v for k, v in written.items()}
