@@ -22,6 +22,7 @@ from typer.core import TyperCommand, TyperGroup
 from tasks.errors import ExitCode, PawflowError, report
 from tasks.params import load_params
 from tasks.runtime import quiet_native_stderr
+from tasks.status import StageRun, ran
 
 if TYPE_CHECKING:
     from tasks.params import Params
@@ -175,11 +176,8 @@ def cmd_run(
         dvc("push")
         pushed = True
     after = versioning.lock_stages(root)
-    stages = {
-        s: "ran" if before.get(s) != after.get(s) or force else "skipped (up to date)"
-        for s in versioning.STAGES
-    }
-    no_new_data = all(v.startswith("skipped") for v in stages.values())
+    stages = {s: StageRun(s, ran=before.get(s) != after.get(s) or force).status for s in versioning.STAGES}
+    no_new_data = not any(ran(stages, s) for s in stages)
     with run_lock(root):
         facts = nightly.gather(root, params, run_id, started_at, "pawflow run", stages, no_new_data)
         facts["wall_s"] = round(time.monotonic() - started, 1)

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Completed, Failed, State
 
 from flows.base import prepare_base
 from flows.common import (
@@ -40,6 +40,7 @@ from tasks import nightly, runs, runstore, summary, versioning
 from tasks.errors import ExitCode, PawflowError, report
 from tasks.params import Params, load_params
 from tasks.preflight import check_exclude, check_source_of, write_checked
+from tasks.status import StageRun, ran
 
 
 def stage_flow(stage: str):
@@ -49,8 +50,6 @@ def stage_flow(stage: str):
 
 # One pipeline run per workspace at a time, across every deployment (created by `pawflow serve`).
 CONCURRENCY_LIMIT = "pawflow-workspace"
-# A failed stage's error, from run_stage to the pipeline flow (tasks run in the flow's process).
-_stage_errors: dict[str, PawflowError] = {}
 
 
 UP_TO_DATE = "up to date in dvc.lock"
@@ -96,7 +95,7 @@ def run_stage(
     """
     log = get_run_logger()
     if changed == {}:
-        return Completed(name="Skipped", message=UP_TO_DATE, data={"stage": stage, "ran": False})
+        return Completed(name="Skipped", message=UP_TO_DATE, data=StageRun(stage, ran=False))
     if changed:
         log.info("%s: %s", stage, summary.why_stage_runs(changed))
     elif upstream_changed:
@@ -108,21 +107,29 @@ def run_stage(
     options = {"accept_removals": accept_removals} if stage == "ingest" else {}
     state = runnable(params=params, refresh=force, return_state=True, **options)
     if not state.is_completed():
-        # Not raised here, nor put in the state: Prefect would log it twice more. The flow reports it.
-        _stage_errors[stage] = error_of(state)
-        return Failed(message=f"stage {stage} failed")
+        # Not raised here: Prefect would log it twice more. The flow reports it (StageRun.error), once.
+        failed = StageRun(stage, ran=True, error=error_of(state))
+        return Failed(message=f"stage {stage} failed", data=failed)
     before = versioning.lock_summary(root).get(stage)
     versioning.commit_stage(root, stage)
-    new_outputs = versioning.lock_summary(root).get(stage) != before
     result = state.result()
-    return {
-        "stage": stage,
-        "ran": True,
-        "new_outputs": new_outputs,
-        "seconds": round(time.monotonic() - started, 1),
+    return StageRun(
+        stage,
+        ran=True,
+        new_outputs=versioning.lock_summary(root).get(stage) != before,
+        seconds=round(time.monotonic() - started, 1),
         # ingest's: what this run changed in the collection (run history and summary, never tracked)
-        "figures": result.get("figures") if isinstance(result, dict) else None,
-    }
+        figures=result.get("figures") if isinstance(result, dict) else None,
+    )
+
+
+def stage_run(state: State, stage: str) -> StageRun:
+    """A stage task's outcome from its final state: the StageRun it returned (a failed one carries its
+    error), or, for a state that carries none (a crash, a cancellation), its message as the error."""
+    out = state.result(raise_on_failure=False) if state.is_completed() or state.is_failed() else None
+    if isinstance(out, StageRun):
+        return out
+    return StageRun(stage, ran=True, error=PawflowError(state.message or f"ended {state.type.value.lower()}"))
 
 
 @task(name="dvc-push")
@@ -168,14 +175,9 @@ def set_base(
     log.info("models/base: %s (%s)", "the champion" if choice == "champion" else choice, why)
     if not new_outputs:
         return Completed(
-            name="Skipped", message=f"models/base unchanged: {why}", data={"stage": "base", "ran": False}
+            name="Skipped", message=f"models/base unchanged: {why}", data=StageRun("base", ran=False)
         )
-    return {
-        "stage": "base",
-        "ran": True,
-        "new_outputs": True,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return StageRun("base", ran=True, new_outputs=True, seconds=round(time.monotonic() - started, 1))
 
 
 def workspace_limit():
@@ -294,16 +296,15 @@ def _pipeline(
                 state = run_stage(
                     stage, params, force, root, upstream_changed, changed, accept_removals, return_state=True
                 )
-            if state.is_failed():
+            out = stage_run(state, stage)
+            if out.error is not None:
                 # The stage's message says what to do; the stages before it are recorded in dvc.lock.
-                err = _stage_errors.pop(stage, None) or PawflowError(state.message or "failed")
-                raise PawflowError(f"stage {stage} failed: {err.what}", err.fix)
-            out = state.result()
-            collection = out.get("figures") if stage == "ingest" else collection
+                raise PawflowError(f"stage {stage} failed: {out.error.what}", out.error.fix)
+            collection = out.figures if stage == "ingest" else collection
             # base passes on a change upstream of it: train must run for new shards even if base is kept
-            upstream_changed = bool(out.get("new_outputs")) or (stage == "base" and upstream_changed)
-            stages[stage] = f"ran ({out['seconds']}s)" if out["ran"] else "skipped (up to date)"
-        no_new_data = not force and all(stages[s].startswith("skipped") for s in stages_to_run[1:])
+            upstream_changed = out.new_outputs or (stage == "base" and upstream_changed)
+            stages[stage] = out.status
+        no_new_data = not force and not any(ran(stages, s) for s in stages_to_run[1:])
         if no_new_data:
             log.info("no new data: the source has not changed since the last run; nothing retrained")
         pushed = None
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         print(f"\npawflow pipeline failed: {error_of(state)}", file=sys.stderr)
         return ExitCode.FAILED
-    if state.result().get("stages", {}).get("evaluate", "").startswith("ran"):
+    if ran(state.result().get("stages", {}), "evaluate"):
         print(nightly.closing_lines(root, load_params(root / "params.yaml")))
     return 0
 

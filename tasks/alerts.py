@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks import runs
+from tasks.status import ran
 
 EVENTS = ("run_failed", "champion_kept", "data_quality")
 
@@ -35,7 +36,7 @@ def events(facts: dict, previous: dict | None, reject_fraction: float) -> list[t
     audit = facts.get("audit")
     if audit and audit.get("tripped") and audit != (previous or {}).get("audit"):
         found.append(("data_quality", f"the label audit tripped: {audit.get('reason')}"))
-    if runs.ran(facts.get("stages") or {}, "evaluate") and facts.get("gate") == "rejected":
+    if ran(facts.get("stages") or {}, "evaluate") and facts.get("gate") == "rejected":
         found.append(("champion_kept", runs.gate_sentence(facts)))
     return found
 

@@ -21,6 +21,7 @@ import yaml
 from tasks import alerts, runs, runstore
 from tasks.params import Params
 from tasks.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN
+from tasks.status import ran
 
 log = logging.getLogger(__name__)
 AUDIT = "audit.json"  # written by the label audit when the project has one: {"tripped": bool, "reason": str}
@@ -194,7 +195,7 @@ def gather(
     )
     figures = runs.stage_figures(stage_lines(root / params.pipeline.history), iso(started))
     stability = (figures.get("shard") or {}).get("split_stability") or {}
-    facts["split_moves"] = stability.get("moved_photos", 0) if runs.ran(stages, "shard") else 0
+    facts["split_moves"] = stability.get("moved_photos", 0) if ran(stages, "shard") else 0
     shard = SHARD.read_if_written(reports)
     facts["examples"] = shard["examples"] if shard else None
     facts["trained"] = runs.trained(stages, TRAIN.read_if_written(reports))
@@ -209,7 +210,7 @@ def gather(
         gate_reason=gate.get("reason"),
         p_value=gate.get("p_value"),
         champion_accuracy=gate.get("champion_accuracy"),
-        promoted=runs.ran(stages, "evaluate") and gate.get("decision") == "promoted",
+        promoted=ran(stages, "evaluate") and gate.get("decision") == "promoted",
     )
     hashes = runstore.recorded_hashes(root)
     facts["sha256"] = hashes

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.status import ran
 from tasks.text import md
 
 # How many photo names a record lists (per kind: new, rejected); the counts are always complete.
@@ -73,10 +74,6 @@ def stage_figures(lines: Sequence[dict], started: str) -> dict[str, dict]:
         if line.get("stage") and str(line.get("finished", "")) >= started:
             out[line["stage"]] = line
     return out
-
-
-def ran(stages: dict[str, str], stage: str) -> bool:
-    return str(stages.get(stage, "")).startswith("ran")
 
 
 def trained(stages: dict[str, str], train_report: dict | None) -> dict[str, Any] | None:

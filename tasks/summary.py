@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from tasks import present
 from tasks.reports import AUDIT, CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN, Report
+from tasks.status import ran
 from tasks.text import md
 
 # The data-quality and evaluation builders take tasks.datareport's and tasks.evaluate's objects without
@@ -65,7 +66,7 @@ def pipeline_markdown(
         return report.read_if_written(reports) if report.stage in stages else None
 
     def origin(stage: str) -> str:
-        return "" if stages[stage].startswith("ran") else " (from an earlier run: up to date in dvc.lock)"
+        return "" if ran(stages, stage) else " (from an earlier run: up to date in dvc.lock)"
 
     clean, dedup, shard, metrics, gate = read(CLEAN), read(DEDUP), read(SHARD), read(METRICS), read(GATE)
     audit = read(AUDIT)
@@ -92,7 +93,7 @@ def pipeline_markdown(
             f"{present.count(clean['kept'])} kept, {rejected}; of the kept, {flagged}",
         ]
     if audit:
-        flag = "**QUARANTINED**: " if audit["tripped"] and stages["audit"].startswith("ran") else ""
+        flag = "**QUARANTINED**: " if audit["tripped"] and ran(stages, "audit") else ""
         lines += ["", f"**label audit**{origin('audit')}: {flag}{md(audit['reason'])}"]
     if dedup:
         lines += [

@@ -7,8 +7,11 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from prefect.states import Completed, Crashed, Failed
 
-from flows.pipeline import main, workspace_limit
+from flows.pipeline import main, stage_run, workspace_limit
+from tasks.errors import PawflowError
+from tasks.status import SKIPPED, StageRun
 
 
 def test_a_local_run_takes_no_global_concurrency_limit():
@@ -89,3 +92,20 @@ def yaml_source(ws: Path) -> str:
     return next(
         line + "\n" for line in (ws / "params.yaml").read_text().splitlines() if line.startswith("  source: ")
     )
+
+
+def test_a_stage_tasks_outcome_is_a_stage_run_whatever_its_state():
+    """The pipeline reads each stage task's final state as a StageRun: the one it returned, a failed
+    stage's with its error (reported once, by the pipeline), and one made of the message of a state
+    that carries none (a crash)."""
+    done = StageRun("clean", ran=True, new_outputs=True, seconds=1.5)
+    assert stage_run(Completed(data=done), "clean") == done and done.status == "ran (1.5s)"
+    skipped = stage_run(Completed(name="Skipped", data=StageRun("dedup", ran=False)), "dedup")
+    assert (skipped.ran, skipped.status, skipped.error) == (False, SKIPPED, None)
+    err = PawflowError("ingest.source is empty", "Put photos in it.")
+    failed = stage_run(
+        Failed(message="stage ingest failed", data=StageRun("ingest", ran=True, error=err)), "ingest"
+    )
+    assert failed.error is err and repr(failed) == "StageRun(ingest: failed)"  # Prefect logs no error text
+    crashed = stage_run(Crashed(message="the process was killed"), "train")
+    assert crashed.error is not None and crashed.error.what == "the process was killed"
