@@ -55,6 +55,23 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_while_running(
+    proc: subprocess.Popen, ready: Callable[[], object], timeout: float, what: str, output=lambda: ""
+) -> None:
+    """Until ready() is true while proc runs: an AssertionError naming `what` (with the end of output())
+    when the process ends first or `timeout` seconds pass."""
+
+    def check() -> bool:
+        if ready():
+            return True
+        assert proc.poll() is None, (
+            f"the process ended (exit {proc.returncode}) before {what}: {output()[-3000:]}"
+        )
+        return False
+
+    wait_for(check, timeout, what)
+
+
 def start_holding_the_workspace(ws: Path, *args: str, api: str | None) -> subprocess.Popen:
     """`python ARGS` started in ws (its output piped), returned once it holds the workspace lock."""
     proc = subprocess.Popen(

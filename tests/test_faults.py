@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from commands import wait_for
+from commands import wait_for, wait_while_running
 from conftest import make_workspace, tool_env
 
 from tasks import versioning
@@ -83,11 +83,7 @@ def kill_when(ws: Path, name: str, api: str, ready: Callable[[], bool], timeout:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"{name} finished before it could be killed"
-        assert time.monotonic() < deadline, f"{name} never reached the point to kill it"
-        time.sleep(0.02)
+    wait_while_running(proc, ready, timeout, f"{name} reached the point to kill it")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -337,10 +333,13 @@ def test_sigterm_stops_a_stage_in_seconds_and_an_orphaned_stage_stops_by_itself(
         text=True,
     )
     epoch_log = ws / ".pawflow/cache/train/dvclive/plots/metrics/train/loss.tsv"
-    deadline = time.monotonic() + 300
-    while not (epoch_log.exists() and len(epoch_log.read_text().split()) > 4):
-        assert dvc.poll() is None and time.monotonic() < deadline, dvc.stdout.read()[-3000:]
-        time.sleep(0.2)
+    wait_while_running(
+        dvc,
+        lambda: epoch_log.exists() and len(epoch_log.read_text().split()) > 4,
+        300,
+        "two epochs",
+        dvc.stdout.read,
+    )
     (train,) = [p for p in psutil.Process(dvc.pid).children(recursive=True) if "flows.train" in p.cmdline()]
     dvc.kill()  # DVC gone at once (kill -9, or a SIGTERM to it alone): nothing tells its stage
     dvc.wait()
@@ -458,10 +457,13 @@ def test_a_prefect_server_killed_under_a_stage_ends_it_in_seconds_with_one_messa
     try:
         train = Stage(ws, "train", api)
         epoch_log = ws / ".pawflow/cache/train/dvclive/plots/metrics/train/loss.tsv"
-        deadline = time.monotonic() + 300
-        while not (epoch_log.exists() and len(epoch_log.read_text().split()) > 4):
-            assert train.proc.poll() is None and time.monotonic() < deadline, train.err[-3000:]
-            time.sleep(0.2)
+        wait_while_running(
+            train.proc,
+            lambda: epoch_log.exists() and len(epoch_log.read_text().split()) > 4,
+            300,
+            "two epochs",
+            lambda: train.err,
+        )
         server.kill()
         server.wait()
         killed = time.monotonic()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from commands import wait_while_running
 
 from flows import server
 from flows.lock import LOCK_FILE
@@ -144,10 +145,9 @@ def test_the_background_server_stops_by_itself_when_idle(project: Path):
         [sys.executable, "-m", "flows.server", "serve", "--home", str(project), "--idle", "1"], env=env
     )
     try:
-        deadline = time.monotonic() + server.HEALTH_TIMEOUT_S
-        while not (project / "background.json").exists() and proc.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_while_running(
+            proc, (project / "background.json").exists, server.HEALTH_TIMEOUT_S, "background.json"
+        )
         state = json.loads((project / "background.json").read_text())
         assert state["pid"] == proc.pid
         assert proc.wait(timeout=60) == 0  # idle: it stopped its server and exited
