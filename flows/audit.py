@@ -10,13 +10,13 @@ output is missing or this code changed, writes empty ones where there are none a
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.command import stage_arguments
 from flows.common import friendly, publish, record_stage_run, stage_run_name
 from flows.lock import workspace_lock
 from tasks import audit, exclude, quarantine
@@ -83,9 +83,7 @@ def audit_flow(params: Params, refresh: bool = False) -> AuditReport:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.audit` (dvc repro's command): the outputs where they are missing; never audits."""
-    parser = argparse.ArgumentParser(prog="python -m flows.audit", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
-    args = parser.parse_args(argv)
+    args = stage_arguments("audit", __doc__.splitlines()[0], argv)
     try:
         params = load_params(args.params)
         with workspace_lock():

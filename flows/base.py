@@ -10,10 +10,10 @@ and under `dvc repro` a flow would cost a Prefect API start for one small file.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from flows.command import stage_arguments
 from flows.lock import workspace_lock
 from tasks import warmstart
 from tasks.datasetinfo import DatasetInfo
@@ -66,9 +66,7 @@ def prepare_base(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.base", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
-    args = parser.parse_args(argv)
+    args = stage_arguments("base", __doc__.splitlines()[0], argv)
     try:
         params = load_params(args.params)
         folder = params.paths.models / "base"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import io
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flows.command import stage_arguments
 from flows.lock import run_lock
 from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
@@ -313,10 +313,7 @@ def stage_main(
     the background Prefect server when no API is set (flows.server.use_background_server), and is the
     flows.stops.StopGuard owner (it watches its Prefect API, and its parent when DVC started it, and ends
     the process within STOP_GRACE_S of a stop whatever is still running)."""
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=(flow.description or ""))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
-    parser.add_argument("--refresh", action="store_true", help="recompute instead of reusing caches")
-    args = parser.parse_args(argv)
+    args = stage_arguments(stage, flow.description or "", argv, refresh=True)
     owner = argv is None
     if owner:  # a stage process: its flow runs against the background server unless an API is set
         use_background_server()
