@@ -171,7 +171,10 @@ def bench_params(quick: bool, epochs: int, hook_url: str) -> dict:
     # keep_runs: 10 (3 quick) so that retention drops runs within the month (30 would keep them all)
     pipeline.update(alert_url=hook_url, push=True, keep_runs=3 if quick else 10)
     train: dict = {"epochs": epochs}
-    evaluate: dict = {}
+    # The shipped bar (evaluate.min_accuracy 0.8) is for the shipped 32 epochs: a 12-epoch model of the
+    # sample scored 0.763 on the first night, so the month had no champion to warm-start from and every
+    # night trained from scratch. 0.7 keeps the gate's floor (a broken model is still refused).
+    evaluate: dict = {"min_accuracy": 0.7}
     if quick:
         train = {"epochs": 1, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0}
         train["finetune"] = {"epochs": 1}
