@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +55,7 @@ def arrivals(previous: pd.DataFrame | None, current: pd.DataFrame) -> dict[str, 
     }
 
 
-def rejected_among(rejected_files: Sequence[dict], new_paths: set[str]) -> dict[str, Any]:
+def rejected_among(rejected_files: Sequence[Mapping[str, Any]], new_paths: set[str]) -> dict[str, Any]:
     """Clean's rejections of this run's new files: how many, per reason, and the first few with reasons."""
     mine = [r for r in rejected_files if r["path"] in new_paths]
     return {
@@ -79,7 +79,7 @@ def ran(stages: dict[str, str], stage: str) -> bool:
     return str(stages.get(stage, "")).startswith("ran")
 
 
-def trained(stages: dict[str, str], train_report: dict | None) -> dict[str, Any] | None:
+def trained(stages: dict[str, str], train_report: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """How this run trained (None when train did not run in it)."""
     if not ran(stages, "train") or train_report is None:
         return None
