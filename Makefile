@@ -52,8 +52,8 @@ bench: install ## run the benchmarks (hours: P6, P8, P9 and P10 train models), w
 	$(PY) -m bench.run
 	$(PY) -m bench.tables
 
-lint: install ## ruff check + format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: install ## ruff check + format check + mypy (flows/ and tasks/, configured in pyproject.toml)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 format: install ## ruff fix + format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -14,7 +14,8 @@ from-scratch runs at two more collection sizes (the first night is the third), a
 Bench params (the workspace's params.yaml; the month must fit a few hours of both cores): train.epochs
 12 (a from-scratch model on the final ~20k photos in ~20 min; P9's 18-epoch recipe takes 33 min there),
 pipeline.keep_runs 10 (3 in --quick: the month must exercise retention; 30 would keep every run),
-evaluate.min_accuracy 0.7 (the shipped 0.8 is for 32 epochs), everything else as shipped, the warm-start policy included (train.finetune.max_growth 0.25,
+evaluate.min_accuracy 0.7 (the shipped 0.8 is for 32 epochs), everything else as shipped, the
+warm-start policy included (train.finetune.max_growth 0.25,
 max_warm_starts 7: early nights grow the collection fast enough to trigger full retrains by themselves).
 --quick: 8 nights on 240 of the sample's photos, batches of 20-40, a 1-epoch 32-px model: proves the
 harness in ~15 min on a shared machine; its figures mean nothing (bench/results/P10-quick.json).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 
@@ -67,7 +68,7 @@ def audit_flow(params: Params, refresh: bool = False) -> AuditReport:
     AUDIT.write(p.reports, rep)
     record_stage_run(params, "audit", {"new_photos": rep["new_photos"], "tripped": rep["tripped"]})
     (log.warning if rep["tripped"] else log.info)("label audit: %s", rep["reason"])
-    rows = [
+    rows: list[list[Any]] = [
         ["new photos", rep["new_photos"]],
         ["scored by the champion", rep["scored"]],
         ["disagreements", rep["disagreements"]],

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -50,7 +50,7 @@ class RunFailed(PawflowError):
     exit_code = ExitCode.FAILED
 
 
-def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with subprocess.Popen([sys.executable, "-m", "dvc", *args], env={**tool_env(), **(env or {})}) as proc:
         try:
             proc.wait()
@@ -155,9 +155,10 @@ def cmd_run(
     started_at = nightly.now()
     run_id = runs.run_id(started_at)
     before = versioning.lock_stages(root)
-    stages = (versioning.CHECK_STAGE, *versioning.STAGES)
     forced = ["--force"] if force else []
-    if not force and not any(versioning.stage_status(root, s) for s in stages):
+    if not force and not any(
+        versioning.stage_status(root, s) for s in (versioning.CHECK_STAGE, *versioning.STAGES)
+    ):
         # Nothing for dvc repro to do: skip starting a Prefect server for it.
         print("pawflow run: every stage is up to date (dvc.lock); nothing to do.")
     else:
@@ -308,13 +309,13 @@ def project_root(start: Path) -> Path:
 def deployments(params_path: Path) -> list:
     """pipeline/manual (run on demand), pipeline/retrain-nightly and pipeline/retrain-full (crons from
     params.yaml)."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     from flows.pipeline import pipeline
 
     p = load_params(params_path).pipeline
-    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     # Every parameter with the value a run uses (None: params.yaml's), so that the UI's Parameters tab
     # and its run form show them all, not `{}`.
     defaults = {name: param.default for name, param in inspect.signature(pipeline.fn).parameters.items()}
@@ -383,7 +384,7 @@ def _value_name(param: Any, ctx: Any) -> str | None:
 def _plain_types(params: list[Any]) -> list[Any]:
     for p in params:
         # typer's help (rich and plain) asks each parameter for its type's display string.
-        p.display_type_rich = functools.partial(_value_name, p)  # type: ignore[attr-defined]
+        p.display_type_rich = functools.partial(_value_name, p)
     return params
 
 
@@ -618,6 +619,10 @@ def predict_command(
     _finish("predict", cmd_predict, targets=targets, model=model, csv_out=csv_out)
 
 
+@overload
+def _workspace(need_params: Literal[True] = True) -> tuple[Path, Params]: ...
+@overload
+def _workspace(need_params: bool) -> tuple[Path, Params | None]: ...
 def _workspace(need_params: bool = True) -> tuple[Path, Params | None]:
     """The project root (made the working folder) and its params; with need_params=False, None when
     params.yaml is not valid (a restored run's file may predate a key: the runs stay listable and
@@ -700,9 +705,13 @@ def cmd_gc(keep: int | None, cloud: bool) -> int:
     from flows.lock import run_lock
     from tasks import runstore
 
-    root, params = _workspace(need_params=keep is None)
+    if keep is None:
+        root, params = _workspace()
+        keep = params.pipeline.keep_runs
+    else:
+        root, _ = _workspace(need_params=False)
     with run_lock(root):
-        out = runstore.collect_garbage(root, keep or params.pipeline.keep_runs, cloud=cloud)
+        out = runstore.collect_garbage(root, keep, cloud=cloud)
     print(
         f"kept {len(out['kept'])} run(s), dropped {len(out['dropped'])}"
         + (f" ({', '.join(out['dropped'])})" if out["dropped"] else "")

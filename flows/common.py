@@ -10,11 +10,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
+from uuid import UUID
 
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from prefect.states import Failed, State
@@ -77,7 +78,8 @@ def _started() -> str:
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
-    when = ctx.flow_run.expected_start_time if ctx and ctx.flow_run.expected_start_time else None
+    flow_run = ctx.flow_run if ctx else None
+    when = flow_run.expected_start_time if flow_run and flow_run.expected_start_time else None
     return (when or datetime.now(UTC)).astimezone(UTC).strftime(RUN_DATE)
 
 
@@ -97,8 +99,8 @@ def stage_run_name() -> str:
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
-    stage = ctx.flow.name if ctx else "stage"
-    if ctx and ctx.flow_run.parent_task_run_id is not None:
+    stage = ctx.flow.name if ctx and ctx.flow else "stage"
+    if ctx and ctx.flow_run and ctx.flow_run.parent_task_run_id is not None:
         return stage  # a subflow: its pipeline run carries the entry point and date
     if os.environ.get("DVC_EXP_NAME"):
         entry = "dvc-exp-"
@@ -174,26 +176,35 @@ def one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     """A flow body whose PawflowError ends the run Failed, not with a traceback. The state's message is
     what went wrong on one line (Prefect logs it with repr); the error itself is the state's data, and
-    the entry point prints it once, in full, with what to do (error_of)."""
+    the entry point prints it once, in full, with what to do (error_of).
+
+    Typed as fn is: Prefect makes a Failed state a flow returns the run's final state, so the flow's
+    caller gets fn's result or the error (its state, with return_state=True), never the state as a
+    result."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except PawflowError as err:
             _printed_in_full.add(one_line(err.what))
-            return Failed(message=one_line(err.what), data=err)
+            return cast(R, Failed(message=one_line(err.what), data=err))
         except Exception as err:
             # A full disk where no writer of ours named the file (a library's own write): still one
             # message, naming the file systems the stage writes to.
             cause = no_space_cause(err)
             if cause is None:
                 raise
-            failed = no_space_somewhere(cause, write_places(kwargs.get("params")))
-            return Failed(message=one_line(failed.what), data=failed)
+            params = kwargs.get("params")  # a stage flow's (the pipeline flow has none)
+            failed = no_space_somewhere(cause, write_places(params if isinstance(params, Params) else None))
+            return cast(R, Failed(message=one_line(failed.what), data=failed))
 
     return wrapper
 
@@ -338,10 +349,10 @@ def stage_main(
     except (KeyboardInterrupt, Terminated) as err:
         return guard.finish(err)
     if not state.is_completed():
-        err = error_of(state)
-        if isinstance(err, Refused):
-            return report(f"pawflow {stage}", err)
-        print(f"\npawflow {stage} failed: {err}", file=sys.stderr)
+        failure = error_of(state)
+        if isinstance(failure, Refused):
+            return report(f"pawflow {stage}", failure)
+        print(f"\npawflow {stage} failed: {failure}", file=sys.stderr)
         return ExitCode.FAILED
     print(f"pawflow {stage}: done in {time.monotonic() - started:.1f}s")
     return ExitCode.OK
@@ -373,7 +384,7 @@ def cell(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
-def render_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
+def render_table(title: str, columns: list[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table for the terminal and the logs. Every header and cell is literal text (rich
     reads `[bold]` in a string as markup, and fails on a class folder named `[/]`)."""
     table = Table()
@@ -399,7 +410,8 @@ def progress_artifact(key: str, description: str, total: float) -> Callable[...,
 
     if FlowRunContext.get() is None:
         return lambda done, description=None: None
-    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    # Called from sync code, Prefect's async_dispatch runs the sync implementation: a UUID, not a coroutine.
+    artifact_id = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=description))
     shown = {"percent": 0, "broken": False}
 
     def update(done: float, description: str | None = None) -> None:
@@ -417,7 +429,9 @@ def progress_artifact(key: str, description: str, total: float) -> Callable[...,
     return update
 
 
-def publish(key: str, title: str, columns: list[str], rows: list[list[Any]], markdown: str = "") -> str:
+def publish(
+    key: str, title: str, columns: list[str], rows: Sequence[Sequence[Any]], markdown: str = ""
+) -> str:
     """Print a stage's summary table and publish it as a Prefect table (+ markdown) artifact. `markdown`
     is published as it is: names in it must already be escaped (tasks.text.md)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -96,7 +97,7 @@ def dedup_flow(params: Params, refresh: bool = False) -> DedupReport:
     started = time.monotonic()
     rep = find_duplicates(params)
     markdown = data_report(params)
-    rows = [
+    rows: list[list[Any]] = [
         ["photos", rep["photos"]],
         ["kept", rep["kept"]],
         ["duplicates (exact)", rep["exact_duplicates"]],

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.utilities.annotations import NotSet
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main, stage_run_name
 from tasks import present, runtime, summary, versioning
@@ -69,8 +70,8 @@ def _predictions(params: Params, model_dir: Path, data: Verified, refresh: bool,
     from tasks import predict
 
     model, card = predict.model_files(model_dir)  # its sha256 checked against model.json
-    run = predict_test_photos.with_options(
-        result_storage=result_storage(params), refresh_cache=refresh or None
+    run = predict_test_photos.with_options(  # NotSet: the task's own setting (Prefect's default)
+        result_storage=result_storage(params), refresh_cache=True if refresh else NotSet
     )
     return run(
         sha256_file(model),
@@ -125,7 +126,8 @@ def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     decision: GateReport = {**verdict, "model_sha256": sha256_file(models / "model.keras")}
     tables = evaluate.plot_tables(pred, class_names, e.calibration_bins)
     train_report = TRAIN.read_if_written(reports)
-    pngs = evaluate.render_plots(m, tables, class_names, (train_report or {}).get("history"))
+    history = train_report.get("history") if train_report else None
+    pngs = evaluate.render_plots(m, tables, class_names, history)
     mistakes = evaluate.mistakes(pred, jpegs, class_names, e.misclassified)
     scored = evaluate.scored(info, data.info_sha256, decision["model_sha256"])
     page = evaluate.html_report(

@@ -100,8 +100,8 @@ def ingest_flow(
             "Check the network or the server, or raise ingest.download_deadline_s; a partial download is "
             "resumed by the next run.",
         ) from None
-    result = copy_new_files(quote(listing), params, refresh, accept_removals, accept_count)
-    rep, figures = write_manifest(quote(listing), quote(result), params, refresh)
+    result = copy_new_files(quote(listing), params, refresh, accept_removals, accept_count)  # type: ignore[call-overload]  # Prefect's Task typing does not model quote()
+    rep, figures = write_manifest(quote(listing), quote(result), params, refresh)  # type: ignore[call-overload]  # Prefect's Task typing does not model quote()
     record_stage_run(params, "ingest", figures)
     log = get_run_logger()
     if figures["removed"] or figures["relabelled"] or figures["renamed"]:

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -55,7 +56,7 @@ CONCURRENCY_LIMIT = "pawflow-workspace"
 UP_TO_DATE = "up to date in dvc.lock"
 
 
-def stage_task_name(parameters: dict) -> str:
+def stage_task_name(parameters: dict[str, Any]) -> str:
     """The stage, or "<stage> (skipped: up to date in dvc.lock)": the Prefect UI colours a Completed
     state named Skipped as completed (Prefect has no skipped type), so the name tells them apart."""
     skip = parameters.get("changed") == {}
@@ -75,7 +76,7 @@ def what_changed(root: Path, stage: str, force: bool, upstream_changed: bool) ->
     return changed
 
 
-@task(name="stage", task_run_name=stage_task_name)
+@task(name="stage", task_run_name=stage_task_name)  # type: ignore[arg-type]  # Prefect's callback Protocol has a classmethod no function has
 def run_stage(
     stage: str,
     params: Params,
@@ -276,8 +277,8 @@ def _pipeline(
     run["started_work"] = True
     stages_to_run = versioning.STAGES[: versioning.STAGES.index(until) + 1] if until else versioning.STAGES
     with workspace_limit(), run_lock(root):
-        changed = versioning.set_params(root / "params.yaml", updates)
-        for key, (old, new) in changed.items():
+        updated = versioning.set_params(root / "params.yaml", updates)
+        for key, (old, new) in updated.items():
             log.info("params.yaml: %s %r -> %r", key, old, new)
         params = load_params(root / "params.yaml")
         for leftover in tidy_workspace(params):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from tasks import stopping
@@ -197,7 +197,9 @@ class StopGuard:
             self._start(self._watch_api, self.api_url)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> Literal[False]:
         self._done.set()
         for signum, previous in self._handlers.items():
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)

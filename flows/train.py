@@ -7,9 +7,10 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
+from prefect.utilities.annotations import NotSet
 
 from flows.common import (
     content_cache,
@@ -110,9 +111,9 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     tf_config = os.environ.get("TF_CONFIG")
     me = role(tf_config)
     # In a cluster every worker must train: one answered from its cache would leave the others
-    # waiting for it at the first all-reduce.
+    # waiting for it at the first all-reduce. NotSet: the task's own setting (Prefect's default).
     fit = fit_model.with_options(
-        result_storage=result_storage(params), refresh_cache=refresh or me.workers > 1 or None
+        result_storage=result_storage(params), refresh_cache=True if refresh or me.workers > 1 else NotSet
     )
     result = fit(
         data.info_sha256,
@@ -154,10 +155,10 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     TRAIN.write(reports, rep)
     record_stage_run(params, "train", {**asdict(result.run), "warm_start": rep["warm_start"]})
     best = rep["best"]
-    rows = [
+    rows: list[list[Any]] = [
         ["model", f"{rep['model']} ({rep['parameters']:,} parameters)"],
         ["device", rep["device"]],
-        ["start", f"warm start #{plan.count} from {plan.from_sha256[:12]}" if plan.warm else "from scratch"],
+        ["start", f"warm start #{plan.count} from {plan.start_sha256[:12]}" if plan.warm else "from scratch"],
         ["epochs run (best)", f"{rep['epochs_run']} ({rep['best_epoch']})"],
         [
             "val accuracy (best epoch)",

@@ -19,11 +19,12 @@ import zlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
 from tasks.errors import PawflowError
 from tasks.fileio import HASH_BLOCK
 from tasks.listing import Listing, bad_name, classify, shown
+from tasks.reports import Skipped
 
 if TYPE_CHECKING:
     from tasks.params import Ingest
@@ -65,9 +66,9 @@ class _Members:
         self.size = archive.stat().st_size
         self.count = 0
         self.total = 0
-        self.files: dict[str, tuple[int, int, Callable[[], BinaryIO]]] = {}
+        self.files: dict[str, tuple[int, int, Callable[[], IO[bytes]]]] = {}
         self.dirs: set[str] = set()
-        self.skipped: list[dict[str, str]] = []
+        self.skipped: list[Skipped] = []
 
     def header(self, name: str, refused: str | None, is_dir: bool) -> bool:
         """Check one member's header, in the same order for a zip and a tar: count and name, the kind
@@ -94,7 +95,7 @@ class _Members:
         return True
 
     def add_file(
-        self, name: str, size: int, compressed: int | None, mtime_ns: int, opener: Callable[[], BinaryIO]
+        self, name: str, size: int, compressed: int | None, mtime_ns: int, opener: Callable[[], IO[bytes]]
     ) -> str:
         """Check one regular member before its data is read; returns its normalised path."""
         cfg = self.cfg
@@ -149,7 +150,7 @@ class _Members:
                         "Repack the archive so that no file has the name of a folder.",
                     )
 
-    def read_fully(self, member: str, src: BinaryIO, declared: int) -> None:
+    def read_fully(self, member: str, src: IO[bytes], declared: int) -> None:
         """Stream one member's data to its end (the reader checks its CRC there); never held whole."""
         got = 0
         while block := src.read(HASH_BLOCK):
@@ -210,10 +211,10 @@ def _check_zip(archive: Path, m: _Members) -> None:
 
 # How compressed tar streams start, and the reader of each: it checks the stream's own checksum (gzip
 # CRC-32 and length, bzip2 block and stream CRCs, xz check) when it is read to its end.
-COMPRESSED: dict[bytes, Callable[..., BinaryIO]] = {
-    b"\x1f\x8b": gzip.open,  # type: ignore[dict-item]
-    b"BZh": bz2.open,  # type: ignore[dict-item]
-    b"\xfd7zXZ\x00": lzma.open,  # type: ignore[dict-item]
+COMPRESSED: dict[bytes, Callable[..., IO[bytes]]] = {
+    b"\x1f\x8b": gzip.open,  # type: ignore[dict-item]  # typeshed: GzipFile is a BufferedIOBase, not an IO[bytes]
+    b"BZh": bz2.open,
+    b"\xfd7zXZ\x00": lzma.open,
 }
 
 
@@ -222,7 +223,7 @@ def _magic(archive: Path) -> bytes:
         return f.read(8)
 
 
-def _decompressed(archive: Path) -> BinaryIO:
+def _decompressed(archive: Path) -> IO[bytes]:
     """The archive's tar stream (decompressed when it is compressed)."""
     magic = _magic(archive)
     for start, reader in COMPRESSED.items():
@@ -234,7 +235,7 @@ def _decompressed(archive: Path) -> BinaryIO:
 class _LastRead:
     """A reader that remembers its last read: the block tarfile took for the end of the archive."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: IO[bytes]) -> None:
         self.raw, self.last = raw, b""
 
     def read(self, n: int = -1) -> bytes:
@@ -266,7 +267,7 @@ def _check_tar(archive: Path, m: _Members) -> None:
     with _decompressed(archive) as raw:
         stream = _LastRead(raw)
         try:
-            with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]  # typeshed wants an IO[bytes]; reading needs read/seek/tell
                 for info in tf:
                     member = info.name
                     if not m.header(info.name, _tar_refusal(info), info.isdir()):
@@ -352,7 +353,7 @@ class _Capped:
     """A member reader that refuses to return more bytes than the archive declared (zip bombs lie) and
     turns a read error into one message (the archive was verified: it changed since)."""
 
-    def __init__(self, raw: BinaryIO, limit: int, archive: Path, name: str) -> None:
+    def __init__(self, raw: IO[bytes], limit: int, archive: Path, name: str) -> None:
         self.raw, self.left, self.archive, self.name = raw, limit, archive, name
 
     def read(self, n: int = -1) -> bytes:
@@ -389,12 +390,12 @@ class _Shared:
         self.zip: zipfile.ZipFile | None = None
         self.tar: tarfile.TarFile | None = None
 
-    def zip_member(self, info: zipfile.ZipInfo) -> BinaryIO:
+    def zip_member(self, info: zipfile.ZipInfo) -> IO[bytes]:
         if self.zip is None:
             self.zip = zipfile.ZipFile(self.archive)
-        return self.zip.open(info)  # type: ignore[return-value]
+        return self.zip.open(info)
 
-    def tar_member(self, info: tarfile.TarInfo) -> BinaryIO:
+    def tar_member(self, info: tarfile.TarInfo) -> IO[bytes]:
         if self.tar is None:
             self.tar = tarfile.open(self.archive, "r:*")  # noqa: SIM115 (open while members are copied)
         member = self.tar.extractfile(info)  # the listing's TarInfo: its data offset, no second scan
@@ -402,27 +403,27 @@ class _Shared:
             raise PawflowError(
                 f"{self.archive}: entry {shown(info.name)!r} has no data.", "Repack the archive."
             )
-        return member  # type: ignore[return-value]
+        return member
 
 
 def _opener(
-    shared: _Shared, name: str, size: int, open_raw: Callable[[], BinaryIO]
-) -> Callable[[], BinaryIO]:
+    shared: _Shared, name: str, size: int, open_raw: Callable[[], IO[bytes]]
+) -> Callable[[], IO[bytes]]:
     """Opens one member of the shared archive for its copy, capped at its declared size."""
 
-    def open_member() -> BinaryIO:
+    def open_member() -> IO[bytes]:
         try:
             member = open_raw()
         except (*ARCHIVE_ERRORS, RuntimeError) as err:
             raise _changed(shared.archive, name, err) from None
-        return _Capped(member, size, shared.archive, name)  # type: ignore[return-value]
+        return _Capped(member, size, shared.archive, name)  # type: ignore[return-value]  # a reader (read, close, with): all a copy uses
 
     return open_member
 
 
-def _zip_opener(shared: _Shared, info: zipfile.ZipInfo) -> Callable[[], BinaryIO]:
+def _zip_opener(shared: _Shared, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
     return _opener(shared, info.filename, info.file_size, lambda: shared.zip_member(info))
 
 
-def _tar_opener(shared: _Shared, info: tarfile.TarInfo) -> Callable[[], BinaryIO]:
+def _tar_opener(shared: _Shared, info: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
     return _opener(shared, info.name, info.size, lambda: shared.tar_member(info))

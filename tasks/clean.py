@@ -15,7 +15,7 @@ from tasks import images, stopping, store
 from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, fingerprint
 from tasks.images import FLAGS, REASONS, CheckSettings, PhotoCheck
-from tasks.reports import CleanReport
+from tasks.reports import CleanReport, LabelVerdicts
 from tasks.status import Status
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def report(df: pd.DataFrame) -> CleanReport:
     kept = df[df["status"] == Status.KEPT]
     steps = Counter(s.split(":", 1)[0] for n in kept["normalised"] for s in n.split(";") if s)
     flags = Counter(f for fs in kept["flags"] for f in fs.split(";") if f)
-    per_label = {
+    per_label: dict[str, LabelVerdicts] = {
         str(label): {
             "kept": int((g["status"] == Status.KEPT).sum()),
             "rejected": int((g["status"] == Status.REJECTED).sum()),

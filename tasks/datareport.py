@@ -14,7 +14,7 @@ import base64
 import io
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +87,8 @@ def thumbnail(path: Path, formats: tuple[str, ...], max_pixels: int) -> tuple[by
             if im.format in ("JPEG", "MPO"):
                 im.draft(im.mode, (THUMB_SIDE, THUMB_SIDE))  # DCT scaling: decode at ~thumbnail size
             im.load()
-            im, _ = orient(im)  # as clean turned it (tasks.images.orient)
-            rgb, _ = to_rgb(im)
+            oriented, _ = orient(im)  # as clean turned it (tasks.images.orient)
+            rgb, _ = to_rgb(oriented)
     except Exception as err:  # any decoder failure on a rejected file means "cannot be drawn"
         return None, f"cannot be decoded: {type(err).__name__}: {err}"
     rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -338,7 +338,7 @@ def _flagged(
 
 
 def _tiles(
-    items: list[tuple[str, tuple[str, ...], str]], raw: Path, formats: tuple[str, ...], max_pixels: int
+    items: Sequence[tuple[str, tuple[str, ...], str]], raw: Path, formats: tuple[str, ...], max_pixels: int
 ) -> tuple[tuple[Tile, ...], int]:
     """Tiles of (path, caption lines, badge), at most MAX_THUMBNAILS drawn; and how many were left out."""
     tiles = []
@@ -361,13 +361,13 @@ def _contradicted(
     audit: AuditReport | None, present: set[str], raw: Path, formats: tuple[str, ...], max_pixels: int
 ) -> Section:
     """The audit's confidently contradicted photos that are still in the collection at their path."""
-    listed = [c for c in (audit or {}).get("contradicted_photos", []) if c["path"] in present]
+    listed = [c for c in (audit.get("contradicted_photos", []) if audit else []) if c["path"] in present]
     items = [
         (c["path"], (f"labelled {c['label']}", f"champion: {c['predicted']} ({c['confidence']:.1%})"), "")
         for c in listed
     ]
     tiles, more = _tiles(items, raw, formats, max_pixels)
-    total = (audit or {}).get("contradicted", 0)
+    total = audit.get("contradicted", 0) if audit else 0
     return Section(groups=(Group(title="", tiles=tiles),) if tiles else (), more=more, total=total)
 
 

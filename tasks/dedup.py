@@ -15,6 +15,7 @@ import itertools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.errors import PawflowError
 from tasks.fileio import write_bytes
-from tasks.reports import DedupReport
+from tasks.reports import ConflictGroup, DedupReport, DuplicateGroup
 from tasks.status import Status
 
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
@@ -346,10 +347,20 @@ def find_duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     return find_duplicates_indexed(photos, max_distance)[0]
 
 
+def _kind(value: object) -> Literal["exact", "near"]:
+    """A duplicate's kind, as dedup.json's contract (tasks.reports.Duplicate) has it."""
+    kind = str(value)
+    if kind == "exact":
+        return "exact"
+    if kind == "near":
+        return "near"
+    raise ValueError(f"a duplicate's kind is exact or near, not {kind!r}")
+
+
 def report(dd: pd.DataFrame, held: pd.DataFrame | None = None) -> DedupReport:
     """reports/dedup.json: counts, every duplicate group and label conflict, every photo held out
     (held: held_out's rows, with their reasons)."""
-    groups = []
+    groups: list[DuplicateGroup] = []
     for gid, g in dd[dd["status"] == Status.DUPLICATE].groupby("group"):
         kept = dd[(dd["group"] == gid) & (dd["status"] == Status.KEPT)].iloc[0]
         groups.append(
@@ -358,17 +369,19 @@ def report(dd: pd.DataFrame, held: pd.DataFrame | None = None) -> DedupReport:
                 "label": str(kept.label),
                 "kept": str(kept.path),
                 "duplicates": [
-                    {"path": str(r.path), "kind": str(r.kind), "distance": int(r.distance)}
+                    {"path": str(r.path), "kind": _kind(r.kind), "distance": int(r.distance)}
                     for r in g.itertuples()
                 ],
             }
         )
-    conflicts = [
+    conflicts: list[ConflictGroup] = [
         {"group": str(gid), "files": [{"path": str(r.path), "label": str(r.label)} for r in g.itertuples()]}
         for gid, g in dd[dd["status"] == Status.CONFLICT].groupby("group")
     ]
-    after_dedup = (Status.KEPT, Status.DUPLICATE, Status.CONFLICT, Status.EXCLUDED, Status.QUARANTINED)
-    counts = {str(s): int((dd["status"] == s).sum()) for s in after_dedup}
+
+    def counted(status: Status) -> int:
+        return int((dd["status"] == status).sum())
+
     held = held if held is not None else pd.DataFrame(columns=HELD_COLUMNS)
 
     def listed(status: Status) -> list:
@@ -377,7 +390,11 @@ def report(dd: pd.DataFrame, held: pd.DataFrame | None = None) -> DedupReport:
 
     return {
         "photos": len(dd),
-        **counts,
+        "kept": counted(Status.KEPT),  # the photos of each status after dedup
+        "duplicate": counted(Status.DUPLICATE),
+        "conflict": counted(Status.CONFLICT),
+        "excluded": counted(Status.EXCLUDED),
+        "quarantined": counted(Status.QUARANTINED),
         "exact_duplicates": int((dd["kind"] == "exact").sum()),
         "near_duplicates": int((dd["kind"] == "near").sum()),
         "duplicate_groups": len(groups),

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -128,8 +129,8 @@ class _WatchedAdapter(HTTPAdapter):
     """requests' adapter whose connections (redirects and proxies included) report their sockets to the
     deadline of the attempt that opened them."""
 
-    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
-        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:  # HTTPAdapter's, passed on as they are
+        super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 

@@ -8,10 +8,10 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
@@ -55,7 +55,8 @@ def predict(model, dataset, tta: bool = False) -> tuple[Predictions, dict[str, b
     """Run a Keras model over a (image, target, path, jpeg) dataset; also returns the wrong photos' JPEGs.
 
     tta: average with the mirrored photo (tasks.inference.class_probs, as `pawflow predict` does)."""
-    probs, labels, paths, jpegs = [], [], [], {}
+    probs, labels, paths = [], [], []
+    jpegs: dict[str, bytes] = {}
     for batch_images, targets, batch_paths, batch_jpegs in dataset:
         probs.append(inference.class_probs(model, batch_images, tta))
         t = targets.numpy()
@@ -112,7 +113,8 @@ def predict_robust(
     then tasks.inference), and classified."""
     from tasks.predict import prepare_bytes
 
-    probs, labels, paths, batch = [], [], [], []
+    probs, labels, paths = [], [], []
+    batch: list[bytes] = []
 
     def flush() -> None:
         if batch:
@@ -236,7 +238,7 @@ def compute_metrics(
     y, yhat, k = pred.labels, pred.predicted, len(class_names)
     labels = list(range(k))
     p, r, f, s = skm.precision_recall_fscore_support(y, yhat, labels=labels, zero_division=0)
-    return {
+    out: MetricsReport = {
         "examples": len(y),
         "accuracy": float(np.mean(y == yhat)) if len(y) else 0.0,
         "precision_macro": float(np.mean(p)),
@@ -247,29 +249,28 @@ def compute_metrics(
         if len(y)
         else None,
         "ece": expected_calibration_error(pred.confidence, pred.correct, bins),
-        **(
-            {}
-            if robust is None
-            else {
-                "robust_accuracy": float(np.mean(robust.correct)) if len(robust.labels) else 0.0,
-                "robust_examples": len(robust.labels),
-            }
-        ),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(class_names)
         },
         "confusion_matrix": skm.confusion_matrix(y, yhat, labels=labels).tolist(),
     }
-
-
-# What `dvc metrics show` prints (reports/scores.json): the model's headline numbers and the gate.
-SCORES = ("accuracy", "f1_macro", "roc_auc", "ece")
+    if robust is not None:  # (metrics.json's keys are written sorted: their order here does not show)
+        out["robust_accuracy"] = float(np.mean(robust.correct)) if len(robust.labels) else 0.0
+        out["robust_examples"] = len(robust.labels)
+    return out
 
 
 def scores(m: MetricsReport, gate: GateDecision) -> ScoresReport:
-    """reports/scores.json: a few numbers and the gate's decision, narrow enough for one screen."""
-    return {**{k: m[k] for k in SCORES}, "gate": gate["decision"]}
+    """reports/scores.json, what `dvc metrics show` prints: the model's headline numbers and the gate's
+    decision, narrow enough for one screen."""
+    return {
+        "accuracy": m["accuracy"],
+        "f1_macro": m["f1_macro"],
+        "roc_auc": m["roc_auc"],
+        "ece": m["ece"],
+        "gate": gate["decision"],
+    }
 
 
 # The headline numbers of reports/metrics.json, in the order the report and the run summary show them.
@@ -370,7 +371,10 @@ def _figure_png(fig) -> bytes:
 
 
 def render_plots(
-    m: dict, tables: dict[str, pd.DataFrame], class_names: list[str], history: dict[str, list[float]] | None
+    m: MetricsReport,
+    tables: dict[str, pd.DataFrame],
+    class_names: list[str],
+    history: dict[str, list[float]] | None,
 ) -> dict[str, bytes]:
     """PNG pictures for the HTML report (it must open offline, so no JavaScript charts)."""
     with literal_text():
@@ -378,7 +382,10 @@ def render_plots(
 
 
 def _render_plots(
-    m: dict, tables: dict[str, pd.DataFrame], class_names: list[str], history: dict[str, list[float]] | None
+    m: MetricsReport,
+    tables: dict[str, pd.DataFrame],
+    class_names: list[str],
+    history: dict[str, list[float]] | None,
 ) -> dict[str, bytes]:
     import matplotlib
 
@@ -544,7 +551,7 @@ def _img(png: bytes, alt: str, kind: str = "png") -> Markup:
     return Markup('<img alt="{}" src="data:image/{};base64,{}">').format(alt, kind, b64)
 
 
-def _tensorflow(tf: dict | None) -> str:
+def _tensorflow(tf: Mapping[str, Any] | None) -> str:
     """reports/train.json's tensorflow settings in words."""
     if not tf:
         return present.NA
@@ -554,7 +561,7 @@ def _tensorflow(tf: dict | None) -> str:
     return f"{onednn}, {tf['threads']} threads, deterministic ops {present.yes_no(tf['deterministic_ops'])}"
 
 
-def _start(train_report: dict) -> str:
+def _start(train_report: Mapping[str, Any]) -> str:
     warm = train_report.get("warm_start")
     start = (
         f"warm start #{warm['count']} from the champion {present.short_sha(warm['from_sha256'])}"
@@ -680,8 +687,8 @@ PICTURES = ("training", "confusion", "roc", "precision_recall", "calibration")
 
 
 def html_report(
-    m: dict,
-    gate: dict,
+    m: MetricsReport,
+    gate: GateDecision,
     pngs: dict[str, bytes],
     mistakes: list[Mistake],
     class_names: list[str],
@@ -707,7 +714,7 @@ def html_report(
         class_names=class_names,
         train_report=train_report,
         start=_start(train_report or {}),
-        tensorflow=_tensorflow((train_report or {}).get("tensorflow")),
+        tensorflow=_tensorflow(train_report.get("tensorflow") if train_report else None),
         what=scored,
         tta=tta,
         robustness=robustness,

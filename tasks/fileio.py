@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 from tasks.errors import ExitCode, PawflowError
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 HASH_BLOCK = 1 << 20
 
 
-def sha256_stream(stream: BinaryIO) -> str:
+def sha256_stream(stream: IO[bytes]) -> str:
     """Hex sha256 of what a reader holds from where it is to its end, read in blocks."""
     h = hashlib.sha256()
     while block := stream.read(HASH_BLOCK):

@@ -9,6 +9,8 @@ photos re-rendered the way web photos arrive).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 from scipy.stats import binomtest
 
@@ -52,7 +54,8 @@ def decide(
     robust_correct: the challenger's right/wrong on the robustness slice; its accuracy must be at least
     min_robust_accuracy (0, the default, never rejects)."""
     acc = _accuracy(challenger_correct)
-    out: dict = {
+    # Built step by step, in gate.json's key order; every return below has set each required key.
+    out: dict[str, Any] = {
         "challenger_accuracy": acc,
         "min_accuracy": min_accuracy,
         "alpha": alpha,
@@ -76,7 +79,7 @@ def decide(
             reason="no champion yet; "
             + (f"accuracy {acc:.4f} >= {min_accuracy}" if floor is None else floor),
         )
-        return out
+        return cast(GateDecision, out)
     stats = mcnemar(champion_correct, challenger_correct)
     out.update(stats, champion_accuracy=float(np.mean(champion_correct)), p_value=stats["p_worse"])
     if floor is not None:
@@ -95,4 +98,4 @@ def decide(
             reason=f"not significantly worse than the champion (p={stats['p_worse']:.4g} >= "
             f"alpha={alpha}; won {stats['challenger_wins']}, lost {stats['challenger_losses']})",
         )
-    return out
+    return cast(GateDecision, out)

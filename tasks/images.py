@@ -326,7 +326,7 @@ def _decode(content: bytes | BinaryIO, check: PhotoCheck, s: CheckSettings) -> I
     scan = jpeg_scan_end(content) if isinstance(content, bytes) else None
     source: BinaryIO = (
         _ScanBytes(content, scan.offset)
-        if scan
+        if scan and isinstance(content, bytes)
         else io.BytesIO(content)
         if isinstance(content, bytes)
         else content
@@ -390,7 +390,7 @@ def _decode(content: bytes | BinaryIO, check: PhotoCheck, s: CheckSettings) -> I
             raise
         _reject(check, "corrupt", f"{type(err).__name__}: {err}")
         return None
-    if isinstance(source, _ScanBytes) and not source.read_last_byte:
+    if scan and isinstance(source, _ScanBytes) and not source.read_last_byte:
         _reject(
             check,
             "corrupt_jpeg_data",
@@ -465,7 +465,7 @@ def _normalise(
     return check, encode_jpeg(rgb, s.jpeg_quality)
 
 
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path) -> io.BufferedReader:
     """Open a regular file for reading; anything else (pipe, socket, device, folder) raises OSError.
 
     O_NONBLOCK makes opening a named pipe return at once instead of waiting for a writer.

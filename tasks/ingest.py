@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 from tqdm import tqdm
@@ -33,7 +33,7 @@ from tasks.download import download
 from tasks.errors import PawflowError, Refused
 from tasks.fileio import HASH_BLOCK, NO_SPACE, no_space_is_a_clear_error, sha256_file, sha256_stream
 from tasks.listing import Entry, Listing, list_directory, look_alikes, name_key, refuse_look_alikes, spelled
-from tasks.reports import IngestReport
+from tasks.reports import IngestReport, Skipped
 
 if TYPE_CHECKING:
     from tasks.params import Ingest
@@ -97,7 +97,7 @@ class SyncResult:
     copied: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
+    failed: list[Skipped] = field(default_factory=list)
     hashes: dict[str, tuple[tuple[int, int, int], str]] = field(default_factory=dict)
     moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path): same bytes
     removed: list[str] = field(default_factory=list)
@@ -166,7 +166,7 @@ def raw_files(raw: Path) -> dict[str, Path]:
 NOT_IN_SOURCE = ("not inside a class folder", "empty class folder")
 
 
-def still_in_source(rel: str, skipped: list[dict[str, str]]) -> bool:
+def still_in_source(rel: str, skipped: list[Skipped]) -> bool:
     """Whether data/raw's `rel` (<label>/<file>) is a file or under a folder that the source still has
     but could not read (listing.skipped, whose paths may start with folders above the class folders)."""
     for s in skipped:
@@ -184,7 +184,7 @@ def plan_mirror(
     entries: list[Entry],
     raw: Path,
     known: dict[str, tuple[tuple[int, int, int], str]],
-    skipped: list[dict[str, str]] | None = None,
+    skipped: list[Skipped] | None = None,
     progress: bool = True,
 ) -> MirrorPlan:
     """The moves and removals that make data/raw hold exactly the source's files. A file the source still
@@ -210,7 +210,7 @@ def plan_mirror(
     arrived_by_sha: dict[str, list[str]] = {}
     for e in tqdm(candidates, desc="moves", unit="file", disable=None if progress else True, leave=False):
         arrived_by_sha.setdefault(_entry_sha256(e), []).append(e.path)
-    moves = []
+    moves: list[tuple[str, str]] = []
     for digest, olds in gone_by_sha.items():
         moves += zip(sorted(olds), sorted(arrived_by_sha.get(digest, [])), strict=False)
     moved = {old for old, _ in moves}
@@ -377,7 +377,9 @@ def manifest(
     return df, fresh
 
 
-def report(listing: Listing, result: SyncResult, df: pd.DataFrame, mode: str) -> IngestReport:
+def report(
+    listing: Listing, result: SyncResult, df: pd.DataFrame, mode: Literal["mirror", "append"]
+) -> IngestReport:
     """reports/ingest.json: the source, what data/raw holds, what was skipped (a function of the
     source and data/raw: what this run copied, moved or removed is in run_figures)."""
     in_source = {e.path for e in listing.entries}

@@ -13,9 +13,12 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, TYPE_CHECKING
 
 from tasks.errors import PawflowError
+
+if TYPE_CHECKING:  # the check stage, which lists sources, stays light: no pydantic contracts loaded
+    from tasks.reports import IgnoredFolder, Skipped
 
 # Folders that archivers and operating systems add; never a class.
 JUNK_DIRS = {"__MACOSX", "$RECYCLE.BIN", "System Volume Information"}
@@ -29,7 +32,7 @@ class Entry:
     rel: str  # path inside the label folder, POSIX
     size: int
     mtime_ns: int
-    open: Callable[[], BinaryIO] = field(compare=False, repr=False)
+    open: Callable[[], IO[bytes]] = field(compare=False, repr=False)
     # Position in the source (archive order): copies are made in this order, reading an archive forward.
     order: int = field(default=0, compare=False, repr=False)
 
@@ -45,10 +48,10 @@ class Listing:
     kind: str
     location: str
     entries: list[Entry]
-    skipped: list[dict[str, str]]
+    skipped: list[Skipped]
     archive_sha256: str | None = None
     # Junk and hidden folders where classes were looked for (path, reason, files): reported, not classes.
-    ignored: list[dict[str, str | int]] = field(default_factory=list)
+    ignored: list[IgnoredFolder] = field(default_factory=list)
 
 
 def bad_name(name: str) -> str | None:
@@ -88,7 +91,7 @@ class ClassRoot:
     classes: list[str]
     empty: list[str]
     outside: list[str]  # files beside the class folders or above them
-    ignored: list[dict[str, str | int]]  # junk/hidden folders: path, reason, files
+    ignored: list[IgnoredFolder]  # junk/hidden folders: path, reason, files
 
 
 def find_class_root(files: list[str], dirs: set[str]) -> ClassRoot:
@@ -103,7 +106,7 @@ def find_class_root(files: list[str], dirs: set[str]) -> ClassRoot:
         all_dirs.update("/".join(parts[: i + 1]) + "/" for i in range(len(parts)))
     prefix = ""
     outside: list[str] = []
-    ignored: list[dict[str, str | int]] = []
+    ignored: list[IgnoredFolder] = []
     while True:
         names = sorted(
             {d[len(prefix) :].split("/", 1)[0] for d in all_dirs if d.startswith(prefix) and d != prefix}
@@ -163,11 +166,11 @@ def refuse_look_alikes(location: str, twins: list[list[str]], where: str) -> Paw
 
 
 def classify(
-    entries_by_path: dict[str, tuple[int, int, Callable[[], BinaryIO]]],
+    entries_by_path: dict[str, tuple[int, int, Callable[[], IO[bytes]]]],
     dirs: set[str],
     kind: str,
     location: str,
-    skipped: list[dict[str, str]],
+    skipped: list[Skipped],
 ) -> Listing:
     root = find_class_root(sorted(entries_by_path), dirs)
     prefix, classes, empty = root.prefix, root.classes, root.empty
@@ -193,7 +196,7 @@ def classify(
     return Listing(kind, location, entries, skipped, ignored=root.ignored)
 
 
-def _open_regular(p: Path) -> BinaryIO:
+def _open_regular(p: Path) -> IO[bytes]:
     """Open a file for reading only if it is (still) a regular file: a FIFO put in its place since the
     listing would block open() forever, a device could be read forever. Never follows a symlink."""
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -210,11 +213,11 @@ def _open_regular(p: Path) -> BinaryIO:
 def list_directory(root: Path) -> Listing:
     """Every regular file under root, found with lstat only: nothing is opened here, so a FIFO, socket
     or device cannot block or be read; they, symlinks and names that are not UTF-8 are listed as skipped."""
-    files: dict[str, tuple[int, int, Callable[[], BinaryIO]]] = {}
+    files: dict[str, tuple[int, int, Callable[[], IO[bytes]]]] = {}
     dirs: set[str] = set()
-    skipped: list[dict[str, str]] = []
+    skipped: list[Skipped] = []
 
-    def opener(p: Path) -> Callable[[], BinaryIO]:
+    def opener(p: Path) -> Callable[[], IO[bytes]]:
         return lambda: _open_regular(p)
 
     def walk_error(err: OSError) -> None:

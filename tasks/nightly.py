@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -200,8 +200,8 @@ def gather(
     facts["examples"] = shard["examples"] if shard else None
     facts["trained"] = runs.trained(stages, TRAIN.read_if_written(reports))
 
-    metrics = METRICS.read_if_written(reports) or {}
-    gate = GATE.read_if_written(reports) or {}
+    metrics: Mapping[str, Any] = METRICS.read_if_written(reports) or {}
+    gate: Mapping[str, Any] = GATE.read_if_written(reports) or {}
     facts.update(
         test_accuracy=metrics.get("accuracy"),
         robust_accuracy=metrics.get("robust_accuracy"),
@@ -318,7 +318,7 @@ def restore(root: Path, ident: str) -> dict[str, Any]:
     return {"id": version.id, "git_files": len(written), "outputs": how, "verified": sorted(expected)}
 
 
-def pair(root: Path, params: Params, first: str, second: str | None):
+def pair(root: Path, params: Params | None, first: str, second: str | None):
     """Two recorded runs for `pawflow diff`: (older-or-given first, second); one id: it and the run
     recorded before it."""
     from tasks.errors import PawflowError

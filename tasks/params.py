@@ -8,8 +8,9 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -442,7 +443,7 @@ _PLAIN = {
 }
 
 
-def _message(e: dict) -> str:
+def _message(e: Mapping[str, Any]) -> str:
     """One pydantic error as a sentence about the value (no pydantic vocabulary)."""
     kind = e["type"]
     if kind in _PLAIN:
@@ -507,8 +508,9 @@ def parse_params(data: object, path: Path = Path("params.yaml"), light: bool = F
         ) from None
 
 
-def _duplicate_keys(node: yaml.Node, parents: tuple[str, ...] = ()) -> list[str]:
-    """Keys that appear twice in one mapping (yaml.safe_load silently keeps the last one)."""
+def _duplicate_keys(node: yaml.Node | None, parents: tuple[str, ...] = ()) -> list[str]:
+    """Keys that appear twice in one mapping (yaml.safe_load silently keeps the last one); node None: an
+    empty document."""
     found: list[str] = []
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}

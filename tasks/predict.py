@@ -8,7 +8,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
@@ -19,9 +19,19 @@ from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_
 from tasks.params import TensorFlow
 
 BATCH = 32
+
+
+class Permissive(TypedDict):
+    """The CheckSettings fields prediction sets its own way (PERMISSIVE)."""
+
+    min_side: int
+    max_aspect_ratio: float
+    hash_size: int
+
+
 # Prediction judges nothing but decodability, format and size safety (the clean.formats and
 # clean.max_pixels the model's card records): any real photo of a format clean accepted gets a label.
-PERMISSIVE = {"min_side": 1, "max_aspect_ratio": 1e9, "hash_size": 8}
+PERMISSIVE: Permissive = {"min_side": 1, "max_aspect_ratio": 1e9, "hash_size": 8}
 
 
 class ModelCard(BaseModel):

@@ -24,12 +24,12 @@ def missing(x: object) -> bool:
 
 def count(n: int | None) -> str:
     """1234 -> "1,234"."""
-    return NA if missing(n) else f"{int(n):,}"
+    return NA if n is None or missing(n) else f"{int(n):,}"
 
 
 def percent(x: float | None, digits: int = PERCENT_DIGITS) -> str:
     """A fraction as a percentage: 0.85 -> "85.0 %"."""
-    return NA if missing(x) else f"{100 * x:.{digits}f} %"
+    return NA if x is None or missing(x) else f"{100 * x:.{digits}f} %"
 
 
 def share(part: int, whole: int) -> str:
@@ -39,19 +39,19 @@ def share(part: int, whole: int) -> str:
 
 def decimal(x: float | None, digits: int = DECIMALS) -> str:
     """0.9229888 -> "0.923"."""
-    return NA if missing(x) else f"{x:.{digits}f}"
+    return NA if x is None or missing(x) else f"{x:.{digits}f}"
 
 
 def p_value(p: float | None) -> str:
     """A test's p-value: "p = 0.031", "p < 0.001", "p = n/a"."""
-    if missing(p):
+    if p is None or missing(p):
         return f"p = {NA}"
     return f"p < {P_FLOOR}" if p < P_FLOOR else f"p = {p:.3f}"
 
 
 def seconds(s: float | None) -> str:
     """12.34 -> "12.3 s"; 754 -> "12 min 34 s"."""
-    if missing(s):
+    if s is None or missing(s):
         return NA
     if s < 60:
         return f"{s:.1f} s"
@@ -87,7 +87,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "robust_accuracy": ("robustness-slice accuracy", "percent", "the test photos re-rendered as web photos"),
     "robust_examples": ("robustness-slice photos", "count", "photos in the robustness slice"),
 }
-_KINDS = {"percent": percent, "decimal": decimal, "count": count}
+_KINDS: dict[str, Callable[[Any], str]] = {"percent": percent, "decimal": decimal, "count": count}
 
 
 def metric(key: str, value: Any) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -56,7 +56,7 @@ def arrivals(previous: pd.DataFrame | None, current: pd.DataFrame) -> dict[str, 
     }
 
 
-def rejected_among(rejected_files: Sequence[dict], new_paths: set[str]) -> dict[str, Any]:
+def rejected_among(rejected_files: Sequence[Mapping[str, Any]], new_paths: set[str]) -> dict[str, Any]:
     """Clean's rejections of this run's new files: how many, per reason, and the first few with reasons."""
     mine = [r for r in rejected_files if r["path"] in new_paths]
     return {
@@ -76,7 +76,7 @@ def stage_figures(lines: Sequence[dict], started: str) -> dict[str, dict]:
     return out
 
 
-def trained(stages: dict[str, str], train_report: dict | None) -> dict[str, Any] | None:
+def trained(stages: dict[str, str], train_report: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """How this run trained (None when train did not run in it)."""
     if not ran(stages, "train") or train_report is None:
         return None

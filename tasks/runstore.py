@@ -359,7 +359,8 @@ def dir_listings(root: Path, commit: str, git_kept: Iterable[str] = ()) -> set[s
 
 def select_kept(found: Sequence[Version], keep_runs: int) -> tuple[list[Version], list[Version]]:
     """(kept, dropped): the newest keep_runs runs, and every run whose model became champion."""
-    kept, dropped = [], []
+    kept: list[Version] = []
+    dropped: list[Version] = []
     for i, v in enumerate(found):
         (kept if i < keep_runs or v.facts.get("promoted") else dropped).append(v)
     return kept, dropped

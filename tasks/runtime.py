@@ -27,6 +27,7 @@ from tasks.errors import PawflowError
 
 if TYPE_CHECKING:
     from tasks.params import TensorFlow
+    from tasks.reports import TensorFlowSettings
 
 
 def tensorflow_env(cfg: TensorFlow) -> dict[str, str]:
@@ -91,7 +92,7 @@ def configure(cfg: TensorFlow) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def describe(cfg: TensorFlow) -> dict[str, object]:
+def describe(cfg: TensorFlow) -> TensorFlowSettings:
     """What train.json records of the settings (all of them come from params.yaml)."""
     return {
         "onednn": cfg.onednn,

@@ -70,9 +70,9 @@ class SplitStats:
 
 def ledger_matches(meta: dict[str, str] | None, fractions: dict[str, float], salt: str) -> bool:
     """A ledger made with other fractions or salt is not reused (the split was redefined)."""
-    return (
-        bool(meta) and meta.get("fractions") == repr(sorted(fractions.items())) and meta.get("salt") == salt
-    )
+    if not meta:
+        return False
+    return meta.get("fractions") == repr(sorted(fractions.items())) and meta.get("salt") == salt
 
 
 def ledger_meta(fractions: dict[str, float], salt: str) -> dict[str, str]:

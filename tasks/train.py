@@ -123,7 +123,7 @@ def make_dataset(
     ds = _records(files, sizes, training, seed)
     if part is not None:  # one worker's share, by record: a small split may be a single shard file
         ds = ds.shard(*part)
-    if training:
+    if shuffled is not None:
         ds = ds.shuffle(shuffled.shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     ds = ds.map(tfrecord.parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     if augment is not None and any(augment.model_dump().values()):

@@ -6,7 +6,7 @@ import io
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,8 +226,8 @@ def history_record(
 ) -> dict:
     """One line of reports/runs.jsonl."""
 
-    metrics = METRICS.read_if_written(reports) or {}
-    gate = GATE.read_if_written(reports) or {}
+    metrics: Mapping[str, Any] = METRICS.read_if_written(reports) or {}
+    gate: Mapping[str, Any] = GATE.read_if_written(reports) or {}
     return {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "entry": entry,

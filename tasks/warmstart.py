@@ -23,6 +23,7 @@ from tasks.datasetinfo import DatasetInfo
 from tasks.errors import PawflowError
 from tasks.fileio import atomic_dir, dumps_json, sha256_bytes, sha256_file
 from tasks.params import Finetune, Train
+from tasks.reports import WarmStart
 
 BASE_CARD = "base.json"
 BASE_MODEL = "model.keras"
@@ -67,6 +68,13 @@ class Plan:
     count: int  # warm starts since the last full retrain, this one included (0 from scratch)
     full_retrain_examples: int
     from_sha256: str | None
+
+    @property
+    def start_sha256(self) -> str:
+        """The starting model's sha256, which a warm start always has."""
+        if self.from_sha256 is None:
+            raise ValueError("a plan from scratch has no starting model")
+        return self.from_sha256
 
 
 def shaping(train: Train, info: DatasetInfo) -> dict[str, Any]:
@@ -115,9 +123,9 @@ def plan(base: Base | None, now: dict[str, Any], n_train: int, finetune: Finetun
     )
 
 
-def warm_start_report(p: Plan) -> dict[str, Any] | None:
+def warm_start_report(p: Plan) -> WarmStart | None:
     """reports/train.json `warm_start`: null from scratch, else the starting model and the count."""
-    return {"from_sha256": p.from_sha256, "count": p.count} if p.warm else None
+    return {"from_sha256": p.start_sha256, "count": p.count} if p.warm else None
 
 
 def lineage(p: Plan, now: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
@@ -44,6 +44,7 @@ from tasks.errors import PawflowError
 from tasks.fileio import code_fingerprint, source_fingerprint, write_bytes
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed import Client
 
     from tasks.params import Params, Runner
@@ -153,7 +154,7 @@ def running_code(modules: list[str]) -> dict[str, str]:
 
 
 @cache
-def _distributions() -> dict[str, list[str]]:
+def _distributions() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 
@@ -591,7 +592,7 @@ class ChunkMap:
         if isinstance(msg, dict) and msg.get("action") == "remove-worker":
             self._events.put(msg)
 
-    def _departures(self, index_of: dict[str, int]) -> None:
+    def _departures(self, index_of: dict[Key, int]) -> None:
         while True:
             try:
                 msg = self._events.get_nowait()

@@ -162,6 +162,8 @@ def test_the_pre_commit_hooks_are_valid_and_run_the_projects_ruff():
     assert hooks["ruff-format"]["entry"].startswith(".venv/bin/ruff format")
     lint = re.search(r"^lint:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert "ruff check" in lint and "ruff format --check" in lint
+    # The type checker: the same command in the hook and in `make lint`, its settings in pyproject.toml.
+    assert hooks["typecheck"]["entry"] == ".venv/bin/mypy" and lint.endswith("$(BIN)/mypy")
 
 
 # A figure is a number with a unit of time, size, rate or share, a decimal, or a count with thousands
