@@ -79,10 +79,11 @@ def predict(ws: Path, model: Path, out: Path) -> None:
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from tasks import evaluate
     from tasks.datasetinfo import DatasetInfo
+    from tasks.predict import read_card
 
     processed = ws / params.paths.processed
     info = DatasetInfo.read(processed)
-    card = json.loads(model.with_name("model.json").read_text())
+    card = read_card(model.with_name("model.json"))
     pred, _ = evaluate.predict_test_photos(
         model, processed, info, card, params.evaluate.batch_size, params.evaluate.tta
     )
