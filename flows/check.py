@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tasks.check import preflight, write_checked
 from tasks.errors import PawflowError, report
-from tasks.preflight import preflight, write_checked
 from tasks.workers import check_cluster
 
 

@@ -128,7 +128,7 @@ def cmd_run(
     is set and recorded, then the rest. accept_removals: ingest may remove what the source lost even
     above ingest.max_removed_fraction (this dvc repro only: flows.ingest reads PAWFLOW_ACCEPT_REMOVALS)."""
     from tasks import versioning
-    from tasks.preflight import check_planned
+    from tasks.check import check_planned
 
     cwd = Path.cwd()
     root = project_root(cwd)

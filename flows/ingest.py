@@ -136,7 +136,7 @@ def ingest_flow(
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.ingest`: a missing or unusable source, or a bad PAWFLOW_ACCEPT_REMOVALS, is bad
     usage (exit 2, one message), not a failed flow run."""
-    from tasks.preflight import preflight
+    from tasks.check import preflight
 
     try:
         accept_all, accept_count = accepted_removals(os.environ.get(ingest.ACCEPT_ENV))

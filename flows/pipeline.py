@@ -37,9 +37,9 @@ from flows.lock import run_lock
 from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
 from tasks import nightly, runs, runstore, summary, versioning
+from tasks.check import check_exclude, check_source_of, write_checked
 from tasks.errors import ExitCode, PawflowError, report
 from tasks.params import Params, load_params
-from tasks.preflight import check_exclude, check_source_of, write_checked
 
 
 def stage_flow(stage: str):
@@ -161,7 +161,7 @@ def set_base(
     params: Params, root: Path, warm_start: bool, full_retrain: bool, force: bool, upstream_changed: bool
 ):
     """models/base before train: the champion (a warm start), empty (from scratch) or left as it is
-    (tasks.warmstart.choose_base decides), then recorded with `dvc commit base` when it changed."""
+    (tasks.base.choose_base decides), then recorded with `dvc commit base` when it changed."""
     log = get_run_logger()
     started = time.monotonic()
     choice, why, new_outputs = prepare_base(params, root, warm_start, full_retrain, force or upstream_changed)

@@ -21,7 +21,7 @@ from flows.common import (
     stage_main,
     stage_run_name,
 )
-from tasks import runtime, warmstart
+from tasks import base, runtime
 from tasks.cluster import role
 from tasks.datasetinfo import DatasetInfo, verified
 from tasks.errors import PawflowError
@@ -100,12 +100,10 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     if info.examples("train") == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
     cfg = params.train
-    # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.warmstart).
+    # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.base).
     base_dir = params.paths.models / "base"
-    now = warmstart.shaping(params.train, info)
-    plan = warmstart.plan(
-        warmstart.read_base(base_dir), now, warmstart.train_examples(info), params.train.finetune
-    )
+    now = base.shaping(params.train, info)
+    plan = base.plan(base.read_base(base_dir), now, base.train_examples(info), params.train.finetune)
     log.info("%s: %s", "warm start" if plan.warm else "from scratch", plan.reason)
     tf_config = os.environ.get("TF_CONFIG")
     me = role(tf_config)
@@ -123,12 +121,12 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         params.paths.cache / "train",
         tf_config,
         plan.from_sha256,
-        base_dir / warmstart.BASE_MODEL if plan.warm else None,
+        base_dir / base.BASE_MODEL if plan.warm else None,
     )
     rep: TrainReport = {
         **result.report,
         "tensorflow": runtime.describe(params.tensorflow),
-        "warm_start": warmstart.warm_start_report(plan),
+        "warm_start": base.warm_start_report(plan),
         "start_reason": plan.reason,
     }
     log.info(
@@ -148,7 +146,7 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         {
             **train.model_card(info, cfg, params.clean, params.tensorflow),
             MODEL_SHA256: sha256_bytes(result.model),  # evaluate and predict check the file against it
-            warmstart.LINEAGE_KEY: warmstart.lineage(plan, now),
+            base.LINEAGE_KEY: base.lineage(plan, now),
         },
     )
     TRAIN.write(reports, rep)

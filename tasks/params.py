@@ -227,7 +227,7 @@ class Augment(Section):
 
 
 class Finetune(Section):
-    """train.finetune: how a warm start fine-tunes the champion (tasks/warmstart.py decides when)."""
+    """train.finetune: how a warm start fine-tunes the champion (tasks/base.py decides when)."""
 
     epochs: PositiveInt
     learning_rate: Annotated[float, Field(gt=0, le=1)]

@@ -30,7 +30,7 @@ from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.server import free_ports
 from flows.shard import shard_flow
-from tasks.preflight import preflight
+from tasks.check import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).parent / "dask")

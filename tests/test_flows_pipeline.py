@@ -54,7 +54,7 @@ def test_a_source_inside_what_pawflow_manages_is_refused_by_every_entry_point(
 
     from flows import check, cli, ingest, pipeline
     from flows.common import stage_main
-    from tasks.preflight import preflight
+    from tasks.check import preflight
 
     ws = make_workspace(tmp_path / "ws", make_dataset(tmp_path / "source", per_class=5))
     make_dataset(ws / "data" / "raw", per_class=5)  # as after a first ingest

@@ -22,9 +22,9 @@ from sources import zip_of
 
 from flows.cli import main
 from tasks import download, getdata
+from tasks.check import check_source
 from tasks.errors import PawflowError
 from tasks.params import Data, load_params
-from tasks.preflight import check_source
 
 ROOT = Path(__file__).resolve().parents[1]
 INGEST = shipped("ingest", download_retries=2, download_timeout_s=5)

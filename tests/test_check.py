@@ -14,8 +14,8 @@ import imagegen
 import pytest
 import yaml
 
+from tasks.check import CHECKED_TEXT, check_source, preflight, special_files
 from tasks.errors import PawflowError
-from tasks.preflight import CHECKED_TEXT, check_source, preflight, special_files
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""tasks.warmstart: when train fine-tunes a starting model; models/base as train and the pipeline see it."""
+"""tasks.base: when train fine-tunes a starting model; models/base as train and the pipeline see it."""
 
 from __future__ import annotations
 
@@ -9,37 +9,37 @@ import pytest
 from conftest import shipped
 from infos import dataset_info
 
-from tasks import warmstart
+from tasks import base
+from tasks.base import Base
 from tasks.errors import PawflowError
 from tasks.fileio import sha256_bytes
 from tasks.params import Train
-from tasks.warmstart import Base
 
 INFO = dataset_info(["Cat", "Dog"], {"train": [("train.tfrecord-00000-of-00001", 110)]})
 FINETUNE = shipped("train.finetune", max_growth=0.25, max_warm_starts=3)
 DEFAULT = shipped("train")  # the shipped params.yaml train: section
 
 
-def base(count: int = 0, full: int = 100, train: Train = DEFAULT, data: bytes = b"weights") -> Base:
-    return Base(sha256_bytes(data), count, full, warmstart.shaping(train, INFO))
+def made_base(count: int = 0, full: int = 100, train: Train = DEFAULT, data: bytes = b"weights") -> Base:
+    return Base(sha256_bytes(data), count, full, base.shaping(train, INFO))
 
 
 def test_shaping_follows_the_architecture_and_the_classes_not_the_schedule():
-    now = warmstart.shaping(DEFAULT, INFO)
-    assert now == warmstart.shaping(
+    now = base.shaping(DEFAULT, INFO)
+    assert now == base.shaping(
         shipped("train", epochs=3, learning_rate=0.1, seed=1, finetune={"epochs": 1}), INFO
     )
-    assert now != warmstart.shaping(shipped("train", width=8), INFO)
-    assert now != warmstart.shaping(DEFAULT, INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
+    assert now != base.shaping(shipped("train", width=8), INFO)
+    assert now != base.shaping(DEFAULT, INFO.model_copy(update={"class_names": ["Cat", "Dog", "Fox"]}))
     assert now["class_names"] == ["Cat", "Dog"] and now["image_size"] == DEFAULT.image_size == 160
 
 
 def test_plan_warm_starts_a_compatible_base_and_counts():
-    b = base(count=1)
-    p = warmstart.plan(b, warmstart.shaping(DEFAULT, INFO), 110, FINETUNE)
+    b = made_base(count=1)
+    p = base.plan(b, base.shaping(DEFAULT, INFO), 110, FINETUNE)
     assert p.warm and p.count == 2 and p.from_sha256 == b.sha256 and p.full_retrain_examples == 100
     assert "10.0% more train photos" in p.reason
-    assert warmstart.warm_start_report(p) == {"from_sha256": b.sha256, "count": 2}
+    assert base.warm_start_report(p) == {"from_sha256": b.sha256, "count": 2}
 
 
 @pytest.mark.parametrize(
@@ -47,28 +47,28 @@ def test_plan_warm_starts_a_compatible_base_and_counts():
     [
         (None, DEFAULT, 110, "no starting model"),
         (
-            base(),
+            made_base(),
             shipped("train", width=8),
             110,
             "model-shaping settings changed since the starting model: width",
         ),
-        (base(), shipped("train", image_size=64, augment={"flip": False}), 110, "augment, image_size"),
-        (base(count=3), DEFAULT, 110, "3 warm starts in a row"),
+        (made_base(), shipped("train", image_size=64, augment={"flip": False}), 110, "augment, image_size"),
+        (made_base(count=3), DEFAULT, 110, "3 warm starts in a row"),
         (
-            base(),
+            made_base(),
             DEFAULT,
             126,
             "grew by 26.0% since the last full retrain (> train.finetune.max_growth 25.0%)",
         ),
-        (base(), DEFAULT, 99, "the train split shrank (100 -> 99 photos)"),
+        (made_base(), DEFAULT, 99, "the train split shrank (100 -> 99 photos)"),
     ],
 )
 def test_plan_retrains_from_scratch(b: Base | None, train: Train, n_train: int, reason: str):
-    p = warmstart.plan(b, warmstart.shaping(train, INFO), n_train, FINETUNE)
+    p = base.plan(b, base.shaping(train, INFO), n_train, FINETUNE)
     assert not p.warm and p.count == 0 and p.from_sha256 is None and p.full_retrain_examples == n_train
     assert reason in p.reason
-    assert warmstart.warm_start_report(p) is None
-    assert warmstart.lineage(p, {"x": 1}) == {
+    assert base.warm_start_report(p) is None
+    assert base.lineage(p, {"x": 1}) == {
         "shaping": {"x": 1},
         "warm_start": None,
         "full_retrain_examples": n_train,
@@ -76,97 +76,106 @@ def test_plan_retrains_from_scratch(b: Base | None, train: Train, n_train: int, 
 
 
 def test_no_limit_on_warm_starts_when_max_warm_starts_is_null():
-    p = warmstart.plan(
-        base(count=50), warmstart.shaping(DEFAULT, INFO), 100, shipped("train.finetune", max_warm_starts=None)
+    p = base.plan(
+        made_base(count=50), base.shaping(DEFAULT, INFO), 100, shipped("train.finetune", max_warm_starts=None)
     )
     assert p.warm and p.count == 51
 
 
 def test_base_folder_round_trip_and_checks(tmp_path: Path):
     folder = tmp_path / "models" / "base"
-    assert warmstart.read_base(folder) is None  # no models/base (a stage run outside DVC): from scratch
-    assert warmstart.ensure_base(folder) is None
+    assert base.read_base(folder) is None  # no models/base (a stage run outside DVC): from scratch
+    assert base.ensure_base(folder) is None
     assert json.loads((folder / "base.json").read_text()) is None
-    b = base(count=2)
-    warmstart.write_base(folder, (b"weights", b))
-    assert warmstart.read_base(folder) == b
-    assert warmstart.ensure_base(folder) == b  # an existing base is kept
+    b = made_base(count=2)
+    base.write_base(folder, (b"weights", b))
+    assert base.read_base(folder) == b
+    assert base.ensure_base(folder) == b  # an existing base is kept
     (folder / "model.keras").write_bytes(b"other weights")
     with pytest.raises(PawflowError, match="is not the model it names"):
-        warmstart.read_base(folder)
+        base.read_base(folder)
     (folder / "base.json").rename(folder / "moved.json")
     with pytest.raises(PawflowError, match=r"base\.json: not found beside .*model\.keras"):
-        warmstart.read_base(folder)
+        base.read_base(folder)
     (folder / "moved.json").rename(folder / "base.json")
     (folder / "model.keras").unlink()
     with pytest.raises(PawflowError, match=r"model\.keras is missing"):
-        warmstart.read_base(folder)
+        base.read_base(folder)
     (folder / "base.json").write_text('{"sha256": "x"}')
     with pytest.raises(PawflowError, match=r"not a starting-model description.*count"):
-        warmstart.read_base(folder)
+        base.read_base(folder)
     (folder / "base.json").write_text("{")
     with pytest.raises(PawflowError, match="not valid JSON"):
-        warmstart.read_base(folder)
-    warmstart.write_base(folder, None)
-    assert sorted(p.name for p in folder.iterdir()) == ["base.json"] and warmstart.read_base(folder) is None
+        base.read_base(folder)
+    base.write_base(folder, None)
+    assert sorted(p.name for p in folder.iterdir()) == ["base.json"] and base.read_base(folder) is None
     with pytest.raises(ValueError, match="do not match"):
-        warmstart.write_base(folder, (b"not the weights", b))
+        base.write_base(folder, (b"not the weights", b))
 
 
 def champion(tmp_path: Path, training: dict | None) -> Path:
     folder = tmp_path / "champion"
     folder.mkdir()
     (folder / "model.keras").write_bytes(b"champion weights")
-    card = {"class_names": ["Cat", "Dog"]} | ({warmstart.LINEAGE_KEY: training} if training else {})
+    card = {"class_names": ["Cat", "Dog"]} | ({base.LINEAGE_KEY: training} if training else {})
     (folder / "model.json").write_text(json.dumps(card))
     return folder
 
 
 def test_base_from_champion_reads_its_lineage(tmp_path: Path):
-    assert warmstart.base_from_champion(tmp_path / "none") is None
-    now = warmstart.shaping(DEFAULT, INFO)
+    assert base.base_from_champion(tmp_path / "none") is None
+    now = base.shaping(DEFAULT, INFO)
     lineage = {
         "shaping": now,
         "warm_start": {"from_sha256": "a" * 64, "count": 2},
         "full_retrain_examples": 90,
     }
-    data, b = warmstart.base_from_champion(champion(tmp_path, lineage))
+    data, b = base.base_from_champion(champion(tmp_path, lineage))
     assert data == b"champion weights" and b == Base(sha256_bytes(data), 2, 90, now)
 
 
 def test_a_champion_from_before_warm_starts_is_not_a_starting_model(tmp_path: Path):
-    assert warmstart.base_from_champion(champion(tmp_path, None)) is None
+    assert base.base_from_champion(champion(tmp_path, None)) is None
 
 
 @pytest.mark.parametrize(
     ("warm", "full", "will_run", "current", "champ", "train", "choice", "why"),
     [
-        (True, True, False, base(), base(data=b"c"), DEFAULT, "scratch", "full retrain was asked"),
-        (True, False, False, None, base(data=b"c"), DEFAULT, "keep", "up to date"),
-        (False, False, True, base(), base(data=b"c"), DEFAULT, "scratch", "no warm start asked"),
+        (True, True, False, made_base(), made_base(data=b"c"), DEFAULT, "scratch", "full retrain was asked"),
+        (True, False, False, None, made_base(data=b"c"), DEFAULT, "keep", "up to date"),
+        (False, False, True, made_base(), made_base(data=b"c"), DEFAULT, "scratch", "no warm start asked"),
         (True, False, True, None, None, DEFAULT, "scratch", "no champion"),
         (
             True,
             False,
             True,
             None,
-            base(data=b"c"),
+            made_base(data=b"c"),
             shipped("train", width=8),
             "scratch",
             "model-shaping settings changed",
         ),
-        (True, False, True, base(data=b"c"), base(data=b"c"), DEFAULT, "keep", "already holds the champion"),
-        (True, False, True, base(), base(data=b"c"), DEFAULT, "champion", "fine-tuning"),
+        (
+            True,
+            False,
+            True,
+            made_base(data=b"c"),
+            made_base(data=b"c"),
+            DEFAULT,
+            "keep",
+            "already holds the champion",
+        ),
+        (True, False, True, made_base(), made_base(data=b"c"), DEFAULT, "champion", "fine-tuning"),
     ],
 )
 def test_choose_base(warm, full, will_run, current, champ, train, choice, why):
-    got = warmstart.choose_base(
+    got = base.choose_base(
         warm,
         full,
         will_run,
         current,
         None if champ is None else (b"c", champ),
-        warmstart.shaping(train, INFO),
+        base.shaping(train, INFO),
         110,
         FINETUNE,
     )
