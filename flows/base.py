@@ -17,9 +17,9 @@ from pathlib import Path
 from flows.lock import workspace_lock
 from tasks import base
 from tasks.base import ensure_base
-from tasks.datasetinfo import DatasetInfo
-from tasks.errors import PawflowError, report
-from tasks.params import Params, load_params
+from tasks.core.errors import PawflowError, report
+from tasks.core.params import Params, load_params
+from tasks.photos.datasetinfo import DatasetInfo
 
 
 def prepare_base(
@@ -32,7 +32,7 @@ def prepare_base(
     train_will_run: train is out of date for a reason besides models/base (new shards, --force); DVC is
     asked too. Returns (choice, why, whether dvc.lock's base changed). Needs the data stages done (it
     reads dataset_info.json) and the workspace lock."""
-    from tasks import versioning
+    from tasks.history import versioning
 
     folder = params.paths.models / "base"
     before = versioning.lock_summary(root).get("base")

@@ -11,12 +11,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main, stage_run_name
-from tasks import present, runtime, summary, versioning
-from tasks.datasetinfo import DatasetInfo, Verified, verified
-from tasks.errors import PawflowError
-from tasks.fileio import sha256_file, write_bytes
-from tasks.params import Params, TensorFlow
-from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import sha256_file, write_bytes
+from tasks.core.params import Params, TensorFlow
+from tasks.history import versioning
+from tasks.model import runtime
+from tasks.photos.datasetinfo import DatasetInfo, Verified, verified
+from tasks.reports import present, summary
+from tasks.reports.reports import GATE, METRICS, SCORES, TRAIN, GateReport
 
 
 # Keyed on the model file's, dataset_info.json's and the test shards' hashes (content, not paths; the
@@ -28,12 +30,12 @@ from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
     task_run_name="predict-test-photos-{slice_name}",
     cache_policy=content_cache(
         "tasks.evaluate",
-        "tasks.inference",
+        "tasks.model.inference",
         "tasks.train",
         "tasks.predict",
-        "tasks.images",
-        "tasks.tfrecord",
-        "tasks.runtime",
+        "tasks.photos.images",
+        "tasks.photos.tfrecord",
+        "tasks.model.runtime",
         exclude=("model_path", "processed"),
     ),
     persist_result=True,
@@ -88,7 +90,8 @@ def _predictions(params: Params, model_dir: Path, data: Verified, refresh: bool,
 def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     """Metrics on the test split, plots, reports/evaluation.html, and the promotion gate."""
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
-    from tasks import evaluate, gate
+    from tasks import evaluate
+    from tasks.model import gate
 
     started = time.monotonic()
     log = get_run_logger()

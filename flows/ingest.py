@@ -11,12 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows.common import friendly, publish, record_stage_run, stage_main, stage_run_name
-from tasks import ingest, present, store
-from tasks.errors import PawflowError, report
-from tasks.fileio import write_parquet
-from tasks.listing import Listing
-from tasks.params import Params
-from tasks.reports import INGEST, IngestReport
+from tasks import ingest
+from tasks.core.errors import PawflowError, report
+from tasks.core.fileio import write_parquet
+from tasks.core.params import Params
+from tasks.photos import store
+from tasks.photos.listing import Listing
+from tasks.reports import present
+from tasks.reports.reports import INGEST, IngestReport
 
 # Ingest looks at the source on every run: its tasks are never cached, so Prefect need not hash their
 # inputs. The listing (one entry per source file) is passed quoted: Prefect would otherwise walk it

@@ -29,7 +29,7 @@ from pathlib import Path
 import requests
 
 from flows.lock import LOCK_FILE
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 180.0

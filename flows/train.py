@@ -21,13 +21,14 @@ from flows.common import (
     stage_main,
     stage_run_name,
 )
-from tasks import base, runtime
-from tasks.cluster import role
-from tasks.datasetinfo import DatasetInfo, verified
-from tasks.errors import PawflowError
-from tasks.fileio import MODEL_SHA256, sha256_bytes, write_json
-from tasks.params import Params, TensorFlow, Train
-from tasks.reports import TRAIN, TrainReport
+from tasks import base
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import MODEL_SHA256, sha256_bytes, write_json
+from tasks.core.params import Params, TensorFlow, Train
+from tasks.model import runtime
+from tasks.photos.datasetinfo import DatasetInfo, verified
+from tasks.reports.reports import TRAIN, TrainReport
+from tasks.scaleout.cluster import role
 
 if TYPE_CHECKING:
     from tasks.train import TrainResult
@@ -45,11 +46,11 @@ TRAIN_SPLITS = ("train", "val")
     name="fit-model",
     cache_policy=content_cache(
         "tasks.train",
-        "tasks.distributed",
-        "tasks.cluster",
-        "tasks.model",
-        "tasks.tfrecord",
-        "tasks.runtime",
+        "tasks.scaleout.distributed",
+        "tasks.scaleout.cluster",
+        "tasks.model.model",
+        "tasks.photos.tfrecord",
+        "tasks.model.runtime",
         exclude=("processed", "workdir", "tf_config", "start"),
     ),
     persist_result=True,

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.datasetinfo import DatasetInfo
-from tasks.errors import PawflowError
-from tasks.fileio import atomic_dir, dumps_json, sha256_bytes, sha256_file
-from tasks.params import Finetune, Train
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import atomic_dir, dumps_json, sha256_bytes, sha256_file
+from tasks.core.params import Finetune, Train
+from tasks.photos.datasetinfo import DatasetInfo
 
 BASE_CARD = "base.json"
 BASE_MODEL = "model.keras"

@@ -17,12 +17,12 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from tasks import exclude
-from tasks.errors import PawflowError
-from tasks.fileio import write_bytes
-from tasks.listing import list_directory
-from tasks.params import Params, load_params
-from tasks.splitrule import min_per_class, too_few
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import write_bytes
+from tasks.core.params import Params, load_params
+from tasks.photos import exclude
+from tasks.photos.listing import list_directory
+from tasks.photos.splitrule import min_per_class, too_few
 
 # What the check stage writes: constant, so its hash never makes a later stage out of date.
 CHECKED_TEXT = "params.yaml and ingest.source passed the pawflow checks\n"
@@ -138,7 +138,7 @@ def class_sizes(source: Path, raw: Path) -> dict[str, int]:
 
 def check_class_sizes(params: Params, root: Path = Path(".")) -> None:
     """A local source folder whose classes cannot all reach every split of shard.split is refused before
-    anything runs (tasks.splitrule). An archive or a URL can only be counted once ingest has it: shard
+    anything runs (tasks.photos.splitrule). An archive or a URL can only be counted once ingest has it: shard
     refuses the same way, before it writes a shard."""
     source = root / params.ingest.source
     if "://" in params.ingest.source or not source.is_dir():

@@ -21,10 +21,10 @@ import pandas as pd
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
-from tasks.errors import PawflowError
-from tasks.fileio import write_bytes
-from tasks.reports import DedupReport
-from tasks.status import Status
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import write_bytes
+from tasks.core.status import Status
+from tasks.reports.reports import DedupReport
 
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
 INDEX_FORMAT = 1  # bump when HashIndex's file layout changes: older files are then ignored

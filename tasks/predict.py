@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tasks import inference
-from tasks.errors import PawflowError
-from tasks.fileio import MODEL_SHA256, sha256_file
-from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
-from tasks.params import TensorFlow
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import MODEL_SHA256, sha256_file
+from tasks.core.params import TensorFlow
+from tasks.model import inference
+from tasks.photos.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
 
 BATCH = 32
 # Prediction judges nothing but decodability, format and size safety (the clean.formats and
@@ -94,7 +94,7 @@ def model_files(model_path: Path) -> tuple[Path, dict]:
 
 def tensorflow_settings(card: dict) -> TensorFlow:
     """The TensorFlow settings the model was trained with (its card's, checked by read_card): predict
-    applies them (tasks.runtime.configure), so it computes as evaluate did, wherever it runs."""
+    applies them (tasks.model.runtime.configure), so it computes as evaluate did, wherever it runs."""
     return TensorFlow.model_validate(card["tensorflow"])
 
 
@@ -102,7 +102,7 @@ def load(model_path: Path, tta: bool | None = None) -> Predictor:
     """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
     Photos are prepared as the card says (settings_for with its formats and max_pixels).
 
-    tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
+    tta: test-time augmentation (tasks.model.inference.class_probs); None takes the card's `tta` (evaluate
     records there the setting the champion was evaluated and promoted with), else off.
     """
     file, card = model_files(model_path)

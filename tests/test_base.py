@@ -11,9 +11,9 @@ from infos import dataset_info
 
 from tasks import base
 from tasks.base import Base
-from tasks.errors import PawflowError
-from tasks.fileio import sha256_bytes
-from tasks.params import Train
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import sha256_bytes
+from tasks.core.params import Train
 
 INFO = dataset_info(["Cat", "Dog"], {"train": [("train.tfrecord-00000-of-00001", 110)]})
 FINETUNE = shipped("train.finetune", max_growth=0.25, max_warm_starts=3)
@@ -215,8 +215,8 @@ def test_nightly_warm_starts_from_the_champion_and_dvc_rebuilds_it(tmp_path: Pat
     from commands import dvc, py
     from workspace import FAST, assert_up_to_date, history, workspace
 
-    from tasks import versioning
-    from tasks.fileio import sha256_file
+    from tasks.core.fileio import sha256_file
+    from tasks.history import versioning
 
     fast = {**FAST, "train": {**FAST["train"], "finetune": {"epochs": 1, "max_growth": 0.5}}}
     ws, source = workspace(tmp_path, **fast)

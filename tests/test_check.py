@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.check import CHECKED_TEXT, check_source, preflight, special_files
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +193,7 @@ def test_a_class_too_small_for_every_split_is_refused_by_the_check_with_the_mini
 def test_the_check_stage_refuses_a_malformed_exclude_list_and_warns_of_entries_naming_nothing(tmp_path: Path):
     import pandas as pd
 
-    from tasks.fileio import write_parquet
+    from tasks.core.fileio import write_parquet
 
     src = source_with_photos(tmp_path)
     ws = tmp_path / "ws"
