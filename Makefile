@@ -62,7 +62,7 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 -o requirements.lock
 
 plots-template: install ## rebuild .dvc/plots-offline.html (dvc plots show, offline) from the pinned vl-convert-python
-	$(PY) -m tasks.plotsview
+	$(PY) -m tasks.reports.plotsview
 
 screenshots: install ## retake the docs/*.png pictures (a small real run in a temporary copy, ~5 min)
 	$(PY) docs/screenshots.py

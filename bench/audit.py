@@ -27,7 +27,7 @@ import pandas as pd
 
 from bench.common import MACHINE, PETIMAGES_16K, RESULTS, ROOT, SAMPLE, WORK, prefect_api, write_result
 from tasks import audit
-from tasks.params import params_in
+from tasks.core.params import params_in
 
 SEED = 20261205
 SWAPPED = 0.30  # the fraction of a bad batch's labels that are swapped

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tasks.params import override
+from tasks.core.params import override
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (ROOT / "../shared/datasets/petimages-sample").resolve()

@@ -23,8 +23,9 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import PETIMAGES_16K, RESULTS, ROOT, SAMPLE, measured, source_files, write_result
-from tasks import clean, images
-from tasks.params import load_params
+from tasks import clean
+from tasks.core.params import load_params
+from tasks.photos import images
 
 COLLECTIONS = {"petimages-sample": SAMPLE, "petimages-16k": PETIMAGES_16K}
 COST_PHOTOS = 1000  # photos of the sample whose check and measures are timed one by one

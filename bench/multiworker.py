@@ -28,13 +28,13 @@ TIMEOUT_S = 3600
 
 def train_once(ws: Path, epochs: int, out: Path) -> None:
     """One process's run (a worker when TF_CONFIG is set): writes its report and a weights digest."""
-    from tasks import runtime
-    from tasks.params import load_params
+    from tasks.core.params import load_params
+    from tasks.model import runtime
 
     params = load_params(ws / "params.yaml")
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from tasks import train
-    from tasks.datasetinfo import DatasetInfo
+    from tasks.photos.datasetinfo import DatasetInfo
 
     cfg = params.train.model_copy(update={"epochs": epochs, "early_stopping_patience": epochs})
     info = DatasetInfo.read(ws / "data/processed")

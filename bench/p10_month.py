@@ -247,7 +247,7 @@ def measure(ws: Path, remote: Path, home: Path, serve_pid: int) -> dict:
 def kept_model_bytes(ws: Path) -> int:
     """Bytes of the DVC-cached objects that kept runs use outside data/raw and data/processed (models,
     manifests, HTML reports): what retention keeps besides photos and shards."""
-    from tasks import runstore
+    from tasks.history import runstore
 
     cache = ws / ".dvc/cache/files/md5"
     seen: set[str] = set()
@@ -610,7 +610,7 @@ IDENT = {
 def restore_three(ws: Path) -> list[dict]:
     """Three recorded runs chosen at random, restored and checked against the sha256 they recorded;
     then the newest run is restored again."""
-    from tasks.fileio import sha256_file
+    from tasks.core.fileio import sha256_file
 
     runs = [r for r in history(ws) if r.get("restorable")]
     chosen = random.Random(SEED).sample(runs, min(TARGETS["restored_runs"], len(runs)))

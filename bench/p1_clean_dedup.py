@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 
 from bench.common import ROOT, SAMPLE, WORK, image_files, median_of, save
-from tasks.params import params_in
+from tasks.core.params import params_in
 
 REPS = 3
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from bench.common import SAMPLE, median_of, run, save, workspace
-from tasks.reports import METRICS, TRAIN
+from tasks.reports.reports import METRICS, TRAIN
 
 REPS = 3
 

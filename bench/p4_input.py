@@ -24,7 +24,7 @@ def kept_photo_tree(ws: Path, dest: Path) -> int:
     """The cleaned, deduplicated train photos as <label>/<file> symlinks (what the baseline reads)."""
     import pandas as pd
 
-    from tasks.status import Status
+    from tasks.core.status import Status
 
     dd = pd.read_parquet(ws / "data/interim/dedup.parquet")
     split = pd.read_parquet(ws / "data/interim/split.parquet")
@@ -43,8 +43,8 @@ def main(ws: Path) -> dict:
     import tensorflow as tf
 
     from tasks import train
-    from tasks.datasetinfo import DatasetInfo
-    from tasks.params import load_params
+    from tasks.core.params import load_params
+    from tasks.photos.datasetinfo import DatasetInfo
 
     params = load_params(ws / "params.yaml")
     cfg = params.train

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench import stagesplit
 from bench.common import PETIMAGES_16K, WORK, image_files, link_files, run, run_stamped, save, workspace
-from tasks.reports import DEDUP, SHARD
+from tasks.reports.reports import DEDUP, SHARD
 
 MAX_SECONDS = 300
 MAX_RSS_MB = 1536

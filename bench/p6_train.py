@@ -94,8 +94,8 @@ def probe_epoch_seconds(processed: Path, info: Any, cfg: Any) -> float:
 
 def main() -> None:
     args = parse_args()
-    from tasks import runtime
-    from tasks.params import load_params
+    from tasks.core.params import load_params
+    from tasks.model import runtime
 
     ws = args.workspace
     params = load_params(ws / "params.yaml")
@@ -104,7 +104,7 @@ def main() -> None:
     import keras
 
     from tasks import evaluate, train
-    from tasks.datasetinfo import DatasetInfo
+    from tasks.photos.datasetinfo import DatasetInfo
 
     processed = ws / "data/processed"
     info = DatasetInfo.read(processed)

@@ -6,7 +6,7 @@ warm-starts from the champion, against a from-scratch model trained on the same 
     source, then `python -m flows.pipeline --warm-start --no-push` (the retrain-nightly deployment's
     run); (c) a copy of the workspace after (b), `python -m flows.pipeline --full-retrain --no-push`:
     a model trained from scratch on the same shards. Both models then predict the same test split in
-    one process and tasks.gate.mcnemar compares them (warm start = challenger).
+    one process and tasks.model.gate.mcnemar compares them (warm start = challenger).
 
 python -m bench.p8_nightly predict WORKSPACE MODEL.keras OUT.json   (one model's right/wrong per photo)
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bench import stagesplit
 from bench.common import PETIMAGES_16K, SAMPLE, WORK, link_files, run, save, source_files, workspace
-from tasks.datasetinfo import DatasetInfo
-from tasks.reports import TRAIN
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.reports.reports import TRAIN
 
 SHARE = 0.05
 NIGHTLY_TARGET = 0.20  # issue 13: a +5 % night <= 20 % of the first full run's wall time
@@ -72,13 +72,13 @@ def pipeline_run(ws: Path, *flags: str) -> dict:
 
 def predict(ws: Path, model: Path, out: Path) -> None:
     """(In its own process) the model's right/wrong on the workspace's test split, as evaluate predicts."""
-    from tasks import runtime
-    from tasks.params import load_params
+    from tasks.core.params import load_params
+    from tasks.model import runtime
 
     params = load_params(ws / "params.yaml")
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
     from tasks import evaluate
-    from tasks.datasetinfo import DatasetInfo
+    from tasks.photos.datasetinfo import DatasetInfo
     from tasks.predict import read_card
 
     processed = ws / params.paths.processed
@@ -110,7 +110,7 @@ def first_run(source: Path) -> tuple[Path, dict]:
 def nightly(ws: Path, source: Path) -> dict:
     champion = ws / "models/champion/model.keras"
     assert champion.exists(), "the first run promoted no champion: nothing to warm-start from"
-    from tasks.fileio import sha256_file
+    from tasks.core.fileio import sha256_file
 
     champion_sha = sha256_file(champion)
     before = DatasetInfo.read(ws / "data/processed")
@@ -146,7 +146,7 @@ def scratch(ws: Path) -> tuple[Path, dict]:
 
 
 def compare(ws: Path, copy: Path) -> dict:
-    from tasks import gate
+    from tasks.model import gate
 
     warm = correctness(ws, ws / "models/model.keras", "warm")
     fresh = correctness(copy, copy / "models/model.keras", "scratch")

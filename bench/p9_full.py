@@ -32,7 +32,7 @@ from bench.common import (
     source_files,
     workspace,
 )
-from tasks.datasetinfo import DatasetInfo
+from tasks.photos.datasetinfo import DatasetInfo
 
 PREFIX = "p16k-"  # petimages-16k's names (<N>.jpg) are prefixed: the sample holds the same names
 MARKS_S = (15 * 60, 30 * 60)

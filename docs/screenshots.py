@@ -42,7 +42,7 @@ import imagegen  # noqa: E402  (tests/, on the path above)
 from browser import FLAGS, NAMES, chromium  # noqa: E402
 
 from flows.server import free_port, start_server, stop_server  # noqa: E402
-from tasks.params import override  # noqa: E402
+from tasks.core.params import override  # noqa: E402
 
 DOCS = ROOT / "docs"
 PER_CLASS = 120  # generated photos per class: a few seconds per epoch with the model below

@@ -20,11 +20,12 @@ from prefect import flow, get_run_logger
 from flows.command import stage_arguments
 from flows.common import friendly, publish, record_stage_run, stage_run_name
 from flows.lock import workspace_lock
-from tasks import audit, exclude, quarantine
-from tasks.errors import PawflowError, report
-from tasks.fileio import read_parquet
-from tasks.params import Params, load_params
-from tasks.reports import AUDIT, AuditReport
+from tasks import audit
+from tasks.core.errors import PawflowError, report
+from tasks.core.fileio import read_parquet
+from tasks.core.params import Params, load_params
+from tasks.photos import exclude, quarantine
+from tasks.reports.reports import AUDIT, AuditReport
 
 
 def ensure_outputs(interim: Path, reports: Path) -> bool:

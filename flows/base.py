@@ -15,11 +15,11 @@ from pathlib import Path
 
 from flows.command import stage_arguments
 from flows.lock import workspace_lock
-from tasks import warmstart
-from tasks.datasetinfo import DatasetInfo
-from tasks.errors import PawflowError, report
-from tasks.params import Params, load_params
-from tasks.warmstart import ensure_base
+from tasks import base
+from tasks.base import ensure_base
+from tasks.core.errors import PawflowError, report
+from tasks.core.params import Params, load_params
+from tasks.photos.datasetinfo import DatasetInfo
 
 
 def prepare_base(
@@ -27,12 +27,12 @@ def prepare_base(
 ) -> tuple[str, str, bool]:
     """models/base before train, for the entry points that choose it (the Prefect pipeline, `pawflow
     run`): the champion (a warm start), empty (from scratch) or left as it is, as
-    tasks.warmstart.choose_base decides, then recorded with `dvc commit base` when it changed.
+    tasks.base.choose_base decides, then recorded with `dvc commit base` when it changed.
 
     train_will_run: train is out of date for a reason besides models/base (new shards, --force); DVC is
     asked too. Returns (choice, why, whether dvc.lock's base changed). Needs the data stages done (it
     reads dataset_info.json) and the workspace lock."""
-    from tasks import versioning
+    from tasks.history import versioning
 
     folder = params.paths.models / "base"
     before = versioning.lock_summary(root).get("base")
@@ -42,24 +42,24 @@ def prepare_base(
         versioning.commit_stage(root, "base")
     info_path = DatasetInfo.path(params.paths.processed)
     choice, why = "keep", f"{info_path} not found"
-    champion = warmstart.base_from_champion(params.paths.models / "champion")
+    champion = base.base_from_champion(params.paths.models / "champion")
     if info_path.exists():
         info = DatasetInfo.read(params.paths.processed)
         will_run = train_will_run or bool(versioning.stage_status(root, "train"))
-        choice, why = warmstart.choose_base(
+        choice, why = base.choose_base(
             warm_start,
             full_retrain,
             will_run,
             current,
             champion,
-            warmstart.shaping(params.train, info),
-            warmstart.train_examples(info),
+            base.shaping(params.train, info),
+            base.train_examples(info),
             params.train.finetune,
         )
     if choice == "champion":
-        warmstart.write_base(folder, champion)
+        base.write_base(folder, champion)
     elif choice == "scratch" and current is not None:
-        warmstart.write_base(folder, None)
+        base.write_base(folder, None)
     if choice != "keep":
         versioning.commit_stage(root, "base")
     return choice, why, versioning.lock_summary(root).get("base") != before

@@ -1,6 +1,6 @@
 """check: the first stage of dvc.yaml. Validates params.yaml, ingest.source and the exclude list (and, with
-runner.kind dask and an address, the cluster: tasks.workers.check_cluster) before DVC removes any output of
-a later stage (DVC runs stages in order and stops at the first that fails).
+runner.kind dask and an address, the cluster: tasks.scaleout.workers.check_cluster) before DVC removes any
+output of a later stage (DVC runs stages in order and stops at the first that fails).
 
 Exit 0 and write `<paths.interim>/checked.txt` (constant text, so it never makes a later stage out of
 date), or print one message and exit 2 (1 if the disk is too full to write it). Light imports only:
@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tasks.errors import PawflowError, report
-from tasks.preflight import preflight, write_checked
-from tasks.workers import check_cluster
+from tasks.check import preflight, write_checked
+from tasks.core.errors import PawflowError, report
+from tasks.scaleout.workers import check_cluster
 
 
 def main(params_path: Path = Path("params.yaml")) -> int:
@@ -26,7 +26,8 @@ def main(params_path: Path = Path("params.yaml")) -> int:
         return report("pawflow check", err)
     try:
         write_checked(params)
-    except PawflowError as err:  # a full disk (tasks.fileio.NoSpace, exit 1): the check ran, its write failed
+    except PawflowError as err:  # a full disk (tasks.core.fileio.NoSpace, exit 1): the check ran, its
+        # write failed
         return report("pawflow check", err)
     print("pawflow check: params.yaml, ingest.source and the exclude list are fine")
     return 0

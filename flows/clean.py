@@ -22,12 +22,13 @@ from flows.common import (
     stage_run_name,
 )
 from flows.mapping import figures, map_chunks
-from tasks import clean, datareport, dedup
-from tasks.errors import PawflowError
-from tasks.fileio import read_parquet, write_bytes, write_parquet
-from tasks.images import CheckSettings
-from tasks.params import Params
-from tasks.reports import CLEAN, CleanReport
+from tasks import clean, dedup
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import read_parquet, write_bytes, write_parquet
+from tasks.core.params import Params
+from tasks.photos.images import CheckSettings
+from tasks.reports import datareport
+from tasks.reports.reports import CLEAN, CleanReport
 
 CHECK_TASK = "check-photos"
 
@@ -55,8 +56,8 @@ def quiet_task_runs(*names: str) -> None:
         logger.addFilter(_QuietTaskRuns(frozenset(names) - have))
 
 
-# Not cached by Prefect: the per-photo cache (tasks/store.py) is the one cache of verdicts, and it never
-# keeps an environment verdict (a file this machine could not read). A cache of whole chunks would keep
+# Not cached by Prefect: the per-photo cache (tasks/photos/store.py) is the one cache of verdicts, and it
+# never keeps an environment verdict (a file this machine could not read). A cache of whole chunks would keep
 # them: the flow hands out only the photos the per-photo cache lacks, so a chunk seen twice is one whose
 # verdicts were not cacheable.
 @task(name=CHECK_TASK, cache_policy=NO_CACHE, persist_result=False)

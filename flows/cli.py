@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from tasks.errors import ExitCode, PawflowError, report
-from tasks.params import load_params
-from tasks.runtime import quiet_native_stderr
-from tasks.status import StageRun, ran
+from tasks.core.errors import ExitCode, PawflowError, report
+from tasks.core.params import load_params
+from tasks.core.status import StageRun, ran
+from tasks.model.runtime import quiet_native_stderr
 
 if TYPE_CHECKING:
-    from tasks.params import Params
+    from tasks.core.params import Params
 
 PREFECT_HOME = Path(".pawflow/prefect")
 # True when the command runs as this process's own command line (main() without argv), not in-process.
@@ -128,8 +128,8 @@ def cmd_run(
     changed and the collection did not outgrow train.finetune); so the data stages run first, then base
     is set and recorded, then the rest. accept_removals: ingest may remove what the source lost even
     above ingest.max_removed_fraction (this dvc repro only: flows.ingest reads PAWFLOW_ACCEPT_REMOVALS)."""
-    from tasks import versioning
-    from tasks.preflight import check_planned
+    from tasks.check import check_planned
+    from tasks.history import versioning
 
     cwd = Path.cwd()
     root = project_root(cwd)
@@ -144,9 +144,9 @@ def cmd_run(
     from flows.base import prepare_base
     from flows.lock import run_lock
     from flows.server import prefect_api
-    from tasks import nightly, runs
+    from tasks.history import nightly, runs
     from tasks.ingest import ACCEPT_ENV
-    from tasks.workers import check_cluster
+    from tasks.scaleout.workers import check_cluster
 
     with run_lock(root):
         for key, (old, new) in versioning.set_params(Path("params.yaml"), updates).items():
@@ -207,7 +207,8 @@ def cmd_data() -> int:
     """Fetch the archive params.yaml `data:` names (resumed, retried, sha256-checked), then point
     ingest.source (and ingest.sha256) at it."""
     from flows.lock import run_lock
-    from tasks import getdata, versioning
+    from tasks.history import versioning
+    from tasks.photos import getdata
 
     root = project_root(Path.cwd())
     os.chdir(root)
@@ -238,9 +239,10 @@ def cmd_predict(targets: list[Path], model: Path | None = None, csv_out: bool = 
     the model's own training and evaluation, wherever this runs (params.yaml only names the champion)."""
     import csv
 
-    from tasks import predict, runtime
-    from tasks.listing import shown
-    from tasks.text import tsv_field
+    from tasks import predict
+    from tasks.core.text import tsv_field
+    from tasks.model import runtime
+    from tasks.photos.listing import shown
 
     params = load_params(Path("params.yaml")) if Path("params.yaml").exists() else None
     missing = [str(t) for t in targets if not t.exists() and not t.is_symlink()]
@@ -642,8 +644,8 @@ def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | 
     """The recorded runs, newest first (or one run in detail)."""
     import json
 
-    from tasks import nightly, runs, runstore
-    from tasks.fileio import write_bytes
+    from tasks.core.fileio import write_bytes
+    from tasks.history import nightly, runs, runstore
 
     root, params = _workspace(need_params=False)
     found = nightly.history(root, params)
@@ -666,7 +668,7 @@ def cmd_history(run: str | None, as_json: bool, html: Path | None, limit: int | 
 def cmd_restore(run: str) -> int:
     """Put back a recorded run's params, dvc.lock, data, shards, models and reports, checked by sha256."""
     from flows.lock import run_lock
-    from tasks import nightly
+    from tasks.history import nightly
 
     root, _ = _workspace(need_params=False)
     with run_lock(root):
@@ -680,7 +682,7 @@ def cmd_restore(run: str) -> int:
 
 def cmd_diff(first: str, second: str | None) -> int:
     """Params and metrics changes between two recorded runs (DVC's params and metrics diff)."""
-    from tasks import nightly
+    from tasks.history import nightly
 
     root, params = _workspace(need_params=False)
     a, b = nightly.pair(root, params, first, second)
@@ -703,7 +705,7 @@ def cmd_diff(first: str, second: str | None) -> int:
 def cmd_gc(keep: int | None, cloud: bool) -> int:
     """Apply the retention policy now (pipeline.keep_runs unless --keep)."""
     from flows.lock import run_lock
-    from tasks import runstore
+    from tasks.history import runstore
 
     if keep is None:
         root, params = _workspace()
@@ -860,7 +862,7 @@ def server_stop() -> None:
 
 def cmd_quarantine_list() -> int:
     """Print each batch held in quarantine: its id, photos, why, and a few of its photos."""
-    from tasks import quarantine
+    from tasks.photos import quarantine
 
     root = project_root(Path.cwd())
     params = load_params(root / "params.yaml")
@@ -879,7 +881,8 @@ def cmd_quarantine_list() -> int:
 def cmd_quarantine_release(ids: list[str], everything: bool) -> int:
     """Mark batches released (the next run splits and trains on their photos) and record it in dvc.lock."""
     from flows.lock import run_lock
-    from tasks import quarantine, versioning
+    from tasks.history import versioning
+    from tasks.photos import quarantine
 
     if not ids and not everything:
         raise PawflowError("name the batches to release (as `pawflow quarantine list` shows them), or --all.")

@@ -28,17 +28,17 @@ from flows.command import stage_arguments
 from flows.lock import run_lock
 from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
-from tasks import stopping
-from tasks.errors import ExitCode, PawflowError, Refused, report
-from tasks.fileio import (
+from tasks.core import stopping
+from tasks.core.errors import ExitCode, PawflowError, Refused, report
+from tasks.core.fileio import (
     append_history,
     code_fingerprint,
     no_space_cause,
     no_space_somewhere,
     remove_leftovers,
 )
-from tasks.params import Params, Runner, load_params
-from tasks.stopping import Stopped
+from tasks.core.params import Params, Runner, load_params
+from tasks.core.stopping import Stopped
 
 # --------------------------------------------------------------------------- caching
 
@@ -53,7 +53,8 @@ class CodeOf(CachePolicy):
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         # import_module, not sys.modules: a module the task imports lazily may not be loaded yet.
-        # What the code computes (tasks.fileio.code_fingerprint): a comment or docstring edit keeps the key.
+        # What the code computes (tasks.core.fileio.code_fingerprint): a comment or docstring edit keeps the
+        # key.
         return hash_objects(*(code_fingerprint(importlib.import_module(m)) for m in self.modules))
 
 
@@ -126,7 +127,7 @@ def task_runner(runner: Runner) -> Any:
     Under runner.kind dask the per-photo chunks do not go through it: clean and shard hand them to the
     cluster's workers as plain functions (flows/mapping.py), so a worker never needs Prefect or its API;
     the stage's few other tasks run in threads of the stage's process. On a stop neither waits for the
-    chunks under way: the threads leave them at their next photo (tasks.stopping), worker processes are
+    chunks under way: the threads leave them at their next photo (tasks.core.stopping), worker processes are
     ended."""
     if runner.kind == "processes":
         from prefect.task_runners import ProcessPoolTaskRunner
@@ -373,7 +374,7 @@ def record_stage_run(params: Params, stage: str, figures: dict[str, Any]) -> Non
 def cell(v: Any) -> str:
     """A summary-table cell as a person reads it (the terminal and the Prefect table artifact alike):
     numbers with thousands separators and at most 3 decimals (1,204, 173.5, 0.923), booleans yes/no,
-    a missing value n/a (as tasks.present writes them; not imported here, or a change of wording there
+    a missing value n/a (as tasks.reports.present writes them; not imported here, or a change of wording there
     would make every stage out of date)."""
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -433,7 +434,7 @@ def publish(
     key: str, title: str, columns: list[str], rows: Sequence[Sequence[Any]], markdown: str = ""
 ) -> str:
     """Print a stage's summary table and publish it as a Prefect table (+ markdown) artifact. `markdown`
-    is published as it is: names in it must already be escaped (tasks.text.md)."""
+    is published as it is: names in it must already be escaped (tasks.core.text.md)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext
 

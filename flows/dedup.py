@@ -11,10 +11,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import friendly, publish, stage_main, stage_run_name
-from tasks import datareport, dedup, exclude, quarantine, summary
-from tasks.fileio import read_parquet, write_bytes, write_parquet
-from tasks.params import Params
-from tasks.reports import AUDIT, DEDUP, DedupReport
+from tasks import dedup
+from tasks.core.fileio import read_parquet, write_bytes, write_parquet
+from tasks.core.params import Params
+from tasks.photos import exclude, quarantine
+from tasks.reports import datareport, summary
+from tasks.reports.reports import AUDIT, DEDUP, DedupReport
 
 
 def held_out(params: Params, kept) -> tuple:

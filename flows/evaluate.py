@@ -13,12 +13,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.utilities.annotations import NotSet
 
 from flows.common import content_cache, friendly, publish, result_storage, stage_main, stage_run_name
-from tasks import present, runtime, summary, versioning
-from tasks.datasetinfo import DatasetInfo, Verified, verified
-from tasks.errors import PawflowError
-from tasks.fileio import sha256_file, write_bytes
-from tasks.params import Params, TensorFlow
-from tasks.reports import GATE, METRICS, SCORES, TRAIN, GateReport
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import sha256_file, write_bytes
+from tasks.core.params import Params, TensorFlow
+from tasks.history import versioning
+from tasks.model import runtime
+from tasks.photos.datasetinfo import DatasetInfo, Verified, verified
+from tasks.reports import present, summary
+from tasks.reports.reports import GATE, METRICS, SCORES, TRAIN, GateReport
 
 if TYPE_CHECKING:
     from tasks.predict import ModelCard
@@ -33,12 +35,12 @@ if TYPE_CHECKING:
     task_run_name="predict-test-photos-{slice_name}",
     cache_policy=content_cache(
         "tasks.evaluate",
-        "tasks.inference",
+        "tasks.model.inference",
         "tasks.train",
         "tasks.predict",
-        "tasks.images",
-        "tasks.tfrecord",
-        "tasks.runtime",
+        "tasks.photos.images",
+        "tasks.photos.tfrecord",
+        "tasks.model.runtime",
         exclude=("model_path", "processed"),
     ),
     persist_result=True,
@@ -93,7 +95,8 @@ def _predictions(params: Params, model_dir: Path, data: Verified, refresh: bool,
 def evaluate_flow(params: Params, refresh: bool = False) -> dict:
     """Metrics on the test split, plots, reports/evaluation.html, and the promotion gate."""
     runtime.configure(params.tensorflow)  # before TensorFlow is imported
-    from tasks import evaluate, gate
+    from tasks import evaluate
+    from tasks.model import gate
 
     started = time.monotonic()
     log = get_run_logger()

@@ -11,12 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows.common import friendly, publish, record_stage_run, stage_main, stage_run_name
-from tasks import ingest, present, store
-from tasks.errors import PawflowError, report
-from tasks.fileio import write_parquet
-from tasks.listing import Listing
-from tasks.params import Params
-from tasks.reports import INGEST, IngestReport
+from tasks import ingest
+from tasks.core.errors import PawflowError, report
+from tasks.core.fileio import write_parquet
+from tasks.core.params import Params
+from tasks.photos import store
+from tasks.photos.listing import Listing
+from tasks.reports import present
+from tasks.reports.reports import INGEST, IngestReport
 
 # Ingest looks at the source on every run: its tasks are never cached, so Prefect need not hash their
 # inputs. The listing (one entry per source file) is passed quoted: Prefect would otherwise walk it
@@ -136,7 +138,7 @@ def ingest_flow(
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.ingest`: a missing or unusable source, or a bad PAWFLOW_ACCEPT_REMOVALS, is bad
     usage (exit 2, one message), not a failed flow run."""
-    from tasks.preflight import preflight
+    from tasks.check import preflight
 
     try:
         accept_all, accept_count = accepted_removals(os.environ.get(ingest.ACCEPT_ENV))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
 
 # Relative to the workspace root; "pid N: command" while a run holds it, empty once it is released.
 LOCK_FILE = Path(".pawflow/workspace.lock")
@@ -82,7 +82,7 @@ def run_lock(root: Path = Path(".")) -> Iterator[None]:
         with workspace_lock(root):
             yield
         return
-    from tasks import versioning
+    from tasks.history import versioning
 
     holder = lock_holder(root)
     if holder:  # a pawflow run (it holds DVC's lock too): say who, without waiting for DVC's lock

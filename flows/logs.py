@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from tasks.errors import ExitCode, PawflowError
+from tasks.core.errors import ExitCode, PawflowError
 
 POLL_S = 1.0
 # After the run is final, keep polling this long for log lines still on their way (the API log

@@ -1,5 +1,6 @@
 """How clean and shard map their per-photo chunks: Prefect task runs (runner.kind threads or processes), or
-plain functions on the workers of a Dask cluster (runner.kind dask, tasks/workers.py, docs/scale-out.md)."""
+plain functions on the workers of a Dask cluster (runner.kind dask, tasks/scaleout/workers.py,
+docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
-from tasks import workers
-from tasks.params import Params
-from tasks.workers import Finished
+from tasks.core.params import Params
+from tasks.scaleout import workers
+from tasks.scaleout.workers import Finished
 
 
 class _Log:

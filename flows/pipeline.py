@@ -4,7 +4,7 @@ Each stage is a task that asks DVC whether the stage is up to date (its deps, pa
 dvc.lock). If it is, the task ends Skipped; if not, it runs the stage's flow as a subflow and records
 the result with `dvc commit`, so dvc.lock, the outputs and the DVC cache agree exactly as after
 `dvc repro`. Then `dvc push`, the run recorded as a version when an output changed (refs/pawflow/runs,
-tasks.nightly) with a line in reports/runs.jsonl, retention, alerts, and summary artifacts.
+tasks.history.nightly) with a line in reports/runs.jsonl, retention, alerts, and summary artifacts.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from flows.common import (
 from flows.lock import run_lock
 from flows.server import use_background_server
 from flows.stops import StopGuard, Terminated, message
-from tasks import nightly, runs, runstore, summary, versioning
-from tasks.errors import ExitCode, PawflowError, report
-from tasks.params import Params, load_params
-from tasks.preflight import check_exclude, check_source_of, write_checked
-from tasks.status import StageRun, ran
+from tasks.check import check_exclude, check_source_of, write_checked
+from tasks.core.errors import ExitCode, PawflowError, report
+from tasks.core.params import Params, load_params
+from tasks.core.status import StageRun, ran
+from tasks.history import nightly, runs, runstore, versioning
+from tasks.reports import summary
 
 
 def stage_flow(stage: str):
@@ -169,7 +170,7 @@ def set_base(
     params: Params, root: Path, warm_start: bool, full_retrain: bool, force: bool, upstream_changed: bool
 ):
     """models/base before train: the champion (a warm start), empty (from scratch) or left as it is
-    (tasks.warmstart.choose_base decides), then recorded with `dvc commit base` when it changed."""
+    (tasks.base.choose_base decides), then recorded with `dvc commit base` when it changed."""
     log = get_run_logger()
     started = time.monotonic()
     choice, why, new_outputs = prepare_base(params, root, warm_start, full_retrain, force or upstream_changed)

@@ -29,7 +29,7 @@ from pathlib import Path
 import requests
 
 from flows.lock import LOCK_FILE
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 180.0
@@ -265,7 +265,7 @@ def use_background_server(params_path: Path = Path("params.yaml")) -> None:
         or not params_path.is_file()  # not at a project root
     ):
         return
-    from tasks.preflight import preflight
+    from tasks.check import preflight
 
     try:
         preflight(params_path, light=True)

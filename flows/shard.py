@@ -14,11 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import chunks, friendly, publish, record_stage_run, stage_main, stage_run_name
 from flows.mapping import figures, map_chunks
 from tasks import clean, shard
-from tasks.datasetinfo import DatasetInfo
-from tasks.fileio import write_parquet
-from tasks.images import CheckSettings
-from tasks.params import Params
-from tasks.reports import SHARD, ShardReport
+from tasks.core.fileio import write_parquet
+from tasks.core.params import Params
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.photos.images import CheckSettings
+from tasks.reports.reports import SHARD, ShardReport
 
 
 @task(name="assign-splits")

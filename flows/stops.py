@@ -4,7 +4,7 @@ Ctrl-C (SIGINT); SIGTERM (`kill PID`, `systemctl stop`, `dvc repro` killed with 
 the process that started a stage gone (a `dvc repro` killed alone leaves its stage orphaned); the
 Prefect API gone (its server killed): each ends the run within seconds, with one message and an exit
 code (130 for SIGINT, 143 for SIGTERM or a vanished parent, 1 for a lost API), leaving no process behind.
-Every output is written under a temporary name and renamed when whole (tasks/fileio.py), so a process
+Every output is written under a temporary name and renamed when whole (tasks/core/fileio.py), so a process
 that ends at any moment leaves each output as it was or complete, never half-written.
 
 Prefect's flow engine owns SIGTERM while a flow runs: it raises TerminationSignal in the main thread,
@@ -30,8 +30,8 @@ from types import FrameType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from tasks import stopping
-from tasks.errors import ExitCode
+from tasks.core import stopping
+from tasks.core.errors import ExitCode
 
 # After the first stop signal, a process that has not ended by itself within this long is ended (its
 # children too): time for the flow to record its state and for threads to leave their photo.
@@ -145,7 +145,7 @@ def api_refuses(url: str, timeout_s: float = API_POLL_S) -> bool:
 class StopGuard:
     """Around a run: turns SIGINT into KeyboardInterrupt and SIGTERM into Terminated, and makes a stop
     final. A stop that code inside swallowed still ends the block with its exception (whatever the block
-    ended with otherwise); the per-photo loops of the task runner's threads give up (tasks.stopping).
+    ended with otherwise); the per-photo loops of the task runner's threads give up (tasks.core.stopping).
 
     owner: the block is this process's whole job (an entry point's main, not a test calling it): then the
     process ends at the latest STOP_GRACE_S after the first stop signal (its children with it), when its

@@ -22,13 +22,14 @@ from flows.common import (
     stage_main,
     stage_run_name,
 )
-from tasks import runtime, warmstart
-from tasks.cluster import role
-from tasks.datasetinfo import DatasetInfo, verified
-from tasks.errors import PawflowError
-from tasks.fileio import MODEL_SHA256, sha256_bytes, write_json
-from tasks.params import Params, TensorFlow, Train
-from tasks.reports import TRAIN, TrainReport
+from tasks import base
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import MODEL_SHA256, sha256_bytes, write_json
+from tasks.core.params import Params, TensorFlow, Train
+from tasks.model import runtime
+from tasks.photos.datasetinfo import DatasetInfo, verified
+from tasks.reports.reports import TRAIN, TrainReport
+from tasks.scaleout.cluster import role
 
 if TYPE_CHECKING:
     from tasks.train import TrainResult
@@ -46,11 +47,11 @@ TRAIN_SPLITS = ("train", "val")
     name="fit-model",
     cache_policy=content_cache(
         "tasks.train",
-        "tasks.distributed",
-        "tasks.cluster",
-        "tasks.model",
-        "tasks.tfrecord",
-        "tasks.runtime",
+        "tasks.scaleout.distributed",
+        "tasks.scaleout.cluster",
+        "tasks.model.model",
+        "tasks.photos.tfrecord",
+        "tasks.model.runtime",
         exclude=("processed", "workdir", "tf_config", "start"),
     ),
     persist_result=True,
@@ -101,12 +102,10 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
     if info.examples("train") == 0:
         raise PawflowError("the train split is empty.", "Add photos or raise shard.split.train.")
     cfg = params.train
-    # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.warmstart).
+    # Warm start or from scratch: decided by models/base, params and the shards alone (tasks.base).
     base_dir = params.paths.models / "base"
-    now = warmstart.shaping(params.train, info)
-    plan = warmstart.plan(
-        warmstart.read_base(base_dir), now, warmstart.train_examples(info), params.train.finetune
-    )
+    now = base.shaping(params.train, info)
+    plan = base.plan(base.read_base(base_dir), now, base.train_examples(info), params.train.finetune)
     log.info("%s: %s", "warm start" if plan.warm else "from scratch", plan.reason)
     tf_config = os.environ.get("TF_CONFIG")
     me = role(tf_config)
@@ -124,12 +123,12 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         params.paths.cache / "train",
         tf_config,
         plan.from_sha256,
-        base_dir / warmstart.BASE_MODEL if plan.warm else None,
+        base_dir / base.BASE_MODEL if plan.warm else None,
     )
     rep: TrainReport = {
         **result.report,
         "tensorflow": runtime.describe(params.tensorflow),
-        "warm_start": warmstart.warm_start_report(plan),
+        "warm_start": base.warm_start_report(plan),
         "start_reason": plan.reason,
     }
     log.info(
@@ -149,7 +148,7 @@ def train_flow(params: Params, refresh: bool = False) -> TrainReport:
         {
             **train.model_card(info, cfg, params.clean, params.tensorflow),
             MODEL_SHA256: sha256_bytes(result.model),  # evaluate and predict check the file against it
-            warmstart.LINEAGE_KEY: warmstart.lineage(plan, now),
+            base.LINEAGE_KEY: base.lineage(plan, now),
         },
     )
     TRAIN.write(reports, rep)

@@ -10,7 +10,7 @@ test accuracy it was promoted with) plus audit.tolerance (new photos may differ 
 split), and never less than the one-sided (1 - alpha) Clopper-Pearson upper bound of that test error (a
 test split of a few photos vouches for little). A one-sided exact binomial test gives the probability
 of at least this many disagreements at the normal rate; below audit.alpha, with at least
-audit.min_photos scored, the audit trips: the batch is quarantined (tasks/quarantine.py), held out of
+audit.min_photos scored, the audit trips: the batch is quarantined (tasks/photos/quarantine.py), held out of
 the split until a person releases it. Under "the batch is as well labelled as the test split" the test
 trips with probability at most alpha, so alpha is the false-alarm rate of a normal night (bench/audit.py
 measures it on real photos, with the catch rate of a batch with 30 % of its labels swapped).
@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from scipy.stats import beta, binomtest
 
-from tasks import quarantine
-from tasks.fileio import read_parquet, sha256_file
-from tasks.reports import AuditReport, ContradictedPhoto
-from tasks.status import Status
+from tasks.core.fileio import read_parquet, sha256_file
+from tasks.core.status import Status
+from tasks.photos import quarantine
+from tasks.reports.reports import AuditReport, ContradictedPhoto
 
 if TYPE_CHECKING:
-    from tasks.params import Audit, TensorFlow
+    from tasks.core.params import Audit, TensorFlow
 
 # Contradicted photos listed in audit.json (git-tracked): a batch with every label swapped lists this
 # many, with the count of all of them (reports/data.html draws at most its own cap).
@@ -184,7 +184,8 @@ def score(champ: Champion, photos: pd.DataFrame, raw: Path, tf_settings: TensorF
     """The champion's label and confidence for each photo of a class it knows (SCORED_COLUMNS); photos
     are prepared as for `pawflow predict` (tasks.predict: as the champion's shards were made), TensorFlow
     set up as params.yaml `tensorflow:` says (as train and evaluate, in the same pipeline process)."""
-    from tasks import predict, runtime
+    from tasks import predict
+    from tasks.model import runtime
 
     runtime.configure(tf_settings)
 

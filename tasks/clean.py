@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tasks import images, stopping, store
-from tasks.errors import PawflowError
-from tasks.fileio import code_fingerprint, fingerprint
-from tasks.images import FLAGS, REASONS, CheckSettings, PhotoCheck
-from tasks.reports import CleanReport, LabelVerdicts
-from tasks.status import Status
+from tasks.core import stopping
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import code_fingerprint, fingerprint
+from tasks.core.status import Status
+from tasks.photos import images, store
+from tasks.photos.images import FLAGS, REASONS, CheckSettings, PhotoCheck
+from tasks.reports.reports import CleanReport, LabelVerdicts
 
 if TYPE_CHECKING:
-    from tasks.params import CleanFlags, Params
+    from tasks.core.params import CleanFlags, Params
 
 COLUMNS = [
     "path",
@@ -36,11 +37,11 @@ COLUMNS = [
     "normalised",
     "phash",
     *images.QUALITY_COLUMNS,
-    "flags",  # quality flags of a kept photo (tasks.images.FLAGS), ";"-separated
+    "flags",  # quality flags of a kept photo (tasks.photos.images.FLAGS), ";"-separated
 ]
 # Verdicts that depend on the machine at this moment (its file system, its load), not on the bytes: never
 # cached, in any cache (docs/scale-out.md). A failure of the machine itself (out of memory, an I/O error) is
-# no verdict at all: it fails the run (tasks.images).
+# no verdict at all: it fails the run (tasks.photos.images).
 UNCACHEABLE = {"missing", "unreadable", "changed_since_ingest", "timeout"}
 
 
@@ -61,7 +62,7 @@ def check_settings(params: Params) -> CheckSettings:
 
 def settings_fingerprint(settings: CheckSettings) -> str:
     """Verdicts depend on the bytes, the settings and the code that judges them (its syntax tree:
-    tasks/images.py's comments and docstrings can change without invalidating a verdict)."""
+    tasks/photos/images.py's comments and docstrings can change without invalidating a verdict)."""
     return fingerprint(asdict(settings), code_fingerprint(images))
 
 
@@ -148,7 +149,7 @@ def check_items(
 
 
 def flagged(df: pd.DataFrame, limits: CleanFlags) -> dict[str, pd.Series]:
-    """flag -> which rows it flags (kept photos past a clean.flags limit; see tasks.images.FLAGS)."""
+    """flag -> which rows it flags (kept photos past a clean.flags limit; see tasks.photos.images.FLAGS)."""
     kept = df["status"] == Status.KEPT
     tests = {
         "near_blank": df["grey_std"] < limits.near_blank_contrast,

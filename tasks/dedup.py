@@ -22,10 +22,10 @@ import pandas as pd
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
-from tasks.errors import PawflowError
-from tasks.fileio import write_bytes
-from tasks.reports import ConflictGroup, DedupReport, DuplicateGroup
-from tasks.status import Status
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import write_bytes
+from tasks.core.status import Status
+from tasks.reports.reports import ConflictGroup, DedupReport, DuplicateGroup
 
 COLUMNS = ["path", "label", "sha256", "group", "status", "duplicate_of", "kind", "distance"]
 INDEX_FORMAT = 1  # bump when HashIndex's file layout changes: older files are then ignored
@@ -348,7 +348,7 @@ def find_duplicates(photos: pd.DataFrame, max_distance: int) -> pd.DataFrame:
 
 
 def _kind(value: object) -> Literal["exact", "near"]:
-    """A duplicate's kind, as dedup.json's contract (tasks.reports.Duplicate) has it."""
+    """A duplicate's kind, as dedup.json's contract (tasks.reports.reports.Duplicate) has it."""
     kind = str(value)
     if kind == "exact":
         return "exact"

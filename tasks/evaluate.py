@@ -20,14 +20,16 @@ from markupsafe import Markup
 from PIL import Image
 from sklearn import metrics as skm
 
-from tasks import images, inference, present
-from tasks.datasetinfo import DatasetInfo
-from tasks.fileio import atomic_dir, write_json
-from tasks.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
+from tasks.core.fileio import atomic_dir, write_json
+from tasks.model import inference
+from tasks.model.inference import as_class_probs  # noqa: F401  (re-exported: evaluate.as_class_probs)
+from tasks.photos import images
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.reports import present
 
 if TYPE_CHECKING:
     from tasks.predict import ModelCard
-from tasks.reports import GateDecision, MetricsReport, ScoresReport, TrainReport
+from tasks.reports.reports import GateDecision, MetricsReport, ScoresReport, TrainReport
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Predictions:
 def predict(model, dataset, tta: bool = False) -> tuple[Predictions, dict[str, bytes]]:
     """Run a Keras model over a (image, target, path, jpeg) dataset; also returns the wrong photos' JPEGs.
 
-    tta: average with the mirrored photo (tasks.inference.class_probs, as `pawflow predict` does)."""
+    tta: average with the mirrored photo (tasks.model.inference.class_probs, as `pawflow predict` does)."""
     probs, labels, paths = [], [], []
     jpegs: dict[str, bytes] = {}
     for batch_images, targets, batch_paths, batch_jpegs in dataset:
@@ -93,7 +95,7 @@ def render_web(jpeg: bytes, key: str, max_side: int, quality: tuple[int, int], c
     left, top = round((width - w) * u_left), round((height - h) * u_top)
     im = im.crop((left, top, left + w, top + h))
     box = images._scaled_box(w, h, max_side)
-    if box != im.size:  # the shard stage's resampling (tasks.images.check_bytes)
+    if box != im.size:  # the shard stage's resampling (tasks.photos.images.check_bytes)
         im = im.resize(box, Image.Resampling.BILINEAR, reducing_gap=2.0)
     low, high = quality
     return images.encode_jpeg(im, low + min(int(u_quality * (high - low + 1)), high - low))
@@ -110,7 +112,7 @@ def predict_robust(
 ) -> Predictions:
     """The robustness slice: every (path, label, shard JPEG) record rendered by render_web(**render),
     then prepared exactly as `pawflow predict` prepares a photo it is given (tasks.predict.prepare_bytes,
-    then tasks.inference), and classified."""
+    then tasks.model.inference), and classified."""
     from tasks.predict import prepare_bytes
 
     probs, labels, paths = [], [], []
@@ -138,7 +140,7 @@ def predict_robust(
 
 def split_records(processed: Path, info: DatasetInfo, split: str) -> Iterable[tuple[str, int, bytes]]:
     """(path, label, JPEG) of every photo of a split, in shard order."""
-    from tasks import tfrecord
+    from tasks.photos import tfrecord
 
     files = info.split_paths(processed, split)
     for ex in tfrecord.read(files):
@@ -215,7 +217,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 def defined(value: float | None) -> float | None:
     """A metric as a JSON number, or None where it is not defined (NaN or infinite: JSON has no such
-    numbers, and json.dumps refuses them). Reports show None as n/a (tasks.text.shown)."""
+    numbers, and json.dumps refuses them). Reports show None as n/a (tasks.core.text.shown)."""
     return None if value is None or not math.isfinite(value) else float(value)
 
 

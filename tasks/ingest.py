@@ -8,9 +8,9 @@ than ingest.max_removed_fraction of data/raw is refused before anything is touch
 to accept it (an unmounted share looks like a source that lost every photo). The versions of data/raw
 that runs recorded stay in the DVC cache and remote. In mode `append` data/raw only grows.
 
-The manifest lists every file in data/raw with its sha256. Listing a folder is in tasks/listing.py,
-verifying an archive in tasks/archives.py, downloading a URL in tasks/download.py; this module resolves
-the source, mirrors and copies, and writes the manifest and report.
+The manifest lists every file in data/raw with its sha256. Listing a folder is in tasks/photos/listing.py,
+verifying an archive in tasks/photos/archives.py, downloading a URL in tasks/photos/download.py; this module
+resolves the source, mirrors and copies, and writes the manifest and report.
 """
 
 from __future__ import annotations
@@ -27,16 +27,24 @@ from typing import TYPE_CHECKING, Literal
 import pandas as pd
 from tqdm import tqdm
 
-from tasks import store
-from tasks.archives import list_archive
-from tasks.download import download
-from tasks.errors import PawflowError, Refused
-from tasks.fileio import HASH_BLOCK, NO_SPACE, no_space_is_a_clear_error, sha256_file, sha256_stream
-from tasks.listing import Entry, Listing, list_directory, look_alikes, name_key, refuse_look_alikes, spelled
-from tasks.reports import IngestReport, Skipped
+from tasks.core.errors import PawflowError, Refused
+from tasks.core.fileio import HASH_BLOCK, NO_SPACE, no_space_is_a_clear_error, sha256_file, sha256_stream
+from tasks.photos import store
+from tasks.photos.archives import list_archive
+from tasks.photos.download import download
+from tasks.photos.listing import (
+    Entry,
+    Listing,
+    list_directory,
+    look_alikes,
+    name_key,
+    refuse_look_alikes,
+    spelled,
+)
+from tasks.reports.reports import IngestReport, Skipped
 
 if TYPE_CHECKING:
-    from tasks.params import Ingest
+    from tasks.core.params import Ingest
 
 MANIFEST_COLUMNS = ["path", "label", "bytes", "sha256"]
 # `dvc repro` cannot pass a flag to a stage: a big removal is accepted there for one command with

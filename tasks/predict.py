@@ -12,11 +12,11 @@ from typing import Annotated, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from tasks import inference
-from tasks.errors import PawflowError
-from tasks.fileio import sha256_file
-from tasks.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
-from tasks.params import TensorFlow
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import sha256_file
+from tasks.core.params import TensorFlow
+from tasks.model import inference
+from tasks.photos.images import REASONS, CheckSettings, PhotoCheck, check_bytes, check_file
 
 BATCH = 32
 
@@ -127,7 +127,7 @@ def load(model_path: Path, tta: bool | None = None) -> Predictor:
     """A .keras file (or a folder holding model.keras) and the model.json beside it; Keras safe mode.
     Photos are prepared as the card says (settings_for with its formats and max_pixels).
 
-    tta: test-time augmentation (tasks.inference.class_probs); None takes the card's `tta` (evaluate
+    tta: test-time augmentation (tasks.model.inference.class_probs); None takes the card's `tta` (evaluate
     records there the setting the champion was evaluated and promoted with), else off.
     """
     file, card = model_files(model_path)

@@ -30,11 +30,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from tasks import clean, store
-from tasks import tfrecord as tfr
-from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
-from tasks.errors import PawflowError
-from tasks.fileio import (
+from tasks import clean
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import (
     atomic_dir,
     code_fingerprint,
     fingerprint,
@@ -42,12 +40,15 @@ from tasks.fileio import (
     read_parquet,
     sha256_file,
 )
-from tasks.reports import ShardReport
-from tasks.splitrule import SPLITS, next_split, too_few
-from tasks.status import Status
+from tasks.core.status import Status
+from tasks.photos import store
+from tasks.photos import tfrecord as tfr
+from tasks.photos.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
+from tasks.photos.splitrule import SPLITS, next_split, too_few
+from tasks.reports.reports import ShardReport
 
 if TYPE_CHECKING:
-    from tasks.params import Shard
+    from tasks.core.params import Shard
 
 LEDGER_COLUMNS = ["sha256", "label", "split", "arrival"]
 LEDGER = "split.parquet"

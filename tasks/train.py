@@ -18,14 +18,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks import distributed, tfrecord
-from tasks.augment import augment_image
-from tasks.cluster import Role, role
-from tasks.datasetinfo import DatasetInfo
-from tasks.fileio import atomic_dir, no_space_is_a_clear_error, write_bytes
-from tasks.model import make_model, save_model
-from tasks.params import Augment, Clean, TensorFlow, Train
-from tasks.reports import Trained
+from tasks.core.fileio import atomic_dir, no_space_is_a_clear_error, write_bytes
+from tasks.core.params import Augment, Clean, TensorFlow, Train
+from tasks.model.augment import augment_image
+from tasks.model.model import make_model, save_model
+from tasks.photos import tfrecord
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.reports.reports import Trained
+from tasks.scaleout import distributed
+from tasks.scaleout.cluster import Role, role
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE

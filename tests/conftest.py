@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import imagegen
 
 from flows.server import free_port, start_server, stop_server
-from tasks.params import Params, Section, load_params, merged, override, params_in
-from tasks.runtime import tensorflow_env
+from tasks.core.params import Params, Section, load_params, merged, override, params_in
+from tasks.model.runtime import tensorflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from flows.clean import clean_flow
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
-from tasks.params import Params
+from tasks.core.params import Params
 
 DATA_FILES = [
     "interim/ingest.parquet",

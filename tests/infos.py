@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
+from tasks.photos.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
 
 
 def dataset_info(

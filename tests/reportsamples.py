@@ -1,10 +1,11 @@
-"""Complete stage reports, as tasks/reports.py's contracts describe them, for tests of their readers."""
+"""Complete stage reports, as tasks/reports/reports.py's contracts describe them, for tests of their
+readers."""
 
 from __future__ import annotations
 
 import copy
 
-from tasks.fileio import write_json
+from tasks.core.fileio import write_json
 
 SAMPLES: dict[str, dict] = {
     "ingest.json": {

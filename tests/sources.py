@@ -11,7 +11,7 @@ import imagegen
 from conftest import shipped
 
 from tasks import ingest
-from tasks.params import Ingest
+from tasks.core.params import Ingest
 
 MAX = 10**9
 

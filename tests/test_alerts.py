@@ -1,4 +1,5 @@
-"""tasks/alerts.py: which runs alert, what the message says, and that delivering it never fails a run."""
+"""tasks/history/alerts.py: which runs alert, what the message says, and that delivering it never fails a
+run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 
 from httpserver import Receiver
 
-from tasks import alerts
+from tasks.history import alerts
 
 
 def night(**changes) -> dict:

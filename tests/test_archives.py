@@ -1,5 +1,5 @@
-"""tasks/archives.py: zip and tar sources verified whole; hostile or damaged archives are refused before
-anything is written."""
+"""tasks/photos/archives.py: zip and tar sources verified whole; hostile or damaged archives are refused
+before anything is written."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from sources import (
     zip_of,
 )
 
-from tasks import archives, ingest
-from tasks.errors import PawflowError
-from tasks.fileio import sha256_file
+from tasks import ingest
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import sha256_file
+from tasks.photos import archives
 
 
 def test_zip_and_tar_sources_give_the_same_manifest(dataset: Path, tmp_path: Path):

@@ -12,8 +12,8 @@ from conftest import shipped
 from scipy.stats import binom
 
 from tasks import audit
-from tasks.fileio import write_parquet
-from tasks.reports import AUDIT
+from tasks.core.fileio import write_parquet
+from tasks.reports.reports import AUDIT
 
 CFG = shipped("audit")  # confidence 0.9, tolerance 0.05, alpha 0.01, min_photos 20
 CHAMP = audit.Champion(Path("champion"), "ab" * 32, test_accuracy=0.85, test_photos=600)

@@ -1,4 +1,4 @@
-"""Train-only augmentation (tasks/augment.py): the random resized crop, down-then-up sampling and JPEG
+"""Train-only augmentation (tasks/model/augment.py): the random resized crop, down-then-up sampling and JPEG
 quality jitter keep shapes and value ranges, are deterministic for a seed, and change nothing when off."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import tensorflow as tf
 import yaml
 from conftest import shipped
 
-from tasks import augment, tfrecord, train
-from tasks.errors import PawflowError
-from tasks.params import Augment as AugmentParams
-from tasks.params import parse_params
+from tasks import train
+from tasks.core.errors import PawflowError
+from tasks.core.params import Augment as AugmentParams
+from tasks.core.params import parse_params
+from tasks.model import augment
+from tasks.photos import tfrecord
 
 ROOT = Path(__file__).resolve().parents[1]
 OFF = AugmentParams(

@@ -10,8 +10,9 @@ import pytest
 from conftest import params_for, shipped
 from test_images import SETTINGS
 
-from tasks import clean, images
-from tasks.errors import PawflowError
+from tasks import clean
+from tasks.core.errors import PawflowError
+from tasks.photos import images
 
 
 def test_check_settings_take_clean_and_the_shard_and_dedup_keys_it_borrows(tmp_path: Path):
@@ -144,7 +145,7 @@ def test_flag_limits_are_strict_bounds_and_zero_turns_a_flag_off(tmp_path: Path)
 
 
 def test_the_cache_holds_the_quality_measures(tmp_path: Path):
-    from tasks import store
+    from tasks.photos import store
 
     raw, cache = tmp_path / "raw", tmp_path / "cache"
     items = quality_raw(raw)
@@ -161,7 +162,7 @@ def test_the_cache_holds_the_quality_measures(tmp_path: Path):
 def test_a_run_being_stopped_leaves_its_chunk_at_the_next_photo(tmp_path: Path, monkeypatch):
     """Stopped (Ctrl-C, SIGTERM, a cancelled run) while a task runner's thread judges a chunk: the thread
     gives up before its next photo instead of decoding the rest of the chunk."""
-    from tasks import stopping
+    from tasks.core import stopping
 
     raw = tmp_path / "raw"
     items = write_raw(raw)

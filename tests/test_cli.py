@@ -21,8 +21,8 @@ from conftest import workspace_of
 from flows import cli
 from flows.cli import RunFailed, main, run_overrides, summary_line
 from flows.stops import Terminated
-from tasks.errors import PawflowError
-from tasks.params import Params
+from tasks.core.errors import PawflowError
+from tasks.core.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,10 +66,10 @@ def test_every_command_has_help(command: list[str], capsys):
 
 
 def test_examples_show_real_run_ids(capsys):
-    """The ids in history's and restore's examples are ids tasks.runs.run_id makes."""
+    """The ids in history's and restore's examples are ids tasks.history.runs.run_id makes."""
     from datetime import UTC, datetime
 
-    from tasks.runs import run_id
+    from tasks.history.runs import run_id
 
     made = run_id(datetime(2026, 12, 5, 3, 0, 1, tzinfo=UTC))
     for command in ("history", "restore"):

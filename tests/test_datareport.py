@@ -16,9 +16,10 @@ from conftest import shipped
 from PIL import Image, ImageEnhance
 from test_images import SETTINGS
 
-from tasks import clean, datareport, dedup, summary
-from tasks.images import FLAGS
-from tasks.text import md
+from tasks import clean, dedup
+from tasks.core.text import md
+from tasks.photos.images import FLAGS
+from tasks.reports import datareport, summary
 
 DRAWN = {
     "Cat/tiny.jpg",
@@ -265,7 +266,7 @@ def test_the_chromium_check_sees_a_broken_image(tmp_path: Path):
 
 
 def test_hostile_file_and_class_names_are_text_in_the_page_and_the_artifact():
-    """The page escapes HTML (jinja autoescape); the Markdown artifact escapes Markdown (tasks.text.md):
+    """The page escapes HTML (jinja autoescape); the Markdown artifact escapes Markdown (tasks.core.text.md):
     a backtick used to break out of the code span the paths were in."""
     from markdown_it import MarkdownIt
 
@@ -298,7 +299,7 @@ def test_hostile_file_and_class_names_are_text_in_the_page_and_the_artifact():
 def test_excluded_contradicted_and_quarantined_photos_are_shown_with_why(made):
     from reportsamples import sample
 
-    from tasks import exclude, quarantine
+    from tasks.photos import exclude, quarantine
 
     raw, clean_df, _ = made
     kept = clean_df[clean_df["status"] == "kept"]

@@ -1,4 +1,4 @@
-"""tasks/datasetinfo.py: dataset_info.json read and written through one typed model, byte for byte."""
+"""tasks/photos/datasetinfo.py: dataset_info.json read and written through one typed model, byte for byte."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from infos import dataset_info
 from pydantic import ValidationError
 
-from tasks.datasetinfo import DatasetInfo
-from tasks.fileio import dumps_json
+from tasks.core.fileio import dumps_json
+from tasks.photos.datasetinfo import DatasetInfo
 
 
 def test_written_file_reads_back_equal_and_is_deterministic_json(tmp_path: Path):
@@ -75,8 +75,8 @@ def test_it_is_frozen():
 
 def shards_on_disk(folder: Path) -> DatasetInfo:
     """Two train shards and one test shard written as shard writes them, and their dataset_info.json."""
-    from tasks.datasetinfo import ShardFile, SplitFiles
-    from tasks.fileio import sha256_file
+    from tasks.core.fileio import sha256_file
+    from tasks.photos.datasetinfo import ShardFile, SplitFiles
 
     info = dataset_info(["Cat", "Dog"], {})
     splits = {}
@@ -114,8 +114,8 @@ def shards_on_disk(folder: Path) -> DatasetInfo:
 )
 def test_a_cut_extended_substituted_or_missing_shard_is_refused_naming_it(tmp_path: Path, damage, says: str):
     """Damaged in place, as `dvc checkout` of a damaged cache object leaves it (same name, rc 0)."""
-    from tasks.datasetinfo import verified
-    from tasks.errors import PawflowError
+    from tasks.core.errors import PawflowError
+    from tasks.photos.datasetinfo import verified
 
     shards_on_disk(tmp_path)
     ok = verified(tmp_path, ("train", "val"))
@@ -130,8 +130,8 @@ def test_a_cut_extended_substituted_or_missing_shard_is_refused_naming_it(tmp_pa
 
 
 def test_an_unreadable_dataset_info_is_one_message(tmp_path: Path):
-    from tasks.datasetinfo import verified
-    from tasks.errors import PawflowError
+    from tasks.core.errors import PawflowError
+    from tasks.photos.datasetinfo import verified
 
     with pytest.raises(PawflowError, match=r"dataset_info\.json not found: the data stages have not run"):
         verified(tmp_path, ("test",))

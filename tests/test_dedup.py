@@ -20,7 +20,7 @@ from tasks.dedup import (
     near_pairs,
     report,
 )
-from tasks.images import check_bytes
+from tasks.photos.images import check_bytes
 
 
 def brute_force_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:

@@ -15,9 +15,9 @@ import pytest
 from conftest import make_workspace, tool_env
 
 from flows.server import free_ports
-from tasks.cluster import Role, role
-from tasks.datasetinfo import DatasetInfo
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.scaleout.cluster import Role, role
 
 FAST = {
     "train": {"epochs": 2, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0},
@@ -58,7 +58,7 @@ def test_bad_tf_config_says_what_to_do(value: str, says: str):
 def test_hits_for_one_sigmoid_output_and_for_softmax():
     import tensorflow as tf
 
-    from tasks.distributed import hits
+    from tasks.scaleout.distributed import hits
 
     y = tf.constant([[1.0], [0.0], [1.0], [0.0]])
     p = tf.constant([[0.9], [0.2], [0.4], [0.7]])

@@ -136,7 +136,7 @@ def test_no_issue_numbers_or_development_history_in_the_documents():
 def test_the_full_collection_recipes_are_valid_params():
     """docs/benchmarks.md "Full-collection recipe": each YAML block, merged into params.yaml as the page
     says to, is a valid params file (a renamed or misspelt key in the documentation fails here)."""
-    from tasks.params import merged, parse_params
+    from tasks.core.params import merged, parse_params
 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     section = page.split("\n## Full-collection recipe", 1)[1].split("\n## ", 1)[0]
@@ -182,11 +182,29 @@ NOT_FIGURES = re.compile(
 CODE_FIGURES = [
     ("docs/guide.md", "after {:g} idle minutes", "flows/server.py", "IDLE_TIMEOUT_S", 60),
     ("docs/guide.md", "at the latest {:g} s after the signal", "flows/stops.py", "STOP_GRACE_S", 1),
-    ("docs/reports.md", "A section shows at most {:g} pictures", "tasks/datareport.py", "MAX_THUMBNAILS", 1),
-    ("docs/reports.md", "(a flag {:g},", "tasks/datareport.py", "MAX_FLAGGED", 1),
-    ("docs/reports.md", "a duplicate group {:g})", "tasks/datareport.py", "MAX_COPIES", 1),
-    ("docs/reports.md", "the {:g} most confident mistakes", "tasks/summary.py", "MARKDOWN_MISTAKES", 1),
-    ("docs/reports.md", "with up to {:g} thumbnails per section", "tasks/summary.py", "MARKDOWN_PICTURES", 1),
+    (
+        "docs/reports.md",
+        "A section shows at most {:g} pictures",
+        "tasks/reports/datareport.py",
+        "MAX_THUMBNAILS",
+        1,
+    ),
+    ("docs/reports.md", "(a flag {:g},", "tasks/reports/datareport.py", "MAX_FLAGGED", 1),
+    ("docs/reports.md", "a duplicate group {:g})", "tasks/reports/datareport.py", "MAX_COPIES", 1),
+    (
+        "docs/reports.md",
+        "the {:g} most confident mistakes",
+        "tasks/reports/summary.py",
+        "MARKDOWN_MISTAKES",
+        1,
+    ),
+    (
+        "docs/reports.md",
+        "with up to {:g} thumbnails per section",
+        "tasks/reports/summary.py",
+        "MARKDOWN_PICTURES",
+        1,
+    ),
 ]
 
 

@@ -1,4 +1,4 @@
-"""tasks/download.py: a URL source downloaded, resumed, retried and revalidated."""
+"""tasks/photos/download.py: a URL source downloaded, resumed, retried and revalidated."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from sources import (
     zip_of,
 )
 
-from tasks import download
-from tasks.errors import PawflowError
-from tasks.fileio import sha256_file
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import sha256_file
+from tasks.photos import download
 
 # Generous limits: the tests of the limits themselves set their own.
 LIMITS = {"deadline_s": 60.0, "max_bytes": 10**9}

@@ -127,7 +127,7 @@ def test_make_run_entry_point_records_and_pushes(tmp_path: Path, prefect_server:
     for line in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
         assert line not in out.stderr, out.stderr[-3000:]
     # The run is a version (refs/pawflow/runs/<id>), with its facts; the user's HEAD and index untouched.
-    from tasks import runstore
+    from tasks.history import runstore
 
     (version,) = runstore.versions(ws)
     assert run["version"] == version.commit and version.id == run["run_id"]
@@ -232,7 +232,7 @@ def cancel_a_run_mid_training(ws: Path, serve: subprocess.Popen, api: str) -> No
     from prefect.deployments import run_deployment
 
     from flows.lock import lock_holder
-    from tasks import versioning
+    from tasks.history import versioning
 
     kept = ["models/model.keras", *(str(p.relative_to(ws)) for p in (ws / "data").rglob("*.*"))]
     before = {rel: (ws / rel).read_bytes() for rel in kept if (ws / rel).is_file()}

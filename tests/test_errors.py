@@ -1,4 +1,4 @@
-"""tasks/errors.py: the one exception a person reads, and the one table of exit codes."""
+"""tasks/core/errors.py: the one exception a person reads, and the one table of exit codes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ExitCode, PawflowError, Refused, report
-from tasks.fileio import NoSpace
+from tasks.core.errors import ExitCode, PawflowError, Refused, report
+from tasks.core.fileio import NoSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = {int(c) for c in ExitCode if c != ExitCode.OK}
@@ -59,4 +59,4 @@ def test_no_entry_point_writes_an_exit_code_as_a_number():
     modules = sorted((ROOT / "flows").glob("*.py"))
     assert modules
     found = [hit for m in modules for hit in _literal_codes(m)]
-    assert not found, f"use tasks.errors.ExitCode instead of a number: {found}"
+    assert not found, f"use tasks.core.errors.ExitCode instead of a number: {found}"

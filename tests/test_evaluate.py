@@ -18,11 +18,14 @@ import pytest
 from conftest import run_flows, shipped, workspace_of
 from PIL import Image
 
-from tasks import evaluate, gate, images, predict, present, reports, summary
-from tasks.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
+from tasks import evaluate, predict
+from tasks.core.fileio import sha256_file
+from tasks.core.params import Params
 from tasks.evaluate import Predictions, render_web
-from tasks.fileio import sha256_file
-from tasks.params import Params
+from tasks.model import gate
+from tasks.photos import images
+from tasks.photos.datasetinfo import DatasetInfo, ImageFormat, ShardFile, SplitFiles
+from tasks.reports import present, reports, summary
 
 WEB = {"max_side": 250, "quality": (50, 60), "crop": 0.1}
 
@@ -94,7 +97,7 @@ def test_rendering_is_deterministic_and_keyed_by_the_photo():
 def tiny_model():
     import keras
 
-    from tasks.model import make_model
+    from tasks.model.model import make_model
 
     keras.utils.set_random_seed(7)
     return make_model((32, 32, 3), 2, width=4, blocks=(1,), dropout=0.0)
@@ -592,7 +595,7 @@ def test_a_cut_test_shard_or_a_replaced_model_is_refused_and_never_cached(traine
     from conftest import copy_of_trained, first_records
 
     from flows.evaluate import evaluate_flow
-    from tasks.datasetinfo import DatasetInfo
+    from tasks.photos.datasetinfo import DatasetInfo
 
     params = copy_of_trained(trained, tmp_path)
     info = DatasetInfo.read(params.paths.processed)

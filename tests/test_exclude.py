@@ -1,4 +1,4 @@
-"""tasks/exclude.py: the exclude list a person edits (data/exclude.txt): parsing, errors, matching."""
+"""tasks/photos/exclude.py: the exclude list a person edits (data/exclude.txt): parsing, errors, matching."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import exclude
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.photos import exclude
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 

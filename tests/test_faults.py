@@ -23,7 +23,7 @@ import yaml
 from commands import wait_for, wait_while_running
 from conftest import make_workspace, tool_env
 
-from tasks import versioning
+from tasks.history import versioning
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def assert_no_half_written_outputs(ws: Path) -> None:
             pd.read_parquet(p) if p.suffix == ".parquet" else json.loads(p.read_text())
     info = ws / "data/processed/dataset_info.json"
     if info.exists():
-        from tasks.fileio import sha256_file
+        from tasks.core.fileio import sha256_file
 
         for split in json.loads(info.read_text())["splits"].values():
             for s in split["shards"]:

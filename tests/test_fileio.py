@@ -1,4 +1,4 @@
-"""tasks/fileio.py: hashes, deterministic JSON, atomic writes and the temporaries a killed run leaves."""
+"""tasks/core/fileio.py: hashes, deterministic JSON, atomic writes and the temporaries a killed run leaves."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tasks import fileio
-from tasks.fileio import (
+from tasks.core import fileio
+from tasks.core.fileio import (
     HASH_BLOCK,
     NoSpace,
     append_history,
@@ -105,7 +105,7 @@ def judge(x: int) -> bool:
     ],
 )
 def test_code_fingerprint_follows_the_code_not_its_comments(tmp_path: Path, edited: str, same: bool):
-    """Shard contents keys and cached verdicts hold it: editing a comment of tasks/images.py must not
+    """Shard contents keys and cached verdicts hold it: editing a comment of tasks/photos/images.py must not
     invalidate them (nor rewrite dataset_info.json), editing what the code does must."""
     a = code_fingerprint(_module(tmp_path, "a", CODE))
     b = code_fingerprint(_module(tmp_path, "b", edited))
@@ -165,7 +165,7 @@ def test_a_full_disk_is_recognised_in_any_librarys_words(tmp_path: Path, monkeyp
 HISTORY_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 from pathlib import Path
-from tasks.fileio import NoSpace, append_history
+from tasks.core.fileio import NoSpace, append_history
 
 path = Path(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead

@@ -17,9 +17,10 @@ from flows.clean import clean_flow
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
-from tasks import audit, quarantine
-from tasks.datasetinfo import DatasetInfo
-from tasks.reports import AUDIT
+from tasks import audit
+from tasks.photos import quarantine
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.reports.reports import AUDIT
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 OTHER = {"Cat": "Dog", "Dog": "Cat"}

@@ -22,8 +22,8 @@ from flows.clean import clean_flow, quiet_task_runs
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
-from tasks.datasetinfo import DatasetInfo
-from tasks.images import check_bytes
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.photos.images import check_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -302,7 +302,7 @@ def test_a_full_disk_under_the_cache_fails_the_stage_with_one_message_and_exit_1
     from contextlib import nullcontext
 
     from flows import common
-    from tasks import store
+    from tasks.photos import store
 
     params = make_params(dataset)
     run(params, ingest_flow)

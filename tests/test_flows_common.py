@@ -20,8 +20,8 @@ from flows.clean import clean_flow
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.shard import shard_flow
-from tasks import versioning
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.history import versioning
 
 
 def test_progress_artifact_outside_a_flow_run_does_nothing(monkeypatch: pytest.MonkeyPatch):
@@ -312,12 +312,12 @@ def test_a_stage_stopped_where_the_stop_was_swallowed_exits_with_its_code(
 @pytest.mark.timeout(120)
 def test_a_stopped_flow_does_not_wait_for_the_chunks_its_threads_are_working_on(prefect_server: str):
     """Prefect's thread pool waits for every running task when its flow ends; a stopped run's does not:
-    its chunks leave at their next photo (tasks.stopping), so the run ends now, not after the chunk."""
+    its chunks leave at their next photo (tasks.core.stopping), so the run ends now, not after the chunk."""
     import time
 
     from prefect import task
 
-    from tasks import stopping
+    from tasks.core import stopping
 
     working = []
 
@@ -358,7 +358,7 @@ def test_a_full_disk_that_no_writer_of_ours_names_is_still_one_message(
 
     from prefect import task
 
-    from tasks.fileio import NoSpace
+    from tasks.core.fileio import NoSpace
 
     @task
     def writes() -> None:

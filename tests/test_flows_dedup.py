@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from flows.dedup import dedup_flow
-from tasks.text import md
+from tasks.core.text import md
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

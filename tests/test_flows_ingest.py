@@ -128,7 +128,7 @@ def test_a_download_that_trickles_is_stopped_at_the_deadline(tmp_path: Path, mak
 
 def test_pawflow_accept_removals_takes_a_count_or_any():
     from flows.ingest import accepted_removals
-    from tasks.errors import PawflowError
+    from tasks.core.errors import PawflowError
 
     assert accepted_removals(None) == accepted_removals("  ") == (False, None)
     assert accepted_removals("any") == (True, None)
@@ -159,7 +159,7 @@ def test_the_flow_returns_and_records_what_the_run_changed(dataset: Path, make_p
 
 
 def test_a_refused_removal_fails_the_flow_with_one_message_and_changes_nothing(dataset: Path, make_params):
-    from tasks.errors import Refused
+    from tasks.core.errors import Refused
 
     params = make_params(dataset)
     run(params, ingest_flow)

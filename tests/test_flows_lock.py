@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT
 
 from flows.lock import LOCK_FILE, lock_holder, run_lock, workspace_lock
-from tasks import versioning
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.history import versioning
 
 DVC_YAML = "stages:\n  a:\n    cmd: echo a > a.txt\n    outs:\n      - a.txt\n"
 

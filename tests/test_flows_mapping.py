@@ -30,7 +30,7 @@ from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
 from flows.server import free_ports
 from flows.shard import shard_flow
-from tasks.preflight import preflight
+from tasks.check import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).parent / "dask")
@@ -148,7 +148,7 @@ def stage_lines(ws: Path, name: str) -> list[dict]:
 def test_no_chunks_need_no_cluster(tmp_path: Path):
     """A night whose verdicts are all cached hands nothing out: no cluster is asked (none is there)."""
     from flows.mapping import figures, map_chunks
-    from tasks.params import params_in
+    from tasks.core.params import params_in
 
     dask = {"kind": "dask", "dask_address": f"tcp://127.0.0.1:{free_ports(1)[0]}", "connect_timeout_s": 1}
     params = params_in(ROOT / "params.yaml", tmp_path, "src", runner=dask)
@@ -224,9 +224,12 @@ def test_data_stages_on_a_cluster_whose_workers_start_elsewhere(
         with urllib.request.urlopen(link, timeout=30) as page:  # bokeh serves it
             assert page.status == 200 and b"bokeh" in page.read().lower()
 
-        # A worker whose install has other code (one statement more in tasks/images.py): refused by name.
+        # A worker whose install has other code (one statement more in tasks/photos/images.py): refused by
+        # name.
         edited = copy_install(tmp_path / "edited")
-        (edited / "tasks/images.py").write_text((edited / "tasks/images.py").read_text() + "\nEDITED = 1\n")
+        (edited / "tasks/photos/images.py").write_text(
+            (edited / "tasks/photos/images.py").read_text() + "\nEDITED = 1\n"
+        )
         before = workers_at(address, 2)
         w3 = start(
             procs,
@@ -242,7 +245,8 @@ def test_data_stages_on_a_cluster_whose_workers_start_elsewhere(
             f"1 Dask worker(s) cannot do this workspace's per-photo work; nothing was run:\n  {new} " in said
         )
         assert (
-            f"code from {edited}" in said and "runs other code than this workspace: tasks/images.py" in said
+            f"code from {edited}" in said
+            and "runs other code than this workspace: tasks/photos/images.py" in said
         )
         assert "restart the workers" in said
         stop(w3)

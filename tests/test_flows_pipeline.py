@@ -10,8 +10,8 @@ import pytest
 from prefect.states import Completed, Crashed, Failed
 
 from flows.pipeline import main, stage_run, workspace_limit
-from tasks.errors import PawflowError
-from tasks.status import SKIPPED, StageRun
+from tasks.core.errors import PawflowError
+from tasks.core.status import SKIPPED, StageRun
 
 
 def test_a_local_run_takes_no_global_concurrency_limit():
@@ -57,7 +57,7 @@ def test_a_source_inside_what_pawflow_manages_is_refused_by_every_entry_point(
 
     from flows import check, cli, ingest, pipeline
     from flows.common import stage_main
-    from tasks.preflight import preflight
+    from tasks.check import preflight
 
     ws = make_workspace(tmp_path / "ws", make_dataset(tmp_path / "source", per_class=5))
     make_dataset(ws / "data" / "raw", per_class=5)  # as after a first ingest

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def test_shards_round_trip_through_tf_data(built):
     import tensorflow as tf
 
-    from tasks import tfrecord
+    from tasks.photos import tfrecord
 
     params, source = built
     info = json.loads((params.paths.processed / "dataset_info.json").read_text())
@@ -83,7 +83,7 @@ def test_a_class_that_cannot_reach_every_split_fails_shard_before_it_writes(trai
     from conftest import copy_of_trained
 
     from flows.shard import shard_flow
-    from tasks.fileio import read_parquet, write_parquet
+    from tasks.core.fileio import read_parquet, write_parquet
 
     params = copy_of_trained(trained, tmp_path)
     dd = read_parquet(params.paths.interim / "dedup.parquet")

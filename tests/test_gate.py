@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.gate import decide, mcnemar
+from tasks.model.gate import decide, mcnemar
 
 
 def vectors(

@@ -1,4 +1,4 @@
-"""tasks/getdata.py and `pawflow data`: the PetImages archive fetched through ingest's download path
+"""tasks/photos/getdata.py and `pawflow data`: the PetImages archive fetched through ingest's download path
 (resumed, retried, sha256-checked), kept at data.archive, and ingest.source pointed at it.
 
 Everything runs against a local HTTP server: the real URL is never fetched here (no internet), so the
@@ -21,10 +21,10 @@ from httpserver import FileServer
 from sources import zip_of
 
 from flows.cli import main
-from tasks import download, getdata
-from tasks.errors import PawflowError
-from tasks.params import Data, load_params
-from tasks.preflight import check_source
+from tasks.check import check_source
+from tasks.core.errors import PawflowError
+from tasks.core.params import Data, load_params
+from tasks.photos import download, getdata
 
 ROOT = Path(__file__).resolve().parents[1]
 INGEST = shipped("ingest", download_retries=2, download_timeout_s=5)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import images
-from tasks.images import REASONS, CheckSettings, ScanEnd, check_bytes, check_file, jpeg_scan_end
+from tasks.photos import images
+from tasks.photos.images import REASONS, CheckSettings, ScanEnd, check_bytes, check_file, jpeg_scan_end
 
 SETTINGS = CheckSettings(
     min_side=32,

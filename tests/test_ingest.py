@@ -13,9 +13,10 @@ from sources import (
     zip_of,
 )
 
-from tasks import ingest, present
-from tasks.errors import PawflowError, Refused
-from tasks.fileio import sha256_file
+from tasks import ingest
+from tasks.core.errors import PawflowError, Refused
+from tasks.core.fileio import sha256_file
+from tasks.reports import present
 
 
 def test_directory_source_labels_and_manifest(dataset: Path, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""tasks/listing.py: labels from folder names, the class root, and what is left out with a reason."""
+"""tasks/photos/listing.py: labels from folder names, the class root, and what is left out with a reason."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from sources import (
     zip_of,
 )
 
-from tasks import archives, ingest
-from tasks.errors import PawflowError
+from tasks import ingest
+from tasks.core.errors import PawflowError
+from tasks.photos import archives
 
 
 def test_any_number_of_classes(tmp_path: Path):

@@ -59,7 +59,7 @@ def test_a_failed_run_ends_with_its_reason_and_exit_1(prefect_server: str):
 
 
 def test_an_unknown_run_is_one_message(prefect_server: str):
-    from tasks.errors import PawflowError
+    from tasks.core.errors import PawflowError
 
     with pytest.raises(PawflowError, match="no flow run 'no-such-run'"):
         logs.follow("no-such-run", logging.info)

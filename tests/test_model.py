@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.errors import PawflowError
-from tasks.model import make_model
+from tasks.core.errors import PawflowError
+from tasks.model.model import make_model
 
 
 @pytest.mark.parametrize("model", ["pawnet", "seed_cnn", "keras_xception"])
@@ -157,7 +157,7 @@ def test_saved_model_bytes_depend_only_on_weights_and_config(tmp_path: Path):
 
     import keras
 
-    from tasks.model import save_model
+    from tasks.model.model import save_model
 
     def build() -> keras.Model:
         keras.backend.clear_session()  # layer names restart, as in a new process

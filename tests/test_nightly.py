@@ -1,4 +1,4 @@
-"""tasks/nightly.py: the end of every run (history, versions, restore, retention, alerts), and the
+"""tasks/history/nightly.py: the end of every run (history, versions, restore, retention, alerts), and the
 nightly service end to end: five nights through `pawflow serve` and `prefect deployment run`."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from httpserver import Receiver
 from reportsamples import write_samples
 from workspace import workspace
 
-from tasks import nightly, runstore
-from tasks.fileio import sha256_file
+from tasks.core.fileio import sha256_file
+from tasks.history import nightly, runstore
 
 PAWFLOW = str(Path(sys.executable).parent / "pawflow")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -62,7 +62,7 @@ def test_closing_lines_say_what_is_missing(tmp_path: Path):
 
 
 def test_history_is_the_versions_plus_the_local_runs_that_recorded_none(tmp_path: Path, monkeypatch):
-    from tasks.params import load_params
+    from tasks.core.params import load_params
 
     params = load_params(ROOT / "params.yaml")
     history = tmp_path / params.pipeline.history

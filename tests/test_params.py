@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import PawflowError
-from tasks.params import load_params, parse_params
+from tasks.core.errors import PawflowError
+from tasks.core.params import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_the_params_model_holds_no_values():
     """params.yaml is the one copy of every value: no field of any section has a default."""
     from pydantic import BaseModel
 
-    from tasks.params import Params
+    from tasks.core.params import Params
 
     todo, with_default = [Params], []
     while todo:
@@ -148,7 +148,7 @@ def test_sha256_must_look_like_one():
 
 
 def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
-    from tasks.params import params_in
+    from tasks.core.params import params_in
 
     p = params_in(ROOT / "params.yaml", tmp_path, "/photos", train={"epochs": 2}, ingest={"sha256": None})
     assert p.paths.raw == tmp_path / "data/raw"
@@ -157,7 +157,7 @@ def test_params_in_roots_paths_and_merges_sections(tmp_path: Path):
 
 
 def test_overrides_update_nested_sections_key_by_key(tmp_path: Path):
-    from tasks.params import params_in
+    from tasks.core.params import params_in
 
     p = params_in(ROOT / "params.yaml", tmp_path, "/photos", train={"finetune": {"epochs": 1}})
     shipped = load_params(ROOT / "params.yaml").train
@@ -166,7 +166,7 @@ def test_overrides_update_nested_sections_key_by_key(tmp_path: Path):
 
 
 def test_params_in_names_a_missing_key_too(tmp_path: Path):
-    from tasks.params import params_in
+    from tasks.core.params import params_in
 
     data = base()
     del data["pipeline"]["history"]
@@ -253,7 +253,8 @@ def test_the_check_stage_loads_params_without_prefect_or_tensorflow():
     import sys
 
     code = (
-        "import sys; from pathlib import Path; import flows.check; from tasks.params import load_params; "
+        "import sys; from pathlib import Path; import flows.check; "
+        "from tasks.core.params import load_params; "
         "load_params(Path('params.yaml'), light=True); "
         "print(sorted(m for m in ('prefect', 'tensorflow', 'dvc') if m in sys.modules))"
     )

@@ -20,7 +20,7 @@ from commands import dvc, py, sh, start_holding_the_workspace
 from conftest import make_workspace
 from workspace import FAST, up_to_date, workspace
 
-from tasks import versioning
+from tasks.history import versioning
 
 DATA_STAGES = (versioning.CHECK_STAGE, *versioning.DATA_STAGES)
 

@@ -1,4 +1,4 @@
-"""tasks/plotsview.py: the committed template for `dvc plots show` is what the pinned packages build
+"""tasks/reports/plotsview.py: the committed template for `dvc plots show` is what the pinned packages build
 (Vega, Vega-Lite and vega-embed inlined; no CDN), and DVC uses it. That its charts draw in headless
 Chromium with the network off is checked where the project's plots are drawn (tests/test_dvc_yaml.py)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-from tasks import plotsview
+from tasks.reports import plotsview
 
 ROOT = Path(__file__).resolve().parents[1]
 

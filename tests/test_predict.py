@@ -1,5 +1,5 @@
 """`pawflow predict`: the same probabilities as evaluate for the same photo, with and without test-time
-augmentation (one shared path, tasks.inference; the champion's card carries the setting); formats, pixel
+augmentation (one shared path, tasks.model.inference; the champion's card carries the setting); formats, pixel
 limit and TensorFlow settings from the model's card alone (no params.yaml needed); pipes and devices
 skipped unopened; empty folders and bad or old model cards refused."""
 
@@ -19,11 +19,12 @@ from infos import dataset_info
 from PIL import Image
 
 from flows.cli import main as pawflow
-from tasks import images, predict, tfrecord, train
-from tasks.datasetinfo import DatasetInfo
-from tasks.errors import PawflowError
-from tasks.images import CheckSettings
-from tasks.params import load_params
+from tasks import predict, train
+from tasks.core.errors import PawflowError
+from tasks.core.params import load_params
+from tasks.photos import images, tfrecord
+from tasks.photos.datasetinfo import DatasetInfo
+from tasks.photos.images import CheckSettings
 
 # The formats `pawflow predict` accepts are the shipped params.yaml's clean.formats.
 FORMATS = load_params(Path(__file__).resolve().parents[1] / "params.yaml").clean.formats
@@ -127,7 +128,7 @@ def test_tta_is_the_mean_over_the_photo_and_its_mirror(model_and_shard):
     (Through files this holds only approximately: JPEG's chroma subsampling is not mirror-symmetric.)"""
     import keras
 
-    from tasks import inference
+    from tasks.model import inference
 
     root, files = model_and_shard
     model = keras.saving.load_model(root / "models" / "model.keras", safe_mode=True)
@@ -309,10 +310,10 @@ def test_outside_a_project_the_card_alone_says_how_to_predict(tmp_path: Path, ca
 @pytest.mark.timeout(120)
 def test_a_file_name_cannot_forge_a_line_of_output(tmp_path: Path, capsys, monkeypatch):
     """A name holding a tab and a newline used to print a second, fake result line; now each file is one
-    line whose fields round-trip (tasks.text.tsv_value), and --csv stays valid CSV."""
+    line whose fields round-trip (tasks.core.text.tsv_value), and --csv stays valid CSV."""
     import csv
 
-    from tasks.text import tsv_value
+    from tasks.core.text import tsv_value
 
     model = write_model(tmp_path / "model", SMALL_CARD)
     photos = tmp_path / "photos"
@@ -345,7 +346,7 @@ def test_a_file_name_cannot_forge_a_line_of_output(tmp_path: Path, capsys, monke
 def test_a_model_that_is_not_the_one_its_card_records_is_refused_before_loading(
     tmp_path: Path, capsys, monkeypatch
 ):
-    from tasks.fileio import sha256_file
+    from tasks.core.fileio import sha256_file
 
     model = write_model(tmp_path / "model", SMALL_CARD)
     card = {**SMALL_CARD, "model_sha256": sha256_file(model / "model.keras")}
@@ -362,7 +363,7 @@ def test_a_model_that_is_not_the_one_its_card_records_is_refused_before_loading(
 
 def test_the_card_train_writes_is_the_card_predict_reads():
     """train.model_card plus the sha256 key flows.train adds: a ModelCard, nothing dropped or renamed."""
-    from tasks.fileio import MODEL_SHA256
+    from tasks.core.fileio import MODEL_SHA256
 
     written = {**SMALL_CARD, MODEL_SHA256: "ab" * 32, "lineage": {"warm_starts": 0}}
     card = predict.ModelCard.model_validate(written)

@@ -1,4 +1,4 @@
-"""tasks/present.py: numbers and the gate's decision as a person reads them."""
+"""tasks/reports/present.py: numbers and the gate's decision as a person reads them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from tasks import present
-from tasks.gate import decide
+from tasks.model.gate import decide
+from tasks.reports import present
 
 
 def test_numbers():

@@ -1,4 +1,4 @@
-"""tasks/quarantine.py: batches the label audit holds out, and releasing them."""
+"""tasks/photos/quarantine.py: batches the label audit holds out, and releasing them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import quarantine
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.photos import quarantine
 
 
 def photos(*names: str) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""tasks/reports.py: every stage report's contract refuses a missing or unknown key (naming it), and the
-reports the stage code writes on generated photos match their contracts, byte for byte as json.dumps."""
+"""tasks/reports/reports.py: every stage report's contract refuses a missing or unknown key (naming it), and
+the reports the stage code writes on generated photos match their contracts, byte for byte as json.dumps."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 from conftest import params_for
 from reportsamples import SAMPLES, sample
 
-from tasks import clean, dedup, evaluate, gate, ingest, shard
-from tasks.errors import PawflowError
-from tasks.fileio import dumps_json
-from tasks.params import Params
-from tasks.reports import CLEAN, DEDUP, GATE, INGEST, METRICS, REPORTS, SCORES, SHARD, TRAIN, Report
-from tasks.status import Decision
+from tasks import clean, dedup, evaluate, ingest, shard
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import dumps_json
+from tasks.core.params import Params
+from tasks.core.status import Decision
+from tasks.model import gate
+from tasks.reports.reports import CLEAN, DEDUP, GATE, INGEST, METRICS, REPORTS, SCORES, SHARD, TRAIN, Report
 
 BY_NAME = {r.name: r for r in REPORTS}
 

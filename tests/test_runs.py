@@ -1,4 +1,4 @@
-"""tasks/runs.py: what arrived and left between two manifests, rejections among the new files, metric
+"""tasks/history/runs.py: what arrived and left between two manifests, rejections among the new files, metric
 deltas, the gate's sentence, the history table and its self-contained page."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 
-from tasks import runs
+from tasks.history import runs
 
 
 def manifest(*rows: tuple[str, str, str]) -> pd.DataFrame:

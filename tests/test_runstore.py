@@ -1,5 +1,5 @@
-"""tasks/runstore.py: a run recorded as a git commit under refs/pawflow/runs without touching the user's
-branch, index, stash or working tree; atomic (the ref last); listing, naming, retention selection and
+"""tasks/history/runstore.py: a run recorded as a git commit under refs/pawflow/runs without touching the
+user's branch, index, stash or working tree; atomic (the ref last); listing, naming, retention selection and
 what counts as the user's own changes. Plain git repositories, no DVC."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import runstore
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.history import runstore
 
 PATHS = ["params.yaml", "dvc.lock", "reports/metrics.json", "reports/plots"]
 

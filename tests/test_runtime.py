@@ -18,8 +18,8 @@ import imagegen
 import pytest
 from conftest import make_workspace, shipped, tool_env
 
-from tasks.errors import PawflowError
-from tasks.runtime import configure, tensorflow_env
+from tasks.core.errors import PawflowError
+from tasks.model.runtime import configure, tensorflow_env
 
 SMALL = {"epochs": 2, "image_size": 32, "width": 8, "batch_size": 8, "warmup_epochs": 0}
 # What a host of another kind would pick on its own: TensorFlow's default there, or a user's setting.

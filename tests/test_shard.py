@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import PawflowError
+from tasks.core.errors import PawflowError
+from tasks.photos.splitrule import min_per_class
 from tasks.shard import SPLITS, assign, kept_examples, plan_shards, shard_name, short_classes, unit_hash
-from tasks.splitrule import min_per_class
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -246,7 +246,7 @@ def test_names_of_later_arrivals():
 
 def records(shard) -> list[tuple[str, str, str]]:
     """(path, label name, sha256) of every record of a TFRecord shard file, read without TensorFlow."""
-    from tasks import tfrecord
+    from tasks.photos import tfrecord
 
     data, at, out = shard.read_bytes(), 0, []
     while at < len(data):
@@ -275,7 +275,7 @@ def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path
     from flows.dedup import dedup_flow
     from flows.ingest import ingest_flow
     from flows.shard import shard_flow
-    from tasks.fileio import sha256_file
+    from tasks.core.fileio import sha256_file
 
     source = imagegen.make_dataset(tmp_path / "source", per_class=24)
     params = params_for(tmp_path / "work", source, shard={"shard_bytes": 20_000})

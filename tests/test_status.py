@@ -1,4 +1,5 @@
-"""tasks/status.py: one vocabulary for a photo's status and the gate's decision, written as plain strings."""
+"""tasks/core/status.py: one vocabulary for a photo's status and the gate's decision, written as plain
+strings."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.fileio import read_parquet, write_parquet
-from tasks.status import Decision, Status
+from tasks.core.fileio import read_parquet, write_parquet
+from tasks.core.status import Decision, Status
 
 
 def test_values_are_the_strings_the_files_hold():

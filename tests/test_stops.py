@@ -18,8 +18,8 @@ from conftest import ROOT
 
 from flows import stops
 from flows.stops import Stop, StopGuard, Terminated, api_refuses
-from tasks import stopping
-from tasks.errors import PawflowError
+from tasks.core import stopping
+from tasks.core.errors import PawflowError
 
 
 def signal_in_block(signum: int) -> None:

@@ -1,4 +1,4 @@
-"""tasks/store.py: the per-photo cache keeps what was put, in batches past SQLite's variable limit."""
+"""tasks/photos/store.py: the per-photo cache keeps what was put, in batches past SQLite's variable limit."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import store
-from tasks.fileio import NoSpace
+from tasks.core.fileio import NoSpace
+from tasks.photos import store
 
 
 def test_checks_thumbs_and_stats_read_back(tmp_path: Path):

@@ -1,4 +1,5 @@
-"""tasks.summary: the pipeline run's summary artifact, from the stage reports (no flow run, no server)."""
+"""tasks.reports.summary: the pipeline run's summary artifact, from the stage reports (no flow run, no
+server)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import numpy as np
 from conftest import params_for
 from reportsamples import sample, write_samples
 
-from tasks import summary, versioning
-from tasks.text import md
-from tasks.text import md as escaped
+from tasks.core.text import md
+from tasks.core.text import md as escaped
+from tasks.history import versioning
+from tasks.reports import summary
 
 
 def reports(tmp_path: Path):
@@ -132,8 +134,8 @@ def test_the_evaluation_artifact_carries_the_figures_and_pictures():
 
     import imagegen
 
-    from tasks import gate
     from tasks.evaluate import Mistake, Scored
+    from tasks.model import gate
 
     metrics = sample("metrics.json")
     decision = {

@@ -1,4 +1,4 @@
-"""tasks.text: names made literal for Markdown and for tab-separated output."""
+"""tasks.core.text: names made literal for Markdown and for tab-separated output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from tasks.text import md, shown, tsv_field, tsv_value
+from tasks.core.text import md, shown, tsv_field, tsv_value
 
 HOSTILE = [
     '"><img src=x onerror=alert(1)>',

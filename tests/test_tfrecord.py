@@ -1,4 +1,4 @@
-"""tasks/tfrecord.py: records written without TensorFlow read back through TensorFlow, byte-stable."""
+"""tasks/photos/tfrecord.py: records written without TensorFlow read back through TensorFlow, byte-stable."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import imagegen
 
-from tasks import tfrecord
+from tasks.photos import tfrecord
 
 
 def records() -> list[bytes]:

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from conftest import shipped, workspace_of
 
-from tasks import augment, tfrecord, train
-from tasks.params import Augment, Params
+from tasks import train
+from tasks.core.params import Augment, Params
+from tasks.model import augment
+from tasks.photos import tfrecord
 
 
 def shard(path: Path, name: str, count: int) -> Path:
@@ -196,7 +198,7 @@ def test_the_epoch_lines_eta_follows_the_last_epochs_pace():
 def test_extra_callbacks_see_every_epoch_and_leave_the_model_unchanged(trained: Params, tmp_path: Path):
     import keras
 
-    from tasks.datasetinfo import DatasetInfo
+    from tasks.photos.datasetinfo import DatasetInfo
 
     processed = trained.paths.processed
     info = DatasetInfo.read(processed)
@@ -227,7 +229,7 @@ def test_keras_draws_ignore_other_threads_drawing_from_pythons_random():
 
     import keras
 
-    from tasks.model import make_model
+    from tasks.model.model import make_model
 
     def build(seed: int) -> list[np.ndarray]:
         keras.utils.set_random_seed(seed)
@@ -286,7 +288,7 @@ def test_a_shard_damaged_in_place_is_refused_before_training(trained: Params, tm
     from conftest import copy_of_trained
 
     from flows.train import train_flow
-    from tasks.datasetinfo import DatasetInfo
+    from tasks.photos.datasetinfo import DatasetInfo
 
     params = copy_of_trained(trained, tmp_path)
     shard = DatasetInfo.read(params.paths.processed).split_paths(params.paths.processed, "val")[0]
@@ -327,8 +329,8 @@ def test_a_full_disk_under_training_is_one_message_naming_the_scratch_folder(
     """DVCLive's metrics, Keras's checkpoints and TensorBoard's events are written as training goes;
     whichever finds the disk full (an OSError, or TensorFlow's ResourceExhaustedError, worded), training
     ends with NoSpace naming the folder and its file system."""
-    from tasks.datasetinfo import DatasetInfo
-    from tasks.fileio import NoSpace
+    from tasks.core.fileio import NoSpace
+    from tasks.photos.datasetinfo import DatasetInfo
 
     monkeypatch.setattr(target, fails)
     processed = trained.paths.processed

@@ -1,4 +1,4 @@
-"""tasks.versioning against the DVC it drives: the two private details of DVC it relies on, pinned.
+"""tasks.history.versioning against the DVC it drives: the two private details of DVC it relies on, pinned.
 
 DVC has no public API for either: refreshing a Repo whose lock this process holds (`Repo._reset`), and
 telling which process runs a stage under `dvc repro` (the `.dvc/tmp/rwlock` file). An upgrade that
@@ -18,11 +18,11 @@ from pathlib import Path
 import dvc
 import pytest
 
-from tasks import versioning
+from tasks.history import versioning
 
-# The DVC whose internals tasks/versioning.py was written against (requirements.lock's).
+# The DVC whose internals tasks/history/versioning.py was written against (requirements.lock's).
 DVC_CHECKED = "3.67.1"
-UPGRADE = f"DVC {dvc.__version__} (tasks/versioning.py was checked against DVC {DVC_CHECKED})"
+UPGRADE = f"DVC {dvc.__version__} (tasks/history/versioning.py was checked against DVC {DVC_CHECKED})"
 STAGE_A = "stages:\n  a:\n    cmd: echo a > a.txt\n    outs:\n      - a.txt\n"
 STAGE_B = "  b:\n    cmd: echo b > b.txt\n    outs:\n      - b.txt\n"
 
@@ -49,7 +49,7 @@ def test_each_call_through_a_held_lock_sees_the_workspace_afresh(repo: Path):
             with versioning._repo(repo) as held:
                 names = sorted(s.name for s in held.index.stages)
         except AttributeError as err:
-            pytest.fail(f"{UPGRADE}: Repo._reset, which tasks.versioning._repo calls, is gone: {err}")
+            pytest.fail(f"{UPGRADE}: Repo._reset, which tasks.history.versioning._repo calls, is gone: {err}")
         assert names == ["a", "b"], f"{UPGRADE}: a held Repo keeps its old graph of stages after _reset()"
         assert versioning.stage_status(repo, "b")  # never run
         (repo / "b.txt").write_text("b\n")

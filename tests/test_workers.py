@@ -1,6 +1,6 @@
-"""tasks/workers.py: what a Dask worker must show before it gets work (the workspace at the same path, the
-same code and libraries), and how a run meets a cluster with no worker, a worker that leaves, a scheduler
-that cannot be reached. In-process clusters here; real `dask scheduler` / `dask worker` processes in
+"""tasks/scaleout/workers.py: what a Dask worker must show before it gets work (the workspace at the same
+path, the same code and libraries), and how a run meets a cluster with no worker, a worker that leaves, a
+scheduler that cannot be reached. In-process clusters here; real `dask scheduler` / `dask worker` processes in
 test_scaleout.py."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import shipped
 
-from tasks import workers
-from tasks.errors import PawflowError
-from tasks.fileio import source_fingerprint
+from tasks.core.errors import PawflowError
+from tasks.core.fileio import source_fingerprint
+from tasks.scaleout import workers
 
 
 def runner(**changes: object):
@@ -41,9 +41,11 @@ def expect(tmp_path: Path) -> Iterator[workers.Expect]:
 
 def test_shipped_modules_follow_imports_but_not_type_checking_ones():
     modules, libraries = workers.shipped_modules(workers.SHIPPED)
-    # tasks.clean imports tasks.images (which decodes the photos); tasks.params only for type checking
-    assert {"tasks.clean", "tasks.images", "tasks.store", "tasks.workers"} <= set(modules)
-    assert "tasks.params" not in modules and not any(m.startswith("flows") for m in modules)
+    # tasks.clean imports tasks.photos.images (which decodes the photos); tasks.core.params only for type
+    # checking
+    shipped = {"tasks.clean", "tasks.photos.images", "tasks.photos.store", "tasks.scaleout.workers"}
+    assert shipped <= set(modules)
+    assert "tasks.core.params" not in modules and not any(m.startswith("flows") for m in modules)
     _, work_libraries = workers.shipped_modules(workers.WORK)
     assert {"PIL", "imagehash", "numpy"} <= set(work_libraries) <= set(libraries)
     assert not {"os", "pathlib", "sqlite3", "tasks"} & set(libraries)
@@ -73,7 +75,7 @@ def test_a_worker_reports_the_code_it_loaded_not_the_file_edited_since(tmp_path:
 def test_a_worker_that_sees_the_workspace_and_runs_its_code_passes(expect: workers.Expect):
     view = workers.look(expect)
     assert workers.mismatch(view, expect) == {}
-    assert view.code_from == str(Path(workers.__file__).resolve().parents[1]) and view.pid == os.getpid()
+    assert view.code_from == str(Path(workers.__file__).resolve().parents[2]) and view.pid == os.getpid()
     assert Path(expect.marker).is_absolute() and Path(expect.marker).read_text() == expect.token
 
 
@@ -89,10 +91,12 @@ def test_what_a_worker_cannot_see_or_runs_differently_is_named(expect: workers.E
     said = workers.mismatch(workers.look(smaller), smaller)[workers.SEE]
     assert said.startswith("cannot see 2 photo(s)") and "10 bytes there, 11 in the workspace" in said
     other = dataclasses.replace(
-        view, code={**view.code, "tasks.images": "0" * 16}, libraries={**view.libraries, "pillow": "9.0"}
+        view,
+        code={**view.code, "tasks.photos.images": "0" * 16},
+        libraries={**view.libraries, "pillow": "9.0"},
     )
     found = workers.mismatch(other, expect)
-    assert found[workers.CODE] == "runs other code than this workspace: tasks/images.py"
+    assert found[workers.CODE] == "runs other code than this workspace: tasks/photos/images.py"
     assert found[workers.LIBRARIES].startswith("has other library versions: pillow 9.0 (here ")
     err = workers.refusal(
         {"tcp://10.0.0.7:4000": (other, found), "tcp://10.0.0.8:4000": (None, found)}, expect
@@ -167,7 +171,7 @@ def test_no_worker_ends_in_one_message_before_any_work(expect: workers.Expect):
 
 def test_an_unreachable_scheduler_is_one_message_in_the_connect_timeout(tmp_path: Path):
     from flows.server import free_port
-    from tasks.params import params_in
+    from tasks.core.params import params_in
 
     address = f"tcp://127.0.0.1:{free_port()}"
     root = Path(__file__).resolve().parents[1]

@@ -1,0 +1,1 @@
+"""The model: builders, augmentation, inference, TensorFlow's CPU settings, the promotion gate."""

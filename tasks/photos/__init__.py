@@ -1,0 +1,1 @@
+"""The photos: sources (folder, archive, URL), decoding, the per-photo cache, exclusions, shard format."""

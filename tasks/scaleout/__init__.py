@@ -1,0 +1,1 @@
+"""Work beyond one process: Dask workers for per-photo work, training across several machines."""
