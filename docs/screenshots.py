@@ -85,7 +85,9 @@ def workspace(dest: Path, source: Path) -> Path:
     ).stdout.split()
     for f in files:
         src = ROOT / f
-        if f.startswith(("tests/", "bench/", "docs/", "reports/", "data/", "models/")) or f == "dvc.lock":
+        skipped = f.startswith(("tests/", "bench/", "docs/", "reports/", "data/", "models/"))
+        skipped = skipped or f == "dvc.lock"
+        if skipped and f != "data/exclude.txt":  # the exclude list is an input of every run
             continue
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,14 @@ def check_exclude(params: Params, root: Path = Path(".")) -> list[str]:
     """The exclude list is well formed (PawflowError naming each malformed line otherwise); returns a
     warning per entry that names no photo of the collection as last ingested (data/interim/ingest.parquet,
     when there is one: the source itself is only read by ingest)."""
-    entries = exclude.read(root / params.paths.exclude)
+    path = root / params.paths.exclude
+    if not path.is_file():  # DVC tracks it (an input of the check stage): without it no run can record
+        raise PawflowError(
+            f"the exclude list {params.paths.exclude} (paths.exclude) is missing; every run reads it.",
+            f"Restore it (`git checkout -- {params.paths.exclude}`), or create it empty "
+            f"(`touch {params.paths.exclude}`) if nothing is excluded.",
+        )
+    entries = exclude.read(path)
     manifest = root / params.paths.interim / "ingest.parquet"
     if not entries or not manifest.exists():
         return []

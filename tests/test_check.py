@@ -63,6 +63,17 @@ def test_a_source_that_is_not_a_folder_or_archive_is_refused(tmp_path: Path, mak
         check_source(str(target))
 
 
+def workspace_on(src: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A folder with the shipped params.yaml on src and an empty exclude list; and those params."""
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    (ws / "data/exclude.txt").write_text("")
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["ingest"]["source"] = str(src)
+    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    return ws, data
+
+
 def run_check(ws: Path, max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
     """`python -m flows.check` in ws; max_file_bytes: no file it writes may grow past this (RLIMIT_FSIZE:
     a write past it fails with EFBIG, as one on a full disk fails with ENOSPC)."""
@@ -87,12 +98,7 @@ def run_check(ws: Path, max_file_bytes: int | None = None) -> subprocess.Complet
 
 
 def test_the_check_stage_exits_2_with_one_message_or_writes_its_constant_output(tmp_path: Path):
-    src = source_with_photos(tmp_path)
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["ingest"]["source"] = str(src)
-    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    ws, data = workspace_on(source_with_photos(tmp_path), tmp_path)
     ok = run_check(ws)
     assert ok.returncode == 0, ok.stderr
     assert (ws / "data/interim/checked.txt").read_text() == CHECKED_TEXT
@@ -161,11 +167,7 @@ def test_a_class_too_small_for_every_split_is_refused_by_the_check_with_the_mini
     """Counted from directory entries (nothing opened), with the photos data/raw already holds."""
     src = source_with_photos(tmp_path)
     imagegen.make_dataset(src, per_class=2, classes=("Bird",), seed=500)
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["ingest"]["source"] = str(src)
-    (ws / "params.yaml").write_text(yaml.safe_dump(data))
+    ws, data = workspace_on(src, tmp_path)
     bad = run_check(ws)
     assert bad.returncode == 2 and bad.stderr.count("What to do") == 1 and "Traceback" not in bad.stderr
     assert "1 class(es) too small for shard.split (train 0.7, val 0.15, test 0.15)" in bad.stderr
@@ -216,3 +218,9 @@ def test_the_check_stage_refuses_a_malformed_exclude_list_and_warns_of_entries_n
     assert warned.returncode == 0, warned.stderr
     assert "warning: data/exclude.txt line 2: Cat/typo.jpg names no photo of the collection" in warned.stderr
     assert "line 1" not in warned.stderr
+
+    (ws / "data/exclude.txt").unlink()  # a deleted list: DVC cannot record a run without it
+    gone = run_check(ws)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert gone.stderr.count("the exclude list data/exclude.txt (paths.exclude) is missing") == 1
+    assert "git checkout -- data/exclude.txt" in gone.stderr

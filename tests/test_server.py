@@ -55,6 +55,8 @@ def valid_params() -> str:
         .replace("source: ../shared/datasets/petimages-sample", "source: photos")
     )
     Path("params.yaml").write_text(params)
+    Path("data").mkdir()
+    Path("data/exclude.txt").write_text("")
     return params
 
 

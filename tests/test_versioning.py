@@ -18,6 +18,7 @@ from pathlib import Path
 import dvc
 import pytest
 
+from tasks.core.errors import PawflowError
 from tasks.history import versioning
 
 # The DVC whose internals tasks/history/versioning.py was written against (requirements.lock's).
@@ -90,3 +91,15 @@ def test_a_stage_that_dvc_is_running_is_seen_with_its_pid_and_command(repo: Path
     assert seen, f"{UPGRADE}: no stage found in .dvc/tmp/rwlock while `dvc repro` ran one"
     assert seen[0].startswith(f"pid {os.getpid()}: "), f"{UPGRADE}: .dvc/tmp/rwlock read as {seen[0]!r}"
     assert versioning._busy(repo) is None  # released when the stage ended
+
+
+def test_a_stage_dvc_cannot_record_is_one_message_naming_the_file(repo: Path):
+    """A dependency deleted before its stage is recorded: DVC's error becomes one message, no traceback."""
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  c:\n    cmd: cat in.txt > c.txt\n    deps:\n      - in.txt\n    outs:\n      - c.txt\n"
+    )
+    (repo / "c.txt").write_text("c\n")
+    with pytest.raises(PawflowError) as info:
+        versioning.commit_stage(repo, "c")
+    assert "recording stage c in dvc.lock failed" in str(info.value) and "in.txt" in str(info.value)
+    assert info.value.fix and "git checkout" in info.value.fix

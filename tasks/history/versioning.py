@@ -138,9 +138,19 @@ def stage_status(root: Path, stage: str) -> dict:
 
 
 def commit_stage(root: Path, stage: str) -> None:
-    """Record a stage's current deps, params and outs in dvc.lock (and outs in the DVC cache)."""
+    """Record a stage's current deps, params and outs in dvc.lock (and outs in the DVC cache). A file
+    DVC cannot record (a dependency deleted during the run, say) is one message naming it."""
+    from dvc.exceptions import DvcException
+
     with _repo(root) as repo:
-        repo.commit(stage, force=True)
+        try:
+            repo.commit(stage, force=True)
+        except DvcException as err:
+            raise PawflowError(
+                f"recording stage {stage} in dvc.lock failed: {err}.",
+                "Restore what it names (`git checkout -- PATH` for a tracked file, `dvc checkout` for a "
+                "DVC output), then run again; the stages before it are recorded.",
+            ) from None
 
 
 def has_default_remote(root: Path) -> bool:
