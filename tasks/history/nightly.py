@@ -36,8 +36,8 @@ def iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
-def jsonl_runs(path: Path) -> list[dict]:
-    """The run facts of runs.jsonl (lines with a "run" object), oldest first; broken lines skipped."""
+def jsonl_records(path: Path) -> list[dict]:
+    """The objects of a JSON-lines file (runs.jsonl), in order; broken lines skipped, no file: []."""
     if not path.exists():
         return []
     out = []
@@ -46,23 +46,23 @@ def jsonl_runs(path: Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("run"), dict) and rec["run"].get("id"):
-            out.append({**rec["run"], "version": rec.get("version")})
+        if isinstance(rec, dict):
+            out.append(rec)
     return out
+
+
+def jsonl_runs(path: Path) -> list[dict]:
+    """The run facts of runs.jsonl (lines with a "run" object), oldest first, each with its version."""
+    return [
+        {**rec["run"], "version": rec.get("version")}
+        for rec in jsonl_records(path)
+        if isinstance(rec.get("run"), dict) and rec["run"].get("id")
+    ]
 
 
 def stage_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("stage"):
-            out.append(rec)
-    return out
+    """The stage lines of runs.jsonl (a stage's run figures: flows.common.record_stage_run), in order."""
+    return [rec for rec in jsonl_records(path) if rec.get("stage")]
 
 
 def history(root: Path, params: Params | None) -> list[dict]:
