@@ -56,10 +56,16 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
 
 
 def wait_while_running(
-    proc: subprocess.Popen, ready: Callable[[], object], timeout: float, what: str, output=lambda: ""
+    proc: subprocess.Popen,
+    ready: Callable[[], object],
+    timeout: float,
+    what: str,
+    output=lambda: "",
+    every: float = 0.2,
 ) -> None:
-    """Until ready() is true while proc runs: an AssertionError naming `what` (with the end of output())
-    when the process ends first or `timeout` seconds pass."""
+    """Until ready() is true while proc runs, asked every `every` seconds (short for a state that lasts
+    an instant): an AssertionError naming `what` (with the end of output()) when the process ends first
+    or `timeout` seconds pass."""
 
     def check() -> bool:
         if ready():
@@ -69,7 +75,7 @@ def wait_while_running(
         )
         return False
 
-    wait_for(check, timeout, what)
+    wait_for(check, timeout, what, every)
 
 
 def start_holding_the_workspace(ws: Path, *args: str, api: str | None) -> subprocess.Popen:

@@ -83,7 +83,8 @@ def kill_when(ws: Path, name: str, api: str, ready: Callable[[], bool], timeout:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_while_running(proc, ready, timeout, f"{name} reached the point to kill it")
+    # Shard's moment (its temporary folder) lasts a fraction of a second: look often.
+    wait_while_running(proc, ready, timeout, f"{name} reached the point to kill it", every=0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
