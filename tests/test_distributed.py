@@ -90,6 +90,7 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Pa
     return ws
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (make test-fast <= 3 min)
 def test_worker_shares_are_disjoint_and_cover_the_split(sharded: Path):
     from tasks import train
 

@@ -497,6 +497,7 @@ def test_second_evaluation_compares_with_the_champion(trained: Params):
     assert gate["gate"]["challenger_wins"] == gate["gate"]["challenger_losses"] == 0
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (make test-fast <= 3 min)
 def test_five_classes_train_and_evaluate(tmp_path: Path, prefect_server: str):
     from conftest import FAST_TRAIN, params_for
 

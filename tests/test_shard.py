@@ -261,6 +261,7 @@ def shard_files(processed) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(processed.iterdir()) if p.name != "dataset_info.json"}
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (make test-fast <= 3 min)
 @pytest.mark.usefixtures("prefect_server")
 def test_growing_a_collection_keeps_every_old_shard_file_byte_identical(tmp_path):
     """Data stages on 24 photos per class, then 6 more per class: the old shard files stay as they are

@@ -195,6 +195,7 @@ def test_the_epoch_lines_eta_follows_the_last_epochs_pace():
     assert line.endswith("| - img/s | elapsed 101s, ETA 20s")
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (make test-fast <= 3 min)
 def test_extra_callbacks_see_every_epoch_and_leave_the_model_unchanged(trained: Params, tmp_path: Path):
     import keras
 
