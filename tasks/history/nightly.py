@@ -36,19 +36,21 @@ def iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
+def jsonl_record(line: str) -> dict | None:
+    """One line of runs.jsonl as its object; None for a broken line (a run killed mid-write)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def jsonl_records(path: Path) -> list[dict]:
     """The objects of a JSON-lines file (runs.jsonl), in order; broken lines skipped, no file: []."""
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    records = (jsonl_record(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return [rec for rec in records if rec is not None]
 
 
 def jsonl_runs(path: Path) -> list[dict]:
@@ -360,11 +362,8 @@ def prune_history(path: Path, keep_runs: int, kept_ids: set[str]) -> int:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     run_at = []
     for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("run"), dict):
+        rec = jsonl_record(line)
+        if rec is not None and isinstance(rec.get("run"), dict):
             run_at.append((i, rec["run"].get("id")))
     if len(run_at) <= keep_runs:
         return 0
