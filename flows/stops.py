@@ -38,6 +38,10 @@ from tasks.core.errors import ExitCode
 STOP_GRACE_S = 10.0
 # How often a stage looks whether the process that started it is still there.
 PARENT_POLL_S = 1.0
+# Shells that run a command line for the process that started a stage (`dvc repro` runs `$SHELL -c`,
+# or `/bin/sh -c` when SHELL is unset). bash execs a lone command; dash forks and waits, so a stage's
+# parent can be a shell that outlives a killed `dvc repro`: the stage watches the process above it.
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "busybox"})
 # How often a run looks whether its Prefect API's port still accepts connections, and how long it may
 # refuse them before the run ends (a server restarted on the same port within that time is not noticed).
 API_POLL_S = 2.0
@@ -95,6 +99,39 @@ def process_name(pid: int) -> str:
     except Exception:  # gone already, or not visible: the pid alone says enough
         return f"pid {pid}"
     return f"pid {pid}: {command if len(command) <= 80 else command[:77] + '...'}"
+
+
+def launcher_chain(pid: int) -> list[tuple[int, int]]:
+    """From pid's parent up: (process, its parent) for each shell that runs the command line, then for
+    the process that started them (`dvc repro`). A run is orphaned when any of them is gone or has a new
+    parent. Just [(parent of pid, its parent)] when the parent is no shell or cannot be read."""
+    import psutil
+
+    chain: list[tuple[int, int]] = []
+    try:
+        process = psutil.Process(pid).parent()
+        while process is not None:
+            parent = process.ppid()
+            chain.append((process.pid, parent))
+            if parent <= 1 or process.name() not in SHELLS:
+                break
+            process = psutil.Process(parent)
+    except psutil.Error:  # a process gone meanwhile: the next look at the chain notices it
+        pass
+    return chain
+
+
+def chain_broken(chain: list[tuple[int, int]]) -> bool:
+    """True when a process of the chain ended or was re-parented (its launcher above it ended)."""
+    import psutil
+
+    for pid, parent in chain:
+        try:
+            if psutil.Process(pid).ppid() != parent:
+                return True
+        except psutil.Error:
+            return True
+    return False
 
 
 def end_children(grace_s: float = CHILD_GRACE_S) -> None:
@@ -192,7 +229,9 @@ class StopGuard:
             self._start(self._watch_signals, read_end)
         if self.owner and self.watch_parent:
             parent = os.getppid()
-            self._start(self._watch_parent, parent, process_name(parent))  # named while it is there
+            chain = launcher_chain(os.getpid())
+            launcher = chain[-1][0] if chain else parent  # past a `sh -c` that runs the command line
+            self._start(self._watch_parent, parent, chain, process_name(launcher))  # named while there
         if self.owner and self.api_url:
             self._start(self._watch_api, self.api_url)
         return self
@@ -305,10 +344,11 @@ class StopGuard:
                 elif signum == signal.SIGTERM:
                     self._note(Stop("terminated"))
 
-    def _watch_parent(self, parent: int, name: str) -> None:
-        """A process whose parent ended is re-parented: then it stops, as if SIGTERM had come."""
+    def _watch_parent(self, parent: int, chain: list[tuple[int, int]], name: str) -> None:
+        """A process whose parent ended is re-parented: then it stops, as if SIGTERM had come; so when
+        its parent is a shell that runs its command line and the process above that shell ended."""
         while not self._done.wait(PARENT_POLL_S):
-            if os.getppid() != parent:
+            if os.getppid() != parent or chain_broken(chain):
                 self._note(Stop("orphaned", f"the process that started it ({name}) has ended"))
                 os.kill(os.getpid(), signal.SIGTERM)
                 return

@@ -325,10 +325,13 @@ def test_sigterm_stops_a_stage_in_seconds_and_an_orphaned_stage_stops_by_itself(
     params["train"]["epochs"] = 1000  # minutes of training, unless it stops
     params["train"]["early_stopping_patience"] = 1000  # and early stopping must not end it first
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # SHELL unset, as in a CI job or a systemd unit: DVC runs the stage as `/bin/sh -c CMD`, and dash
+    # forks (it does not exec), so a shell stays between DVC and the stage and outlives a killed DVC.
+    env = {key: value for key, value in tool_env(prefect_server).items() if key != "SHELL"}
     dvc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", "train"],
         cwd=ws,
-        env=tool_env(prefect_server),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

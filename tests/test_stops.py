@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -215,6 +216,29 @@ def test_a_stage_whose_parent_dies_stops_by_itself(tmp_path: Path):
     assert (
         err.count(f"MESSAGE orphaned the process that started it (pid {proc.pid}: {sys.executable} -c") == 1
     ), err
+
+
+def test_a_stage_run_through_a_shell_that_stays_stops_when_the_process_above_the_shell_dies(tmp_path: Path):
+    """`dvc repro` runs a stage as `$SHELL -c CMD`, or `/bin/sh -c CMD` when SHELL is unset (a CI job, a
+    systemd unit): dash forks and waits instead of exec'ing, so the stage's parent is a shell that outlives
+    a killed `dvc repro`. The stage watches the process above the shell (`; true` makes any shell fork)."""
+    script = guarded(tmp_path, watch_parent=True)
+    parent = (
+        "import subprocess, sys; p = subprocess.Popen(['/bin/sh', '-c', sys.argv[1]], stdout=sys.stdout, "
+        "stderr=sys.stderr); import time; time.sleep(120)"
+    )
+    proc, stage, _ = start([sys.executable, "-c", parent, f"{shlex.quote(sys.executable)} {script}; true"])
+    import psutil
+
+    shell = psutil.Process(stage).parent()
+    assert shell is not None and shell.pid != proc.pid  # the shell is between them
+    time.sleep(1)
+    assert not gone(stage, within=0.1)  # its shell and the process above are there: it runs on
+    proc.kill()
+    proc.wait()
+    assert gone(stage, within=10), "the stage went on after the process above its shell was killed"
+    err = proc.stderr.read()
+    assert err.count(f"MESSAGE orphaned the process that started it (pid {proc.pid}:") == 1, err
 
 
 def test_a_run_whose_prefect_api_goes_away_ends_at_once_with_exit_1(tmp_path: Path):
