@@ -60,6 +60,10 @@ from bench.common import (
 
 PREFIX = "p16k-"
 DAMAGED_PREFIX = "dmg-"
+# A photo filed in the other class's folder keeps a name of its own: petimages-16k numbers Cat/ and Dog/
+# alike, so under its plain name it would replace the other class's photo of that number (a change to
+# the collection that retrains rightly, not the wrong-label batch this night is meant to be).
+SWAPPED_PREFIX = "moved-"
 FULL_EVERY = 7
 SWAP_SHARE = 0.30
 SEED = 10
@@ -140,7 +144,8 @@ def add_batch(night: Night, source: Path, seed: int = SEED) -> dict:
         label = f.parent.name
         if i in swapped:
             label = next(c for c in classes if c != label)
-        target = source / label / f"{PREFIX}{f.name}"
+        prefix = PREFIX + (SWAPPED_PREFIX if i in swapped else "")
+        target = source / label / f"{prefix}{f.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         if night.kind == "damaged":
             data = f.read_bytes()
@@ -149,8 +154,10 @@ def add_batch(night: Night, source: Path, seed: int = SEED) -> dict:
             target.write_bytes(data)
             arrived["damaged"] += 1
         else:  # in its class's folder, or the other one's for a swapped photo
+            if target.exists() and not target.samefile(f):  # a night put again (--resume) is the same file
+                raise SystemExit(f"P10: {target} exists and is another photo: a batch must not replace one")
             target.unlink(missing_ok=True)
-            link_files([f], f.parent, target.parent, prefix=PREFIX)
+            link_files([f], f.parent, target.parent, prefix=prefix)
         arrived["files"] += 1
         arrived["bytes"] += target.stat().st_size
     return arrived
