@@ -31,7 +31,6 @@ from flows.stops import StopGuard, Terminated, message
 from tasks.core import stopping
 from tasks.core.errors import ExitCode, PawflowError, Refused, report
 from tasks.core.fileio import (
-    append_history,
     code_fingerprint,
     no_space_cause,
     no_space_somewhere,
@@ -39,6 +38,8 @@ from tasks.core.fileio import (
 )
 from tasks.core.params import Params, Runner, load_params
 from tasks.core.stopping import Stopped
+from tasks.history import records
+from tasks.history.records import StageLine
 
 # --------------------------------------------------------------------------- caching
 
@@ -367,8 +368,8 @@ def record_stage_run(params: Params, stage: str, figures: dict[str, Any]) -> Non
     (params pipeline.history, not tracked), never a tracked output, whose bytes the inputs decide."""
     from datetime import UTC, datetime
 
-    line = {"finished": datetime.now(UTC).isoformat(timespec="seconds"), "stage": stage, **figures}
-    append_history(params.pipeline.history, line)
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
+    records.append(params.pipeline.history, StageLine(finished=finished, stage=stage, **figures))
 
 
 def cell(v: Any) -> str:

@@ -67,16 +67,23 @@ def test_history_is_the_versions_plus_the_local_runs_that_recorded_none(tmp_path
     params = load_params(ROOT / "params.yaml")
     history = tmp_path / params.pipeline.history
     history.parent.mkdir(parents=True)
+    ended = {"finished": "2026-12-05T03:01:00+00:00", "entry": "prefect"}
     lines = [
-        {"stage": "ingest", "copied": 3},  # a stage's line: not a run
         {
+            "finished": "2026-12-03T03:00:30+00:00",
+            "stage": "ingest",
+            "copied": 3,
+        },  # a stage's line: not a run
+        {
+            **ended,
             "run_id": "20261203-030000",
             "run": {"id": "20261203-030000", "outcome": "completed"},
             "version": "c3",
         },
-        {"run_id": "20261202-030000", "run": {"id": "20261202-030000"}, "version": "c2"},  # dropped by gc
-        {"run_id": "20261204-030000", "run": {"id": "20261204-030000", "no_new_data": True}, "version": None},
-        {"run_id": "20261205-030000", "run": {"id": "20261205-030000", "outcome": "failed"}, "version": None},
+        {**ended, "run_id": "20261202-030000", "run": {"id": "20261202-030000"}, "version": "c2"},  # gc'd
+        {**ended, "run_id": "20261204-030000", "run": {"id": "20261204-030000", "no_new_data": True}},
+        {**ended, "run_id": "20261205-030000", "run": {"id": "20261205-030000", "outcome": "failed"}},
+        {"run_id": "20261206-030000", "run": {"id": "20261206-030000"}},  # not a line pawflow writes
     ]
     history.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
     recorded = [
@@ -305,13 +312,16 @@ def test_the_local_history_is_cut_to_the_kept_runs(tmp_path: Path):
     lines = []
     for day in range(1, 7):
         rid = f"2026120{day}-030000"
-        lines += [{"stage": "ingest", "finished": rid}, {"run_id": rid, "run": {"id": rid}}]
+        lines += [
+            {"stage": "ingest", "finished": rid},
+            {"finished": rid, "entry": "prefect", "run": {"id": rid}},
+        ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert nightly.prune_history(path, 10, set()) == 0 and len(path.read_text().splitlines()) == 12
     removed = nightly.prune_history(path, 2, {"20261202-030000"})  # run 2: a kept champion's version
     left = [json.loads(x) for x in path.read_text().splitlines()]
     assert removed == 7
-    assert [x.get("run_id") or x["stage"] for x in left] == [
+    assert [x["run"]["id"] if "run" in x else x["stage"] for x in left] == [
         "20261202-030000",
         "ingest",
         "20261205-030000",

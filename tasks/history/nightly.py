@@ -20,7 +20,8 @@ import yaml
 
 from tasks.core.params import Params
 from tasks.core.status import ran
-from tasks.history import alerts, runs, runstore
+from tasks.history import alerts, records, runs, runstore
+from tasks.history.records import RunLine, StageLine
 from tasks.reports.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN
 
 log = logging.getLogger(__name__)
@@ -36,35 +37,18 @@ def iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
-def jsonl_record(line: str) -> dict | None:
-    """One line of runs.jsonl as its object; None for a broken line (a run killed mid-write)."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-def jsonl_records(path: Path) -> list[dict]:
-    """The objects of a JSON-lines file (runs.jsonl), in order; broken lines skipped, no file: []."""
-    if not path.exists():
-        return []
-    records = (jsonl_record(line) for line in path.read_text(encoding="utf-8").splitlines())
-    return [rec for rec in records if rec is not None]
-
-
 def jsonl_runs(path: Path) -> list[dict]:
-    """The run facts of runs.jsonl (lines with a "run" object), oldest first, each with its version."""
+    """The run facts of a run history (its run lines with facts), oldest first, each with its version."""
     return [
-        {**rec["run"], "version": rec.get("version")}
-        for rec in jsonl_records(path)
-        if isinstance(rec.get("run"), dict) and rec["run"].get("id")
+        {**rec.run, "version": rec.version}
+        for rec in records.read(path)
+        if isinstance(rec, RunLine) and rec.run and rec.run.get("id")
     ]
 
 
-def stage_lines(path: Path) -> list[dict]:
-    """The stage lines of runs.jsonl (a stage's run figures: flows.common.record_stage_run), in order."""
-    return [rec for rec in jsonl_records(path) if rec.get("stage")]
+def stage_lines(path: Path) -> list[StageLine]:
+    """The stage lines of a run history (a stage's run figures: flows.common.record_stage_run), in order."""
+    return [rec for rec in records.read(path) if isinstance(rec, StageLine)]
 
 
 def history(root: Path, params: Params | None) -> list[dict]:
@@ -362,9 +346,9 @@ def prune_history(path: Path, keep_runs: int, kept_ids: set[str]) -> int:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     run_at = []
     for i, line in enumerate(lines):
-        rec = jsonl_record(line)
-        if rec is not None and isinstance(rec.get("run"), dict):
-            run_at.append((i, rec["run"].get("id")))
+        rec = records.parse(line)
+        if isinstance(rec, RunLine) and rec.run is not None:
+            run_at.append((i, rec.run.get("id")))
     if len(run_at) <= keep_runs:
         return 0
     start = run_at[-keep_runs - 1][0] + 1  # a run's stage lines come before its own line

@@ -19,12 +19,15 @@ import io
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tasks.core.status import ran
 from tasks.core.text import md
+
+if TYPE_CHECKING:
+    from tasks.history.records import StageLine
 
 # How many photo names a record lists (per kind: new, rejected); the counts are always complete.
 EXAMPLES = 10
@@ -67,13 +70,9 @@ def rejected_among(rejected_files: Sequence[Mapping[str, Any]], new_paths: set[s
     }
 
 
-def stage_figures(lines: Sequence[dict], started: str) -> dict[str, dict]:
-    """The stage records of runs.jsonl written since `started` (ISO), latest per stage."""
-    out: dict[str, dict] = {}
-    for line in lines:
-        if line.get("stage") and str(line.get("finished", "")) >= started:
-            out[line["stage"]] = line
-    return out
+def stage_figures(lines: Sequence[StageLine], started: str) -> dict[str, dict]:
+    """The figures of the stage lines written since `started` (ISO), latest per stage."""
+    return {line.stage: line.model_dump() for line in lines if line.finished >= started}
 
 
 def trained(stages: dict[str, str], train_report: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ import yaml
 from ruamel.yaml import YAML
 
 from tasks.core.errors import PawflowError
-from tasks.core.fileio import append_history
 from tasks.core.params import check_workspace_paths, load_params, parse_params
+from tasks.history import records
+from tasks.history.records import RunLine
 from tasks.reports.reports import GATE, METRICS
 
 # The first stage of dvc.yaml (flows/check.py): validates params.yaml and ingest.source.
@@ -233,29 +234,28 @@ def git_commit(root: Path) -> str | None:
 
 def history_record(
     root: Path, entry: str, stages: dict[str, str], params: dict, reports: Path, extra: dict | None = None
-) -> dict:
-    """One line of reports/runs.jsonl."""
+) -> RunLine:
+    """This run's line of the run history (reports/runs.jsonl); extra: its other keys (run, version...)."""
 
     metrics: Mapping[str, Any] = METRICS.read_if_written(reports) or {}
     gate: Mapping[str, Any] = GATE.read_if_written(reports) or {}
-    return {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "entry": entry,
-        "git_commit": git_commit(root),
-        "stages": stages,
-        "dvc_lock": lock_summary(root),
-        "params": params,
-        "metrics": {
+    return RunLine(
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        entry=entry,
+        git_commit=git_commit(root),
+        stages=stages,
+        dvc_lock=lock_summary(root),
+        params=params,
+        metrics={
             k: metrics.get(k)
             for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "examples", "robust_accuracy")
         },
-        "gate": {k: gate.get(k) for k in ("decision", "p_value", "reason")},
+        gate={k: gate.get(k) for k in ("decision", "p_value", "reason")},
         **(extra or {}),
-    }
+    )
 
 
 def record_run(root: Path, params: Any, entry: str, stages: dict[str, str], extra: dict) -> dict:
     """Append this run to the history file named in params (pipeline.history) and return the record."""
     record = history_record(root, entry, stages, params.model_dump(mode="json"), params.paths.reports, extra)
-    append_history(params.pipeline.history, record)
-    return record
+    return records.append(params.pipeline.history, record)
