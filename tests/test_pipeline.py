@@ -154,9 +154,10 @@ def test_classes_too_small_for_the_split_are_refused_and_the_last_shards_kept(
 def test_corrections_reach_the_collection_and_a_swapped_batch_is_quarantined(
     tmp_path: Path, prefect_server: str
 ):
-    """docs/collection.md end to end, through the real entry points: a photo removed from the source, one
-    moved to the other class folder, one excluded, and a batch whose every label is swapped, in one
-    night; then a source that lost 30 photos (refused, then accepted for one dvc repro), and a release."""
+    """docs/collection.md end to end, through the real entry points: a batch whose every label is swapped
+    (quarantined, the champion kept); the next night a photo removed from the source, one moved to the
+    other class folder, one excluded; then a source that lost 30 photos (refused, then accepted for one
+    dvc repro), and a release."""
     import json
 
     api = prefect_server
@@ -171,25 +172,37 @@ def test_corrections_reach_the_collection_and_a_swapped_batch_is_quarantined(
     champion = json.loads((ws / "models/champion/champion.json").read_text())
     assert champion["metrics"]["accuracy"] >= 0.9, champion  # a champion worth auditing with
 
-    (source / "Cat" / "cat.0.jpg").unlink()
-    (source / "Cat" / "cat.1.jpg").rename(source / "Dog" / "cat.1.jpg")  # relabelled by moving it
-    (ws / "data/exclude.txt").write_text("Dog/dog.2.jpg  # blurred beyond recognition\n")
-    for i in range(20):  # a night whose labels are all swapped: cat-tinted photos in Dog/ and back
+    def last_run() -> dict:
+        lines = (ws / "reports/runs.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines if '"entry"' in x][-1]
+
+    # A night whose labels are all swapped (cat-tinted photos in Dog/ and back), and nothing else: the
+    # batch is quarantined, so the data the model learns from is what it was: nothing is retrained.
+    model = (ws / "models/champion/model.keras").read_bytes()
+    for i in range(20):
         truth = i % 2
         (source / ("Dog", "Cat")[truth] / f"night.{i}.jpg").write_bytes(
             imagegen.tinted_jpeg(60_000 + i, truth)
         )
-    night = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
-    assert night.returncode == 0, night.stderr[-3000:]
-    record = [json.loads(x) for x in (ws / "reports/runs.jsonl").read_text().splitlines() if '"entry"' in x][
-        -1
-    ]
-    figures = record["collection"]
-    assert (figures["copied"], figures["removed"], figures["relabelled"]) == (20, 1, 1), figures
-    assert figures["relabelled_per_class"] == {"Cat": {"Dog": 1}}
+    swapped = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
+    assert swapped.returncode == 0, swapped.stderr[-3000:]
     audit = json.loads((ws / "reports/audit.json").read_text())
     assert audit["tripped"] and audit["new_photos"] == audit["quarantined"] == 20, audit
     assert audit["disagreement_rate"] >= 0.9 and audit["p_value"] < 0.01
+    stages = last_run()["stages"]
+    assert stages["ingest"].startswith("ran") and stages["audit"].startswith("ran"), stages
+    assert all(stages[s].startswith("skipped") for s in ("train", "evaluate")), stages
+    assert (ws / "models/champion/model.keras").read_bytes() == model  # the champion kept
+    assert last_run()["run"]["audit"]["tripped"]  # what the data_quality alert is sent for
+
+    (source / "Cat" / "cat.0.jpg").unlink()
+    (source / "Cat" / "cat.1.jpg").rename(source / "Dog" / "cat.1.jpg")  # relabelled by moving it
+    (ws / "data/exclude.txt").write_text("Dog/dog.2.jpg  # blurred beyond recognition\n")
+    night = py(ws, "-m", "flows.pipeline", "--no-push", api=api)
+    assert night.returncode == 0, night.stderr[-3000:]
+    figures = last_run()["collection"]
+    assert (figures["copied"], figures["removed"], figures["relabelled"]) == (0, 1, 1), figures
+    assert figures["relabelled_per_class"] == {"Cat": {"Dog": 1}}
     dd = __import__("pandas").read_parquet(ws / "data/interim/dedup.parquet").set_index("path")
     assert dd.at["Dog/cat.1.jpg", "label"] == "Dog" and dd.at["Dog/dog.2.jpg", "status"] == "excluded"
     assert (dd["status"] == "quarantined").sum() == 20 and "Cat/cat.0.jpg" not in dd.index
