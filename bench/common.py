@@ -197,8 +197,9 @@ def source_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SOURCE.md")
 
 
-def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict:
-    """bench/results/P<n>.json: the figure, its target, whether it is met, and the raw numbers."""
+def save(n: int, figure: str, target: str, met: bool | None, *, name: str | None = None, **raw: Any) -> dict:
+    """bench/results/P<n>.json (or <name>.json): the figure, its target, whether it is met, and the raw
+    numbers."""
     result = {
         "benchmark": f"P{n}",
         "figure": figure,
@@ -207,7 +208,7 @@ def save(n: int, figure: str, target: str, met: bool | None, **raw: Any) -> dict
         "measured": measured(),
         **raw,
     }
-    write_result(RESULTS / f"P{n}.json", result)
+    write_result(RESULTS / f"{name or f'P{n}'}.json", result)
     return result
 
 

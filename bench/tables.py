@@ -811,6 +811,13 @@ def p10_label(r: Result, quick: bool) -> str:
     )
     if not any(n.get("audit_present") for n in r["per_night"]):
         said += " The build it ran had no label audit (`reports/audit.json`), so the swapped night went in."
+    elif not any(
+        (n["run"].get("audit") or {}).get("tripped") for n in r["per_night"] if n["kind"] == "swapped"
+    ):
+        said += (
+            " Its model guesses, so the label audit let the swapped batch in: it trips only where the "
+            "champion disagrees with a batch well beyond its own test error."
+        )
     return said
 
 
