@@ -133,6 +133,7 @@ def test_a_server_that_drips_a_byte_at_a_time_is_stopped_at_the_deadline(where: 
     assert 1.5 <= elapsed < 5, elapsed
 
 
+@pytest.mark.slow  # ~4 s: keeps make test-fast under 3 min
 @pytest.mark.timeout(60)
 def test_the_deadline_spans_retries_and_resumes(tmp_path: Path):
     body = os.urandom(200_000)

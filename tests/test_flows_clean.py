@@ -157,6 +157,7 @@ def test_cached_verdicts_cost_no_task_run_and_new_photos_only_theirs(built, tmp_
     assert table == from_scratch
 
 
+@pytest.mark.slow  # ~4 s: keeps make test-fast under 3 min
 def test_too_many_rejects_fail_clearly_without_outputs(tmp_path: Path, make_params):
     src = tmp_path / "junk"
     for cls in ("Cat", "Dog"):

@@ -35,6 +35,7 @@ def in_another_process(ws: Path, code: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # ~4 s: keeps make test-fast under 3 min
 def test_a_run_holds_dvcs_lock_so_dvc_and_a_second_run_are_refused(repo: Path, monkeypatch):
     monkeypatch.chdir(repo)  # DVC reads stage names relative to the current folder, like the pipeline
     with run_lock(repo):

@@ -69,6 +69,7 @@ def test_same_inputs_give_byte_identical_outputs(built, tmp_path: Path):
         assert (params.paths.processed / name).read_bytes() == (other.paths.processed / name).read_bytes()
 
 
+@pytest.mark.slow  # ~4 s: keeps make test-fast under 3 min
 def test_refresh_recomputes_to_the_same_bytes(built):
     params, _ = built
     before = {rel: (params.paths.raw.parent / rel).read_bytes() for rel in DATA_FILES}
