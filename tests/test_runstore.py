@@ -168,6 +168,14 @@ def test_own_changes_are_what_a_restore_would_lose(repo: Path):
     (repo / "reports/metrics.json").write_text('{"accuracy": 0.99}\n')  # edited by hand
     assert runstore.own_changes(repo, PATHS, [v]) == ["reports/metrics.json"]
     (repo / "reports/metrics.json").write_text('{"accuracy": 0.75}\n')
+    # params.yaml edited and committed since the run (a new alert_url): HEAD keeps it, the rest is the
+    # run's, so a restore loses nothing; edited again and not committed, it would be lost.
+    (repo / "params.yaml").write_text("a: 2\n")
+    git(repo, "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", "params", "params.yaml")
+    assert runstore.own_changes(repo, PATHS, [v]) == []
+    (repo / "params.yaml").write_text("a: 3\n")
+    assert runstore.own_changes(repo, PATHS, [v]) == ["params.yaml"]
+    git(repo, "checkout", "-q", "params.yaml")
     (repo / "code.py").write_text("print(3)\n")  # a tracked file outside the run's state
     assert runstore.own_changes(repo, PATHS, [v]) == ["code.py"]
 

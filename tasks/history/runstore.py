@@ -255,18 +255,16 @@ def run_state(root: Path, tree: str, paths: Sequence[str]) -> dict[str, str]:
 
 
 def own_changes(root: Path, paths: Sequence[str], found: Sequence[Version]) -> list[str]:
-    """What a restore would lose: tracked files outside the run's state that differ from HEAD, or the
-    run's files when they are neither HEAD's nor exactly a recorded run's (their differences from the
-    newest run's)."""
+    """What a restore would lose: tracked files outside the run's state that differ from HEAD, and the
+    run's files whose content is kept nowhere else: neither HEAD's nor that of a recorded run (a
+    params.yaml edited and committed since the last run is HEAD's, and dvc.lock is that run's)."""
     prefixes = tuple(p.rstrip("/") + "/" for p in paths)
     outside = [f for f in changed_files(root) if f not in paths and not f.startswith(prefixes)]
     if outside:
         return outside
     mine = run_state(root, workspace_tree(root, paths), paths)
-    if mine == run_state(root, "HEAD", paths) or any(run_state(root, v.tree, paths) == mine for v in found):
-        return []
-    newest = run_state(root, found[0].tree, paths) if found else run_state(root, "HEAD", paths)
-    return sorted(k for k in mine.keys() | newest.keys() if mine.get(k) != newest.get(k))
+    kept = [run_state(root, "HEAD", paths), *(run_state(root, v.tree, paths) for v in found)]
+    return sorted(f for f, blob in mine.items() if not any(state.get(f) == blob for state in kept))
 
 
 def put_back_git_files(root: Path, commit: str, paths: Sequence[str]) -> list[str]:
