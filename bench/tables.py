@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import os
 import re
@@ -885,6 +886,55 @@ def p10_nights() -> str:
     )
 
 
+def interpolate(points: list[dict], photos: int) -> float:
+    """A from-scratch run's seconds at `photos`, between the measured points (the nearest two)."""
+    pts = sorted((p["photos"], p["seconds"]) for p in points)
+    if len(pts) == 1:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if photos <= x1 or (x1, y1) == pts[-1]:
+            return y0 + (y1 - y0) * (photos - x0) / (x1 - x0) if x1 != x0 else y1
+    return pts[-1][1]
+
+
+def cost_note(r: Result) -> str:
+    """Where the nights' time went against the from-scratch references: warm starts, from-scratch nights
+    the warm-start policy asked for, and the load the nights ran under."""
+    refs = r.get("scratch_runs") or []
+    nights = [
+        n
+        for n in r["per_night"]
+        if n["night"]
+        and n["kind"] == "batch"
+        and n["deployment"] == "retrain-nightly"
+        and n["run"].get("trained")
+    ]
+    if not refs or not nights:
+        return ""
+
+    def share(n: dict) -> float:
+        return n["seconds"] / interpolate(refs, n["run"]["photos"]["total"])
+
+    warm = [share(n) for n in nights if n["run"]["trained"]["warm_start"]]
+    cold = [share(n) for n in nights if not n["run"]["trained"]["warm_start"]]
+    loads = [n["load_average"][0] for n in r["per_night"]]
+    said = (
+        f"Where the nights' time went: of the {len(nights)} nightly runs that trained, {len(warm)} "
+        f"warm-started (mean {pct(sum(warm) / len(warm), 0)} of a from-scratch run on their collection) "
+        if warm
+        else ""
+    )
+    if cold:
+        said += (
+            f"and {len(cold)} trained from scratch because the warm-start policy asked for it "
+            f"(`train.finetune.max_growth`, `max_warm_starts`: mean {pct(sum(cold) / len(cold), 0)}); "
+        )
+    return said + (
+        f"the nights shared the machine with other work (1-minute load average {num(min(loads))} to "
+        f"{num(max(loads))} on its 2 cores, recorded per night), the references ran alone. "
+    )
+
+
 def p10_targets() -> str:
     r, quick = p10_result()
     t, f = r["targets"], r["figures"]
@@ -934,11 +984,25 @@ def p10_targets() -> str:
         ("no process left behind", ", ".join(f["left_behind"]) or "none", yes[not f["left_behind"]]),
     ]
     db, hist, rss = growth["prefect_db_bytes"], growth["runs_jsonl_bytes"], growth["serve_rss_mb"]
+    nights_s = sum(n["seconds"] for n in r["per_night"])
+    again = r.get("restored_again")
+    restored_note = (
+        f"The restores were run again after the month (`python -m bench.p10_month --restore-again`, commit "
+        f"`{again['commit'][:7]}`, {again['date'][:10]}): the month's build refused them, as the benchmark "
+        "had committed a new webhook port to params.yaml since the last run; restore now refuses only what "
+        "it would lose. "
+        if again
+        else ""
+    )
+    refs_s = sum(x["seconds"] for x in r.get("scratch_runs") or [])
+    took = f"The nights' deployment runs took {num(nights_s / 3600, 2)} h"
+    took += f" and the from-scratch references {num(refs_s / 3600, 2)} h. " if refs_s else ". "
     return "\n".join(
         [
             table(["target", "measured", "met"], rows),
             "",
-            f"Over the {f['nights']} nights the Prefect database grew from {num(db[0] / 1e6)} to "
+            took + cost_note(r) + restored_note + f"Over the {f['nights']} nights the Prefect database "
+            f"grew from {num(db[0] / 1e6)} to "
             f"{num(db[1] / 1e6)} MB and `reports/runs.jsonl` from {num(hist[0] / 1e3)} to "
             f"{num(hist[1] / 1e3)} KB; the serving processes used {num(rss[0], 0)} MB at the start, "
             f"{num(rss[1], 0)} MB at most, {num(rss[2], 0)} MB at the end. {p10_label(r, quick)} "
