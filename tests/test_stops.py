@@ -230,13 +230,17 @@ def test_a_stage_run_through_a_shell_that_stays_stops_when_the_process_above_the
     proc, stage, _ = start([sys.executable, "-c", parent, f"{shlex.quote(sys.executable)} {script}; true"])
     import psutil
 
-    shell = psutil.Process(stage).parent()
-    assert shell is not None and shell.pid != proc.pid  # the shell is between them
-    time.sleep(1)
-    assert not gone(stage, within=0.1)  # its shell and the process above are there: it runs on
-    proc.kill()
-    proc.wait()
-    assert gone(stage, within=10), "the stage went on after the process above its shell was killed"
+    try:
+        shell = psutil.Process(stage).parent()
+        assert shell is not None and shell.pid != proc.pid  # the shell is between them
+        time.sleep(1)
+        assert not gone(stage, within=0.1)  # its shell and the process above are there: it runs on
+        proc.kill()
+        proc.wait()
+        assert gone(stage, within=10), "the stage went on after the process above its shell was killed"
+    finally:  # a stage that went on must not outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stage, signal.SIGKILL)
     err = proc.stderr.read()
     assert err.count(f"MESSAGE orphaned the process that started it (pid {proc.pid}:") == 1, err
 
