@@ -370,10 +370,10 @@ def cmd_serve() -> int:
     root = project_root(Path.cwd())
     os.chdir(root)  # flow runs start in the serving process's folder: the workspace
     with get_client(sync_client=True) as client:
-        # Runs an earlier `pawflow serve` left Running (a restart, a kill) would hold their slots for ever.
+        # Runs an earlier `pawflow serve` left Running (a restart, a kill) would hold their slots for ever;
+        # the workspace's limit is (re)made there.
         for facts in close_left_runs(client, root, CONCURRENCY_LIMIT):
             print(f"pawflow serve: run {facts['id']} marked crashed ({facts['error']})", file=sys.stderr)
-        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit=1)
     # pause_on_shutdown=False: stopping this process must not leave the nightly schedule paused.
     serve(*deployments(root / "params.yaml"), pause_on_shutdown=False, limit=1)
     return 0

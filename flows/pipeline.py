@@ -249,15 +249,7 @@ def failed_run(log, root: Path, run: dict, err: PawflowError) -> None:
         return
     facts = nightly.base_facts(run["id"], run["started"], run["entry"], run["flow_run"])
     facts.update(outcome="failed", error=one_line(err.what))
-    try:
-        params = load_params(root / "params.yaml")
-    except PawflowError:
-        log.warning("run %s failed; params.yaml cannot be read, so no alert was sent", run["id"])
-        return
-    with contextlib.suppress(OSError):
-        extra = {"run_id": run["id"], "run": facts, "version": None}
-        versioning.record_run(root, params, "prefect", {}, extra)
-    nightly.alert(params, facts, None, log)
+    nightly.record_failed(root, facts, log)
 
 
 def _pipeline(

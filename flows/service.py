@@ -27,9 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from flows.lock import lock_holder
-from tasks.core.errors import PawflowError
-from tasks.core.params import load_params
-from tasks.history import nightly, runs, versioning
+from tasks.history import nightly, runs
 
 log = logging.getLogger("pawflow.serve")
 
@@ -83,16 +81,17 @@ def why_not_now(root: Path) -> str | None:
     return None
 
 
+def left_states() -> Any:
+    """Prefect's filter of the states a left run is in (LEFT_STATES)."""
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    return FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in LEFT_STATES]))
+
+
 def left_runs(client: Any) -> list[LeftRun]:
     """The runs of this workspace's deployments that are Pending, Running or Cancelling."""
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
     from prefect.exceptions import ObjectNotFound
 
     names = {}
@@ -104,9 +103,7 @@ def left_runs(client: Any) -> list[LeftRun]:
     if not names:
         return []
     found = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in LEFT_STATES]))
-        ),
+        flow_run_filter=FlowRunFilter(state=left_states()),
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(names))),
     )
     return [
@@ -124,19 +121,13 @@ def left_runs(client: Any) -> list[LeftRun]:
 
 def crash(client: Any, run: LeftRun) -> None:
     """Mark a left run and its unfinished stage subflows Crashed (the server frees the run's slot)."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.states import Crashed
 
     subflows = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(run.flow_run_id)]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in LEFT_STATES])),
+            state=left_states(),
         )
     )
     for sub in subflows:
@@ -145,43 +136,38 @@ def crash(client: Any, run: LeftRun) -> None:
 
 
 def record(root: Path, run: LeftRun, url: str | None) -> dict:
-    """The left run's line in the run history (a failed run) and its run_failed alert; the alerts sent."""
+    """The left run as a failed run: its facts, recorded in the run history and alerted."""
     started = run.started or nightly.now()
     facts = nightly.base_facts(
         runs.run_id(started), started, run.deployment, {"id": run.flow_run_id, "url": url}
     )
     facts.update(outcome="failed", error=f"flow run {run.name}: {LEFT_REASON}", wall_s=None)
-    try:
-        params = load_params(root / "params.yaml")
-    except PawflowError as err:
-        log.warning("run %s not recorded: params.yaml cannot be read (%s)", facts["id"], err.what)
-        return facts
-    versioning.record_run(root, params, "prefect", {}, {"run_id": facts["id"], "run": facts, "version": None})
-    nightly.alert(params, facts, None, log)
+    nightly.record_failed(root, facts, log)
     return facts
 
 
 def close_left_runs(client: Any, root: Path, limit_name: str) -> list[dict]:
-    """Close the runs a serving process left behind (see the module); returns their recorded facts.
-    Nothing is touched while a run may still be alive (why_not_now), which is logged."""
+    """Close the runs a serving process left behind (see the module) and make the workspace's global
+    limit (limit_name) ready for the runs to come; returns the closed runs' recorded facts. Nothing is
+    closed while a run may still be alive (why_not_now), which is logged."""
     from prefect.exceptions import ObjectNotFound
 
     from flows.pipeline import run_url
 
+    closed = []
     why = why_not_now(root)
     if why:
         log.info("runs left Running by an earlier `pawflow serve` are not checked: %s", why)
-        return []
-    closed = []
-    for run in left_runs(client):
-        crash(client, run)
-        facts = record(root, run, run_url(run.flow_run_id))
-        log.warning(
-            "flow run %s (%s, %s) marked crashed: %s", run.name, run.deployment, run.state, LEFT_REASON
-        )
-        closed.append(facts)
-    # made again: the slot of a dead process's lease (kept by no server, or by one) is gone with it
-    with contextlib.suppress(ObjectNotFound):
-        client.delete_global_concurrency_limit_by_name(limit_name)
+    else:
+        for run in left_runs(client):
+            crash(client, run)
+            facts = record(root, run, run_url(run.flow_run_id))
+            log.warning(
+                "flow run %s (%s, %s) marked crashed: %s", run.name, run.deployment, run.state, LEFT_REASON
+            )
+            closed.append(facts)
+        # made again: the slot of a dead process's lease (kept by no server, or by one) is gone with it
+        with contextlib.suppress(ObjectNotFound):
+            client.delete_global_concurrency_limit_by_name(limit_name)
     client.upsert_global_concurrency_limit_by_name(limit_name, limit=1)
     return closed

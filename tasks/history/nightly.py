@@ -9,6 +9,7 @@ local and git-ignored). Nothing here writes a DVC-tracked output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -18,9 +19,10 @@ from typing import Any
 
 import yaml
 
-from tasks.core.params import Params
+from tasks.core.errors import PawflowError
+from tasks.core.params import Params, load_params
 from tasks.core.status import ran
-from tasks.history import alerts, records, runs, runstore
+from tasks.history import alerts, records, runs, runstore, versioning
 from tasks.history.records import RunLine, StageLine
 from tasks.reports.reports import CLEAN, DEDUP, GATE, METRICS, SHARD, TRAIN
 
@@ -270,6 +272,20 @@ def alert(params: Params, facts: dict, previous: dict | None, logger: Any = log)
                 continue
         sent.append(message)
     return sent
+
+
+def record_failed(root: Path, facts: dict, logger: Any = log) -> None:
+    """A failed run (facts with outcome "failed"): its line in the run history and its `run_failed`
+    alert, when params.yaml can be read (else a warning says nothing was sent)."""
+    try:
+        params = load_params(root / "params.yaml")
+    except PawflowError:
+        logger.warning("run %s failed; params.yaml cannot be read, so no alert was sent", facts["id"])
+        return
+    with contextlib.suppress(OSError):
+        extra = {"run_id": facts["id"], "run": facts, "version": None}
+        versioning.record_run(root, params, "prefect", {}, extra)
+    alert(params, facts, None, logger)
 
 
 def restore(root: Path, ident: str) -> dict[str, Any]:

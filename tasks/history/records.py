@@ -46,9 +46,8 @@ class RunLine(BaseModel):
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "stage" if "stage" in value else "run"
-    return "stage" if isinstance(value, StageLine) else "run"
+    """Which kind a parsed line is: a stage's if it names one (anything else is validated as a run)."""
+    return "stage" if isinstance(value, dict) and "stage" in value else "run"
 
 
 Line = Annotated[Annotated[StageLine, Tag("stage")] | Annotated[RunLine, Tag("run")], Discriminator(_kind)]
