@@ -51,13 +51,14 @@ from bench.common import (
     folder_bytes,
     image_files,
     link_files,
+    measured,
     run,
     save,
     source_files,
     workspace,
     write_result,
 )
-from bench.tables import interpolate
+from bench.tables import night_share
 
 PREFIX = "p16k-"
 DAMAGED_PREFIX = "dmg-"
@@ -413,8 +414,7 @@ def report(state: dict, done: bool) -> dict:
         r = n["run"]
         if n["night"] == 0 or not r.get("new_photos") or n["kind"] != "batch" or not refs:
             continue
-        photos = (r.get("photos") or {}).get("total") or 0
-        share = n["seconds"] / interpolate(refs, photos)
+        share = night_share(n, refs)
         (weekly if n["deployment"] == "retrain-full" else cost).append(share)
     empty = [n["seconds"] for n in nights if n["kind"] == "empty"]
     bad = [n for n in nights if n["kind"] in ("swapped", "damaged", "unreachable")]
@@ -523,11 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.restore_again:  # after a fix to restore: the month's other figures stay as measured
         state = json.loads(STATE.read_text())
         state["restored"] = restore_three(WORK / "p10")
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        state["restored_again"] = {
-            "commit": commit,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        state["restored_again"] = {k: v for k, v in measured().items() if k in ("commit", "date")}
         write_state(state)
         result = json.loads((RESULTS / "P10.json").read_text())
         result["figures"]["restored"] = state["restored"]

@@ -897,6 +897,12 @@ def interpolate(points: list[dict], photos: int) -> float:
     return pts[-1][1]
 
 
+def night_share(night: dict, refs: list[dict]) -> float:
+    """A night's seconds against a from-scratch run on its collection (interpolated between refs)."""
+    photos = (night["run"].get("photos") or {}).get("total") or 0
+    return night["seconds"] / interpolate(refs, photos)
+
+
 def cost_note(r: Result) -> str:
     """Where the nights' time went against the from-scratch references: warm starts, from-scratch nights
     the warm-start policy asked for, and the load the nights ran under."""
@@ -912,11 +918,8 @@ def cost_note(r: Result) -> str:
     if not refs or not nights:
         return ""
 
-    def share(n: dict) -> float:
-        return n["seconds"] / interpolate(refs, n["run"]["photos"]["total"])
-
-    warm = [share(n) for n in nights if n["run"]["trained"]["warm_start"]]
-    cold = [share(n) for n in nights if not n["run"]["trained"]["warm_start"]]
+    warm = [night_share(n, refs) for n in nights if n["run"]["trained"]["warm_start"]]
+    cold = [night_share(n, refs) for n in nights if not n["run"]["trained"]["warm_start"]]
     loads = [n["load_average"][0] for n in r["per_night"]]
     said = (
         f"Where the nights' time went: of the {len(nights)} nightly runs that trained, {len(warm)} "
